@@ -1,0 +1,129 @@
+//! The build pipeline, end to end: recipe -> base -> plan -> realize -> OCI image layout.
+//!
+//! ```no_run
+//! use imgbuild::{build, cache::Cache, recipe, report::Silent};
+//! let loaded = recipe::load("recipes/hello.toml".as_ref(), &[]).unwrap();
+//! let cache = Cache::open(&Cache::default_root()).unwrap();
+//! let out = build::build(&loaded, &cache, "out/hello".as_ref(), 0, &Silent).unwrap();
+//! println!("{}", out.manifest);
+//! ```
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use crate::base::{self, BaseError, BaseImage};
+use crate::cache::{Cache, LayerRecord};
+use crate::digest::Digest;
+use crate::oci::image::{self, RuntimeSpec};
+use crate::oci::layout::{Desc, Layout};
+use crate::oci::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST, OciError};
+use crate::plan::{self, Plan, PlanError};
+use crate::realize::{self, LayerOutcome, RealizeError};
+use crate::recipe::{BaseRef, FieldPath, Loaded, RecipeError};
+use crate::report::{Event, Reporter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Base(#[from] BaseError),
+    #[error(transparent)]
+    Realize(#[from] RealizeError),
+    #[error("cannot write the image layout {path}")]
+    Output { path: PathBuf, source: OciError },
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildOutput {
+    pub manifest: Digest,
+    pub manifest_size: u64,
+    pub config: Digest,
+    pub base_layers: Vec<LayerRecord>,
+    pub layers: Vec<LayerOutcome>,
+    pub tags: Vec<String>,
+    pub out: PathBuf,
+}
+
+/// Resolves the base and compiles the plan.
+pub fn prepare(loaded: &Loaded, cache: &Cache, mtime: u64) -> Result<(BaseImage, Plan), BuildError> {
+    if let BaseRef::Registry(r) = &loaded.base {
+        return Err(loaded
+            .error_at(
+                &FieldPath::root().key("image").key("base"),
+                format!("pulling `{r}` from a registry is not supported yet: use `scratch` or `oci:PATH[:TAG]`"),
+            )
+            .into());
+    }
+    let base = base::resolve(&loaded.base, &loaded.recipe.image.platform, cache)?;
+    let plan = plan::compile(loaded, base.digest.as_ref(), mtime)?;
+    Ok((base, plan))
+}
+
+/// Builds `loaded` into an OCI image layout at `out`. `mtime` is `SOURCE_DATE_EPOCH`.
+pub fn build(loaded: &Loaded, cache: &Cache, out: &Path, mtime: u64, reporter: &dyn Reporter) -> Result<BuildOutput, BuildError> {
+    reporter.report(Event::Stage("resolving base image"));
+    let (base, plan) = prepare(loaded, cache, mtime)?;
+    let layers = realize::realize(loaded, &plan, &base, cache, reporter)?;
+    reporter.report(Event::Stage("writing image layout"));
+    write_layout(loaded, cache, out, mtime, &base, &layers).map_err(|source| BuildError::Output { path: out.to_path_buf(), source })
+}
+
+fn write_layout(
+    loaded: &Loaded,
+    cache: &Cache,
+    out: &Path,
+    mtime: u64,
+    base: &BaseImage,
+    layers: &[LayerOutcome],
+) -> Result<BuildOutput, OciError> {
+    let r = &loaded.recipe;
+    let layout = Layout::create(out)?;
+    let all: Vec<&LayerRecord> = base.layers.iter().chain(layers.iter().map(|l| &l.record)).collect();
+    let mut keep = BTreeSet::new();
+    for l in &all {
+        layout.put_file(&cache.blob_path(&l.digest), &l.digest)?;
+        keep.insert(l.digest.clone());
+    }
+    let created = image::rfc3339(mtime);
+    let spec = RuntimeSpec {
+        platform: r.image.platform.clone(),
+        env: r.env.clone(),
+        user: r.image.user.clone(),
+        workdir: r.image.workdir.clone(),
+        entrypoint: r.image.entrypoint.clone(),
+        cmd: r.image.cmd.clone(),
+        labels: r.image.labels.clone(),
+    };
+    let history = layers.iter().map(|l| image::history(&created, &l.name)).collect::<Result<Vec<_>, _>>()?;
+    let diff_ids: Vec<Digest> = all.iter().map(|l| l.diff_id.clone()).collect();
+    let config = image::config(base.config.as_ref(), &spec, &diff_ids, history, &created)?;
+    let config_desc = layout.put_json(MEDIA_TYPE_CONFIG, &config)?;
+    let layer_descs = all
+        .iter()
+        .map(|l| Desc {
+            media_type: l.media_type.clone(),
+            digest: l.digest.clone(),
+            size: l.size,
+            annotations: Default::default(),
+            platform: None,
+        })
+        .collect();
+    let manifest = image::manifest(config_desc.clone(), layer_descs);
+    let manifest_desc = layout.put_json(MEDIA_TYPE_MANIFEST, &manifest)?;
+    keep.insert(config_desc.digest.clone());
+    keep.insert(manifest_desc.digest.clone());
+    layout.finish(&manifest_desc, &r.target.oci.tags, &keep)?;
+    Ok(BuildOutput {
+        manifest: manifest_desc.digest,
+        manifest_size: manifest_desc.size,
+        config: config_desc.digest,
+        base_layers: base.layers.clone(),
+        layers: layers.to_vec(),
+        tags: r.target.oci.tags.clone(),
+        out: out.to_path_buf(),
+    })
+}

@@ -1,0 +1,180 @@
+//! The content-addressed cache: blobs by digest and step key -> layer records.
+//!
+//! Layout under the cache root (`$IMGBUILD_CACHE`, `--cache-dir`, or `$XDG_CACHE_HOME/imgbuild`):
+//!
+//! | bucket                  | holds                                                          |
+//! |-------------------------|----------------------------------------------------------------|
+//! | `blobs/sha256/<hex>`    | layer blobs, base image blobs and downloads, named by digest   |
+//! | `keys/<hex>.json`       | a [`LayerRecord`] per step cache key                           |
+//! | `tmp/`                  | temp files, renamed into the buckets above when complete       |
+//!
+//! Every write is a temp file plus a rename, so a reader never sees a partial blob and two
+//! builds sharing one cache only ever race to rename identical content into place. Blobs are
+//! hashed while written ([`BlobWriter`]) and refused when the digest is not the one expected.
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tempfile::NamedTempFile;
+
+use crate::digest::{Digest, HashingWriter, digest_reader};
+use crate::fsutil;
+
+/// What the cache stores for a step key: the layer it produced.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerRecord {
+    pub digest: Digest,
+    pub diff_id: Digest,
+    pub size: u64,
+    pub media_type: String,
+    pub created_by: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot {action} {path}")]
+    Io { action: &'static str, path: PathBuf, source: io::Error },
+    #[error("digest mismatch for {what}: expected {expected}, found {found}")]
+    DigestMismatch { what: String, expected: Digest, found: Digest },
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CacheError + use<> {
+    let path = path.to_path_buf();
+    move |source| CacheError::Io { action, path, source }
+}
+
+/// Handle on a cache directory.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+}
+
+impl Cache {
+    /// Opens (creating if needed) the cache at `root`.
+    pub fn open(root: &Path) -> Result<Self, CacheError> {
+        for sub in ["blobs/sha256", "keys", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_err("create cache directory", &p))?;
+        }
+        Ok(Cache { root: root.to_path_buf() })
+    }
+
+    /// The default location: `$XDG_CACHE_HOME/imgbuild`, else `~/.cache/imgbuild`.
+    pub fn default_root() -> PathBuf {
+        if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(x).join("imgbuild");
+        }
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        home.join(".cache").join("imgbuild")
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("blobs/sha256").join(digest.hex())
+    }
+
+    pub fn has_blob(&self, digest: &Digest) -> bool {
+        self.blob_path(digest).is_file()
+    }
+
+    /// Hashes a cached blob and compares it with its name. A blob that fails is removed, so
+    /// the next use fetches or rebuilds it; the error says which blob it was.
+    pub fn verify_blob(&self, digest: &Digest) -> Result<u64, CacheError> {
+        let path = self.blob_path(digest);
+        let f = File::open(&path).map_err(io_err("open cached blob", &path))?;
+        let (found, size) = digest_reader(BufReader::with_capacity(1 << 20, f))
+            .map_err(io_err("read cached blob", &path))?;
+        if &found != digest {
+            let _ = fs::remove_file(&path);
+            return Err(CacheError::DigestMismatch {
+                what: path.display().to_string(),
+                expected: digest.clone(),
+                found,
+            });
+        }
+        Ok(size)
+    }
+
+    /// Starts writing a new blob; [`BlobWriter::commit`] names it by its digest.
+    pub fn blob_writer(&self) -> Result<BlobWriter, CacheError> {
+        let dir = self.root.join("tmp");
+        let tmp = fsutil::temp_in(&dir).map_err(io_err("create temp file in", &dir))?;
+        Ok(BlobWriter { inner: HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp)), cache: self.clone() })
+    }
+
+    /// Copies a file into the cache, checking it against `expected`.
+    pub fn import_file(&self, src: &Path, expected: &Digest) -> Result<u64, CacheError> {
+        if self.has_blob(expected) {
+            return self.verify_blob(expected);
+        }
+        let mut f = File::open(src).map_err(io_err("open", src))?;
+        let mut w = self.blob_writer()?;
+        io::copy(&mut f, &mut w).map_err(io_err("read", src))?;
+        let (_, size) = w.commit(Some(expected))?;
+        Ok(size)
+    }
+
+    fn key_path(&self, key: &Digest) -> PathBuf {
+        self.root.join("keys").join(format!("{}.json", key.hex()))
+    }
+
+    /// Looks a step key up. A record whose blob is gone counts as a miss.
+    pub fn get_key(&self, key: &Digest) -> Option<LayerRecord> {
+        let bytes = fs::read(self.key_path(key)).ok()?;
+        let rec: LayerRecord = serde_json::from_slice(&bytes).ok()?;
+        self.has_blob(&rec.digest).then_some(rec)
+    }
+
+    pub fn put_key(&self, key: &Digest, rec: &LayerRecord) -> Result<(), CacheError> {
+        let path = self.key_path(key);
+        let bytes = serde_json::to_vec_pretty(rec).expect("LayerRecord serializes");
+        fsutil::write_atomic(&path, &bytes).map_err(io_err("write cache record", &path))
+    }
+
+    pub fn remove_key(&self, key: &Digest) {
+        let _ = fs::remove_file(self.key_path(key));
+    }
+}
+
+/// A blob being written into the cache: hashed as it is written, renamed into place by
+/// [`BlobWriter::commit`], dropped (and its temp file deleted) otherwise.
+pub struct BlobWriter {
+    inner: HashingWriter<io::BufWriter<NamedTempFile>>,
+    cache: Cache,
+}
+
+impl BlobWriter {
+    /// Finishes the blob. With `expected`, a different digest is refused and nothing is kept.
+    pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), CacheError> {
+        let (buf, digest, size) = self.inner.finish();
+        let tmp_dir = self.cache.root.join("tmp");
+        let tmp = buf.into_inner().map_err(|e| CacheError::Io {
+            action: "write temp file in",
+            path: tmp_dir.clone(),
+            source: e.into_error(),
+        })?;
+        if let Some(exp) = expected
+            && exp != &digest
+        {
+            return Err(CacheError::DigestMismatch { what: "blob".into(), expected: exp.clone(), found: digest });
+        }
+        tmp.as_file().sync_data().map_err(io_err("sync temp file in", &tmp_dir))?;
+        let dest = self.cache.blob_path(&digest);
+        tmp.persist(&dest).map_err(|e| CacheError::Io { action: "store blob", path: dest, source: e.error })?;
+        Ok((digest, size))
+    }
+}
+
+impl Write for BlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

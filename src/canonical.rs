@@ -1,0 +1,53 @@
+//! Canonical JSON: object keys sorted, no whitespace. Used for cache keys and for OCI
+//! documents, so the same content always has the same digest whatever map type produced it.
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// Serializes `v` canonically.
+pub fn to_vec<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
+    let value = serde_json::to_value(v)?;
+    let mut out = Vec::new();
+    write(&value, &mut out)?;
+    Ok(out)
+}
+
+fn write(v: &Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, k)?;
+                out.push(b':');
+                write(&m[k], out)?;
+            }
+            out.push(b'}');
+        }
+        Value::Array(a) => {
+            out.push(b'[');
+            for (i, e) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write(e, out)?;
+            }
+            out.push(b']');
+        }
+        other => serde_json::to_writer(&mut *out, other)?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_are_sorted_at_every_depth() {
+        let v = serde_json::json!({"b": 1, "a": {"z": [ {"y": 1, "x": 2} ], "c": "s"}});
+        assert_eq!(String::from_utf8(super::to_vec(&v).unwrap()).unwrap(), r#"{"a":{"c":"s","z":[{"x":2,"y":1}]},"b":1}"#);
+    }
+}

@@ -1,0 +1,95 @@
+//! Command-line definition (clap). Global options apply to every subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "imgbuild",
+    version,
+    about = "Build machine images from a declarative recipe, without a container daemon",
+    long_about = "Build machine images from a declarative recipe, without a container daemon.\n\n\
+                  `imgbuild NAME` is a shortcut for `imgbuild build recipes/NAME.toml`.",
+    allow_external_subcommands = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Cache directory [default: $XDG_CACHE_HOME/imgbuild]
+    #[arg(long, global = true, env = "IMGBUILD_CACHE", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Set a recipe variable (repeatable): --var user=eric
+    #[arg(long = "var", global = true, value_name = "KEY=VALUE", value_parser = parse_var)]
+    pub vars: Vec<(String, String)>,
+    /// How to show progress on stderr
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
+    /// Show nothing but results and errors
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// Bars on a terminal, plain lines otherwise
+    Auto,
+    /// Progress bars
+    Tty,
+    /// One line per event, for logs and cron
+    Plain,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("`{s}` has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build a recipe into an OCI image layout
+    Build(BuildArgs),
+    /// Validate a recipe without building
+    Check {
+        /// The recipe file
+        recipe: PathBuf,
+    },
+    /// Show the steps, their cache keys, and whether each would come from the cache
+    Plan {
+        /// The recipe file
+        recipe: PathBuf,
+    },
+    #[command(external_subcommand)]
+    Shortcut(Vec<String>),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BuildArgs {
+    /// The recipe file
+    pub recipe: PathBuf,
+    /// Output directory for the OCI image layout [default: out/NAME]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Write JSON with the manifest, config and layer digests and the cache hits and misses
+    #[arg(long, value_name = "FILE")]
+    pub metadata_file: Option<PathBuf>,
+    /// What to build
+    #[arg(long, value_enum, default_value_t = Target::Oci)]
+    pub target: Target,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    Oci,
+    Proxmox,
+    All,
+}

@@ -1,0 +1,64 @@
+//! `imgbuild build RECIPE`: build the OCI image layout; the manifest digest on stdout.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use imgbuild::build::{self, BuildOutput};
+use imgbuild::fsutil;
+use serde_json::json;
+
+use super::progress::Progress;
+use crate::cli::{BuildArgs, Global};
+
+pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
+    super::require_oci(args.target)?;
+    let loaded = super::load(g, &args.recipe)?;
+    let progress = Progress::new(g);
+    for w in &loaded.warnings {
+        progress.line(&w.to_string());
+    }
+    let cache = super::cache(g)?;
+    let mtime = super::source_date_epoch()?;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(&loaded.recipe.image.name));
+    let started = std::time::Instant::now();
+    let result = build::build(&loaded, &cache, &out, mtime, &progress)
+        .with_context(|| format!("building {}", args.recipe.display()))?;
+    let hits = result.layers.iter().filter(|l| l.hit).count();
+    progress.line(&format!(
+        "==> {} in {:.2?}: {} layers ({hits} cached, {} built), tags {}",
+        out.display(),
+        started.elapsed(),
+        result.layers.len(),
+        result.layers.len() - hits,
+        result.tags.join(", ")
+    ));
+    if let Some(path) = &args.metadata_file {
+        write_metadata(path, &result)?;
+    }
+    println!("{}", result.manifest);
+    Ok(())
+}
+
+fn write_metadata(path: &Path, r: &BuildOutput) -> Result<()> {
+    let hits = r.layers.iter().filter(|l| l.hit).count();
+    let doc = json!({
+        "manifest": r.manifest,
+        "manifest_size": r.manifest_size,
+        "config": r.config,
+        "layout": r.out,
+        "tags": r.tags,
+        "base_layers": r.base_layers.iter().map(|l| json!({"digest": l.digest, "diff_id": l.diff_id, "size": l.size})).collect::<Vec<_>>(),
+        "layers": r.layers.iter().map(|l| json!({
+            "step": l.name,
+            "key": l.key,
+            "cache": if l.hit { "hit" } else { "miss" },
+            "digest": l.record.digest,
+            "diff_id": l.record.diff_id,
+            "size": l.record.size,
+            "media_type": l.record.media_type,
+        })).collect::<Vec<_>>(),
+        "cache": { "hits": hits, "misses": r.layers.len() - hits },
+    });
+    let bytes = serde_json::to_vec_pretty(&doc).context("serializing build metadata")?;
+    fsutil::write_atomic(path, &bytes).with_context(|| format!("writing metadata file {}", path.display()))
+}

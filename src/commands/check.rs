@@ -1,0 +1,22 @@
+//! `imgbuild check RECIPE`: validate only; warnings on stderr, a summary on stdout.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::progress::Progress;
+use crate::cli::Global;
+
+pub fn run(g: &Global, recipe: &Path) -> Result<()> {
+    let loaded = super::load(g, recipe)?;
+    let progress = Progress::new(g);
+    for w in &loaded.warnings {
+        progress.line(&w.to_string());
+    }
+    let warnings = match loaded.warnings.len() {
+        0 => String::new(),
+        n => format!(" ({n} warning{})", if n == 1 { "" } else { "s" }),
+    };
+    println!("{}: ok{warnings}", recipe.display());
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! One module per subcommand, plus what they share: the reporter and error exit codes.
+
+mod build;
+mod check;
+mod plan;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use imgbuild::cache::Cache;
+use imgbuild::recipe::{self, Loaded, RecipeError};
+
+use crate::cli::{BuildArgs, Cli, Command, Global, Target};
+
+pub fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Build(args) => build::run(g, &args),
+        Command::Check { recipe } => check::run(g, &recipe),
+        Command::Plan { recipe } => plan::run(g, &recipe),
+        Command::Shortcut(argv) => {
+            let name = &argv[0];
+            let recipe = PathBuf::from("recipes").join(format!("{name}.toml"));
+            if !recipe.is_file() {
+                return Err(UsageError(format!(
+                    "unknown command `{name}`, and there is no recipe {} (see `imgbuild --help`)",
+                    recipe.display()
+                ))
+                .into());
+            }
+            // `imgbuild NAME [build flags]`
+            let mut full = vec!["imgbuild build".to_string(), recipe.display().to_string()];
+            full.extend(argv[1..].iter().cloned());
+            let args = <BuildArgsParser as clap::Parser>::try_parse_from(full).unwrap_or_else(|e| e.exit());
+            build::run(g, &args.args)
+        }
+    }
+}
+
+#[derive(clap::Parser)]
+struct BuildArgsParser {
+    #[command(flatten)]
+    args: BuildArgs,
+}
+
+/// A command-line mistake: exit code 2, like clap's own.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Prints an error chain; bad input (recipes, usage) exits 2, everything else 1.
+pub fn report_error(e: &anyhow::Error) -> ExitCode {
+    if let Some(r) = e.chain().find_map(|c| c.downcast_ref::<RecipeError>())
+        && matches!(r, RecipeError::Invalid(_))
+    {
+        eprintln!("{r}");
+        return ExitCode::from(2);
+    }
+    let mut msg = format!("error: {e}");
+    for cause in e.chain().skip(1) {
+        msg.push_str(&format!("\n  caused by: {cause}"));
+    }
+    eprintln!("{msg}");
+    if e.chain().any(|c| c.is::<UsageError>() || c.is::<RecipeError>()) { ExitCode::from(2) } else { ExitCode::FAILURE }
+}
+
+fn cache(g: &Global) -> Result<Cache> {
+    let root = g.cache_dir.clone().unwrap_or_else(Cache::default_root);
+    Cache::open(&root).with_context(|| format!("cannot open the cache at {}", root.display()))
+}
+
+fn load(g: &Global, path: &std::path::Path) -> Result<Loaded> {
+    Ok(recipe::load(path, &g.vars)?)
+}
+
+/// `SOURCE_DATE_EPOCH`, or 0.
+fn source_date_epoch() -> Result<u64> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| UsageError(format!("SOURCE_DATE_EPOCH=`{v}` is not a number of seconds")).into()),
+        _ => Ok(0),
+    }
+}
+
+fn require_oci(target: Target) -> Result<()> {
+    match target {
+        Target::Oci => Ok(()),
+        Target::Proxmox | Target::All => {
+            Err(UsageError("--target proxmox is not supported yet: only the oci target builds for now".into()).into())
+        }
+    }
+}

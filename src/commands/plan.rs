@@ -1,0 +1,24 @@
+//! `imgbuild plan RECIPE`: the compiled steps, their cache keys, and hit or miss.
+
+use std::path::Path;
+
+use anyhow::Result;
+use imgbuild::build;
+
+use crate::cli::Global;
+
+pub fn run(g: &Global, recipe: &Path) -> Result<()> {
+    let loaded = super::load(g, recipe)?;
+    let cache = super::cache(g)?;
+    let (base, plan) = build::prepare(&loaded, &cache, super::source_date_epoch()?)?;
+    match &base.digest {
+        Some(d) => println!("base  {d} ({} layers)", base.layers.len()),
+        None => println!("base  scratch"),
+    }
+    println!("root  {}", plan.root_key);
+    for (i, step) in plan.steps.iter().enumerate() {
+        let state = if cache.get_key(&step.key).is_some() { "hit " } else { "miss" };
+        println!("{:>4}  {}  {state}  {}", i + 1, step.key, step.name);
+    }
+    Ok(())
+}

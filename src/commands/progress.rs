@@ -1,0 +1,87 @@
+//! Progress display: indicatif bars on a terminal, plain lines for logs, nothing with --quiet.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::Mutex;
+
+use imgbuild::report::{Event, Reporter};
+use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::cli::{Global, ProgressMode};
+
+pub enum Progress {
+    Quiet,
+    Plain,
+    Bars { multi: MultiProgress, downloads: Mutex<HashMap<String, ProgressBar>> },
+}
+
+impl Progress {
+    pub fn new(g: &Global) -> Self {
+        if g.quiet {
+            return Progress::Quiet;
+        }
+        let tty = match g.progress {
+            ProgressMode::Auto => std::io::stderr().is_terminal(),
+            ProgressMode::Tty => true,
+            ProgressMode::Plain => false,
+        };
+        if tty {
+            Progress::Bars { multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), downloads: Mutex::default() }
+        } else {
+            Progress::Plain
+        }
+    }
+
+    /// A line of chatter on stderr (suppressed by --quiet).
+    pub fn line(&self, s: &str) {
+        match self {
+            Progress::Quiet => {}
+            Progress::Plain => eprintln!("{s}"),
+            Progress::Bars { multi, .. } => {
+                let _ = multi.println(s);
+            }
+        }
+    }
+}
+
+impl Reporter for Progress {
+    fn report(&self, event: Event<'_>) {
+        match (self, event) {
+            (Progress::Quiet, _) => {}
+            (_, Event::Stage(s)) => self.line(&format!("==> {s}")),
+            (_, Event::Warning(w)) => self.line(&format!("warning: {w}")),
+            (_, Event::StepStart { .. }) => {}
+            (_, Event::StepDone { index, name, hit, digest, size }) => {
+                let how = if hit { "cached" } else { "built " };
+                self.line(&format!("[{:>2}] {how} {} {:>10}  {name}", index + 1, digest.short(), HumanBytes(size).to_string()));
+            }
+            (Progress::Plain, Event::DownloadStart { url, total }) => {
+                let size = total.map(|t| format!(" ({})", HumanBytes(t))).unwrap_or_default();
+                eprintln!("downloading {url}{size}");
+            }
+            (Progress::Plain, Event::DownloadDone { url, bytes }) => eprintln!("downloaded {url} ({})", HumanBytes(bytes)),
+            (Progress::Plain, Event::DownloadProgress { .. }) => {}
+            (Progress::Bars { multi, downloads }, Event::DownloadStart { url, total }) => {
+                let pb = multi.add(ProgressBar::new(total.unwrap_or(0)));
+                pb.set_style(
+                    ProgressStyle::with_template("{msg:40!} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                pb.set_message(url.to_string());
+                if let Ok(mut d) = downloads.lock() {
+                    d.insert(url.to_string(), pb);
+                }
+            }
+            (Progress::Bars { downloads, .. }, Event::DownloadProgress { url, bytes }) => {
+                if let Some(pb) = downloads.lock().ok().and_then(|d| d.get(url).cloned()) {
+                    pb.set_position(bytes);
+                }
+            }
+            (Progress::Bars { downloads, .. }, Event::DownloadDone { url, .. }) => {
+                if let Some(pb) = downloads.lock().ok().and_then(|mut d| d.remove(url)) {
+                    pb.finish_and_clear();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Atomic file writes: everything imgbuild leaves on disk goes through a temp file and a rename.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::Path;
+
+use tempfile::NamedTempFile;
+
+/// Writes `bytes` to `path` atomically: a temp file in the same directory, fsynced, renamed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let mut tmp = NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_data()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Creates a temp file in `dir` (created if missing) for a later atomic rename.
+pub fn temp_in(dir: &Path) -> io::Result<NamedTempFile<File>> {
+    fs::create_dir_all(dir)?;
+    NamedTempFile::new_in(dir)
+}

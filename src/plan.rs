@@ -1,0 +1,224 @@
+//! The recipe compiler: a validated recipe becomes ordered steps, each with a cache key.
+//!
+//! A key is the sha256 of the canonical JSON of `{format, parent, step}`, where `step` is the
+//! step's normalized definition with every input replaced by its digest (file contents,
+//! download sha256s). The first parent is the root key, which covers the platform, the base
+//! image's manifest digest, the layer compression and `SOURCE_DATE_EPOCH`. So a key never
+//! depends on timestamps, build-machine paths or command strings, and changing one step
+//! changes its key and every key after it, and none before.
+//!
+//! Steps come in a fixed order, from what changes least to what changes most: downloads
+//! (one layer each), users and groups, files, symlinks, services.
+
+use std::fs;
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use crate::canonical;
+use crate::digest::{Digest, digest_reader};
+use crate::layer::CompressionSpec;
+use crate::recipe::interp::expand_platform;
+use crate::recipe::validate_archive_format;
+use crate::recipe::{FieldPath, Group, Loaded, RecipeError, User};
+
+/// Bump when the layer format or key encoding changes, to invalidate every old key.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Where a step's content comes from.
+#[derive(Debug, Clone)]
+pub enum FileSource {
+    Inline(Vec<u8>),
+    Path(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedFile {
+    pub dest: String,
+    pub source: FileSource,
+    pub size: u64,
+    pub digest: Digest,
+    pub mode: u32,
+    pub owner: Option<String>,
+    pub field: FieldPath,
+}
+
+#[derive(Debug, Clone)]
+pub enum DownloadTarget {
+    File { dest: String, mode: u32 },
+    Extract { dir: String, strip_components: u32, format: &'static str },
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedDownload {
+    pub url: String,
+    pub sha256: Digest,
+    pub target: DownloadTarget,
+    pub owner: Option<String>,
+    pub field: FieldPath,
+}
+
+#[derive(Debug, Clone)]
+pub enum StepKind {
+    Download(PlannedDownload),
+    Users { groups: Vec<Group>, users: Vec<User> },
+    Files(Vec<PlannedFile>),
+    Symlinks(Vec<(String, String)>),
+    Services(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub kind: StepKind,
+    /// Human description, also the layer's `created_by` history.
+    pub name: String,
+    pub key: Digest,
+}
+
+/// The compiled recipe.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub root_key: Digest,
+    pub steps: Vec<Step>,
+    pub compression: CompressionSpec,
+    pub mtime: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    #[error("cannot read {path} (for {field})")]
+    Read { path: PathBuf, field: String, source: std::io::Error },
+}
+
+fn key(parent: &Digest, step: serde_json::Value) -> Digest {
+    let doc = json!({ "format": FORMAT_VERSION, "parent": parent, "step": step });
+    Digest::of(&canonical::to_vec(&doc).expect("json values serialize"))
+}
+
+/// Compiles `loaded` on top of the base with manifest digest `base` (`None`: scratch).
+pub fn compile(loaded: &Loaded, base: Option<&Digest>, mtime: u64) -> Result<Plan, PlanError> {
+    let r = &loaded.recipe;
+    let root = FieldPath::root();
+    // What later issues build: refuse clearly instead of skipping.
+    let unsupported = [
+        (r.apt.is_some(), "apt", "[apt] packages are not supported yet (coming with apt support)"),
+        (r.pip.is_some(), "pip", "[pip] packages are not supported yet (they need the run sandbox)"),
+        (!r.run.is_empty(), "run", "[[run]] steps are not supported yet (they need the run sandbox)"),
+    ];
+    if let Some((_, field, msg)) = unsupported.iter().find(|(on, _, _)| *on) {
+        return Err(loaded.error_at(&root.key(field), *msg).into());
+    }
+
+    let compression = CompressionSpec::new(r.target.oci.compression, r.target.oci.level);
+    let root_key = Digest::of(
+        &canonical::to_vec(&json!({
+            "format": FORMAT_VERSION,
+            "platform": r.image.platform,
+            "base": base.map(|d| d.to_string()).unwrap_or_else(|| "scratch".into()),
+            "compression": compression,
+            "mtime": mtime,
+        }))
+        .expect("json values serialize"),
+    );
+    let mut steps: Vec<Step> = Vec::new();
+    let mut parent = root_key.clone();
+    let mut push = |kind: StepKind, name: String, def: serde_json::Value| {
+        let k = key(&parent, def);
+        parent = k.clone();
+        steps.push(Step { kind, name, key: k });
+    };
+
+    for (i, d) in r.download.iter().enumerate() {
+        let field = root.key("download").index(i);
+        let url = expand_platform(&d.url, &r.image.platform).map_err(|m| loaded.error_at(&field.key("url"), m))?;
+        let Some(sha) = &d.sha256 else {
+            return Err(loaded.error_at(&field.key("url"), "unpinned: run `imgbuild lock` (or add `sha256`)").into());
+        };
+        let sha256 = Digest::parse(sha).map_err(|e| loaded.error_at(&field.key("sha256"), e.to_string()))?;
+        let (target, def, name) = match (&d.dest, &d.extract) {
+            (Some(dest), _) => {
+                let mode = d.mode.map_or(0o644, |m| m.0);
+                let def = json!({"kind": "download", "sha256": sha256, "dest": dest, "mode": mode, "owner": d.owner});
+                (DownloadTarget::File { dest: dest.clone(), mode }, def, format!("download {url} -> {dest}"))
+            }
+            (None, Some(dir)) => {
+                let format = validate_archive_format(&url, d.format.as_deref())
+                    .ok_or_else(|| loaded.error_at(&field.key("url"), "cannot tell the archive format"))?;
+                let def = json!({"kind": "extract", "sha256": sha256, "dir": dir, "strip": d.strip_components, "format": format, "owner": d.owner});
+                (
+                    DownloadTarget::Extract { dir: dir.clone(), strip_components: d.strip_components, format },
+                    def,
+                    format!("extract {url} -> {dir}"),
+                )
+            }
+            (None, None) => return Err(loaded.error_at(&field, "a download needs `dest` or `extract`").into()),
+        };
+        push(StepKind::Download(PlannedDownload { url, sha256, target, owner: d.owner.clone(), field }), name, def);
+    }
+
+    if !r.user.is_empty() || !r.group.is_empty() {
+        let def = json!({
+            "kind": "users",
+            "groups": r.group.iter().map(|g| json!({"name": g.name, "gid": g.gid})).collect::<Vec<_>>(),
+            "users": r.user.iter().map(|u| json!({
+                "name": u.name, "uid": u.uid, "groups": u.groups, "shell": u.shell, "home": u.home, "sudo": u.sudo,
+            })).collect::<Vec<_>>(),
+        });
+        let names: Vec<&str> = r.group.iter().map(|g| g.name.as_str()).chain(r.user.iter().map(|u| u.name.as_str())).collect();
+        push(StepKind::Users { groups: r.group.clone(), users: r.user.clone() }, format!("users {}", names.join(" ")), def);
+    }
+
+    if !r.file.is_empty() {
+        let mut files = Vec::new();
+        for (i, f) in r.file.iter().enumerate() {
+            let field = root.key("file").index(i);
+            let (source, digest, size) = match (&f.content, &f.src) {
+                (Some(c), _) => (FileSource::Inline(c.as_bytes().to_vec()), Digest::of(c.as_bytes()), c.len() as u64),
+                (None, Some(src)) => {
+                    let path = loaded.resolve(src);
+                    let read_err = |source| PlanError::Read { path: path.clone(), field: field.key("src").to_string(), source };
+                    let (digest, size) = fs::File::open(&path).and_then(digest_reader).map_err(read_err)?;
+                    (FileSource::Path(path), digest, size)
+                }
+                (None, None) => return Err(loaded.error_at(&field, "a file needs `content` or `src`").into()),
+            };
+            files.push(PlannedFile {
+                dest: f.dest.clone(),
+                source,
+                size,
+                digest,
+                mode: f.mode.map_or(0o644, |m| m.0),
+                owner: f.owner.clone(),
+                field,
+            });
+        }
+        let def = json!({
+            "kind": "files",
+            "files": files.iter().map(|f| json!({"dest": f.dest, "sha256": f.digest, "mode": f.mode, "owner": f.owner})).collect::<Vec<_>>(),
+        });
+        let name = format!("files {}", files.iter().map(|f| f.dest.as_str()).collect::<Vec<_>>().join(" "));
+        push(StepKind::Files(files), name, def);
+    }
+
+    if !r.symlink.is_empty() {
+        let links: Vec<(String, String)> = r.symlink.iter().map(|s| (s.path.clone(), s.target.clone())).collect();
+        let def = json!({"kind": "symlinks", "links": links});
+        let name = format!("symlinks {}", links.iter().map(|(p, t)| format!("{p} -> {t}")).collect::<Vec<_>>().join(", "));
+        push(StepKind::Symlinks(links), name, def);
+    }
+
+    if !r.services.enable.is_empty() {
+        let units: Vec<String> = r
+            .services
+            .enable
+            .iter()
+            .map(|s| if s.contains('.') { s.clone() } else { format!("{s}.service") })
+            .collect();
+        let def = json!({"kind": "services", "enable": units});
+        push(StepKind::Services(units.clone()), format!("systemctl enable {}", units.join(" ")), def);
+    }
+
+    Ok(Plan { root_key, steps, compression, mtime })
+}

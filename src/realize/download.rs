@@ -1,0 +1,289 @@
+//! Downloads: fetched over HTTP(S) into the cache, verified against their sha256, and, for
+//! `extract`, streamed from the cached archive (tar, tar.gz, tar.xz, zip) into the layer.
+//!
+//! Archive entries keep the archive's order (hard links must follow their targets, and the
+//! archive is pinned by its sha256, so the order is as reproducible as a sort), with modes
+//! kept, owners set to the recipe's `owner` or root, and mtimes normalized by the writer.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+use std::time::Duration;
+
+use tar::EntryType;
+
+use super::lower::{Kind, LowerFs};
+use crate::cache::{Cache, CacheError};
+use crate::digest::Digest;
+use crate::layer::{LayerWriter, Meta};
+use crate::report::{Event, Reporter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("cannot download {url}")]
+    Http { url: String, source: reqwest::Error },
+    #[error("cannot download {url}: server answered {status}")]
+    Status { url: String, status: reqwest::StatusCode },
+    #[error("download {url} does not match its sha256: expected {expected}, found {found}")]
+    Mismatch { url: String, expected: Digest, found: Digest },
+    #[error("cannot store download {url} in the cache")]
+    Cache { url: String, source: CacheError },
+    #[error("cannot read download {url} from the cache")]
+    Read { url: String, source: io::Error },
+}
+
+/// `url` with any `user:password@` removed, for messages.
+pub fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (auth, tail) = rest.split_once('/').map_or((rest, ""), |(a, t)| (a, t));
+            let host = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
+            let sep = if rest.contains('/') { "/" } else { "" };
+            format!("{scheme}://{host}{sep}{tail}")
+        }
+        None => url.to_string(),
+    }
+}
+
+pub fn client() -> Result<reqwest::blocking::Client, reqwest::Error> {
+    reqwest::blocking::Client::builder()
+        .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(30))
+        .timeout(None)
+        .build()
+}
+
+/// Makes sure the cache holds `sha256`, downloading `url` if not. Nothing is stored unless
+/// the content matches.
+pub fn fetch(
+    client: &reqwest::blocking::Client,
+    cache: &Cache,
+    url: &str,
+    sha256: &Digest,
+    reporter: &dyn Reporter,
+) -> Result<(), DownloadError> {
+    let shown = redact(url);
+    if cache.has_blob(sha256) {
+        match cache.verify_blob(sha256) {
+            Ok(_) => return Ok(()),
+            Err(e) => reporter.report(Event::Warning(&format!("{e}; downloading again"))),
+        }
+    }
+    let http = |source| DownloadError::Http { url: shown.clone(), source };
+    let mut resp = client.get(url).send().map_err(http)?;
+    if !resp.status().is_success() {
+        return Err(DownloadError::Status { url: shown, status: resp.status() });
+    }
+    reporter.report(Event::DownloadStart { url: &shown, total: resp.content_length() });
+    let store = |source| DownloadError::Cache { url: shown.clone(), source };
+    let mut w = cache.blob_writer().map_err(store)?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = resp.read(&mut buf).map_err(|e| DownloadError::Read { url: shown.clone(), source: e })?;
+        if n == 0 {
+            break;
+        }
+        io::Write::write_all(&mut w, &buf[..n]).map_err(|e| DownloadError::Read { url: shown.clone(), source: e })?;
+        total += n as u64;
+        reporter.report(Event::DownloadProgress { url: &shown, bytes: total });
+    }
+    match w.commit(Some(sha256)) {
+        Ok(_) => {}
+        Err(CacheError::DigestMismatch { found, .. }) => {
+            return Err(DownloadError::Mismatch { url: shown, expected: sha256.clone(), found });
+        }
+        Err(e) => return Err(store(e)),
+    }
+    reporter.report(Event::DownloadDone { url: &shown, bytes: total });
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error("cannot read archive {url}")]
+    Io { url: String, source: io::Error },
+    #[error("cannot read zip archive {url}")]
+    Zip { url: String, source: zip::result::ZipError },
+    #[error("archive {url} has an unsafe entry `{entry}` (absolute or with `..`)")]
+    Unsafe { url: String, entry: String },
+}
+
+/// Maps an archive path below `dir` after stripping components; `None` to skip the entry.
+fn map_path(raw: &[u8], strip: u32, dir: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    let comps: Vec<&[u8]> = raw.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
+    if comps.contains(&&b".."[..]) {
+        return Err(String::from_utf8_lossy(raw).into_owned());
+    }
+    if comps.len() <= strip as usize {
+        return Ok(None);
+    }
+    let mut out = dir.to_vec();
+    for c in &comps[strip as usize..] {
+        if !out.is_empty() {
+            out.push(b'/');
+        }
+        out.extend_from_slice(c);
+    }
+    Ok(Some(out))
+}
+
+/// Streams one archive into the layer.
+pub struct Extractor<'a> {
+    pub w: &'a mut LayerWriter,
+    pub lower: &'a mut LowerFs,
+    pub url: &'a str,
+    pub dir: Vec<u8>,
+    pub strip: u32,
+    pub owner: (u64, u64),
+    emitted: BTreeSet<Vec<u8>>,
+}
+
+impl<'a> Extractor<'a> {
+    pub fn new(w: &'a mut LayerWriter, lower: &'a mut LowerFs, url: &'a str, dir: &str, strip: u32, owner: (u64, u64)) -> Self {
+        let dir = lower.resolve(dir.as_bytes());
+        Extractor { w, lower, url, dir, strip, owner, emitted: BTreeSet::new() }
+    }
+
+    fn io(&self) -> impl Fn(io::Error) -> ExtractError + '_ {
+        |source| ExtractError::Io { url: self.url.to_string(), source }
+    }
+
+    /// Emits missing parent directories of `path` (the image's own metadata where it has them).
+    fn parents(&mut self, path: &[u8]) -> io::Result<()> {
+        let mut cur = Vec::new();
+        let comps: Vec<&[u8]> = path.split(|b| *b == b'/').collect();
+        for c in &comps[..comps.len().saturating_sub(1)] {
+            if !cur.is_empty() {
+                cur.push(b'/');
+            }
+            cur.extend_from_slice(c);
+            if self.emitted.contains(&cur) {
+                continue;
+            }
+            let meta = match self.lower.get(&cur) {
+                Some(e) if e.kind == Kind::Dir => e.meta,
+                _ => Meta { uid: self.owner.0, gid: self.owner.1, ..Meta::DIR },
+            };
+            self.w.dir(&cur, meta)?;
+            self.lower.insert(&cur, Kind::Dir, meta, None);
+            self.emitted.insert(cur.clone());
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, raw: &[u8], kind: EntryType, mode: u32, size: u64, link: Option<&[u8]>, data: &mut dyn Read) -> Result<(), ExtractError> {
+        let unsafe_entry = |entry: String| ExtractError::Unsafe { url: self.url.to_string(), entry };
+        let Some(path) = map_path(raw, self.strip, &self.dir).map_err(unsafe_entry)? else {
+            return Ok(());
+        };
+        let meta = Meta { mode: mode & 0o7777, uid: self.owner.0, gid: self.owner.1 };
+        let url = self.url.to_string();
+        let io = |source| ExtractError::Io { url: url.clone(), source };
+        self.parents(&path).map_err(&io)?;
+        super::tree::whiteout_if_replaced(self.w, self.lower, &path, kind == EntryType::Directory).map_err(&io)?;
+        match kind {
+            EntryType::Directory => {
+                if self.emitted.insert(path.clone()) {
+                    self.w.dir(&path, meta).map_err(&io)?;
+                }
+                self.lower.insert(&path, Kind::Dir, meta, None);
+            }
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                self.w.file(&path, meta, size, data).map_err(&io)?;
+                self.lower.insert(&path, Kind::File, meta, None);
+            }
+            EntryType::Symlink => {
+                let target = link.unwrap_or_default().to_vec();
+                self.w.symlink(&path, &target, meta).map_err(&io)?;
+                self.lower.insert(&path, Kind::Symlink(target), meta, None);
+            }
+            EntryType::Link => {
+                let target = map_path(link.unwrap_or_default(), self.strip, &self.dir)
+                    .map_err(unsafe_entry)?
+                    .ok_or_else(|| unsafe_entry(String::from_utf8_lossy(raw).into_owned()))?;
+                self.w.hardlink(&path, &target, meta).map_err(&io)?;
+                self.lower.insert(&path, Kind::File, meta, None);
+            }
+            EntryType::Fifo | EntryType::Char | EntryType::Block => {
+                self.w.special(&path, kind, meta, (0, 0)).map_err(&io)?;
+                self.lower.insert(&path, Kind::Other, meta, None);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Extracts the cached archive at `blob`.
+    pub fn run(mut self, blob: &Path, format: &str) -> Result<(), ExtractError> {
+        let f = File::open(blob).map_err(self.io())?;
+        let top = self.dir.clone();
+        if !top.is_empty() {
+            let mut probe = top.clone();
+            probe.extend_from_slice(b"/x");
+            self.parents(&probe).map_err(self.io())?;
+        }
+        if format == "zip" {
+            return self.zip(f);
+        }
+        let reader: Box<dyn Read> = match format {
+            "tar.gz" => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, f))),
+            "tar.xz" => Box::new(liblzma::read::XzDecoder::new(BufReader::with_capacity(1 << 20, f))),
+            _ => Box::new(BufReader::with_capacity(1 << 20, f)),
+        };
+        let mut ar = tar::Archive::new(reader);
+        let entries = ar.entries().map_err(self.io())?;
+        for e in entries {
+            let mut e = e.map_err(self.io())?;
+            let raw = e.path_bytes().into_owned();
+            let link = e.link_name_bytes().map(|l| l.into_owned());
+            let h = e.header();
+            let (kind, mode, size) = (h.entry_type(), h.mode().map_err(self.io())?, e.size());
+            self.entry(&raw, kind, mode, size, link.as_deref(), &mut e)?;
+        }
+        Ok(())
+    }
+
+    fn zip(mut self, f: File) -> Result<(), ExtractError> {
+        let zerr = |url: &str| {
+            let url = url.to_string();
+            move |source| ExtractError::Zip { url: url.clone(), source }
+        };
+        let mut z = zip::ZipArchive::new(BufReader::new(f)).map_err(zerr(self.url))?;
+        for i in 0..z.len() {
+            let mut e = z.by_index(i).map_err(zerr(self.url))?;
+            let raw = e.name_raw().to_vec();
+            let mode = e.unix_mode();
+            if e.is_dir() {
+                self.entry(&raw, EntryType::Directory, mode.unwrap_or(0o755), 0, None, &mut io::empty())?;
+            } else if e.is_symlink() {
+                let mut target = Vec::new();
+                e.read_to_end(&mut target).map_err(self.io())?;
+                self.entry(&raw, EntryType::Symlink, 0o777, 0, Some(&target), &mut io::empty())?;
+            } else {
+                let size = e.size();
+                self.entry(&raw, EntryType::Regular, mode.unwrap_or(0o644), size, None, &mut e)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_and_reject() {
+        assert_eq!(map_path(b"go/bin/go", 1, b"usr/local/go").unwrap(), Some(b"usr/local/go/bin/go".to_vec()));
+        assert_eq!(map_path(b"go/", 1, b"usr/local/go").unwrap(), None);
+        assert!(map_path(b"a/../../etc", 0, b"x").is_err());
+    }
+
+    #[test]
+    fn redacts_credentials() {
+        assert_eq!(redact("https://u:p@h.example/x?y"), "https://h.example/x?y");
+        assert_eq!(redact("http://h:1/a"), "http://h:1/a");
+    }
+}

@@ -1,0 +1,191 @@
+//! A read-only view of the image below the step being built: every path of the base and the
+//! earlier layers (whiteouts applied), with the contents of the few files steps need to read
+//! (`/etc/passwd` and friends, `/etc/skel`, systemd units).
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+
+use tar::EntryType;
+
+use crate::cache::{Cache, LayerRecord};
+use crate::layer::{MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD, Meta};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink(Vec<u8>),
+    Other,
+}
+
+#[derive(Debug, Clone)]
+pub struct LowerEntry {
+    pub kind: Kind,
+    pub meta: Meta,
+    pub data: Option<Vec<u8>>,
+}
+
+/// Paths are relative to the root, without leading or trailing slashes.
+#[derive(Debug, Default)]
+pub struct LowerFs {
+    entries: BTreeMap<Vec<u8>, LowerEntry>,
+    scanned: usize,
+}
+
+fn wanted(path: &[u8]) -> bool {
+    const EXACT: [&[u8]; 4] = [b"etc/passwd", b"etc/group", b"etc/shadow", b"etc/gshadow"];
+    const PREFIX: [&[u8]; 4] = [b"etc/skel/", b"etc/systemd/system/", b"lib/systemd/system/", b"usr/lib/systemd/system/"];
+    EXACT.contains(&path) || PREFIX.iter().any(|p| path.starts_with(p))
+}
+
+/// Normalizes a tar path: no leading `./` or `/`, no trailing `/`.
+pub fn norm(path: &[u8]) -> Vec<u8> {
+    let mut p = path;
+    while let Some(rest) = p.strip_prefix(b"./").or_else(|| p.strip_prefix(b"/")) {
+        p = rest;
+    }
+    while let Some(rest) = p.strip_suffix(b"/") {
+        p = rest;
+    }
+    p.to_vec()
+}
+
+impl LowerFs {
+    /// Brings the view up to date with `layers` (scanning only those not seen yet).
+    pub fn advance(&mut self, cache: &Cache, layers: &[LayerRecord]) -> io::Result<()> {
+        while self.scanned < layers.len() {
+            let l = &layers[self.scanned];
+            self.scan(&cache.blob_path(&l.digest), &l.media_type)?;
+            self.scanned += 1;
+        }
+        Ok(())
+    }
+
+    fn scan(&mut self, blob: &Path, media_type: &str) -> io::Result<()> {
+        let f = BufReader::with_capacity(1 << 20, File::open(blob)?);
+        let reader: Box<dyn Read> = match media_type {
+            MEDIA_TYPE_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Box::new(flate2::read::MultiGzDecoder::new(f)),
+            MEDIA_TYPE_ZSTD => Box::new(zstd::Decoder::with_buffer(f)?),
+            _ => Box::new(f),
+        };
+        let mut ar = tar::Archive::new(reader);
+        for entry in ar.entries()? {
+            let mut e = entry?;
+            let path = norm(&e.path_bytes());
+            let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
+                Some(i) => (&path[..=i], &path[i + 1..]),
+                None => (&b""[..], &path[..]),
+            };
+            if name == b".wh..wh..opq" {
+                let d = dir.to_vec();
+                self.entries.retain(|k, _| !(k.starts_with(&d) && k.len() > d.len()));
+                continue;
+            }
+            if let Some(hidden) = name.strip_prefix(b".wh.") {
+                let mut target = dir.to_vec();
+                target.extend_from_slice(hidden);
+                self.remove_tree(&target);
+                continue;
+            }
+            let h = e.header();
+            let meta = Meta { mode: h.mode()? & 0o7777, uid: h.uid()?, gid: h.gid()? };
+            let kind = match h.entry_type() {
+                EntryType::Directory => Kind::Dir,
+                EntryType::Regular | EntryType::Continuous | EntryType::Link => Kind::File,
+                EntryType::Symlink => Kind::Symlink(e.link_name_bytes().map(|l| l.to_vec()).unwrap_or_default()),
+                _ => Kind::Other,
+            };
+            if kind != Kind::Dir {
+                self.remove_tree(&path);
+            }
+            let data = if kind == Kind::File && wanted(&path) && e.size() < (1 << 20) {
+                let mut buf = Vec::new();
+                e.read_to_end(&mut buf)?;
+                Some(buf)
+            } else {
+                None
+            };
+            self.entries.insert(path, LowerEntry { kind, meta, data });
+        }
+        Ok(())
+    }
+
+    fn remove_tree(&mut self, path: &[u8]) {
+        self.entries.remove(path);
+        let mut prefix = path.to_vec();
+        prefix.push(b'/');
+        self.entries.retain(|k, _| !k.starts_with(&prefix));
+    }
+
+    /// Records an entry a step just wrote, so later steps in this build see it.
+    pub fn insert(&mut self, path: &[u8], kind: Kind, meta: Meta, data: Option<Vec<u8>>) {
+        let path = norm(path);
+        let data = data.filter(|_| wanted(&path));
+        self.entries.insert(path, LowerEntry { kind, meta, data });
+    }
+
+    /// Marks the layers up to `n` as already reflected (after inserting a fresh layer).
+    pub fn mark_scanned(&mut self, n: usize) {
+        self.scanned = n;
+    }
+
+    pub fn get(&self, path: &[u8]) -> Option<&LowerEntry> {
+        self.entries.get(&norm(path))
+    }
+
+    /// The contents of a file the view keeps (see `wanted`), after resolving symlinks.
+    pub fn read(&self, path: &[u8]) -> Option<&[u8]> {
+        let p = self.resolve(path);
+        self.entries.get(&p)?.data.as_deref()
+    }
+
+    /// True when `dir` has entries below it.
+    pub fn has_children(&self, dir: &[u8]) -> bool {
+        let mut prefix = norm(dir);
+        prefix.push(b'/');
+        self.entries.range(prefix.clone()..).next().is_some_and(|(k, _)| k.starts_with(&prefix))
+    }
+
+    /// Entries directly or indirectly under `dir`, in order.
+    pub fn children<'a>(&'a self, dir: &[u8]) -> impl Iterator<Item = (&'a Vec<u8>, &'a LowerEntry)> + 'a {
+        let mut prefix = norm(dir);
+        prefix.push(b'/');
+        self.entries.range(prefix.clone()..).take_while(move |(k, _)| k.starts_with(&prefix))
+    }
+
+    /// Resolves symlinks in every component of `path` (as the kernel would inside the image).
+    pub fn resolve(&self, path: &[u8]) -> Vec<u8> {
+        let mut todo: Vec<Vec<u8>> = norm(path).split(|b| *b == b'/').filter(|c| !c.is_empty()).map(<[u8]>::to_vec).collect();
+        todo.reverse();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        let mut hops = 0;
+        while let Some(c) = todo.pop() {
+            match c.as_slice() {
+                b"." => continue,
+                b".." => {
+                    out.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            out.push(c);
+            let cur = out.join(&b'/');
+            if let Some(LowerEntry { kind: Kind::Symlink(target), .. }) = self.entries.get(&cur) {
+                hops += 1;
+                if hops > 40 {
+                    break;
+                }
+                out.pop();
+                if target.starts_with(b"/") {
+                    out.clear();
+                }
+                for part in target.split(|b| *b == b'/').filter(|c| !c.is_empty()).rev() {
+                    todo.push(part.to_vec());
+                }
+            }
+        }
+        out.join(&b'/')
+    }
+}

@@ -1,0 +1,203 @@
+//! Realization: each planned step becomes one layer, from the cache when its key hits, or
+//! built (no daemon, no root) from its inputs. Downloads of the steps that miss are fetched
+//! first, in parallel.
+
+mod download;
+pub mod lower;
+mod services;
+pub mod tree;
+mod users;
+
+use std::io;
+use std::sync::Mutex;
+
+pub use download::{DownloadError, ExtractError, redact};
+
+use self::lower::LowerFs;
+use self::tree::{NodeKind, Tree};
+use crate::base::BaseImage;
+use crate::cache::{Cache, CacheError, LayerRecord};
+use crate::digest::Digest;
+use crate::layer::{LayerWriter, Meta};
+use crate::plan::{DownloadTarget, FileSource, Plan, PlannedDownload, Step, StepKind};
+use crate::recipe::{FieldPath, Loaded, RecipeError};
+use crate::report::{Event, Reporter};
+
+/// How many downloads run at once.
+const PARALLEL_DOWNLOADS: usize = 4;
+
+/// What a step produced.
+#[derive(Debug, Clone)]
+pub struct LayerOutcome {
+    pub name: String,
+    pub key: Digest,
+    pub record: LayerRecord,
+    pub hit: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RealizeError {
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+    #[error(transparent)]
+    Extract(#[from] ExtractError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("cannot write the layer of step `{step}`")]
+    Layer { step: String, source: io::Error },
+    #[error("cannot read the layers below step `{step}`")]
+    Lower { step: String, source: io::Error },
+    #[error("cannot create an HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+/// Realizes every step of `plan` on top of `base`.
+pub fn realize(
+    loaded: &Loaded,
+    plan: &Plan,
+    base: &BaseImage,
+    cache: &Cache,
+    reporter: &dyn Reporter,
+) -> Result<Vec<LayerOutcome>, RealizeError> {
+    let hits: Vec<Option<LayerRecord>> = plan
+        .steps
+        .iter()
+        .map(|s| {
+            let rec = cache.get_key(&s.key)?;
+            match cache.verify_blob(&rec.digest) {
+                Ok(_) => Some(rec),
+                Err(e) => {
+                    reporter.report(Event::Warning(&format!("{e}; rebuilding step `{}`", s.name)));
+                    cache.remove_key(&s.key);
+                    None
+                }
+            }
+        })
+        .collect();
+
+    let missing: Vec<&PlannedDownload> = plan
+        .steps
+        .iter()
+        .zip(&hits)
+        .filter_map(|(s, h)| match (&s.kind, h) {
+            (StepKind::Download(d), None) => Some(d),
+            _ => None,
+        })
+        .collect();
+    prefetch(cache, &missing, reporter)?;
+
+    let mut lower = LowerFs::default();
+    let mut layers: Vec<LayerRecord> = base.layers.clone();
+    let mut out = Vec::new();
+    let total = plan.steps.len();
+    for (index, (step, hit)) in plan.steps.iter().zip(hits).enumerate() {
+        reporter.report(Event::StepStart { index, total, name: &step.name });
+        let (record, was_hit) = match hit {
+            Some(rec) => (rec, true),
+            None => {
+                lower
+                    .advance(cache, &layers)
+                    .map_err(|source| RealizeError::Lower { step: step.name.clone(), source })?;
+                let rec = build_step(loaded, plan, step, cache, &mut lower)?;
+                cache.put_key(&step.key, &rec)?;
+                (rec, false)
+            }
+        };
+        reporter.report(Event::StepDone { index, name: &step.name, hit: was_hit, digest: &record.digest, size: record.size });
+        layers.push(record.clone());
+        if !was_hit {
+            lower.mark_scanned(layers.len());
+        }
+        out.push(LayerOutcome { name: step.name.clone(), key: step.key.clone(), record, hit: was_hit });
+    }
+    Ok(out)
+}
+
+fn prefetch(cache: &Cache, downloads: &[&PlannedDownload], reporter: &dyn Reporter) -> Result<(), RealizeError> {
+    if downloads.is_empty() {
+        return Ok(());
+    }
+    let client = download::client().map_err(RealizeError::Client)?;
+    let queue = Mutex::new(downloads.iter());
+    let first_error: Mutex<Option<DownloadError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL_DOWNLOADS.min(downloads.len()) {
+            s.spawn(|| {
+                loop {
+                    let next = queue.lock().map(|mut q| q.next()).ok().flatten();
+                    let Some(d) = next else { break };
+                    if let Err(e) = download::fetch(&client, cache, &d.url, &d.sha256, reporter)
+                        && let Ok(mut slot) = first_error.lock()
+                    {
+                        slot.get_or_insert(e);
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner().ok().flatten() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+fn owner(loaded: &Loaded, lower: &LowerFs, owner: Option<&str>, field: &FieldPath) -> Result<(u64, u64), RecipeError> {
+    match owner {
+        None => Ok((0, 0)),
+        Some(o) => users::resolve_owner(lower, o).map_err(|m| loaded.error_at(&field.key("owner"), m)),
+    }
+}
+
+fn build_step(loaded: &Loaded, plan: &Plan, step: &Step, cache: &Cache, lower: &mut LowerFs) -> Result<LayerRecord, RealizeError> {
+    let layer_err = |source| RealizeError::Layer { step: step.name.clone(), source };
+    let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
+    let tree = match &step.kind {
+        StepKind::Download(d) => {
+            let (uid, gid) = owner(loaded, lower, d.owner.as_deref(), &d.field)?;
+            let blob = cache.blob_path(&d.sha256);
+            match &d.target {
+                DownloadTarget::File { dest, mode } => {
+                    let size = std::fs::metadata(&blob).map_err(layer_err)?.len();
+                    let mut t = Tree::default();
+                    let kind = NodeKind::File { source: FileSource::Path(blob), size };
+                    t.add(lower, dest, kind, Meta { mode: *mode, uid, gid });
+                    Some(t)
+                }
+                DownloadTarget::Extract { dir, strip_components, format } => {
+                    let url = redact(&d.url);
+                    download::Extractor::new(&mut w, lower, &url, dir, *strip_components, (uid, gid)).run(&blob, format)?;
+                    None
+                }
+            }
+        }
+        StepKind::Users { groups, users: us } => Some(
+            users::build(lower, groups, us).map_err(|e| loaded.error_at(&e.field, e.message))?,
+        ),
+        StepKind::Files(files) => {
+            let mut t = Tree::default();
+            for f in files {
+                let (uid, gid) = owner(loaded, lower, f.owner.as_deref(), &f.field)?;
+                let kind = NodeKind::File { source: f.source.clone(), size: f.size };
+                t.add(lower, &f.dest, kind, Meta { mode: f.mode, uid, gid });
+            }
+            Some(t)
+        }
+        StepKind::Symlinks(links) => {
+            let mut t = Tree::default();
+            for (path, target) in links {
+                t.add(lower, path, NodeKind::Symlink(target.clone().into_bytes()), Meta::LINK);
+            }
+            Some(t)
+        }
+        StepKind::Services(units) => {
+            let field = FieldPath::root().key("services").key("enable");
+            Some(services::build(lower, units).map_err(|m| loaded.error_at(&field, m))?)
+        }
+    };
+    if let Some(t) = tree {
+        t.write(&mut w, lower).map_err(layer_err)?;
+    }
+    Ok(w.finish(step.name.clone())?)
+}

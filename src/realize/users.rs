@@ -1,0 +1,207 @@
+//! The users step: `[[group]]` and `[[user]]` written into `/etc/passwd`, `/etc/group`,
+//! `/etc/shadow` and `/etc/gshadow` (starting from the image's own), home directories seeded
+//! from `/etc/skel`, and sudoers drop-ins, as `groupadd`, `useradd -m -U` and a
+//! `/etc/sudoers.d` file would leave them.
+
+use super::lower::{Kind, LowerFs};
+use super::tree::{NodeKind, Tree};
+use crate::layer::Meta;
+use crate::plan::FileSource;
+use crate::recipe::{FieldPath, Group, User};
+
+/// First id handed out to users and groups without one, as `/etc/login.defs` UID_MIN.
+const ID_MIN: u32 = 1000;
+
+/// A failure naming the recipe field at fault.
+#[derive(Debug)]
+pub struct FieldError {
+    pub field: FieldPath,
+    pub message: String,
+}
+
+fn lines(lower: &LowerFs, path: &str) -> Vec<Vec<String>> {
+    let text = lower.read(path.as_bytes()).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| l.split(':').map(str::to_string).collect()).collect()
+}
+
+fn join(rows: &[Vec<String>]) -> Vec<u8> {
+    let mut s = String::new();
+    for r in rows {
+        s.push_str(&r.join(":"));
+        s.push('\n');
+    }
+    s.into_bytes()
+}
+
+fn id_of(row: &[String]) -> Option<u32> {
+    row.get(2)?.parse().ok()
+}
+
+fn next_free(used: &[Vec<String>], also: &[Vec<String>]) -> u32 {
+    let mut id = ID_MIN;
+    while used.iter().chain(also).any(|r| id_of(r) == Some(id)) {
+        id += 1;
+    }
+    id
+}
+
+/// Looks up `name` (or a number) in `/etc/passwd` of the image: (uid, primary gid).
+pub fn lookup_user(lower: &LowerFs, name: &str) -> Option<(u32, u32)> {
+    if let Ok(n) = name.parse() {
+        return Some((n, n));
+    }
+    let row = lines(lower, "etc/passwd").into_iter().find(|r| r[0] == name)?;
+    Some((id_of(&row)?, row.get(3)?.parse().ok()?))
+}
+
+/// Looks up a group name (or number) in `/etc/group` of the image.
+pub fn lookup_group(lower: &LowerFs, name: &str) -> Option<u32> {
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    lines(lower, "etc/group").into_iter().find(|r| r[0] == name).and_then(|r| id_of(&r))
+}
+
+/// Resolves an `owner` (`user`, `user:group`, `uid:gid`) to numeric ids.
+pub fn resolve_owner(lower: &LowerFs, owner: &str) -> Result<(u64, u64), String> {
+    let (u, g) = owner.split_once(':').map_or((owner, None), |(u, g)| (u, Some(g)));
+    let (uid, primary) = lookup_user(lower, u).ok_or_else(|| format!("user `{u}` does not exist in the image"))?;
+    let gid = match g {
+        Some(g) => lookup_group(lower, g).ok_or_else(|| format!("group `{g}` does not exist in the image"))?,
+        None => primary,
+    };
+    Ok((uid as u64, gid as u64))
+}
+
+fn file(tree: &mut Tree, lower: &LowerFs, path: &str, bytes: Vec<u8>, meta: Meta) {
+    let size = bytes.len() as u64;
+    tree.add(lower, path, NodeKind::File { source: FileSource::Inline(bytes), size }, meta);
+}
+
+pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, FieldError> {
+    let mut passwd = lines(lower, "etc/passwd");
+    let mut group = lines(lower, "etc/group");
+    let mut shadow = lines(lower, "etc/shadow");
+    let had_gshadow = lower.get(b"etc/gshadow").is_some();
+    let mut gshadow = lines(lower, "etc/gshadow");
+    // An image without account files (scratch) still needs root.
+    if passwd.is_empty() {
+        passwd.push(["root", "x", "0", "0", "root", "/root", "/bin/sh"].map(String::from).to_vec());
+        shadow.push(["root", "*", "", "0", "99999", "7", "", "", ""].map(String::from).to_vec());
+    }
+    if group.is_empty() {
+        group.push(["root", "x", "0", ""].map(String::from).to_vec());
+        gshadow.push(["root", "*", "", ""].map(String::from).to_vec());
+    }
+    let root = FieldPath::root();
+
+    for (i, g) in groups.iter().enumerate() {
+        let field = root.key("group").index(i);
+        if let Some(row) = group.iter().find(|r| r[0] == g.name) {
+            if let Some(want) = g.gid
+                && id_of(row) != Some(want)
+            {
+                return Err(FieldError {
+                    field: field.key("gid"),
+                    message: format!("group `{}` already exists with gid {}", g.name, row[2]),
+                });
+            }
+            continue;
+        }
+        let gid = g.gid.unwrap_or_else(|| next_free(&group, &[]));
+        if group.iter().any(|r| id_of(r) == Some(gid)) {
+            return Err(FieldError { field: field.key("gid"), message: format!("gid {gid} is already taken") });
+        }
+        group.push(vec![g.name.clone(), "x".into(), gid.to_string(), String::new()]);
+        gshadow.push(vec![g.name.clone(), "!".into(), String::new(), String::new()]);
+    }
+
+    let mut tree = Tree::default();
+    for (i, u) in users.iter().enumerate() {
+        let field = root.key("user").index(i);
+        let existing = passwd.iter().position(|r| r[0] == u.name);
+        let uid = match (u.uid, existing) {
+            (Some(id), _) => id,
+            (None, Some(pos)) => id_of(&passwd[pos]).unwrap_or(ID_MIN),
+            (None, None) => next_free(&passwd, &[]),
+        };
+        if passwd.iter().any(|r| r[0] != u.name && id_of(r) == Some(uid)) {
+            return Err(FieldError { field: field.key("uid"), message: format!("uid {uid} is already taken") });
+        }
+        // The user's own group (useradd --user-group), with gid = uid when free.
+        let gid = match group.iter().find(|r| r[0] == u.name) {
+            Some(r) => id_of(r).unwrap_or(uid),
+            None => {
+                let gid = if group.iter().any(|r| id_of(r) == Some(uid)) { next_free(&group, &[]) } else { uid };
+                group.push(vec![u.name.clone(), "x".into(), gid.to_string(), String::new()]);
+                gshadow.push(vec![u.name.clone(), "!".into(), String::new(), String::new()]);
+                gid
+            }
+        };
+        for (j, g) in u.groups.iter().enumerate() {
+            let add = |rows: &mut Vec<Vec<String>>, idx: usize| {
+                let Some(row) = rows.iter_mut().find(|r| r[0] == *g) else { return false };
+                while row.len() <= idx {
+                    row.push(String::new());
+                }
+                let mut members: Vec<&str> = row[idx].split(',').filter(|m| !m.is_empty()).collect();
+                if !members.contains(&u.name.as_str()) {
+                    members.push(&u.name);
+                }
+                row[idx] = members.join(",");
+                true
+            };
+            if !add(&mut group, 3) {
+                return Err(FieldError {
+                    field: field.key("groups").index(j),
+                    message: format!("group `{g}` does not exist in the image: declare it with [[group]]"),
+                });
+            }
+            add(&mut gshadow, 3);
+        }
+        let home = u.home.clone().unwrap_or_else(|| format!("/home/{}", u.name));
+        let shell = u.shell.clone().unwrap_or_else(|| "/bin/sh".into());
+        let row = vec![u.name.clone(), "x".into(), uid.to_string(), gid.to_string(), String::new(), home.clone(), shell];
+        match existing {
+            Some(pos) => passwd[pos] = row,
+            None => passwd.push(row),
+        }
+        if !shadow.iter().any(|r| r[0] == u.name) {
+            // Locked password, no aging: the same line on every build.
+            shadow.push([u.name.as_str(), "!", "", "0", "99999", "7", "", "", ""].map(String::from).to_vec());
+        }
+
+        let owner = Meta { mode: 0o750, uid: uid as u64, gid: gid as u64 };
+        let home_path = tree.add(lower, &home, NodeKind::Dir, owner);
+        // Seed the home from /etc/skel, as `useradd -m` does.
+        for (path, e) in lower.children(b"etc/skel") {
+            let rel = String::from_utf8_lossy(&path[b"etc/skel/".len()..]).into_owned();
+            let dest = format!("/{}/{rel}", String::from_utf8_lossy(&home_path));
+            let meta = Meta { mode: e.meta.mode, uid: uid as u64, gid: gid as u64 };
+            match (&e.kind, &e.data) {
+                (Kind::Dir, _) => {
+                    tree.add(lower, &dest, NodeKind::Dir, meta);
+                }
+                (Kind::File, Some(d)) => file(&mut tree, lower, &dest, d.clone(), meta),
+                (Kind::Symlink(t), _) => {
+                    tree.add(lower, &dest, NodeKind::Symlink(t.clone()), meta);
+                }
+                _ => {}
+            }
+        }
+        if u.sudo.as_deref() == Some("nopasswd") {
+            let rule = format!("{} ALL=(ALL) NOPASSWD:ALL\n", u.name);
+            file(&mut tree, lower, &format!("/etc/sudoers.d/{}", u.name), rule.into_bytes(), Meta { mode: 0o440, uid: 0, gid: 0 });
+        }
+    }
+
+    let shadow_gid = lookup_group(lower, "shadow").or_else(|| group.iter().find(|r| r[0] == "shadow").and_then(|r| id_of(r)));
+    let secret = Meta { mode: 0o640, uid: 0, gid: shadow_gid.unwrap_or(0) as u64 };
+    file(&mut tree, lower, "/etc/passwd", join(&passwd), Meta::FILE);
+    file(&mut tree, lower, "/etc/group", join(&group), Meta::FILE);
+    file(&mut tree, lower, "/etc/shadow", join(&shadow), secret);
+    if had_gshadow || !groups.is_empty() {
+        file(&mut tree, lower, "/etc/gshadow", join(&gshadow), secret);
+    }
+    Ok(tree)
+}

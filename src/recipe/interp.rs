@@ -1,0 +1,161 @@
+//! String interpolation: `${var.NAME}` in every recipe string, platform variables in URLs,
+//! and Docker-style `$NAME` / `${NAME}` expansion in `[env]`.
+
+use std::collections::BTreeMap;
+
+use super::diag::FieldPath;
+
+/// An interpolation failure at a field.
+#[derive(Debug, Clone)]
+pub struct InterpError {
+    pub path: FieldPath,
+    pub message: String,
+}
+
+/// Replaces `${var.NAME}` in every string of `value` (keys are left alone). `$${` escapes a
+/// literal `${`. Other `${...}` forms are left untouched for the later passes.
+pub fn vars_in_value(value: &mut toml::Value, vars: &BTreeMap<String, String>, path: &FieldPath, errs: &mut Vec<InterpError>) {
+    match value {
+        toml::Value::String(s) => match expand(s, |name| lookup_var(name, vars)) {
+            Ok(v) => *s = v,
+            Err(message) => errs.push(InterpError { path: path.clone(), message }),
+        },
+        toml::Value::Array(a) => {
+            for (i, v) in a.iter_mut().enumerate() {
+                vars_in_value(v, vars, &path.index(i), errs);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                vars_in_value(v, vars, &path.key(k), errs);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn lookup_var(name: &str, vars: &BTreeMap<String, String>) -> Lookup {
+    match name.strip_prefix("var.") {
+        Some(v) => match vars.get(v) {
+            Some(val) => Lookup::Value(val.clone()),
+            None => Lookup::Error(format!("unknown variable `${{var.{v}}}` (declare it in [vars] or pass --var {v}=...)")),
+        },
+        None => Lookup::Keep,
+    }
+}
+
+/// Platform variables for download URLs: `${arch}`, `${uname_m}`, `${os}`.
+pub fn platform_vars(platform: &str) -> BTreeMap<&'static str, String> {
+    let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
+    let uname_m = match arch {
+        "amd64" => "x86_64",
+        "arm64" => "aarch64",
+        other => other,
+    };
+    BTreeMap::from([("arch", arch.to_string()), ("uname_m", uname_m.to_string()), ("os", os.to_string())])
+}
+
+/// Expands platform variables in a URL; an unknown `${name}` is an error.
+pub fn expand_platform(url: &str, platform: &str) -> Result<String, String> {
+    let pv = platform_vars(platform);
+    expand(url, |name| match pv.get(name) {
+        Some(v) => Lookup::Value(v.clone()),
+        None => Lookup::Error(format!("unknown variable `${{{name}}}` in URL (known: arch, uname_m, os)")),
+    })
+}
+
+/// Docker ENV semantics: `$NAME` and `${NAME}` take the value of an earlier variable (or the
+/// base image's), and an undefined one expands to the empty string.
+pub fn expand_env(value: &str, env: &[(String, String)]) -> String {
+    let get = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(inner) = after.strip_prefix('{')
+            && let Some(end) = inner.find('}')
+        {
+            out.push_str(&get(&inner[..end]));
+            rest = &inner[end + 1..];
+            continue;
+        }
+        let n = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        if n == 0 {
+            out.push('$');
+        } else {
+            out.push_str(&get(&after[..n]));
+        }
+        rest = &after[n..];
+    }
+    out.push_str(rest);
+    out
+}
+
+enum Lookup {
+    Value(String),
+    Keep,
+    Error(String),
+}
+
+fn expand(s: &str, lookup: impl Fn(&str) -> Lookup) -> Result<String, String> {
+    if !s.contains("${") {
+        return Ok(s.to_string());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("${") {
+        if rest[..i].ends_with('$') {
+            // `$${` is a literal `${`.
+            out.push_str(&rest[..i - 1]);
+            out.push_str("${");
+            rest = &rest[i + 2..];
+            continue;
+        }
+        out.push_str(&rest[..i]);
+        let Some(end) = rest[i..].find('}') else {
+            out.push_str(&rest[i..]);
+            rest = "";
+            break;
+        };
+        let name = &rest[i + 2..i + end];
+        match lookup(name) {
+            Lookup::Value(v) => out.push_str(&v),
+            Lookup::Keep => out.push_str(&rest[i..=i + end]),
+            Lookup::Error(e) => return Err(e),
+        }
+        rest = &rest[i + end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_expansion_follows_docker() {
+        let env = vec![("GOROOT".to_string(), "/usr/local/go".to_string()), ("PATH".into(), "/bin".into())];
+        assert_eq!(expand_env("$PATH:$GOROOT/bin", &env), "/bin:/usr/local/go/bin");
+        assert_eq!(expand_env("${UNSET}x$", &env), "x$");
+    }
+
+    #[test]
+    fn vars_and_escapes() {
+        let vars = BTreeMap::from([("user".to_string(), "eric".to_string())]);
+        let mut v = toml::Value::String("/home/${var.user} $${var.user} ${HOME}".into());
+        let mut errs = vec![];
+        vars_in_value(&mut v, &vars, &FieldPath::root(), &mut errs);
+        assert_eq!(v.as_str(), Some("/home/eric ${var.user} ${HOME}"));
+        let mut bad = toml::Value::String("${var.nope}".into());
+        vars_in_value(&mut bad, &vars, &FieldPath::root(), &mut errs);
+        assert_eq!(errs.len(), 1);
+    }
+
+    #[test]
+    fn platform_urls() {
+        assert_eq!(expand_platform("go-${os}-${arch}-${uname_m}", "linux/arm64").unwrap(), "go-linux-arm64-aarch64");
+        assert!(expand_platform("${nope}", "linux/amd64").is_err());
+    }
+}

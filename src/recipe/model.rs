@@ -1,0 +1,277 @@
+//! The recipe's data model: what a `recipes/NAME.toml` may contain, as serde types.
+//!
+//! Unknown keys are refused everywhere (`deny_unknown_fields`), so a typo is an error that
+//! names the file, line and key rather than a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    pub image: Image,
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "ordered_map")]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub file: Vec<FileSpec>,
+    #[serde(default)]
+    pub download: Vec<Download>,
+    #[serde(default)]
+    pub symlink: Vec<Symlink>,
+    #[serde(default)]
+    pub group: Vec<Group>,
+    #[serde(default)]
+    pub user: Vec<User>,
+    #[serde(default)]
+    pub services: Services,
+    #[serde(default)]
+    pub apt: Option<Apt>,
+    #[serde(default)]
+    pub pip: Option<Pip>,
+    #[serde(default)]
+    pub run: Vec<Run>,
+    #[serde(default)]
+    pub target: Targets,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    pub name: String,
+    #[serde(default = "default_base")]
+    pub base: String,
+    #[serde(default = "default_platform")]
+    pub platform: String,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub shell: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_base() -> String {
+    "scratch".into()
+}
+
+fn default_platform() -> String {
+    "linux/amd64".into()
+}
+
+/// A file mode, written as a TOML integer (`0o755`) or an octal string (`"0755"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mode(pub u32);
+
+impl<'de> Deserialize<'de> for Mode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        let v = match Raw::deserialize(d)? {
+            Raw::Int(i) => u32::try_from(i).map_err(|_| serde::de::Error::custom("mode must be positive"))?,
+            Raw::Str(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
+                .map_err(|_| serde::de::Error::custom(format!("mode `{s}` is not an octal number")))?,
+        };
+        if v > 0o7777 {
+            return Err(serde::de::Error::custom(format!("mode {v:o} is larger than 0o7777")));
+        }
+        Ok(Mode(v))
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:04o}", self.0)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSpec {
+    pub dest: String,
+    pub content: Option<String>,
+    pub src: Option<String>,
+    pub mode: Option<Mode>,
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Download {
+    pub url: String,
+    pub sha256: Option<String>,
+    pub dest: Option<String>,
+    pub mode: Option<Mode>,
+    pub owner: Option<String>,
+    pub extract: Option<String>,
+    #[serde(default)]
+    pub strip_components: u32,
+    /// Archive format when the URL does not tell: `tar`, `tar.gz`, `tar.xz`, `zip`.
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Symlink {
+    pub path: String,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    pub name: String,
+    pub gid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    pub shell: Option<String>,
+    pub home: Option<String>,
+    pub sudo: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Services {
+    #[serde(default)]
+    pub enable: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Apt {
+    #[serde(default)]
+    pub sources: Vec<AptSource>,
+    #[serde(default)]
+    pub packages: Vec<String>,
+    #[serde(default)]
+    pub upgrade: bool,
+    pub bootstrap: Option<String>,
+    #[serde(default)]
+    pub install_recommends: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptSource {
+    pub name: String,
+    pub uri: String,
+    pub suite: Option<String>,
+    #[serde(default)]
+    pub components: Vec<String>,
+    pub key: Option<String>,
+    #[serde(default)]
+    pub arch: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pip {
+    #[serde(default)]
+    pub packages: Vec<String>,
+    #[serde(default)]
+    pub upgrade_pip: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Run {
+    pub command: String,
+    pub user: Option<String>,
+    #[serde(default)]
+    pub network: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Targets {
+    #[serde(default)]
+    pub oci: OciTarget,
+    pub proxmox: Option<ProxmoxTarget>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciTarget {
+    #[serde(default = "default_tags")]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub compression: Compression,
+    pub level: Option<i32>,
+}
+
+impl Default for OciTarget {
+    fn default() -> Self {
+        OciTarget { tags: default_tags(), compression: Compression::default(), level: None }
+    }
+}
+
+fn default_tags() -> Vec<String> {
+    vec!["latest".into()]
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxmoxTarget {
+    pub node: Option<String>,
+    pub storage: Option<String>,
+    pub vmid: Option<u32>,
+    pub disk_size: Option<String>,
+    pub format: Option<String>,
+    #[serde(default)]
+    pub packages: Vec<String>,
+    pub memory: Option<u32>,
+    pub cores: Option<u32>,
+    pub snippets_via: Option<String>,
+    pub cloud_init: Option<toml::Table>,
+}
+
+/// Deserializes a TOML table into `(key, string value)` pairs in document order.
+fn ordered_map<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a table of strings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((k, v)) = m.next_entry::<String, String>()? {
+                out.push((k, v));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V)
+}

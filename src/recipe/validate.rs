@@ -1,0 +1,357 @@
+//! Semantic checks of a parsed recipe: paths, names, digests, references between fields.
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+
+use super::diag::{Diagnostic, FieldPath, Severity};
+use super::{BaseRef, Loaded};
+use crate::digest::Digest;
+
+struct Checker<'a> {
+    loaded: &'a Loaded,
+    diags: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, p: &FieldPath, msg: impl Into<String>) {
+        let d = self.loaded.diagnostic(Severity::Error, p, msg);
+        self.diags.push(d);
+    }
+
+    fn warn(&mut self, p: &FieldPath, msg: impl Into<String>) {
+        let d = self.loaded.diagnostic(Severity::Warning, p, msg);
+        self.diags.push(d);
+    }
+
+    /// An absolute path inside the image, without `..`.
+    fn image_path(&mut self, p: &FieldPath, v: &str) {
+        if !v.starts_with('/') {
+            self.error(p, format!("`{v}` must be an absolute path in the image"));
+        } else if v.split('/').any(|c| c == "..") {
+            self.error(p, format!("`{v}` must not contain `..`"));
+        } else if v.contains('\0') {
+            self.error(p, "path contains a NUL byte");
+        }
+    }
+
+    /// A file next to the recipe: relative, inside the recipe's directory, existing.
+    fn recipe_file(&mut self, p: &FieldPath, v: &str) {
+        let rel = Path::new(v);
+        if rel.is_absolute() {
+            self.error(p, format!("`{v}` must be relative to the recipe's directory"));
+            return;
+        }
+        let mut depth = 0i32;
+        for c in rel.components() {
+            match c {
+                Component::ParentDir => depth -= 1,
+                Component::Normal(_) => depth += 1,
+                _ => {}
+            }
+            if depth < 0 {
+                self.error(p, format!("`{v}` is outside the recipe's directory"));
+                return;
+            }
+        }
+        let full = self.loaded.resolve(v);
+        match (full.canonicalize(), self.loaded.dir.canonicalize()) {
+            (Ok(f), Ok(d)) if !f.starts_with(&d) => {
+                self.error(p, format!("`{v}` resolves outside the recipe's directory (through a symlink)"))
+            }
+            (Ok(f), _) if !f.is_file() => self.error(p, format!("`{v}` is not a regular file")),
+            (Err(e), _) => self.error(p, format!("cannot read `{}`: {e}", full.display())),
+            _ => {}
+        }
+    }
+
+    fn name(&mut self, p: &FieldPath, v: &str, what: &str) {
+        let ok = !v.is_empty()
+            && v.len() <= 32
+            && v.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+        if !ok {
+            self.error(p, format!("`{v}` is not a valid {what} name (lowercase letters, digits, `_`, `-`)"));
+        }
+    }
+
+    fn owner(&mut self, p: &FieldPath, v: &str) {
+        let ok = v.split(':').count() <= 2 && v.split(':').all(|s| !s.is_empty() && !s.contains(char::is_whitespace));
+        if !ok {
+            self.error(p, format!("owner `{v}` must be `user`, `user:group`, or numeric `uid:gid`"));
+        }
+    }
+}
+
+fn parse_base(v: &str, dir: &Path) -> Result<BaseRef, String> {
+    if v == "scratch" {
+        return Ok(BaseRef::Scratch);
+    }
+    if let Some(rest) = v.strip_prefix("oci:") {
+        if rest.is_empty() {
+            return Err("`oci:` needs a layout path: `oci:PATH[:TAG]`".into());
+        }
+        let (path, tag) = match rest.rsplit_once(':') {
+            Some((p, t)) if !t.contains('/') && !p.is_empty() => (p, Some(t.to_string())),
+            _ => (rest, None),
+        };
+        let path = PathBuf::from(path);
+        let path = if path.is_absolute() { path } else { dir.join(path) };
+        return Ok(BaseRef::Layout { path, tag });
+    }
+    let ok = !v.is_empty()
+        && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
+        && !v.starts_with(['/', ':', '@', '.', '-']);
+    if ok { Ok(BaseRef::Registry(v.to_string())) } else { Err(format!("`{v}` is not `scratch`, `oci:PATH[:TAG]` or an image reference")) }
+}
+
+fn valid_tag(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 128
+        && t.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+        && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// Archive format of a download: explicit `format`, else from the URL's extension.
+pub fn archive_format(url: &str, format: Option<&str>) -> Option<&'static str> {
+    let known = ["tar", "tar.gz", "tar.xz", "zip"];
+    if let Some(f) = format {
+        return known.iter().find(|k| **k == f).copied();
+    }
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    if path.ends_with(".tar.gz") || path.ends_with(".tgz") {
+        Some("tar.gz")
+    } else if path.ends_with(".tar.xz") || path.ends_with(".txz") {
+        Some("tar.xz")
+    } else if path.ends_with(".tar") {
+        Some("tar")
+    } else if path.ends_with(".zip") {
+        Some("zip")
+    } else {
+        None
+    }
+}
+
+pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
+    let r = &loaded.recipe;
+    let mut c = Checker { loaded, diags: Vec::new() };
+    let root = FieldPath::root();
+    let image = root.key("image");
+
+    let name = &r.image.name;
+    if name.is_empty()
+        || !name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+    {
+        c.error(&image.key("name"), format!("`{name}` is not a valid image name (lowercase letters, digits, `.`, `_`, `-`)"));
+    }
+    if !["linux/amd64", "linux/arm64"].contains(&r.image.platform.as_str()) {
+        c.error(&image.key("platform"), format!("platform `{}` is not supported (linux/amd64, linux/arm64)", r.image.platform));
+    }
+    let base = match parse_base(&r.image.base, &loaded.dir) {
+        Ok(b) => b,
+        Err(e) => {
+            c.error(&image.key("base"), e);
+            BaseRef::Scratch
+        }
+    };
+    if let Some(w) = &r.image.workdir {
+        c.image_path(&image.key("workdir"), w);
+    }
+    for (k, _) in &r.env {
+        if !k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            c.error(&root.key("env").key(k), format!("`{k}` is not a valid environment variable name"));
+        }
+    }
+
+    let mut dests: BTreeSet<String> = BTreeSet::new();
+    let mut claim = |c: &mut Checker, p: &FieldPath, dest: &str| {
+        if !dests.insert(dest.trim_end_matches('/').to_string()) {
+            c.error(p, format!("`{dest}` is written by more than one entry"));
+        }
+    };
+
+    for (i, f) in r.file.iter().enumerate() {
+        let p = root.key("file").index(i);
+        c.image_path(&p.key("dest"), &f.dest);
+        claim(&mut c, &p.key("dest"), &f.dest);
+        match (&f.content, &f.src) {
+            (Some(_), Some(_)) => c.error(&p.key("src"), "give either `content` or `src`, not both"),
+            (None, None) => c.error(&p, "a file needs `content` or `src`"),
+            (None, Some(src)) => c.recipe_file(&p.key("src"), src),
+            _ => {}
+        }
+        if let Some(o) = &f.owner {
+            c.owner(&p.key("owner"), o);
+        }
+    }
+
+    for (i, d) in r.download.iter().enumerate() {
+        let p = root.key("download").index(i);
+        match super::interp::expand_platform(&d.url, &r.image.platform) {
+            Err(e) => c.error(&p.key("url"), e),
+            Ok(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
+                c.error(&p.key("url"), format!("`{u}` must be an http:// or https:// URL"))
+            }
+            Ok(_) => {}
+        }
+        match &d.sha256 {
+            Some(s) => {
+                if let Err(e) = Digest::parse(s) {
+                    c.error(&p.key("sha256"), e.to_string());
+                }
+            }
+            None => c.warn(&p.key("url"), "download has no sha256: it is unpinned; run `imgbuild lock` to pin it"),
+        }
+        match (&d.dest, &d.extract) {
+            (Some(_), Some(_)) => c.error(&p.key("extract"), "give either `dest` or `extract`, not both"),
+            (None, None) => c.error(&p, "a download needs `dest` (a file) or `extract` (a directory)"),
+            (Some(dest), None) => {
+                c.image_path(&p.key("dest"), dest);
+                claim(&mut c, &p.key("dest"), dest);
+                if d.strip_components > 0 {
+                    c.error(&p.key("strip_components"), "`strip_components` applies only to `extract`");
+                }
+            }
+            (None, Some(dir)) => {
+                c.image_path(&p.key("extract"), dir);
+                if d.mode.is_some() {
+                    c.error(&p.key("mode"), "`mode` applies only to `dest`; archive entries keep their own modes");
+                }
+                if archive_format(&d.url, d.format.as_deref()).is_none() {
+                    let field = if d.format.is_some() { "format" } else { "url" };
+                    c.error(&p.key(field), "cannot tell the archive format: set `format` to tar, tar.gz, tar.xz or zip");
+                }
+            }
+        }
+        if let Some(o) = &d.owner {
+            c.owner(&p.key("owner"), o);
+        }
+    }
+
+    for (i, s) in r.symlink.iter().enumerate() {
+        let p = root.key("symlink").index(i);
+        c.image_path(&p.key("path"), &s.path);
+        claim(&mut c, &p.key("path"), &s.path);
+        if s.target.is_empty() {
+            c.error(&p.key("target"), "symlink target is empty");
+        }
+    }
+
+    let mut groups = BTreeSet::new();
+    for (i, g) in r.group.iter().enumerate() {
+        let p = root.key("group").index(i);
+        c.name(&p.key("name"), &g.name, "group");
+        if !groups.insert(g.name.clone()) {
+            c.error(&p.key("name"), format!("group `{}` is declared twice", g.name));
+        }
+    }
+    let mut users = BTreeSet::new();
+    for (i, u) in r.user.iter().enumerate() {
+        let p = root.key("user").index(i);
+        c.name(&p.key("name"), &u.name, "user");
+        if !users.insert(u.name.clone()) {
+            c.error(&p.key("name"), format!("user `{}` is declared twice", u.name));
+        }
+        if let Some(s) = &u.shell {
+            c.image_path(&p.key("shell"), s);
+        }
+        if let Some(h) = &u.home {
+            c.image_path(&p.key("home"), h);
+        }
+        if let Some(s) = &u.sudo
+            && s != "nopasswd"
+        {
+            c.error(&p.key("sudo"), format!("sudo = `{s}` is not supported (only \"nopasswd\")"));
+        }
+        for (j, g) in u.groups.iter().enumerate() {
+            c.name(&p.key("groups").index(j), g, "group");
+        }
+    }
+
+    for (i, s) in r.services.enable.iter().enumerate() {
+        if s.is_empty() || s.contains('/') {
+            c.error(&root.key("services").key("enable").index(i), format!("`{s}` is not a systemd unit name"));
+        }
+    }
+
+    if let Some(apt) = &r.apt {
+        let p = root.key("apt");
+        for (i, s) in apt.sources.iter().enumerate() {
+            let sp = p.key("sources").index(i);
+            if let Some(ppa) = s.uri.strip_prefix("ppa:") {
+                if ppa.split('/').count() != 2 || ppa.split('/').any(str::is_empty) {
+                    c.error(&sp.key("uri"), format!("`{}` is not `ppa:OWNER/NAME`", s.uri));
+                }
+            } else {
+                if !(s.uri.starts_with("http://") || s.uri.starts_with("https://")) {
+                    c.error(&sp.key("uri"), format!("`{}` must be an http(s) URL or `ppa:OWNER/NAME`", s.uri));
+                }
+                if s.suite.is_none() {
+                    c.error(&sp, "an apt source needs `suite`");
+                }
+            }
+            if let Some(k) = &s.key {
+                c.recipe_file(&sp.key("key"), k);
+            }
+        }
+        for (i, pkg) in apt.packages.iter().enumerate() {
+            let name = pkg.split(['=', ':']).next().unwrap_or("");
+            let ok = name.len() >= 2
+                && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+            if !ok {
+                c.error(&p.key("packages").index(i), format!("`{pkg}` is not a Debian package name"));
+            }
+        }
+        if let Some(b) = &apt.bootstrap
+            && b != "minbase"
+        {
+            c.error(&p.key("bootstrap"), format!("bootstrap `{b}` is not supported (only \"minbase\")"));
+        }
+    }
+    if let Some(pip) = &r.pip {
+        for (i, pkg) in pip.packages.iter().enumerate() {
+            if pkg.trim().is_empty() {
+                c.error(&root.key("pip").key("packages").index(i), "empty pip requirement");
+            }
+        }
+    }
+    for (i, run) in r.run.iter().enumerate() {
+        if run.command.trim().is_empty() {
+            c.error(&root.key("run").index(i).key("command"), "empty command");
+        }
+    }
+
+    let oci = root.key("target").key("oci");
+    if r.target.oci.tags.is_empty() {
+        c.error(&oci.key("tags"), "at least one tag is needed");
+    }
+    for (i, t) in r.target.oci.tags.iter().enumerate() {
+        if !valid_tag(t) {
+            c.error(&oci.key("tags").index(i), format!("`{t}` is not a valid OCI tag"));
+        }
+    }
+    if let Some(l) = r.target.oci.level {
+        let range = match r.target.oci.compression {
+            super::Compression::Gzip => 0..=9,
+            super::Compression::Zstd => 1..=22,
+        };
+        if !range.contains(&l) {
+            c.error(&oci.key("level"), format!("level {l} is out of range {range:?} for {}", r.target.oci.compression.name()));
+        }
+    }
+    if let Some(px) = &r.target.proxmox {
+        let p = root.key("target").key("proxmox");
+        if let Some(f) = &px.format
+            && !["qcow2", "raw"].contains(&f.as_str())
+        {
+            c.error(&p.key("format"), format!("format `{f}` is not qcow2 or raw"));
+        }
+        if let Some(s) = &px.snippets_via
+            && !["api", "ssh"].contains(&s.as_str())
+        {
+            c.error(&p.key("snippets_via"), format!("snippets_via `{s}` is not api or ssh"));
+        }
+    }
+    (base, c.diags)
+}

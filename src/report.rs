@@ -1,0 +1,34 @@
+//! Progress reporting: library code sends [`Event`]s to a [`Reporter`] and never prints.
+//! The command line decides how to show them (bars, plain lines, nothing).
+
+use crate::digest::Digest;
+
+/// Something worth telling the user while a build runs.
+#[derive(Debug, Clone)]
+pub enum Event<'a> {
+    /// A step starts: `index` of `total`.
+    StepStart { index: usize, total: usize, name: &'a str },
+    /// A step finished, from the cache (`hit`) or built.
+    StepDone { index: usize, name: &'a str, hit: bool, digest: &'a Digest, size: u64 },
+    /// A download starts; `total` when the server said.
+    DownloadStart { url: &'a str, total: Option<u64> },
+    /// Bytes received so far.
+    DownloadProgress { url: &'a str, bytes: u64 },
+    DownloadDone { url: &'a str, bytes: u64 },
+    /// A non-fatal problem.
+    Warning(&'a str),
+    /// A stage of the pipeline (resolving the base, writing the layout...).
+    Stage(&'a str),
+}
+
+/// Receives events; implementations must be usable from several download threads.
+pub trait Reporter: Sync {
+    fn report(&self, event: Event<'_>);
+}
+
+/// Drops every event (for `--quiet`, tests and benchmarks).
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn report(&self, _: Event<'_>) {}
+}
