@@ -30,8 +30,8 @@ pub struct Tree {
 impl Tree {
     /// Adds `path` (absolute, in the image). Its parent is resolved through the symlinks of
     /// the image below (a file for `/lib/x` lands in `usr/lib/x` on merged-/usr systems), and
-    /// missing parents are added with the lower image's metadata, or root 0755.
-    /// Returns the path actually used.
+    /// parents are added with the lower image's metadata; those it lacks are created 0755
+    /// and owned like the entry (as `COPY --chown` does). Returns the path actually used.
     pub fn add(&mut self, lower: &LowerFs, path: &str, kind: NodeKind, meta: Meta) -> Vec<u8> {
         let p = norm(path.as_bytes());
         let (parent, name) = match p.iter().rposition(|b| *b == b'/') {
@@ -39,7 +39,7 @@ impl Tree {
             None => (&b""[..], &p[..]),
         };
         let parent = lower.resolve(parent);
-        self.parents(lower, &parent);
+        self.parents(lower, &parent, Meta { mode: 0o755, ..meta });
         let mut full = parent.clone();
         if !full.is_empty() {
             full.push(b'/');
@@ -49,8 +49,9 @@ impl Tree {
         full
     }
 
-    /// Adds every missing ancestor of `dir` (already resolved), and `dir` itself.
-    pub fn parents(&mut self, lower: &LowerFs, dir: &[u8]) {
+    /// Adds every ancestor of `dir` (already resolved), and `dir` itself; `new` is the
+    /// metadata of those the image below does not have.
+    pub fn parents(&mut self, lower: &LowerFs, dir: &[u8], new: Meta) {
         let mut cur = Vec::new();
         for comp in dir.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
             if !cur.is_empty() {
@@ -62,7 +63,7 @@ impl Tree {
             }
             let meta = match lower.get(&cur) {
                 Some(e) if e.kind == Kind::Dir => e.meta,
-                _ => Meta::DIR,
+                _ => new,
             };
             self.nodes.insert(cur.clone(), Node { kind: NodeKind::Dir, meta });
         }

@@ -172,6 +172,9 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
         }
 
         let owner = Meta { mode: 0o750, uid: uid as u64, gid: gid as u64 };
+        // The home's parents (`/home`) belong to root; only the home itself to the user.
+        let home_parent = home.rsplit_once('/').map_or("", |(p, _)| p);
+        tree.parents(lower, &lower.resolve(home_parent.as_bytes()), Meta::DIR);
         let home_path = tree.add(lower, &home, NodeKind::Dir, owner);
         // Seed the home from /etc/skel, as `useradd -m` does.
         for (path, e) in lower.children(b"etc/skel") {
