@@ -36,6 +36,16 @@ pub enum BuildError {
     Output { path: PathBuf, source: OciError },
 }
 
+impl BuildError {
+    /// The recipe diagnostic inside this error, if it is one (bad input: exit code 2).
+    pub fn recipe(&self) -> Option<&RecipeError> {
+        match self {
+            BuildError::Recipe(r) | BuildError::Plan(PlanError::Recipe(r)) | BuildError::Realize(RealizeError::Recipe(r)) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 /// What a build produced.
 #[derive(Debug, Clone)]
 pub struct BuildOutput {

@@ -52,7 +52,10 @@ pub struct UsageError(pub String);
 
 /// Prints an error chain; bad input (recipes, usage) exits 2, everything else 1.
 pub fn report_error(e: &anyhow::Error) -> ExitCode {
-    if let Some(r) = e.chain().find_map(|c| c.downcast_ref::<RecipeError>())
+    let recipe = e.chain().find_map(|c| {
+        c.downcast_ref::<RecipeError>().or_else(|| c.downcast_ref::<imgbuild::build::BuildError>().and_then(|b| b.recipe()))
+    });
+    if let Some(r) = recipe
         && matches!(r, RecipeError::Invalid(_))
     {
         eprintln!("{r}");
