@@ -23,7 +23,11 @@ pub enum BaseError {
     #[error("cannot use base image {layout}")]
     Layout { layout: String, source: OciError },
     #[error("base image {layout}: config has {diff_ids} diff_ids for {layers} layers")]
-    Mismatch { layout: String, diff_ids: usize, layers: usize },
+    Mismatch {
+        layout: String,
+        diff_ids: usize,
+        layers: usize,
+    },
 }
 
 /// Resolves the base. Layout bases have their blobs copied into the cache (verified) so that
@@ -32,23 +36,43 @@ pub fn resolve(base: &BaseRef, platform: &str, cache: &Cache) -> Result<BaseImag
     let BaseRef::Layout { path, tag } = base else {
         return Ok(BaseImage::default());
     };
-    let name = format!("oci:{}{}", path.display(), tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default());
-    let wrap = |source: OciError| BaseError::Layout { layout: name.clone(), source };
+    let name = format!(
+        "oci:{}{}",
+        path.display(),
+        tag.as_ref().map(|t| format!(":{t}")).unwrap_or_default()
+    );
+    let wrap = |source: OciError| BaseError::Layout {
+        layout: name.clone(),
+        source,
+    };
     let layout = Layout::open(path).map_err(wrap)?;
     let (desc, manifest) = layout.resolve(tag.as_deref(), platform).map_err(wrap)?;
     let config_bytes = layout.read_blob(&manifest.config.digest).map_err(wrap)?;
     let config: ImageConfiguration = serde_json::from_slice(&config_bytes).map_err(|source| {
-        wrap(OciError::Parse { what: "image config", path: layout.blob_path(&manifest.config.digest), source })
+        wrap(OciError::Parse {
+            what: "image config",
+            path: layout.blob_path(&manifest.config.digest),
+            source,
+        })
     })?;
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != manifest.layers.len() {
-        return Err(BaseError::Mismatch { layout: name, diff_ids: diff_ids.len(), layers: manifest.layers.len() });
+        return Err(BaseError::Mismatch {
+            layout: name,
+            diff_ids: diff_ids.len(),
+            layers: manifest.layers.len(),
+        });
     }
     let mut layers = Vec::new();
     for (l, diff_id) in manifest.layers.iter().zip(diff_ids) {
-        cache.import_file(&layout.blob_path(&l.digest), &l.digest).map_err(|e| wrap(e.into()))?;
+        cache
+            .import_file(&layout.blob_path(&l.digest), &l.digest)
+            .map_err(|e| wrap(e.into()))?;
         let diff_id = Digest::parse(diff_id).map_err(|e| {
-            wrap(OciError::Select { layout: path.clone(), message: e.to_string() })
+            wrap(OciError::Select {
+                layout: path.clone(),
+                message: e.to_string(),
+            })
         })?;
         layers.push(LayerRecord {
             digest: l.digest.clone(),
@@ -58,5 +82,9 @@ pub fn resolve(base: &BaseRef, platform: &str, cache: &Cache) -> Result<BaseImag
             created_by: "base".into(),
         });
     }
-    Ok(BaseImage { digest: Some(desc.digest), layers, config: Some(config) })
+    Ok(BaseImage {
+        digest: Some(desc.digest),
+        layers,
+        config: Some(config),
+    })
 }

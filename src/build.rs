@@ -40,7 +40,9 @@ impl BuildError {
     /// The recipe diagnostic inside this error, if it is one (bad input: exit code 2).
     pub fn recipe(&self) -> Option<&RecipeError> {
         match self {
-            BuildError::Recipe(r) | BuildError::Plan(PlanError::Recipe(r)) | BuildError::Realize(RealizeError::Recipe(r)) => Some(r),
+            BuildError::Recipe(r)
+            | BuildError::Plan(PlanError::Recipe(r))
+            | BuildError::Realize(RealizeError::Recipe(r)) => Some(r),
             _ => None,
         }
     }
@@ -59,7 +61,11 @@ pub struct BuildOutput {
 }
 
 /// Resolves the base and compiles the plan.
-pub fn prepare(loaded: &Loaded, cache: &Cache, mtime: u64) -> Result<(BaseImage, Plan), BuildError> {
+pub fn prepare(
+    loaded: &Loaded,
+    cache: &Cache,
+    mtime: u64,
+) -> Result<(BaseImage, Plan), BuildError> {
     if let BaseRef::Registry(r) = &loaded.base {
         return Err(loaded
             .error_at(
@@ -74,12 +80,21 @@ pub fn prepare(loaded: &Loaded, cache: &Cache, mtime: u64) -> Result<(BaseImage,
 }
 
 /// Builds `loaded` into an OCI image layout at `out`. `mtime` is `SOURCE_DATE_EPOCH`.
-pub fn build(loaded: &Loaded, cache: &Cache, out: &Path, mtime: u64, reporter: &dyn Reporter) -> Result<BuildOutput, BuildError> {
+pub fn build(
+    loaded: &Loaded,
+    cache: &Cache,
+    out: &Path,
+    mtime: u64,
+    reporter: &dyn Reporter,
+) -> Result<BuildOutput, BuildError> {
     reporter.report(Event::Stage("resolving base image"));
     let (base, plan) = prepare(loaded, cache, mtime)?;
     let layers = realize::realize(loaded, &plan, &base, cache, reporter)?;
     reporter.report(Event::Stage("writing image layout"));
-    write_layout(loaded, cache, out, mtime, &base, &layers).map_err(|source| BuildError::Output { path: out.to_path_buf(), source })
+    write_layout(loaded, cache, out, mtime, &base, &layers).map_err(|source| BuildError::Output {
+        path: out.to_path_buf(),
+        source,
+    })
 }
 
 fn write_layout(
@@ -92,7 +107,11 @@ fn write_layout(
 ) -> Result<BuildOutput, OciError> {
     let r = &loaded.recipe;
     let layout = Layout::create(out)?;
-    let all: Vec<&LayerRecord> = base.layers.iter().chain(layers.iter().map(|l| &l.record)).collect();
+    let all: Vec<&LayerRecord> = base
+        .layers
+        .iter()
+        .chain(layers.iter().map(|l| &l.record))
+        .collect();
     let mut keep = BTreeSet::new();
     for l in &all {
         layout.put_file(&cache.blob_path(&l.digest), &l.digest)?;
@@ -108,7 +127,10 @@ fn write_layout(
         cmd: r.image.cmd.clone(),
         labels: r.image.labels.clone(),
     };
-    let history = layers.iter().map(|l| image::history(&created, &l.name)).collect::<Result<Vec<_>, _>>()?;
+    let history = layers
+        .iter()
+        .map(|l| image::history(&created, &l.name))
+        .collect::<Result<Vec<_>, _>>()?;
     let diff_ids: Vec<Digest> = all.iter().map(|l| l.diff_id.clone()).collect();
     let config = image::config(base.config.as_ref(), &spec, &diff_ids, history, &created)?;
     let config_desc = layout.put_json(MEDIA_TYPE_CONFIG, &config)?;

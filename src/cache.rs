@@ -35,14 +35,26 @@ pub struct LayerRecord {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("cannot {action} {path}")]
-    Io { action: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("digest mismatch for {what}: expected {expected}, found {found}")]
-    DigestMismatch { what: String, expected: Digest, found: Digest },
+    DigestMismatch {
+        what: String,
+        expected: Digest,
+        found: Digest,
+    },
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CacheError + use<> {
     let path = path.to_path_buf();
-    move |source| CacheError::Io { action, path, source }
+    move |source| CacheError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// Handle on a cache directory.
@@ -58,7 +70,9 @@ impl Cache {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("create cache directory", &p))?;
         }
-        Ok(Cache { root: root.to_path_buf() })
+        Ok(Cache {
+            root: root.to_path_buf(),
+        })
     }
 
     /// The default location: `$XDG_CACHE_HOME/imgbuild`, else `~/.cache/imgbuild`.
@@ -66,7 +80,9 @@ impl Cache {
         if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
             return PathBuf::from(x).join("imgbuild");
         }
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
         home.join(".cache").join("imgbuild")
     }
 
@@ -104,7 +120,10 @@ impl Cache {
     pub fn blob_writer(&self) -> Result<BlobWriter, CacheError> {
         let dir = self.root.join("tmp");
         let tmp = fsutil::temp_in(&dir).map_err(io_err("create temp file in", &dir))?;
-        Ok(BlobWriter { inner: HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp)), cache: self.clone() })
+        Ok(BlobWriter {
+            inner: HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp)),
+            cache: self.clone(),
+        })
     }
 
     /// Copies a file into the cache, checking it against `expected`.
@@ -161,11 +180,21 @@ impl BlobWriter {
         if let Some(exp) = expected
             && exp != &digest
         {
-            return Err(CacheError::DigestMismatch { what: "blob".into(), expected: exp.clone(), found: digest });
+            return Err(CacheError::DigestMismatch {
+                what: "blob".into(),
+                expected: exp.clone(),
+                found: digest,
+            });
         }
-        tmp.as_file().sync_data().map_err(io_err("sync temp file in", &tmp_dir))?;
+        tmp.as_file()
+            .sync_data()
+            .map_err(io_err("sync temp file in", &tmp_dir))?;
         let dest = self.cache.blob_path(&digest);
-        tmp.persist(&dest).map_err(|e| CacheError::Io { action: "store blob", path: dest, source: e.error })?;
+        tmp.persist(&dest).map_err(|e| CacheError::Io {
+            action: "store blob",
+            path: dest,
+            source: e.error,
+        })?;
         Ok((digest, size))
     }
 }

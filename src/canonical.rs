@@ -48,6 +48,9 @@ mod tests {
     #[test]
     fn keys_are_sorted_at_every_depth() {
         let v = serde_json::json!({"b": 1, "a": {"z": [ {"y": 1, "x": 2} ], "c": "s"}});
-        assert_eq!(String::from_utf8(super::to_vec(&v).unwrap()).unwrap(), r#"{"a":{"c":"s","z":[{"x":2,"y":1}]},"b":1}"#);
+        assert_eq!(
+            String::from_utf8(super::to_vec(&v).unwrap()).unwrap(),
+            r#"{"a":{"c":"s","z":[{"x":2,"y":1}]},"b":1}"#
+        );
     }
 }

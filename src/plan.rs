@@ -45,8 +45,15 @@ pub struct PlannedFile {
 
 #[derive(Debug, Clone)]
 pub enum DownloadTarget {
-    File { dest: String, mode: u32 },
-    Extract { dir: String, strip_components: u32, format: &'static str },
+    File {
+        dest: String,
+        mode: u32,
+    },
+    Extract {
+        dir: String,
+        strip_components: u32,
+        format: &'static str,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +68,10 @@ pub struct PlannedDownload {
 #[derive(Debug, Clone)]
 pub enum StepKind {
     Download(PlannedDownload),
-    Users { groups: Vec<Group>, users: Vec<User> },
+    Users {
+        groups: Vec<Group>,
+        users: Vec<User>,
+    },
     Files(Vec<PlannedFile>),
     Symlinks(Vec<(String, String)>),
     Services(Vec<String>),
@@ -89,7 +99,11 @@ pub enum PlanError {
     #[error(transparent)]
     Recipe(#[from] RecipeError),
     #[error("cannot read {path} (for {field})")]
-    Read { path: PathBuf, field: String, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        field: String,
+        source: std::io::Error,
+    },
 }
 
 fn key(parent: &Digest, step: serde_json::Value) -> Digest {
@@ -103,9 +117,21 @@ pub fn compile(loaded: &Loaded, base: Option<&Digest>, mtime: u64) -> Result<Pla
     let root = FieldPath::root();
     // What later issues build: refuse clearly instead of skipping.
     let unsupported = [
-        (r.apt.is_some(), "apt", "[apt] packages are not supported yet (coming with apt support)"),
-        (r.pip.is_some(), "pip", "[pip] packages are not supported yet (they need the run sandbox)"),
-        (!r.run.is_empty(), "run", "[[run]] steps are not supported yet (they need the run sandbox)"),
+        (
+            r.apt.is_some(),
+            "apt",
+            "[apt] packages are not supported yet (coming with apt support)",
+        ),
+        (
+            r.pip.is_some(),
+            "pip",
+            "[pip] packages are not supported yet (they need the run sandbox)",
+        ),
+        (
+            !r.run.is_empty(),
+            "run",
+            "[[run]] steps are not supported yet (they need the run sandbox)",
+        ),
     ];
     if let Some((_, field, msg)) = unsupported.iter().find(|(on, _, _)| *on) {
         return Err(loaded.error_at(&root.key(field), *msg).into());
@@ -132,30 +158,64 @@ pub fn compile(loaded: &Loaded, base: Option<&Digest>, mtime: u64) -> Result<Pla
 
     for (i, d) in r.download.iter().enumerate() {
         let field = root.key("download").index(i);
-        let url = expand_platform(&d.url, &r.image.platform).map_err(|m| loaded.error_at(&field.key("url"), m))?;
+        let url = expand_platform(&d.url, &r.image.platform)
+            .map_err(|m| loaded.error_at(&field.key("url"), m))?;
         let Some(sha) = &d.sha256 else {
-            return Err(loaded.error_at(&field.key("url"), "unpinned: run `imgbuild lock` (or add `sha256`)").into());
+            return Err(loaded
+                .error_at(
+                    &field.key("url"),
+                    "unpinned: run `imgbuild lock` (or add `sha256`)",
+                )
+                .into());
         };
-        let sha256 = Digest::parse(sha).map_err(|e| loaded.error_at(&field.key("sha256"), e.to_string()))?;
+        let sha256 =
+            Digest::parse(sha).map_err(|e| loaded.error_at(&field.key("sha256"), e.to_string()))?;
         let (target, def, name) = match (&d.dest, &d.extract) {
             (Some(dest), _) => {
                 let mode = d.mode.map_or(0o644, |m| m.0);
                 let def = json!({"kind": "download", "sha256": sha256, "dest": dest, "mode": mode, "owner": d.owner});
-                (DownloadTarget::File { dest: dest.clone(), mode }, def, format!("download {url} -> {dest}"))
+                (
+                    DownloadTarget::File {
+                        dest: dest.clone(),
+                        mode,
+                    },
+                    def,
+                    format!("download {url} -> {dest}"),
+                )
             }
             (None, Some(dir)) => {
-                let format = validate_archive_format(&url, d.format.as_deref())
-                    .ok_or_else(|| loaded.error_at(&field.key("url"), "cannot tell the archive format"))?;
+                let format =
+                    validate_archive_format(&url, d.format.as_deref()).ok_or_else(|| {
+                        loaded.error_at(&field.key("url"), "cannot tell the archive format")
+                    })?;
                 let def = json!({"kind": "extract", "sha256": sha256, "dir": dir, "strip": d.strip_components, "format": format, "owner": d.owner});
                 (
-                    DownloadTarget::Extract { dir: dir.clone(), strip_components: d.strip_components, format },
+                    DownloadTarget::Extract {
+                        dir: dir.clone(),
+                        strip_components: d.strip_components,
+                        format,
+                    },
                     def,
                     format!("extract {url} -> {dir}"),
                 )
             }
-            (None, None) => return Err(loaded.error_at(&field, "a download needs `dest` or `extract`").into()),
+            (None, None) => {
+                return Err(loaded
+                    .error_at(&field, "a download needs `dest` or `extract`")
+                    .into());
+            }
         };
-        push(StepKind::Download(PlannedDownload { url, sha256, target, owner: d.owner.clone(), field }), name, def);
+        push(
+            StepKind::Download(PlannedDownload {
+                url,
+                sha256,
+                target,
+                owner: d.owner.clone(),
+                field,
+            }),
+            name,
+            def,
+        );
     }
 
     if !r.user.is_empty() || !r.group.is_empty() {
@@ -166,8 +226,20 @@ pub fn compile(loaded: &Loaded, base: Option<&Digest>, mtime: u64) -> Result<Pla
                 "name": u.name, "uid": u.uid, "groups": u.groups, "shell": u.shell, "home": u.home, "sudo": u.sudo,
             })).collect::<Vec<_>>(),
         });
-        let names: Vec<&str> = r.group.iter().map(|g| g.name.as_str()).chain(r.user.iter().map(|u| u.name.as_str())).collect();
-        push(StepKind::Users { groups: r.group.clone(), users: r.user.clone() }, format!("users {}", names.join(" ")), def);
+        let names: Vec<&str> = r
+            .group
+            .iter()
+            .map(|g| g.name.as_str())
+            .chain(r.user.iter().map(|u| u.name.as_str()))
+            .collect();
+        push(
+            StepKind::Users {
+                groups: r.group.clone(),
+                users: r.user.clone(),
+            },
+            format!("users {}", names.join(" ")),
+            def,
+        );
     }
 
     if !r.file.is_empty() {
@@ -175,14 +247,28 @@ pub fn compile(loaded: &Loaded, base: Option<&Digest>, mtime: u64) -> Result<Pla
         for (i, f) in r.file.iter().enumerate() {
             let field = root.key("file").index(i);
             let (source, digest, size) = match (&f.content, &f.src) {
-                (Some(c), _) => (FileSource::Inline(c.as_bytes().to_vec()), Digest::of(c.as_bytes()), c.len() as u64),
+                (Some(c), _) => (
+                    FileSource::Inline(c.as_bytes().to_vec()),
+                    Digest::of(c.as_bytes()),
+                    c.len() as u64,
+                ),
                 (None, Some(src)) => {
                     let path = loaded.resolve(src);
-                    let read_err = |source| PlanError::Read { path: path.clone(), field: field.key("src").to_string(), source };
-                    let (digest, size) = fs::File::open(&path).and_then(digest_reader).map_err(read_err)?;
+                    let read_err = |source| PlanError::Read {
+                        path: path.clone(),
+                        field: field.key("src").to_string(),
+                        source,
+                    };
+                    let (digest, size) = fs::File::open(&path)
+                        .and_then(digest_reader)
+                        .map_err(read_err)?;
                     (FileSource::Path(path), digest, size)
                 }
-                (None, None) => return Err(loaded.error_at(&field, "a file needs `content` or `src`").into()),
+                (None, None) => {
+                    return Err(loaded
+                        .error_at(&field, "a file needs `content` or `src`")
+                        .into());
+                }
             };
             files.push(PlannedFile {
                 dest: f.dest.clone(),
@@ -198,14 +284,32 @@ pub fn compile(loaded: &Loaded, base: Option<&Digest>, mtime: u64) -> Result<Pla
             "kind": "files",
             "files": files.iter().map(|f| json!({"dest": f.dest, "sha256": f.digest, "mode": f.mode, "owner": f.owner})).collect::<Vec<_>>(),
         });
-        let name = format!("files {}", files.iter().map(|f| f.dest.as_str()).collect::<Vec<_>>().join(" "));
+        let name = format!(
+            "files {}",
+            files
+                .iter()
+                .map(|f| f.dest.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
         push(StepKind::Files(files), name, def);
     }
 
     if !r.symlink.is_empty() {
-        let links: Vec<(String, String)> = r.symlink.iter().map(|s| (s.path.clone(), s.target.clone())).collect();
+        let links: Vec<(String, String)> = r
+            .symlink
+            .iter()
+            .map(|s| (s.path.clone(), s.target.clone()))
+            .collect();
         let def = json!({"kind": "symlinks", "links": links});
-        let name = format!("symlinks {}", links.iter().map(|(p, t)| format!("{p} -> {t}")).collect::<Vec<_>>().join(", "));
+        let name = format!(
+            "symlinks {}",
+            links
+                .iter()
+                .map(|(p, t)| format!("{p} -> {t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         push(StepKind::Symlinks(links), name, def);
     }
 
@@ -214,11 +318,26 @@ pub fn compile(loaded: &Loaded, base: Option<&Digest>, mtime: u64) -> Result<Pla
             .services
             .enable
             .iter()
-            .map(|s| if s.contains('.') { s.clone() } else { format!("{s}.service") })
+            .map(|s| {
+                if s.contains('.') {
+                    s.clone()
+                } else {
+                    format!("{s}.service")
+                }
+            })
             .collect();
         let def = json!({"kind": "services", "enable": units});
-        push(StepKind::Services(units.clone()), format!("systemctl enable {}", units.join(" ")), def);
+        push(
+            StepKind::Services(units.clone()),
+            format!("systemctl enable {}", units.join(" ")),
+            def,
+        );
     }
 
-    Ok(Plan { root_key, steps, compression, mtime })
+    Ok(Plan {
+        root_key,
+        steps,
+        compression,
+        mtime,
+    })
 }

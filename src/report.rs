@@ -7,14 +7,33 @@ use crate::digest::Digest;
 #[derive(Debug, Clone)]
 pub enum Event<'a> {
     /// A step starts: `index` of `total`.
-    StepStart { index: usize, total: usize, name: &'a str },
+    StepStart {
+        index: usize,
+        total: usize,
+        name: &'a str,
+    },
     /// A step finished, from the cache (`hit`) or built.
-    StepDone { index: usize, name: &'a str, hit: bool, digest: &'a Digest, size: u64 },
+    StepDone {
+        index: usize,
+        name: &'a str,
+        hit: bool,
+        digest: &'a Digest,
+        size: u64,
+    },
     /// A download starts; `total` when the server said.
-    DownloadStart { url: &'a str, total: Option<u64> },
+    DownloadStart {
+        url: &'a str,
+        total: Option<u64>,
+    },
     /// Bytes received so far.
-    DownloadProgress { url: &'a str, bytes: u64 },
-    DownloadDone { url: &'a str, bytes: u64 },
+    DownloadProgress {
+        url: &'a str,
+        bytes: u64,
+    },
+    DownloadDone {
+        url: &'a str,
+        bytes: u64,
+    },
     /// A non-fatal problem.
     Warning(&'a str),
     /// A stage of the pipeline (resolving the base, writing the layout...).

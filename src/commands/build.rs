@@ -19,7 +19,10 @@ pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
     }
     let cache = super::cache(g)?;
     let mtime = super::source_date_epoch()?;
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("out").join(&loaded.recipe.image.name));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("out").join(&loaded.recipe.image.name));
     let started = std::time::Instant::now();
     let result = build::build(&loaded, &cache, &out, mtime, &progress)
         .with_context(|| format!("building {}", args.recipe.display()))?;
@@ -60,5 +63,6 @@ fn write_metadata(path: &Path, r: &BuildOutput) -> Result<()> {
         "cache": { "hits": hits, "misses": r.layers.len() - hits },
     });
     let bytes = serde_json::to_vec_pretty(&doc).context("serializing build metadata")?;
-    fsutil::write_atomic(path, &bytes).with_context(|| format!("writing metadata file {}", path.display()))
+    fsutil::write_atomic(path, &bytes)
+        .with_context(|| format!("writing metadata file {}", path.display()))
 }

@@ -33,7 +33,8 @@ pub fn run(cli: Cli) -> Result<()> {
             // `imgbuild NAME [build flags]`
             let mut full = vec!["imgbuild build".to_string(), recipe.display().to_string()];
             full.extend(argv[1..].iter().cloned());
-            let args = <BuildArgsParser as clap::Parser>::try_parse_from(full).unwrap_or_else(|e| e.exit());
+            let args = <BuildArgsParser as clap::Parser>::try_parse_from(full)
+                .unwrap_or_else(|e| e.exit());
             build::run(g, &args.args)
         }
     }
@@ -53,7 +54,10 @@ pub struct UsageError(pub String);
 /// Prints an error chain; bad input (recipes, usage) exits 2, everything else 1.
 pub fn report_error(e: &anyhow::Error) -> ExitCode {
     let recipe = e.chain().find_map(|c| {
-        c.downcast_ref::<RecipeError>().or_else(|| c.downcast_ref::<imgbuild::build::BuildError>().and_then(|b| b.recipe()))
+        c.downcast_ref::<RecipeError>().or_else(|| {
+            c.downcast_ref::<imgbuild::build::BuildError>()
+                .and_then(|b| b.recipe())
+        })
     });
     if let Some(r) = recipe
         && matches!(r, RecipeError::Invalid(_))
@@ -66,7 +70,13 @@ pub fn report_error(e: &anyhow::Error) -> ExitCode {
         msg.push_str(&format!("\n  caused by: {cause}"));
     }
     eprintln!("{msg}");
-    if e.chain().any(|c| c.is::<UsageError>() || c.is::<RecipeError>()) { ExitCode::from(2) } else { ExitCode::FAILURE }
+    if e.chain()
+        .any(|c| c.is::<UsageError>() || c.is::<RecipeError>())
+    {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn cache(g: &Global) -> Result<Cache> {
@@ -81,10 +91,12 @@ fn load(g: &Global, path: &std::path::Path) -> Result<Loaded> {
 /// `SOURCE_DATE_EPOCH`, or 0.
 fn source_date_epoch() -> Result<u64> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|_| UsageError(format!("SOURCE_DATE_EPOCH=`{v}` is not a number of seconds")).into()),
+        Ok(v) if !v.is_empty() => v.trim().parse().map_err(|_| {
+            UsageError(format!(
+                "SOURCE_DATE_EPOCH=`{v}` is not a number of seconds"
+            ))
+            .into()
+        }),
         _ => Ok(0),
     }
 }
@@ -92,8 +104,9 @@ fn source_date_epoch() -> Result<u64> {
 fn require_oci(target: Target) -> Result<()> {
     match target {
         Target::Oci => Ok(()),
-        Target::Proxmox | Target::All => {
-            Err(UsageError("--target proxmox is not supported yet: only the oci target builds for now".into()).into())
-        }
+        Target::Proxmox | Target::All => Err(UsageError(
+            "--target proxmox is not supported yet: only the oci target builds for now".into(),
+        )
+        .into()),
     }
 }

@@ -17,7 +17,11 @@ pub fn run(g: &Global, recipe: &Path) -> Result<()> {
     }
     println!("root  {}", plan.root_key);
     for (i, step) in plan.steps.iter().enumerate() {
-        let state = if cache.get_key(&step.key).is_some() { "hit " } else { "miss" };
+        let state = if cache.get_key(&step.key).is_some() {
+            "hit "
+        } else {
+            "miss"
+        };
         println!("{:>4}  {}  {state}  {}", i + 1, step.key, step.name);
     }
     Ok(())

@@ -12,7 +12,10 @@ use crate::cli::{Global, ProgressMode};
 pub enum Progress {
     Quiet,
     Plain,
-    Bars { multi: MultiProgress, downloads: Mutex<HashMap<String, ProgressBar>> },
+    Bars {
+        multi: MultiProgress,
+        downloads: Mutex<HashMap<String, ProgressBar>>,
+    },
 }
 
 impl Progress {
@@ -26,7 +29,10 @@ impl Progress {
             ProgressMode::Plain => false,
         };
         if tty {
-            Progress::Bars { multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), downloads: Mutex::default() }
+            Progress::Bars {
+                multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                downloads: Mutex::default(),
+            }
         } else {
             Progress::Plain
         }
@@ -51,21 +57,41 @@ impl Reporter for Progress {
             (_, Event::Stage(s)) => self.line(&format!("==> {s}")),
             (_, Event::Warning(w)) => self.line(&format!("warning: {w}")),
             (_, Event::StepStart { .. }) => {}
-            (_, Event::StepDone { index, name, hit, digest, size }) => {
+            (
+                _,
+                Event::StepDone {
+                    index,
+                    name,
+                    hit,
+                    digest,
+                    size,
+                },
+            ) => {
                 let how = if hit { "cached" } else { "built " };
-                self.line(&format!("[{:>2}] {how} {} {:>10}  {name}", index + 1, digest.short(), HumanBytes(size).to_string()));
+                self.line(&format!(
+                    "[{:>2}] {how} {} {:>10}  {name}",
+                    index + 1,
+                    digest.short(),
+                    HumanBytes(size).to_string()
+                ));
             }
             (Progress::Plain, Event::DownloadStart { url, total }) => {
-                let size = total.map(|t| format!(" ({})", HumanBytes(t))).unwrap_or_default();
+                let size = total
+                    .map(|t| format!(" ({})", HumanBytes(t)))
+                    .unwrap_or_default();
                 eprintln!("downloading {url}{size}");
             }
-            (Progress::Plain, Event::DownloadDone { url, bytes }) => eprintln!("downloaded {url} ({})", HumanBytes(bytes)),
+            (Progress::Plain, Event::DownloadDone { url, bytes }) => {
+                eprintln!("downloaded {url} ({})", HumanBytes(bytes))
+            }
             (Progress::Plain, Event::DownloadProgress { .. }) => {}
             (Progress::Bars { multi, downloads }, Event::DownloadStart { url, total }) => {
                 let pb = multi.add(ProgressBar::new(total.unwrap_or(0)));
                 pb.set_style(
-                    ProgressStyle::with_template("{msg:40!} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    ProgressStyle::with_template(
+                        "{msg:40!} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
                 pb.set_message(url.to_string());
                 if let Ok(mut d) = downloads.lock() {

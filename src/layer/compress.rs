@@ -19,7 +19,9 @@ impl Compressor {
         let sink = blob;
         Ok(match spec.algorithm {
             // GzBuilder writes mtime 0 and no file name: the header is the same on every build.
-            Compression::Gzip => Compressor::Gzip(GzBuilder::new().write(sink, GzLevel::new(spec.level as u32))),
+            Compression::Gzip => {
+                Compressor::Gzip(GzBuilder::new().write(sink, GzLevel::new(spec.level as u32)))
+            }
             Compression::Zstd => {
                 let mut enc = zstd::Encoder::new(sink, spec.level)?;
                 // zstd's multithreaded output does not depend on the worker count (>= 1),

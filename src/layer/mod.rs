@@ -34,9 +34,21 @@ pub struct Meta {
 }
 
 impl Meta {
-    pub const DIR: Meta = Meta { mode: 0o755, uid: 0, gid: 0 };
-    pub const FILE: Meta = Meta { mode: 0o644, uid: 0, gid: 0 };
-    pub const LINK: Meta = Meta { mode: 0o777, uid: 0, gid: 0 };
+    pub const DIR: Meta = Meta {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    };
+    pub const FILE: Meta = Meta {
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+    };
+    pub const LINK: Meta = Meta {
+        mode: 0o777,
+        uid: 0,
+        gid: 0,
+    };
 }
 
 /// How to compress layers.
@@ -81,10 +93,21 @@ impl LayerWriter {
             path: cache.root().to_path_buf(),
             source,
         })?;
-        Ok(LayerWriter { tar: HashingWriter::new(comp), mtime, media_type: spec.media_type() })
+        Ok(LayerWriter {
+            tar: HashingWriter::new(comp),
+            mtime,
+            media_type: spec.media_type(),
+        })
     }
 
-    fn header(&mut self, path: &[u8], kind: EntryType, meta: Meta, size: u64, link: Option<&[u8]>) -> io::Result<()> {
+    fn header(
+        &mut self,
+        path: &[u8],
+        kind: EntryType,
+        meta: Meta,
+        size: u64,
+        link: Option<&[u8]>,
+    ) -> io::Result<()> {
         self.header_dev(path, kind, meta, size, link, (0, 0))
     }
 
@@ -120,7 +143,10 @@ impl LayerWriter {
         }
         if h.set_path(Path::new(OsStr::from_bytes(path))).is_err() {
             if path.split(|b| *b == b'/').any(|c| c == b"..") || path.starts_with(b"/") {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "unsafe path in layer"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "unsafe path in layer",
+                ));
             }
             pax.push(("path", path.to_vec()));
             let name = &mut h.as_ustar_mut().expect("ustar header").name;
@@ -161,7 +187,10 @@ impl LayerWriter {
         h.set_mode(0o644);
         h.set_mtime(self.mtime);
         h.set_size(body.len() as u64);
-        let base = path.rsplit(|b| *b == b'/').find(|c| !c.is_empty()).unwrap_or(b"x");
+        let base = path
+            .rsplit(|b| *b == b'/')
+            .find(|c| !c.is_empty())
+            .unwrap_or(b"x");
         let mut name = b"PaxHeaders/".to_vec();
         name.extend_from_slice(&base[..base.len().min(80)]);
         let slot = &mut h.as_ustar_mut().expect("ustar header").name;
@@ -191,14 +220,26 @@ impl LayerWriter {
         if copied != size {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("{} changed size while being archived", String::from_utf8_lossy(path)),
+                format!(
+                    "{} changed size while being archived",
+                    String::from_utf8_lossy(path)
+                ),
             ));
         }
         self.pad(size)
     }
 
     pub fn symlink(&mut self, path: &[u8], target: &[u8], meta: Meta) -> io::Result<()> {
-        self.header(path, EntryType::Symlink, Meta { mode: 0o777, ..meta }, 0, Some(target))
+        self.header(
+            path,
+            EntryType::Symlink,
+            Meta {
+                mode: 0o777,
+                ..meta
+            },
+            0,
+            Some(target),
+        )
     }
 
     /// A hard link to `target`, an earlier entry of this layer.
@@ -207,7 +248,13 @@ impl LayerWriter {
     }
 
     /// A FIFO, or a character or block device.
-    pub fn special(&mut self, path: &[u8], kind: EntryType, meta: Meta, dev: (u32, u32)) -> io::Result<()> {
+    pub fn special(
+        &mut self,
+        path: &[u8],
+        kind: EntryType,
+        meta: Meta,
+        dev: (u32, u32),
+    ) -> io::Result<()> {
         self.header_dev(path, kind, meta, 0, None, dev)
     }
 
@@ -229,12 +276,22 @@ impl LayerWriter {
 
     /// Ends the tar stream and the compressed blob, and stores it in the cache.
     pub fn finish(mut self, created_by: String) -> Result<LayerRecord, CacheError> {
-        let io = |source| CacheError::Io { action: "finish layer", path: "<layer>".into(), source };
+        let io = |source| CacheError::Io {
+            action: "finish layer",
+            path: "<layer>".into(),
+            source,
+        };
         self.tar.write_all(&[0u8; 1024]).map_err(io)?;
         let (comp, diff_id, _tar_size) = self.tar.finish();
         let blob: BlobWriter = comp.finish().map_err(io)?;
         let (digest, size) = blob.commit(None)?;
-        Ok(LayerRecord { digest, diff_id, size, media_type: self.media_type.to_string(), created_by })
+        Ok(LayerRecord {
+            digest,
+            diff_id,
+            size,
+            media_type: self.media_type.to_string(),
+            created_by,
+        })
     }
 }
 

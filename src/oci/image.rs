@@ -8,7 +8,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
 
-use oci_spec::image::{Arch, ConfigBuilder, History, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder, Os, RootFsBuilder};
+use oci_spec::image::{
+    Arch, ConfigBuilder, History, HistoryBuilder, ImageConfiguration, ImageConfigurationBuilder,
+    Os, RootFsBuilder,
+};
 
 use super::layout::{Desc, Manifest};
 use super::{MEDIA_TYPE_MANIFEST, OciError};
@@ -70,9 +73,16 @@ pub fn config(
     created: &str,
 ) -> Result<ImageConfiguration, OciError> {
     let bc = base.and_then(|b| b.config().clone());
-    let base_env = bc.as_ref().and_then(|c| c.env().clone()).unwrap_or_default();
-    let mut labels: BTreeMap<String, String> =
-        bc.as_ref().and_then(|c| c.labels().clone()).unwrap_or_default().into_iter().collect();
+    let base_env = bc
+        .as_ref()
+        .and_then(|c| c.env().clone())
+        .unwrap_or_default();
+    let mut labels: BTreeMap<String, String> = bc
+        .as_ref()
+        .and_then(|c| c.labels().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     labels.extend(spec.labels.clone());
     // Docker semantics: a new entrypoint resets the base's cmd.
     let cmd = match (&spec.entrypoint, &spec.cmd) {
@@ -81,20 +91,36 @@ pub fn config(
         (None, None) => bc.as_ref().and_then(|c| c.cmd().clone()),
     };
     let mut cb = ConfigBuilder::default().env(merged_env(&base_env, &spec.env));
-    if let Some(u) = spec.user.clone().or_else(|| bc.as_ref().and_then(|c| c.user().clone())) {
+    if let Some(u) = spec
+        .user
+        .clone()
+        .or_else(|| bc.as_ref().and_then(|c| c.user().clone()))
+    {
         cb = cb.user(u);
     }
-    if let Some(w) = spec.workdir.clone().or_else(|| bc.as_ref().and_then(|c| c.working_dir().clone())) {
+    if let Some(w) = spec
+        .workdir
+        .clone()
+        .or_else(|| bc.as_ref().and_then(|c| c.working_dir().clone()))
+    {
         cb = cb.working_dir(w);
     }
-    if let Some(e) = spec.entrypoint.clone().or_else(|| bc.as_ref().and_then(|c| c.entrypoint().clone())) {
+    if let Some(e) = spec
+        .entrypoint
+        .clone()
+        .or_else(|| bc.as_ref().and_then(|c| c.entrypoint().clone()))
+    {
         cb = cb.entrypoint(e);
     }
     if let Some(c) = cmd {
         cb = cb.cmd(c);
     }
     if !labels.is_empty() {
-        cb = cb.labels(labels.into_iter().collect::<std::collections::HashMap<_, _>>());
+        cb = cb.labels(
+            labels
+                .into_iter()
+                .collect::<std::collections::HashMap<_, _>>(),
+        );
     }
     if let Some(p) = bc.as_ref().and_then(|c| c.exposed_ports().clone()) {
         cb = cb.exposed_ports(p);
@@ -115,7 +141,10 @@ pub fn config(
         .created(created.to_string())
         .architecture(arch)
         .os(Os::Linux)
-        .config(cb.build().map_err(|e| OciError::Spec("runtime config", e))?)
+        .config(
+            cb.build()
+                .map_err(|e| OciError::Spec("runtime config", e))?,
+        )
         .rootfs(
             RootFsBuilder::default()
                 .typ("layers")
@@ -130,5 +159,11 @@ pub fn config(
 
 /// The manifest for `config` and `layers`.
 pub fn manifest(config: Desc, layers: Vec<Desc>) -> Manifest {
-    Manifest { schema_version: 2, media_type: Some(MEDIA_TYPE_MANIFEST.into()), config, layers, annotations: BTreeMap::new() }
+    Manifest {
+        schema_version: 2,
+        media_type: Some(MEDIA_TYPE_MANIFEST.into()),
+        config,
+        layers,
+        annotations: BTreeMap::new(),
+    }
 }

@@ -56,7 +56,11 @@ pub struct Manifest {
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OciError + use<> {
     let path = path.to_path_buf();
-    move |source| OciError::Io { action, path, source }
+    move |source| OciError::Io {
+        action,
+        path,
+        source,
+    }
 }
 
 /// An OCI image layout directory.
@@ -70,7 +74,9 @@ impl Layout {
     pub fn open(root: &Path) -> Result<Self, OciError> {
         let marker = root.join("oci-layout");
         fs::metadata(&marker).map_err(io_err("open OCI layout marker", &marker))?;
-        Ok(Layout { root: root.to_path_buf() })
+        Ok(Layout {
+            root: root.to_path_buf(),
+        })
     }
 
     /// Creates (or reuses) a layout directory for writing.
@@ -78,8 +84,11 @@ impl Layout {
         let blobs = root.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(io_err("create", &blobs))?;
         let marker = root.join("oci-layout");
-        fsutil::write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_err("write", &marker))?;
-        Ok(Layout { root: root.to_path_buf() })
+        fsutil::write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)
+            .map_err(io_err("write", &marker))?;
+        Ok(Layout {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -93,7 +102,11 @@ impl Layout {
     pub fn index(&self) -> Result<Index, OciError> {
         let p = self.root.join("index.json");
         let bytes = fs::read(&p).map_err(io_err("read", &p))?;
-        serde_json::from_slice(&bytes).map_err(|source| OciError::Parse { what: "image index", path: p, source })
+        serde_json::from_slice(&bytes).map_err(|source| OciError::Parse {
+            what: "image index",
+            path: p,
+            source,
+        })
     }
 
     /// Reads a small blob (a manifest or config) and checks its digest.
@@ -102,7 +115,11 @@ impl Layout {
         let bytes = fs::read(&p).map_err(io_err("read blob", &p))?;
         let found = Digest::of(&bytes);
         if &found != d {
-            return Err(OciError::DigestMismatch { path: p, expected: d.clone(), found });
+            return Err(OciError::DigestMismatch {
+                path: p,
+                expected: d.clone(),
+                found,
+            });
         }
         Ok(bytes)
     }
@@ -110,9 +127,16 @@ impl Layout {
     /// Finds the image manifest for `tag` (or the only one) and `platform` (`os/arch`).
     pub fn resolve(&self, tag: Option<&str>, platform: &str) -> Result<(Desc, Manifest), OciError> {
         let index = self.index()?;
-        let fail = |message: String| OciError::Select { layout: self.root.clone(), message };
+        let fail = |message: String| OciError::Select {
+            layout: self.root.clone(),
+            message,
+        };
         let candidates: Vec<&Desc> = match tag {
-            Some(t) => index.manifests.iter().filter(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(t)).collect(),
+            Some(t) => index
+                .manifests
+                .iter()
+                .filter(|d| d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(t))
+                .collect(),
             None => index.manifests.iter().collect(),
         };
         let mut desc = match candidates.as_slice() {
@@ -131,20 +155,36 @@ impl Layout {
             let bytes = self.read_blob(&desc.digest)?;
             let path = self.blob_path(&desc.digest);
             if desc.media_type == MEDIA_TYPE_INDEX {
-                let idx: Index = serde_json::from_slice(&bytes).map_err(|source| OciError::Parse { what: "image index", path, source })?;
+                let idx: Index =
+                    serde_json::from_slice(&bytes).map_err(|source| OciError::Parse {
+                        what: "image index",
+                        path,
+                        source,
+                    })?;
                 let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
                 desc = idx
                     .manifests
                     .iter()
-                    .find(|d| d.platform.as_ref().is_some_and(|p| p.os == os && p.architecture == arch))
+                    .find(|d| {
+                        d.platform
+                            .as_ref()
+                            .is_some_and(|p| p.os == os && p.architecture == arch)
+                    })
                     .cloned()
                     .ok_or_else(|| fail(format!("no manifest for platform {platform}")))?;
                 continue;
             }
             if desc.media_type != MEDIA_TYPE_MANIFEST {
-                return Err(fail(format!("unsupported manifest media type {}", desc.media_type)));
+                return Err(fail(format!(
+                    "unsupported manifest media type {}",
+                    desc.media_type
+                )));
             }
-            let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| OciError::Parse { what: "image manifest", path, source })?;
+            let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| OciError::Parse {
+                what: "image manifest",
+                path,
+                source,
+            })?;
             return Ok((desc, m));
         }
         Err(fail("image indexes nested too deeply".into()))
@@ -163,9 +203,19 @@ impl Layout {
 
     /// Writes a serializable document canonically and returns its descriptor.
     pub fn put_json<T: Serialize>(&self, media_type: &str, doc: &T) -> Result<Desc, OciError> {
-        let bytes = canonical::to_vec(doc).map_err(|source| OciError::Parse { what: "document", path: self.root.clone(), source })?;
+        let bytes = canonical::to_vec(doc).map_err(|source| OciError::Parse {
+            what: "document",
+            path: self.root.clone(),
+            source,
+        })?;
         let digest = self.put_bytes(&bytes)?;
-        Ok(Desc { media_type: media_type.into(), digest, size: bytes.len() as u64, annotations: Default::default(), platform: None })
+        Ok(Desc {
+            media_type: media_type.into(),
+            digest,
+            size: bytes.len() as u64,
+            annotations: Default::default(),
+            platform: None,
+        })
     }
 
     /// Copies the blob at `src` into the layout, verifying it against `digest` on the way.
@@ -173,7 +223,8 @@ impl Layout {
     pub fn put_file(&self, src: &Path, digest: &Digest) -> Result<(), OciError> {
         let dest = self.blob_path(digest);
         if let Ok(f) = File::open(&dest) {
-            let (found, _) = digest_reader(BufReader::with_capacity(1 << 20, f)).map_err(io_err("read blob", &dest))?;
+            let (found, _) = digest_reader(BufReader::with_capacity(1 << 20, f))
+                .map_err(io_err("read blob", &dest))?;
             if &found == digest {
                 return Ok(());
             }
@@ -185,16 +236,29 @@ impl Layout {
         io::copy(&mut reader, &mut tmp).map_err(io_err("copy blob to", &dir))?;
         let (found, _) = reader.finish();
         if &found != digest {
-            return Err(OciError::DigestMismatch { path: src.to_path_buf(), expected: digest.clone(), found });
+            return Err(OciError::DigestMismatch {
+                path: src.to_path_buf(),
+                expected: digest.clone(),
+                found,
+            });
         }
         tmp.as_file().sync_data().map_err(io_err("sync", &dir))?;
-        tmp.persist(&dest).map_err(|e| OciError::Io { action: "store blob", path: dest.clone(), source: e.error })?;
+        tmp.persist(&dest).map_err(|e| OciError::Io {
+            action: "store blob",
+            path: dest.clone(),
+            source: e.error,
+        })?;
         Ok(())
     }
 
     /// Points `index.json` at `manifest` under each tag (atomically), then removes blobs that
     /// no longer belong to the image.
-    pub fn finish(&self, manifest: &Desc, tags: &[String], keep: &BTreeSet<Digest>) -> Result<(), OciError> {
+    pub fn finish(
+        &self,
+        manifest: &Desc,
+        tags: &[String],
+        keep: &BTreeSet<Digest>,
+    ) -> Result<(), OciError> {
         let manifests = tags
             .iter()
             .map(|t| {
@@ -203,8 +267,16 @@ impl Layout {
                 d
             })
             .collect();
-        let index = Index { schema_version: 2, media_type: Some(MEDIA_TYPE_INDEX.into()), manifests };
-        let bytes = canonical::to_vec(&index).map_err(|source| OciError::Parse { what: "index", path: self.root.clone(), source })?;
+        let index = Index {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_INDEX.into()),
+            manifests,
+        };
+        let bytes = canonical::to_vec(&index).map_err(|source| OciError::Parse {
+            what: "index",
+            path: self.root.clone(),
+            source,
+        })?;
         let p = self.root.join("index.json");
         fsutil::write_atomic(&p, &bytes).map_err(io_err("write", &p))?;
         let dir = self.root.join("blobs/sha256");

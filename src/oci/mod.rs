@@ -16,11 +16,23 @@ pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
     #[error("cannot {action} {path}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path} is not a valid {what}")]
-    Parse { what: &'static str, path: PathBuf, source: serde_json::Error },
+    Parse {
+        what: &'static str,
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     #[error("digest mismatch for {path}: expected {expected}, found {found}")]
-    DigestMismatch { path: PathBuf, expected: Digest, found: Digest },
+    DigestMismatch {
+        path: PathBuf,
+        expected: Digest,
+        found: Digest,
+    },
     #[error("{layout}: {message}")]
     Select { layout: PathBuf, message: String },
     #[error("cannot build the {0}")]

@@ -24,9 +24,16 @@ pub enum DownloadError {
     #[error("cannot download {url}")]
     Http { url: String, source: reqwest::Error },
     #[error("cannot download {url}: server answered {status}")]
-    Status { url: String, status: reqwest::StatusCode },
+    Status {
+        url: String,
+        status: reqwest::StatusCode,
+    },
     #[error("download {url} does not match its sha256: expected {expected}, found {found}")]
-    Mismatch { url: String, expected: Digest, found: Digest },
+    Mismatch {
+        url: String,
+        expected: Digest,
+        found: Digest,
+    },
     #[error("cannot store download {url} in the cache")]
     Cache { url: String, source: CacheError },
     #[error("cannot read download {url} from the cache")]
@@ -70,33 +77,61 @@ pub fn fetch(
             Err(e) => reporter.report(Event::Warning(&format!("{e}; downloading again"))),
         }
     }
-    let http = |source| DownloadError::Http { url: shown.clone(), source };
+    let http = |source| DownloadError::Http {
+        url: shown.clone(),
+        source,
+    };
     let mut resp = client.get(url).send().map_err(http)?;
     if !resp.status().is_success() {
-        return Err(DownloadError::Status { url: shown, status: resp.status() });
+        return Err(DownloadError::Status {
+            url: shown,
+            status: resp.status(),
+        });
     }
-    reporter.report(Event::DownloadStart { url: &shown, total: resp.content_length() });
-    let store = |source| DownloadError::Cache { url: shown.clone(), source };
+    reporter.report(Event::DownloadStart {
+        url: &shown,
+        total: resp.content_length(),
+    });
+    let store = |source| DownloadError::Cache {
+        url: shown.clone(),
+        source,
+    };
     let mut w = cache.blob_writer().map_err(store)?;
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
     loop {
-        let n = resp.read(&mut buf).map_err(|e| DownloadError::Read { url: shown.clone(), source: e })?;
+        let n = resp.read(&mut buf).map_err(|e| DownloadError::Read {
+            url: shown.clone(),
+            source: e,
+        })?;
         if n == 0 {
             break;
         }
-        io::Write::write_all(&mut w, &buf[..n]).map_err(|e| DownloadError::Read { url: shown.clone(), source: e })?;
+        io::Write::write_all(&mut w, &buf[..n]).map_err(|e| DownloadError::Read {
+            url: shown.clone(),
+            source: e,
+        })?;
         total += n as u64;
-        reporter.report(Event::DownloadProgress { url: &shown, bytes: total });
+        reporter.report(Event::DownloadProgress {
+            url: &shown,
+            bytes: total,
+        });
     }
     match w.commit(Some(sha256)) {
         Ok(_) => {}
         Err(CacheError::DigestMismatch { found, .. }) => {
-            return Err(DownloadError::Mismatch { url: shown, expected: sha256.clone(), found });
+            return Err(DownloadError::Mismatch {
+                url: shown,
+                expected: sha256.clone(),
+                found,
+            });
         }
         Err(e) => return Err(store(e)),
     }
-    reporter.report(Event::DownloadDone { url: &shown, bytes: total });
+    reporter.report(Event::DownloadDone {
+        url: &shown,
+        bytes: total,
+    });
     Ok(())
 }
 
@@ -105,14 +140,20 @@ pub enum ExtractError {
     #[error("cannot read archive {url}")]
     Io { url: String, source: io::Error },
     #[error("cannot read zip archive {url}")]
-    Zip { url: String, source: zip::result::ZipError },
+    Zip {
+        url: String,
+        source: zip::result::ZipError,
+    },
     #[error("archive {url} has an unsafe entry `{entry}` (absolute or with `..`)")]
     Unsafe { url: String, entry: String },
 }
 
 /// Maps an archive path below `dir` after stripping components; `None` to skip the entry.
 fn map_path(raw: &[u8], strip: u32, dir: &[u8]) -> Result<Option<Vec<u8>>, String> {
-    let comps: Vec<&[u8]> = raw.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".").collect();
+    let comps: Vec<&[u8]> = raw
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
     if comps.contains(&&b".."[..]) {
         return Err(String::from_utf8_lossy(raw).into_owned());
     }
@@ -141,13 +182,31 @@ pub struct Extractor<'a> {
 }
 
 impl<'a> Extractor<'a> {
-    pub fn new(w: &'a mut LayerWriter, lower: &'a mut LowerFs, url: &'a str, dir: &str, strip: u32, owner: (u64, u64)) -> Self {
+    pub fn new(
+        w: &'a mut LayerWriter,
+        lower: &'a mut LowerFs,
+        url: &'a str,
+        dir: &str,
+        strip: u32,
+        owner: (u64, u64),
+    ) -> Self {
         let dir = lower.resolve(dir.as_bytes());
-        Extractor { w, lower, url, dir, strip, owner, emitted: BTreeSet::new() }
+        Extractor {
+            w,
+            lower,
+            url,
+            dir,
+            strip,
+            owner,
+            emitted: BTreeSet::new(),
+        }
     }
 
     fn io(&self) -> impl Fn(io::Error) -> ExtractError + '_ {
-        |source| ExtractError::Io { url: self.url.to_string(), source }
+        |source| ExtractError::Io {
+            url: self.url.to_string(),
+            source,
+        }
     }
 
     /// Emits missing parent directories of `path` (the image's own metadata where it has them).
@@ -164,7 +223,11 @@ impl<'a> Extractor<'a> {
             }
             let meta = match self.lower.get(&cur) {
                 Some(e) if e.kind == Kind::Dir => e.meta,
-                _ => Meta { uid: self.owner.0, gid: self.owner.1, ..Meta::DIR },
+                _ => Meta {
+                    uid: self.owner.0,
+                    gid: self.owner.1,
+                    ..Meta::DIR
+                },
             };
             self.w.dir(&cur, meta)?;
             self.lower.insert(&cur, Kind::Dir, meta, None);
@@ -173,16 +236,35 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
-    fn entry(&mut self, raw: &[u8], kind: EntryType, mode: u32, size: u64, link: Option<&[u8]>, data: &mut dyn Read) -> Result<(), ExtractError> {
-        let unsafe_entry = |entry: String| ExtractError::Unsafe { url: self.url.to_string(), entry };
+    fn entry(
+        &mut self,
+        raw: &[u8],
+        kind: EntryType,
+        mode: u32,
+        size: u64,
+        link: Option<&[u8]>,
+        data: &mut dyn Read,
+    ) -> Result<(), ExtractError> {
+        let unsafe_entry = |entry: String| ExtractError::Unsafe {
+            url: self.url.to_string(),
+            entry,
+        };
         let Some(path) = map_path(raw, self.strip, &self.dir).map_err(unsafe_entry)? else {
             return Ok(());
         };
-        let meta = Meta { mode: mode & 0o7777, uid: self.owner.0, gid: self.owner.1 };
+        let meta = Meta {
+            mode: mode & 0o7777,
+            uid: self.owner.0,
+            gid: self.owner.1,
+        };
         let url = self.url.to_string();
-        let io = |source| ExtractError::Io { url: url.clone(), source };
+        let io = |source| ExtractError::Io {
+            url: url.clone(),
+            source,
+        };
         self.parents(&path).map_err(&io)?;
-        super::tree::whiteout_if_replaced(self.w, self.lower, &path, kind == EntryType::Directory).map_err(&io)?;
+        super::tree::whiteout_if_replaced(self.w, self.lower, &path, kind == EntryType::Directory)
+            .map_err(&io)?;
         match kind {
             EntryType::Directory => {
                 if self.emitted.insert(path.clone()) {
@@ -228,8 +310,14 @@ impl<'a> Extractor<'a> {
             return self.zip(f);
         }
         let reader: Box<dyn Read> = match format {
-            "tar.gz" => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, f))),
-            "tar.xz" => Box::new(liblzma::read::XzDecoder::new(BufReader::with_capacity(1 << 20, f))),
+            "tar.gz" => Box::new(flate2::read::MultiGzDecoder::new(BufReader::with_capacity(
+                1 << 20,
+                f,
+            ))),
+            "tar.xz" => Box::new(liblzma::read::XzDecoder::new(BufReader::with_capacity(
+                1 << 20,
+                f,
+            ))),
             _ => Box::new(BufReader::with_capacity(1 << 20, f)),
         };
         let mut ar = tar::Archive::new(reader);
@@ -248,7 +336,10 @@ impl<'a> Extractor<'a> {
     fn zip(mut self, f: File) -> Result<(), ExtractError> {
         let zerr = |url: &str| {
             let url = url.to_string();
-            move |source| ExtractError::Zip { url: url.clone(), source }
+            move |source| ExtractError::Zip {
+                url: url.clone(),
+                source,
+            }
         };
         let mut z = zip::ZipArchive::new(BufReader::new(f)).map_err(zerr(self.url))?;
         for i in 0..z.len() {
@@ -256,14 +347,35 @@ impl<'a> Extractor<'a> {
             let raw = e.name_raw().to_vec();
             let mode = e.unix_mode();
             if e.is_dir() {
-                self.entry(&raw, EntryType::Directory, mode.unwrap_or(0o755), 0, None, &mut io::empty())?;
+                self.entry(
+                    &raw,
+                    EntryType::Directory,
+                    mode.unwrap_or(0o755),
+                    0,
+                    None,
+                    &mut io::empty(),
+                )?;
             } else if e.is_symlink() {
                 let mut target = Vec::new();
                 e.read_to_end(&mut target).map_err(self.io())?;
-                self.entry(&raw, EntryType::Symlink, 0o777, 0, Some(&target), &mut io::empty())?;
+                self.entry(
+                    &raw,
+                    EntryType::Symlink,
+                    0o777,
+                    0,
+                    Some(&target),
+                    &mut io::empty(),
+                )?;
             } else {
                 let size = e.size();
-                self.entry(&raw, EntryType::Regular, mode.unwrap_or(0o644), size, None, &mut e)?;
+                self.entry(
+                    &raw,
+                    EntryType::Regular,
+                    mode.unwrap_or(0o644),
+                    size,
+                    None,
+                    &mut e,
+                )?;
             }
         }
         Ok(())
@@ -276,7 +388,10 @@ mod tests {
 
     #[test]
     fn strip_and_reject() {
-        assert_eq!(map_path(b"go/bin/go", 1, b"usr/local/go").unwrap(), Some(b"usr/local/go/bin/go".to_vec()));
+        assert_eq!(
+            map_path(b"go/bin/go", 1, b"usr/local/go").unwrap(),
+            Some(b"usr/local/go/bin/go".to_vec())
+        );
         assert_eq!(map_path(b"go/", 1, b"usr/local/go").unwrap(), None);
         assert!(map_path(b"a/../../etc", 0, b"x").is_err());
     }

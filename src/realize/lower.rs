@@ -36,7 +36,12 @@ pub struct LowerFs {
 
 fn wanted(path: &[u8]) -> bool {
     const EXACT: [&[u8]; 4] = [b"etc/passwd", b"etc/group", b"etc/shadow", b"etc/gshadow"];
-    const PREFIX: [&[u8]; 4] = [b"etc/skel/", b"etc/systemd/system/", b"lib/systemd/system/", b"usr/lib/systemd/system/"];
+    const PREFIX: [&[u8]; 4] = [
+        b"etc/skel/",
+        b"etc/systemd/system/",
+        b"lib/systemd/system/",
+        b"usr/lib/systemd/system/",
+    ];
     EXACT.contains(&path) || PREFIX.iter().any(|p| path.starts_with(p))
 }
 
@@ -66,7 +71,9 @@ impl LowerFs {
     fn scan(&mut self, blob: &Path, media_type: &str) -> io::Result<()> {
         let f = BufReader::with_capacity(1 << 20, File::open(blob)?);
         let reader: Box<dyn Read> = match media_type {
-            MEDIA_TYPE_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Box::new(flate2::read::MultiGzDecoder::new(f)),
+            MEDIA_TYPE_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+                Box::new(flate2::read::MultiGzDecoder::new(f))
+            }
             MEDIA_TYPE_ZSTD => Box::new(zstd::Decoder::with_buffer(f)?),
             _ => Box::new(f),
         };
@@ -80,7 +87,8 @@ impl LowerFs {
             };
             if name == b".wh..wh..opq" {
                 let d = dir.to_vec();
-                self.entries.retain(|k, _| !(k.starts_with(&d) && k.len() > d.len()));
+                self.entries
+                    .retain(|k, _| !(k.starts_with(&d) && k.len() > d.len()));
                 continue;
             }
             if let Some(hidden) = name.strip_prefix(b".wh.") {
@@ -90,11 +98,17 @@ impl LowerFs {
                 continue;
             }
             let h = e.header();
-            let meta = Meta { mode: h.mode()? & 0o7777, uid: h.uid()?, gid: h.gid()? };
+            let meta = Meta {
+                mode: h.mode()? & 0o7777,
+                uid: h.uid()?,
+                gid: h.gid()?,
+            };
             let kind = match h.entry_type() {
                 EntryType::Directory => Kind::Dir,
                 EntryType::Regular | EntryType::Continuous | EntryType::Link => Kind::File,
-                EntryType::Symlink => Kind::Symlink(e.link_name_bytes().map(|l| l.to_vec()).unwrap_or_default()),
+                EntryType::Symlink => {
+                    Kind::Symlink(e.link_name_bytes().map(|l| l.to_vec()).unwrap_or_default())
+                }
                 _ => Kind::Other,
             };
             if kind != Kind::Dir {
@@ -145,19 +159,31 @@ impl LowerFs {
     pub fn has_children(&self, dir: &[u8]) -> bool {
         let mut prefix = norm(dir);
         prefix.push(b'/');
-        self.entries.range(prefix.clone()..).next().is_some_and(|(k, _)| k.starts_with(&prefix))
+        self.entries
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&prefix))
     }
 
     /// Entries directly or indirectly under `dir`, in order.
-    pub fn children<'a>(&'a self, dir: &[u8]) -> impl Iterator<Item = (&'a Vec<u8>, &'a LowerEntry)> + 'a {
+    pub fn children<'a>(
+        &'a self,
+        dir: &[u8],
+    ) -> impl Iterator<Item = (&'a Vec<u8>, &'a LowerEntry)> + 'a {
         let mut prefix = norm(dir);
         prefix.push(b'/');
-        self.entries.range(prefix.clone()..).take_while(move |(k, _)| k.starts_with(&prefix))
+        self.entries
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
     }
 
     /// Resolves symlinks in every component of `path` (as the kernel would inside the image).
     pub fn resolve(&self, path: &[u8]) -> Vec<u8> {
-        let mut todo: Vec<Vec<u8>> = norm(path).split(|b| *b == b'/').filter(|c| !c.is_empty()).map(<[u8]>::to_vec).collect();
+        let mut todo: Vec<Vec<u8>> = norm(path)
+            .split(|b| *b == b'/')
+            .filter(|c| !c.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
         todo.reverse();
         let mut out: Vec<Vec<u8>> = Vec::new();
         let mut hops = 0;
@@ -172,7 +198,11 @@ impl LowerFs {
             }
             out.push(c);
             let cur = out.join(&b'/');
-            if let Some(LowerEntry { kind: Kind::Symlink(target), .. }) = self.entries.get(&cur) {
+            if let Some(LowerEntry {
+                kind: Kind::Symlink(target),
+                ..
+            }) = self.entries.get(&cur)
+            {
                 hops += 1;
                 if hops > 40 {
                     break;

@@ -69,7 +69,10 @@ pub fn realize(
             match cache.verify_blob(&rec.digest) {
                 Ok(_) => Some(rec),
                 Err(e) => {
-                    reporter.report(Event::Warning(&format!("{e}; rebuilding step `{}`", s.name)));
+                    reporter.report(Event::Warning(&format!(
+                        "{e}; rebuilding step `{}`",
+                        s.name
+                    )));
                     cache.remove_key(&s.key);
                     None
                 }
@@ -93,29 +96,51 @@ pub fn realize(
     let mut out = Vec::new();
     let total = plan.steps.len();
     for (index, (step, hit)) in plan.steps.iter().zip(hits).enumerate() {
-        reporter.report(Event::StepStart { index, total, name: &step.name });
+        reporter.report(Event::StepStart {
+            index,
+            total,
+            name: &step.name,
+        });
         let (record, was_hit) = match hit {
             Some(rec) => (rec, true),
             None => {
                 lower
                     .advance(cache, &layers)
-                    .map_err(|source| RealizeError::Lower { step: step.name.clone(), source })?;
+                    .map_err(|source| RealizeError::Lower {
+                        step: step.name.clone(),
+                        source,
+                    })?;
                 let rec = build_step(loaded, plan, step, cache, &mut lower)?;
                 cache.put_key(&step.key, &rec)?;
                 (rec, false)
             }
         };
-        reporter.report(Event::StepDone { index, name: &step.name, hit: was_hit, digest: &record.digest, size: record.size });
+        reporter.report(Event::StepDone {
+            index,
+            name: &step.name,
+            hit: was_hit,
+            digest: &record.digest,
+            size: record.size,
+        });
         layers.push(record.clone());
         if !was_hit {
             lower.mark_scanned(layers.len());
         }
-        out.push(LayerOutcome { name: step.name.clone(), key: step.key.clone(), record, hit: was_hit });
+        out.push(LayerOutcome {
+            name: step.name.clone(),
+            key: step.key.clone(),
+            record,
+            hit: was_hit,
+        });
     }
     Ok(out)
 }
 
-fn prefetch(cache: &Cache, downloads: &[&PlannedDownload], reporter: &dyn Reporter) -> Result<(), RealizeError> {
+fn prefetch(
+    cache: &Cache,
+    downloads: &[&PlannedDownload],
+    reporter: &dyn Reporter,
+) -> Result<(), RealizeError> {
     if downloads.is_empty() {
         return Ok(());
     }
@@ -143,15 +168,31 @@ fn prefetch(cache: &Cache, downloads: &[&PlannedDownload], reporter: &dyn Report
     }
 }
 
-fn owner(loaded: &Loaded, lower: &LowerFs, owner: Option<&str>, field: &FieldPath) -> Result<(u64, u64), RecipeError> {
+fn owner(
+    loaded: &Loaded,
+    lower: &LowerFs,
+    owner: Option<&str>,
+    field: &FieldPath,
+) -> Result<(u64, u64), RecipeError> {
     match owner {
         None => Ok((0, 0)),
-        Some(o) => users::resolve_owner(lower, o).map_err(|m| loaded.error_at(&field.key("owner"), m)),
+        Some(o) => {
+            users::resolve_owner(lower, o).map_err(|m| loaded.error_at(&field.key("owner"), m))
+        }
     }
 }
 
-fn build_step(loaded: &Loaded, plan: &Plan, step: &Step, cache: &Cache, lower: &mut LowerFs) -> Result<LayerRecord, RealizeError> {
-    let layer_err = |source| RealizeError::Layer { step: step.name.clone(), source };
+fn build_step(
+    loaded: &Loaded,
+    plan: &Plan,
+    step: &Step,
+    cache: &Cache,
+    lower: &mut LowerFs,
+) -> Result<LayerRecord, RealizeError> {
+    let layer_err = |source| RealizeError::Layer {
+        step: step.name.clone(),
+        source,
+    };
     let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
     let tree = match &step.kind {
         StepKind::Download(d) => {
@@ -161,13 +202,37 @@ fn build_step(loaded: &Loaded, plan: &Plan, step: &Step, cache: &Cache, lower: &
                 DownloadTarget::File { dest, mode } => {
                     let size = std::fs::metadata(&blob).map_err(layer_err)?.len();
                     let mut t = Tree::default();
-                    let kind = NodeKind::File { source: FileSource::Path(blob), size };
-                    t.add(lower, dest, kind, Meta { mode: *mode, uid, gid });
+                    let kind = NodeKind::File {
+                        source: FileSource::Path(blob),
+                        size,
+                    };
+                    t.add(
+                        lower,
+                        dest,
+                        kind,
+                        Meta {
+                            mode: *mode,
+                            uid,
+                            gid,
+                        },
+                    );
                     Some(t)
                 }
-                DownloadTarget::Extract { dir, strip_components, format } => {
+                DownloadTarget::Extract {
+                    dir,
+                    strip_components,
+                    format,
+                } => {
                     let url = redact(&d.url);
-                    download::Extractor::new(&mut w, lower, &url, dir, *strip_components, (uid, gid)).run(&blob, format)?;
+                    download::Extractor::new(
+                        &mut w,
+                        lower,
+                        &url,
+                        dir,
+                        *strip_components,
+                        (uid, gid),
+                    )
+                    .run(&blob, format)?;
                     None
                 }
             }
@@ -179,15 +244,32 @@ fn build_step(loaded: &Loaded, plan: &Plan, step: &Step, cache: &Cache, lower: &
             let mut t = Tree::default();
             for f in files {
                 let (uid, gid) = owner(loaded, lower, f.owner.as_deref(), &f.field)?;
-                let kind = NodeKind::File { source: f.source.clone(), size: f.size };
-                t.add(lower, &f.dest, kind, Meta { mode: f.mode, uid, gid });
+                let kind = NodeKind::File {
+                    source: f.source.clone(),
+                    size: f.size,
+                };
+                t.add(
+                    lower,
+                    &f.dest,
+                    kind,
+                    Meta {
+                        mode: f.mode,
+                        uid,
+                        gid,
+                    },
+                );
             }
             Some(t)
         }
         StepKind::Symlinks(links) => {
             let mut t = Tree::default();
             for (path, target) in links {
-                t.add(lower, path, NodeKind::Symlink(target.clone().into_bytes()), Meta::LINK);
+                t.add(
+                    lower,
+                    path,
+                    NodeKind::Symlink(target.clone().into_bytes()),
+                    Meta::LINK,
+                );
             }
             Some(t)
         }

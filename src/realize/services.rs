@@ -7,7 +7,11 @@ use super::tree::{NodeKind, Tree};
 use crate::layer::Meta;
 
 /// Where systemctl looks for unit files, in order.
-const UNIT_DIRS: [&str; 3] = ["etc/systemd/system", "lib/systemd/system", "usr/lib/systemd/system"];
+const UNIT_DIRS: [&str; 3] = [
+    "etc/systemd/system",
+    "lib/systemd/system",
+    "usr/lib/systemd/system",
+];
 
 /// `[Install]` of a unit file.
 #[derive(Debug, Default, PartialEq)]
@@ -30,7 +34,9 @@ pub fn parse_install(text: &str) -> Install {
         if !in_install || line.starts_with(['#', ';']) {
             continue;
         }
-        let Some((k, v)) = line.split_once('=') else { continue };
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
         let vals = v.split_whitespace().map(str::to_string);
         match k.trim() {
             "WantedBy" => inst.wanted_by.extend(vals),
@@ -55,10 +61,15 @@ fn find_unit(lower: &LowerFs, name: &str) -> Result<(String, String), String> {
             return Err(format!("unit `{name}` is masked (/{path} -> /dev/null)"));
         }
         if let Some(text) = lower.read(path.as_bytes()) {
-            return Ok((format!("/{path}"), String::from_utf8_lossy(text).into_owned()));
+            return Ok((
+                format!("/{path}"),
+                String::from_utf8_lossy(text).into_owned(),
+            ));
         }
     }
-    Err(format!("unit `{name}` not found in the image (looked in /etc/systemd/system, /lib/systemd/system, /usr/lib/systemd/system)"))
+    Err(format!(
+        "unit `{name}` not found in the image (looked in /etc/systemd/system, /lib/systemd/system, /usr/lib/systemd/system)"
+    ))
 }
 
 /// Builds the enablement symlinks for `units`; an error names the unit.
@@ -81,22 +92,41 @@ pub fn build(lower: &LowerFs, units: &[String]) -> Result<Tree, String> {
         };
         let (path, text) = find_unit(lower, &file_name)?;
         let inst = parse_install(&text);
-        if inst.wanted_by.is_empty() && inst.required_by.is_empty() && inst.alias.is_empty() && inst.also.is_empty() {
-            return Err(format!("unit `{unit}` has no [Install] section: it cannot be enabled"));
+        if inst.wanted_by.is_empty()
+            && inst.required_by.is_empty()
+            && inst.alias.is_empty()
+            && inst.also.is_empty()
+        {
+            return Err(format!(
+                "unit `{unit}` has no [Install] section: it cannot be enabled"
+            ));
         }
         let link_name = match (&instance, &inst.default_instance) {
             (Some(i), _) => i.clone(),
-            (None, Some(di)) if file_name.contains("@.") => file_name.replacen("@.", &format!("@{di}."), 1),
+            (None, Some(di)) if file_name.contains("@.") => {
+                file_name.replacen("@.", &format!("@{di}."), 1)
+            }
             _ => file_name.clone(),
         };
         let link = |tree: &mut Tree, at: String| {
-            tree.add(lower, &at, NodeKind::Symlink(path.clone().into_bytes()), Meta::LINK);
+            tree.add(
+                lower,
+                &at,
+                NodeKind::Symlink(path.clone().into_bytes()),
+                Meta::LINK,
+            );
         };
         for t in &inst.wanted_by {
-            link(&mut tree, format!("/etc/systemd/system/{t}.wants/{link_name}"));
+            link(
+                &mut tree,
+                format!("/etc/systemd/system/{t}.wants/{link_name}"),
+            );
         }
         for t in &inst.required_by {
-            link(&mut tree, format!("/etc/systemd/system/{t}.requires/{link_name}"));
+            link(
+                &mut tree,
+                format!("/etc/systemd/system/{t}.requires/{link_name}"),
+            );
         }
         for a in &inst.alias {
             link(&mut tree, format!("/etc/systemd/system/{a}"));
@@ -112,7 +142,9 @@ mod tests {
 
     #[test]
     fn install_section_is_parsed() {
-        let i = parse_install("[Unit]\nWantedBy=x\n[Install]\nWantedBy=multi-user.target  b.target\nAlias=d.service\nAlso=docker.socket\n");
+        let i = parse_install(
+            "[Unit]\nWantedBy=x\n[Install]\nWantedBy=multi-user.target  b.target\nAlias=d.service\nAlso=docker.socket\n",
+        );
         assert_eq!(i.wanted_by, vec!["multi-user.target", "b.target"]);
         assert_eq!(i.alias, vec!["d.service"]);
         assert_eq!(i.also, vec!["docker.socket"]);

@@ -39,7 +39,14 @@ impl Tree {
             None => (&b""[..], &p[..]),
         };
         let parent = lower.resolve(parent);
-        self.parents(lower, &parent, Meta { mode: 0o755, ..meta });
+        self.parents(
+            lower,
+            &parent,
+            Meta {
+                mode: 0o755,
+                ..meta
+            },
+        );
         let mut full = parent.clone();
         if !full.is_empty() {
             full.push(b'/');
@@ -65,7 +72,13 @@ impl Tree {
                 Some(e) if e.kind == Kind::Dir => e.meta,
                 _ => new,
             };
-            self.nodes.insert(cur.clone(), Node { kind: NodeKind::Dir, meta });
+            self.nodes.insert(
+                cur.clone(),
+                Node {
+                    kind: NodeKind::Dir,
+                    meta,
+                },
+            );
         }
     }
 
@@ -94,12 +107,16 @@ impl Tree {
                         }
                         FileSource::Path(p) if size < (1 << 20) => {
                             // Small files are kept so later steps can read them (unit files).
-                            let b = std::fs::read(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+                            let b = std::fs::read(p).map_err(|e| {
+                                io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+                            })?;
                             w.file(&path, node.meta, size, b.as_slice())?;
                             Some(b)
                         }
                         FileSource::Path(p) => {
-                            let f = File::open(p).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", p.display())))?;
+                            let f = File::open(p).map_err(|e| {
+                                io::Error::new(e.kind(), format!("{}: {e}", p.display()))
+                            })?;
                             w.file(&path, node.meta, size, BufReader::with_capacity(1 << 20, f))?;
                             None
                         }
@@ -115,7 +132,12 @@ impl Tree {
 /// An entry that changes a path of the image below between directory and non-directory gets
 /// a whiteout first, so the old tree does not linger under the new entry. (A whiteout hides
 /// only lower layers, so it may share this layer with the new entry.)
-pub fn whiteout_if_replaced(w: &mut LayerWriter, lower: &LowerFs, path: &[u8], is_dir: bool) -> io::Result<()> {
+pub fn whiteout_if_replaced(
+    w: &mut LayerWriter,
+    lower: &LowerFs,
+    path: &[u8],
+    is_dir: bool,
+) -> io::Result<()> {
     match lower.get(path) {
         Some(e) if (e.kind == Kind::Dir) != is_dir => w.whiteout(path),
         _ => Ok(()),

@@ -20,8 +20,14 @@ pub struct FieldError {
 }
 
 fn lines(lower: &LowerFs, path: &str) -> Vec<Vec<String>> {
-    let text = lower.read(path.as_bytes()).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| l.split(':').map(str::to_string).collect()).collect()
+    let text = lower
+        .read(path.as_bytes())
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split(':').map(str::to_string).collect())
+        .collect()
 }
 
 fn join(rows: &[Vec<String>]) -> Vec<u8> {
@@ -50,7 +56,9 @@ pub fn lookup_user(lower: &LowerFs, name: &str) -> Option<(u32, u32)> {
     if let Ok(n) = name.parse() {
         return Some((n, n));
     }
-    let row = lines(lower, "etc/passwd").into_iter().find(|r| r[0] == name)?;
+    let row = lines(lower, "etc/passwd")
+        .into_iter()
+        .find(|r| r[0] == name)?;
     Some((id_of(&row)?, row.get(3)?.parse().ok()?))
 }
 
@@ -59,15 +67,22 @@ pub fn lookup_group(lower: &LowerFs, name: &str) -> Option<u32> {
     if let Ok(n) = name.parse() {
         return Some(n);
     }
-    lines(lower, "etc/group").into_iter().find(|r| r[0] == name).and_then(|r| id_of(&r))
+    lines(lower, "etc/group")
+        .into_iter()
+        .find(|r| r[0] == name)
+        .and_then(|r| id_of(&r))
 }
 
 /// Resolves an `owner` (`user`, `user:group`, `uid:gid`) to numeric ids.
 pub fn resolve_owner(lower: &LowerFs, owner: &str) -> Result<(u64, u64), String> {
-    let (u, g) = owner.split_once(':').map_or((owner, None), |(u, g)| (u, Some(g)));
-    let (uid, primary) = lookup_user(lower, u).ok_or_else(|| format!("user `{u}` does not exist in the image"))?;
+    let (u, g) = owner
+        .split_once(':')
+        .map_or((owner, None), |(u, g)| (u, Some(g)));
+    let (uid, primary) =
+        lookup_user(lower, u).ok_or_else(|| format!("user `{u}` does not exist in the image"))?;
     let gid = match g {
-        Some(g) => lookup_group(lower, g).ok_or_else(|| format!("group `{g}` does not exist in the image"))?,
+        Some(g) => lookup_group(lower, g)
+            .ok_or_else(|| format!("group `{g}` does not exist in the image"))?,
         None => primary,
     };
     Ok((uid as u64, gid as u64))
@@ -75,7 +90,15 @@ pub fn resolve_owner(lower: &LowerFs, owner: &str) -> Result<(u64, u64), String>
 
 fn file(tree: &mut Tree, lower: &LowerFs, path: &str, bytes: Vec<u8>, meta: Meta) {
     let size = bytes.len() as u64;
-    tree.add(lower, path, NodeKind::File { source: FileSource::Inline(bytes), size }, meta);
+    tree.add(
+        lower,
+        path,
+        NodeKind::File {
+            source: FileSource::Inline(bytes),
+            size,
+        },
+        meta,
+    );
 }
 
 pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, FieldError> {
@@ -86,8 +109,16 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
     let mut gshadow = lines(lower, "etc/gshadow");
     // An image without account files (scratch) still needs root.
     if passwd.is_empty() {
-        passwd.push(["root", "x", "0", "0", "root", "/root", "/bin/sh"].map(String::from).to_vec());
-        shadow.push(["root", "*", "", "0", "99999", "7", "", "", ""].map(String::from).to_vec());
+        passwd.push(
+            ["root", "x", "0", "0", "root", "/root", "/bin/sh"]
+                .map(String::from)
+                .to_vec(),
+        );
+        shadow.push(
+            ["root", "*", "", "0", "99999", "7", "", "", ""]
+                .map(String::from)
+                .to_vec(),
+        );
     }
     if group.is_empty() {
         group.push(["root", "x", "0", ""].map(String::from).to_vec());
@@ -110,10 +141,23 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
         }
         let gid = g.gid.unwrap_or_else(|| next_free(&group, &[]));
         if group.iter().any(|r| id_of(r) == Some(gid)) {
-            return Err(FieldError { field: field.key("gid"), message: format!("gid {gid} is already taken") });
+            return Err(FieldError {
+                field: field.key("gid"),
+                message: format!("gid {gid} is already taken"),
+            });
         }
-        group.push(vec![g.name.clone(), "x".into(), gid.to_string(), String::new()]);
-        gshadow.push(vec![g.name.clone(), "!".into(), String::new(), String::new()]);
+        group.push(vec![
+            g.name.clone(),
+            "x".into(),
+            gid.to_string(),
+            String::new(),
+        ]);
+        gshadow.push(vec![
+            g.name.clone(),
+            "!".into(),
+            String::new(),
+            String::new(),
+        ]);
     }
 
     let mut tree = Tree::default();
@@ -125,26 +169,49 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
             (None, Some(pos)) => id_of(&passwd[pos]).unwrap_or(ID_MIN),
             (None, None) => next_free(&passwd, &[]),
         };
-        if passwd.iter().any(|r| r[0] != u.name && id_of(r) == Some(uid)) {
-            return Err(FieldError { field: field.key("uid"), message: format!("uid {uid} is already taken") });
+        if passwd
+            .iter()
+            .any(|r| r[0] != u.name && id_of(r) == Some(uid))
+        {
+            return Err(FieldError {
+                field: field.key("uid"),
+                message: format!("uid {uid} is already taken"),
+            });
         }
         // The user's own group (useradd --user-group), with gid = uid when free.
         let gid = match group.iter().find(|r| r[0] == u.name) {
             Some(r) => id_of(r).unwrap_or(uid),
             None => {
-                let gid = if group.iter().any(|r| id_of(r) == Some(uid)) { next_free(&group, &[]) } else { uid };
-                group.push(vec![u.name.clone(), "x".into(), gid.to_string(), String::new()]);
-                gshadow.push(vec![u.name.clone(), "!".into(), String::new(), String::new()]);
+                let gid = if group.iter().any(|r| id_of(r) == Some(uid)) {
+                    next_free(&group, &[])
+                } else {
+                    uid
+                };
+                group.push(vec![
+                    u.name.clone(),
+                    "x".into(),
+                    gid.to_string(),
+                    String::new(),
+                ]);
+                gshadow.push(vec![
+                    u.name.clone(),
+                    "!".into(),
+                    String::new(),
+                    String::new(),
+                ]);
                 gid
             }
         };
         for (j, g) in u.groups.iter().enumerate() {
             let add = |rows: &mut Vec<Vec<String>>, idx: usize| {
-                let Some(row) = rows.iter_mut().find(|r| r[0] == *g) else { return false };
+                let Some(row) = rows.iter_mut().find(|r| r[0] == *g) else {
+                    return false;
+                };
                 while row.len() <= idx {
                     row.push(String::new());
                 }
-                let mut members: Vec<&str> = row[idx].split(',').filter(|m| !m.is_empty()).collect();
+                let mut members: Vec<&str> =
+                    row[idx].split(',').filter(|m| !m.is_empty()).collect();
                 if !members.contains(&u.name.as_str()) {
                     members.push(&u.name);
                 }
@@ -154,24 +221,45 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
             if !add(&mut group, 3) {
                 return Err(FieldError {
                     field: field.key("groups").index(j),
-                    message: format!("group `{g}` does not exist in the image: declare it with [[group]]"),
+                    message: format!(
+                        "group `{g}` does not exist in the image: declare it with [[group]]"
+                    ),
                 });
             }
             add(&mut gshadow, 3);
         }
-        let home = u.home.clone().unwrap_or_else(|| format!("/home/{}", u.name));
+        let home = u
+            .home
+            .clone()
+            .unwrap_or_else(|| format!("/home/{}", u.name));
         let shell = u.shell.clone().unwrap_or_else(|| "/bin/sh".into());
-        let row = vec![u.name.clone(), "x".into(), uid.to_string(), gid.to_string(), String::new(), home.clone(), shell];
+        let row = vec![
+            u.name.clone(),
+            "x".into(),
+            uid.to_string(),
+            gid.to_string(),
+            String::new(),
+            home.clone(),
+            shell,
+        ];
         match existing {
             Some(pos) => passwd[pos] = row,
             None => passwd.push(row),
         }
         if !shadow.iter().any(|r| r[0] == u.name) {
             // Locked password, no aging: the same line on every build.
-            shadow.push([u.name.as_str(), "!", "", "0", "99999", "7", "", "", ""].map(String::from).to_vec());
+            shadow.push(
+                [u.name.as_str(), "!", "", "0", "99999", "7", "", "", ""]
+                    .map(String::from)
+                    .to_vec(),
+            );
         }
 
-        let owner = Meta { mode: 0o750, uid: uid as u64, gid: gid as u64 };
+        let owner = Meta {
+            mode: 0o750,
+            uid: uid as u64,
+            gid: gid as u64,
+        };
         // The home's parents (`/home`) belong to root; only the home itself to the user.
         let home_parent = home.rsplit_once('/').map_or("", |(p, _)| p);
         tree.parents(lower, &lower.resolve(home_parent.as_bytes()), Meta::DIR);
@@ -180,7 +268,11 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
         for (path, e) in lower.children(b"etc/skel") {
             let rel = String::from_utf8_lossy(&path[b"etc/skel/".len()..]).into_owned();
             let dest = format!("/{}/{rel}", String::from_utf8_lossy(&home_path));
-            let meta = Meta { mode: e.meta.mode, uid: uid as u64, gid: gid as u64 };
+            let meta = Meta {
+                mode: e.meta.mode,
+                uid: uid as u64,
+                gid: gid as u64,
+            };
             match (&e.kind, &e.data) {
                 (Kind::Dir, _) => {
                     tree.add(lower, &dest, NodeKind::Dir, meta);
@@ -194,12 +286,31 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
         }
         if u.sudo.as_deref() == Some("nopasswd") {
             let rule = format!("{} ALL=(ALL) NOPASSWD:ALL\n", u.name);
-            file(&mut tree, lower, &format!("/etc/sudoers.d/{}", u.name), rule.into_bytes(), Meta { mode: 0o440, uid: 0, gid: 0 });
+            file(
+                &mut tree,
+                lower,
+                &format!("/etc/sudoers.d/{}", u.name),
+                rule.into_bytes(),
+                Meta {
+                    mode: 0o440,
+                    uid: 0,
+                    gid: 0,
+                },
+            );
         }
     }
 
-    let shadow_gid = lookup_group(lower, "shadow").or_else(|| group.iter().find(|r| r[0] == "shadow").and_then(|r| id_of(r)));
-    let secret = Meta { mode: 0o640, uid: 0, gid: shadow_gid.unwrap_or(0) as u64 };
+    let shadow_gid = lookup_group(lower, "shadow").or_else(|| {
+        group
+            .iter()
+            .find(|r| r[0] == "shadow")
+            .and_then(|r| id_of(r))
+    });
+    let secret = Meta {
+        mode: 0o640,
+        uid: 0,
+        gid: shadow_gid.unwrap_or(0) as u64,
+    };
     file(&mut tree, lower, "/etc/passwd", join(&passwd), Meta::FILE);
     file(&mut tree, lower, "/etc/group", join(&group), Meta::FILE);
     file(&mut tree, lower, "/etc/shadow", join(&shadow), secret);

@@ -85,7 +85,9 @@ impl SpanIndex {
             self.entries.push((path.clone(), s));
         }
         for (k, _) in t.iter() {
-            let Some((key, item)) = t.get_key_value(k) else { continue };
+            let Some((key, item)) = t.get_key_value(k) else {
+                continue;
+            };
             let p = path.key(k);
             if let Some(s) = key.span() {
                 self.entries.push((p.clone(), s));
@@ -182,7 +184,10 @@ impl Diagnostic {
         let line_end = src[start..].find('\n').map_or(src.len(), |i| start + i);
         let line = src[..start].matches('\n').count() + 1;
         let column = src[line_start..start].chars().count() + 1;
-        let width = src[start..span.end.clamp(start, line_end)].chars().count().max(1);
+        let width = src[start..span.end.clamp(start, line_end)]
+            .chars()
+            .count()
+            .max(1);
         Diagnostic {
             severity,
             file: file.to_path_buf(),
@@ -202,7 +207,13 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        write!(f, "{level}: {}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        write!(
+            f,
+            "{level}: {}:{}:{}: ",
+            self.file.display(),
+            self.line,
+            self.column
+        )?;
         if !self.field.is_empty() {
             write!(f, "`{}`: ", self.field)?;
         }
@@ -211,7 +222,12 @@ impl fmt::Display for Diagnostic {
         let pad = " ".repeat(num.len());
         writeln!(f, "{pad} |")?;
         writeln!(f, "{num} | {}", self.source_line)?;
-        write!(f, "{pad} | {}{}", " ".repeat(self.column - 1), "^".repeat(self.width))
+        write!(
+            f,
+            "{pad} | {}{}",
+            " ".repeat(self.column - 1),
+            "^".repeat(self.width)
+        )
     }
 }
 
@@ -227,7 +243,14 @@ mod tests {
         let s = idx.span_of(&p).unwrap();
         assert_eq!(&src[s.clone()], "\"b\"");
         assert_eq!(idx.path_at(s.start + 1), Some(p));
-        let d = Diagnostic::new(Severity::Error, Path::new("r.toml"), src, Some(s), "f".into(), "m".into());
+        let d = Diagnostic::new(
+            Severity::Error,
+            Path::new("r.toml"),
+            src,
+            Some(s),
+            "f".into(),
+            "m".into(),
+        );
         assert_eq!((d.line, d.column), (7, 8));
     }
 }

@@ -14,11 +14,19 @@ pub struct InterpError {
 
 /// Replaces `${var.NAME}` in every string of `value` (keys are left alone). `$${` escapes a
 /// literal `${`. Other `${...}` forms are left untouched for the later passes.
-pub fn vars_in_value(value: &mut toml::Value, vars: &BTreeMap<String, String>, path: &FieldPath, errs: &mut Vec<InterpError>) {
+pub fn vars_in_value(
+    value: &mut toml::Value,
+    vars: &BTreeMap<String, String>,
+    path: &FieldPath,
+    errs: &mut Vec<InterpError>,
+) {
     match value {
         toml::Value::String(s) => match expand(s, |name| lookup_var(name, vars)) {
             Ok(v) => *s = v,
-            Err(message) => errs.push(InterpError { path: path.clone(), message }),
+            Err(message) => errs.push(InterpError {
+                path: path.clone(),
+                message,
+            }),
         },
         toml::Value::Array(a) => {
             for (i, v) in a.iter_mut().enumerate() {
@@ -38,7 +46,9 @@ fn lookup_var(name: &str, vars: &BTreeMap<String, String>) -> Lookup {
     match name.strip_prefix("var.") {
         Some(v) => match vars.get(v) {
             Some(val) => Lookup::Value(val.clone()),
-            None => Lookup::Error(format!("unknown variable `${{var.{v}}}` (declare it in [vars] or pass --var {v}=...)")),
+            None => Lookup::Error(format!(
+                "unknown variable `${{var.{v}}}` (declare it in [vars] or pass --var {v}=...)"
+            )),
         },
         None => Lookup::Keep,
     }
@@ -52,7 +62,11 @@ pub fn platform_vars(platform: &str) -> BTreeMap<&'static str, String> {
         "arm64" => "aarch64",
         other => other,
     };
-    BTreeMap::from([("arch", arch.to_string()), ("uname_m", uname_m.to_string()), ("os", os.to_string())])
+    BTreeMap::from([
+        ("arch", arch.to_string()),
+        ("uname_m", uname_m.to_string()),
+        ("os", os.to_string()),
+    ])
 }
 
 /// Expands platform variables in a URL; an unknown `${name}` is an error.
@@ -60,14 +74,22 @@ pub fn expand_platform(url: &str, platform: &str) -> Result<String, String> {
     let pv = platform_vars(platform);
     expand(url, |name| match pv.get(name) {
         Some(v) => Lookup::Value(v.clone()),
-        None => Lookup::Error(format!("unknown variable `${{{name}}}` in URL (known: arch, uname_m, os)")),
+        None => Lookup::Error(format!(
+            "unknown variable `${{{name}}}` in URL (known: arch, uname_m, os)"
+        )),
     })
 }
 
 /// Docker ENV semantics: `$NAME` and `${NAME}` take the value of an earlier variable (or the
 /// base image's), and an undefined one expands to the empty string.
 pub fn expand_env(value: &str, env: &[(String, String)]) -> String {
-    let get = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone()).unwrap_or_default();
+    let get = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
     let mut out = String::new();
     let mut rest = value;
     while let Some(i) = rest.find('$') {
@@ -80,7 +102,9 @@ pub fn expand_env(value: &str, env: &[(String, String)]) -> String {
             rest = &inner[end + 1..];
             continue;
         }
-        let n = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+        let n = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
         if n == 0 {
             out.push('$');
         } else {
@@ -136,8 +160,14 @@ mod tests {
 
     #[test]
     fn env_expansion_follows_docker() {
-        let env = vec![("GOROOT".to_string(), "/usr/local/go".to_string()), ("PATH".into(), "/bin".into())];
-        assert_eq!(expand_env("$PATH:$GOROOT/bin", &env), "/bin:/usr/local/go/bin");
+        let env = vec![
+            ("GOROOT".to_string(), "/usr/local/go".to_string()),
+            ("PATH".into(), "/bin".into()),
+        ];
+        assert_eq!(
+            expand_env("$PATH:$GOROOT/bin", &env),
+            "/bin:/usr/local/go/bin"
+        );
         assert_eq!(expand_env("${UNSET}x$", &env), "x$");
     }
 
@@ -155,7 +185,10 @@ mod tests {
 
     #[test]
     fn platform_urls() {
-        assert_eq!(expand_platform("go-${os}-${arch}-${uname_m}", "linux/arm64").unwrap(), "go-linux-arm64-aarch64");
+        assert_eq!(
+            expand_platform("go-${os}-${arch}-${uname_m}", "linux/arm64").unwrap(),
+            "go-linux-arm64-aarch64"
+        );
         assert!(expand_platform("${nope}", "linux/amd64").is_err());
     }
 }

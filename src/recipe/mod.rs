@@ -38,7 +38,10 @@ pub struct Loaded {
 pub enum BaseRef {
     Scratch,
     /// `oci:PATH[:TAG]`: an OCI image layout on disk (PATH relative to the recipe).
-    Layout { path: PathBuf, tag: Option<String> },
+    Layout {
+        path: PathBuf,
+        tag: Option<String>,
+    },
     /// A registry reference such as `ubuntu:22.04`.
     Registry(String),
 }
@@ -46,7 +49,10 @@ pub enum BaseRef {
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
     #[error("cannot read recipe {path}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}", Diagnostics(.0))]
     Invalid(Vec<Diagnostic>),
 }
@@ -67,8 +73,20 @@ impl fmt::Display for Diagnostics<'_> {
 
 impl Loaded {
     /// A diagnostic about `field` of this recipe, located in its source.
-    pub fn diagnostic(&self, severity: Severity, field: &FieldPath, message: impl Into<String>) -> Diagnostic {
-        Diagnostic::new(severity, &self.path, &self.source, self.spans.span_of(field), field.to_string(), message.into())
+    pub fn diagnostic(
+        &self,
+        severity: Severity,
+        field: &FieldPath,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        Diagnostic::new(
+            severity,
+            &self.path,
+            &self.source,
+            self.spans.span_of(field),
+            field.to_string(),
+            message.into(),
+        )
     }
 
     /// An error about `field`, as a [`RecipeError`] (exit code 2 at the command line).
@@ -84,42 +102,73 @@ impl Loaded {
 
 /// Reads, interpolates and validates the recipe at `path`. `overrides` are `--var` values.
 pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Loaded, RecipeError> {
-    let source = std::fs::read_to_string(path).map_err(|source| RecipeError::Read { path: path.to_path_buf(), source })?;
+    let source = std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse(path, source, overrides)
 }
 
 /// Like [`load`], for a recipe already in memory (`path` names it in messages).
-pub fn parse(path: &Path, source: String, overrides: &[(String, String)]) -> Result<Loaded, RecipeError> {
+pub fn parse(
+    path: &Path,
+    source: String,
+    overrides: &[(String, String)],
+) -> Result<Loaded, RecipeError> {
     let spans = SpanIndex::new(&source);
     let err = |span, field: String, msg: String| {
-        RecipeError::Invalid(vec![Diagnostic::new(Severity::Error, path, &source, span, field, msg)])
+        RecipeError::Invalid(vec![Diagnostic::new(
+            Severity::Error,
+            path,
+            &source,
+            span,
+            field,
+            msg,
+        )])
     };
 
     // Pass 1: the typed structure, straight from the text, so syntax, type and unknown-key
     // errors carry the parser's own span.
     if let Err(e) = toml::from_str::<Recipe>(&source) {
         let span = e.span();
-        let field = span.as_ref().and_then(|s| spans.path_at(s.start)).map(|p| p.to_string()).unwrap_or_default();
+        // A table header's span starts at `[`: look just inside it too.
+        let field = span
+            .as_ref()
+            .and_then(|s| {
+                spans
+                    .path_at(s.start)
+                    .filter(|p| !p.0.is_empty())
+                    .or_else(|| spans.path_at(s.start + 1))
+            })
+            .map(|p| p.to_string())
+            .unwrap_or_default();
         return Err(err(span, field, e.message().trim().to_string()));
     }
 
     // Pass 2: interpolate `${var.X}` over the value tree, then type it again.
-    let mut value: toml::Value = toml::from_str(&source).map_err(|e| err(e.span(), String::new(), e.message().to_string()))?;
+    let mut value: toml::Value = toml::from_str(&source)
+        .map_err(|e| err(e.span(), String::new(), e.message().to_string()))?;
     let mut vars: std::collections::BTreeMap<String, String> = value
         .get("vars")
         .and_then(|v| v.as_table())
-        .map(|t| t.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+        .map(|t| {
+            t.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
         .unwrap_or_default();
     let mut diags = Vec::new();
+    let mut warnings = Vec::new();
     for (k, v) in overrides {
         if !vars.contains_key(k) {
-            diags.push(Diagnostic::new(
-                Severity::Error,
+            // A warning, not an error: one cron line may pass the same --var to many recipes.
+            warnings.push(Diagnostic::new(
+                Severity::Warning,
                 path,
                 &source,
                 spans.span_of(&FieldPath::parse("vars")),
                 format!("vars.{k}"),
-                format!("--var {k}=...: no such variable in [vars]"),
+                format!("--var {k}=...: no such variable in [vars]; it is not used"),
             ));
         }
         vars.insert(k.clone(), v.clone());
@@ -131,15 +180,27 @@ pub fn parse(path: &Path, source: String, overrides: &[(String, String)]) -> Res
         }
     }
     for e in ierrs {
-        diags.push(Diagnostic::new(Severity::Error, path, &source, spans.span_of(&e.path), e.path.to_string(), e.message));
+        diags.push(Diagnostic::new(
+            Severity::Error,
+            path,
+            &source,
+            spans.span_of(&e.path),
+            e.path.to_string(),
+            e.message,
+        ));
     }
     if !diags.is_empty() {
         return Err(RecipeError::Invalid(diags));
     }
-    let recipe = Recipe::deserialize(value).map_err(|e| err(None, String::new(), e.message().to_string()))?;
+    let recipe = Recipe::deserialize(value)
+        .map_err(|e| err(None, String::new(), e.message().to_string()))?;
 
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
     let mut loaded = Loaded {
         path: path.to_path_buf(),
         dir,
@@ -150,10 +211,13 @@ pub fn parse(path: &Path, source: String, overrides: &[(String, String)]) -> Res
         spans,
     };
     let (base, diags) = validate::validate(&loaded);
-    let (errors, warnings): (Vec<_>, Vec<_>) = diags.into_iter().partition(|d| d.severity == Severity::Error);
+    let (errors, more): (Vec<_>, Vec<_>) = diags
+        .into_iter()
+        .partition(|d| d.severity == Severity::Error);
     if !errors.is_empty() {
         return Err(RecipeError::Invalid(errors));
     }
+    warnings.extend(more);
     loaded.base = base;
     loaded.warnings = warnings;
     Ok(loaded)

@@ -76,12 +76,17 @@ impl<'de> Deserialize<'de> for Mode {
             Str(String),
         }
         let v = match Raw::deserialize(d)? {
-            Raw::Int(i) => u32::try_from(i).map_err(|_| serde::de::Error::custom("mode must be positive"))?,
-            Raw::Str(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
-                .map_err(|_| serde::de::Error::custom(format!("mode `{s}` is not an octal number")))?,
+            Raw::Int(i) => {
+                u32::try_from(i).map_err(|_| serde::de::Error::custom("mode must be positive"))?
+            }
+            Raw::Str(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8).map_err(|_| {
+                serde::de::Error::custom(format!("mode `{s}` is not an octal number"))
+            })?,
         };
         if v > 0o7777 {
-            return Err(serde::de::Error::custom(format!("mode {v:o} is larger than 0o7777")));
+            return Err(serde::de::Error::custom(format!(
+                "mode {v:o} is larger than 0o7777"
+            )));
         }
         Ok(Mode(v))
     }
@@ -216,7 +221,11 @@ pub struct OciTarget {
 
 impl Default for OciTarget {
     fn default() -> Self {
-        OciTarget { tags: default_tags(), compression: Compression::default(), level: None }
+        OciTarget {
+            tags: default_tags(),
+            compression: Compression::default(),
+            level: None,
+        }
     }
 }
 
@@ -265,7 +274,10 @@ fn ordered_map<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>,
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
             f.write_str("a table of strings")
         }
-        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut m: A,
+        ) -> Result<Self::Value, A::Error> {
             let mut out = Vec::new();
             while let Some((k, v)) = m.next_entry::<String, String>()? {
                 out.push((k, v));

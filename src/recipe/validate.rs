@@ -38,7 +38,10 @@ impl Checker<'_> {
     fn recipe_file(&mut self, p: &FieldPath, v: &str) {
         let rel = Path::new(v);
         if rel.is_absolute() {
-            self.error(p, format!("`{v}` must be relative to the recipe's directory"));
+            self.error(
+                p,
+                format!("`{v}` must be relative to the recipe's directory"),
+            );
             return;
         }
         let mut depth = 0i32;
@@ -55,9 +58,10 @@ impl Checker<'_> {
         }
         let full = self.loaded.resolve(v);
         match (full.canonicalize(), self.loaded.dir.canonicalize()) {
-            (Ok(f), Ok(d)) if !f.starts_with(&d) => {
-                self.error(p, format!("`{v}` resolves outside the recipe's directory (through a symlink)"))
-            }
+            (Ok(f), Ok(d)) if !f.starts_with(&d) => self.error(
+                p,
+                format!("`{v}` resolves outside the recipe's directory (through a symlink)"),
+            ),
             (Ok(f), _) if !f.is_file() => self.error(p, format!("`{v}` is not a regular file")),
             (Err(e), _) => self.error(p, format!("cannot read `{}`: {e}", full.display())),
             _ => {}
@@ -68,16 +72,25 @@ impl Checker<'_> {
         let ok = !v.is_empty()
             && v.len() <= 32
             && v.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            && v.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
         if !ok {
-            self.error(p, format!("`{v}` is not a valid {what} name (lowercase letters, digits, `_`, `-`)"));
+            self.error(
+                p,
+                format!("`{v}` is not a valid {what} name (lowercase letters, digits, `_`, `-`)"),
+            );
         }
     }
 
     fn owner(&mut self, p: &FieldPath, v: &str) {
-        let ok = v.split(':').count() <= 2 && v.split(':').all(|s| !s.is_empty() && !s.contains(char::is_whitespace));
+        let ok = v.split(':').count() <= 2
+            && v.split(':')
+                .all(|s| !s.is_empty() && !s.contains(char::is_whitespace));
         if !ok {
-            self.error(p, format!("owner `{v}` must be `user`, `user:group`, or numeric `uid:gid`"));
+            self.error(
+                p,
+                format!("owner `{v}` must be `user`, `user:group`, or numeric `uid:gid`"),
+            );
         }
     }
 }
@@ -95,20 +108,32 @@ fn parse_base(v: &str, dir: &Path) -> Result<BaseRef, String> {
             _ => (rest, None),
         };
         let path = PathBuf::from(path);
-        let path = if path.is_absolute() { path } else { dir.join(path) };
+        let path = if path.is_absolute() {
+            path
+        } else {
+            dir.join(path)
+        };
         return Ok(BaseRef::Layout { path, tag });
     }
     let ok = !v.is_empty()
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
         && !v.starts_with(['/', ':', '@', '.', '-']);
-    if ok { Ok(BaseRef::Registry(v.to_string())) } else { Err(format!("`{v}` is not `scratch`, `oci:PATH[:TAG]` or an image reference")) }
+    if ok {
+        Ok(BaseRef::Registry(v.to_string()))
+    } else {
+        Err(format!(
+            "`{v}` is not `scratch`, `oci:PATH[:TAG]` or an image reference"
+        ))
+    }
 }
 
 fn valid_tag(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
         && t.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
-        && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 /// Archive format of a download: explicit `format`, else from the URL's extension.
@@ -133,19 +158,35 @@ pub fn archive_format(url: &str, format: Option<&str>) -> Option<&'static str> {
 
 pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
     let r = &loaded.recipe;
-    let mut c = Checker { loaded, diags: Vec::new() };
+    let mut c = Checker {
+        loaded,
+        diags: Vec::new(),
+    };
     let root = FieldPath::root();
     let image = root.key("image");
 
     let name = &r.image.name;
     if name.is_empty()
         || !name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        || !name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
     {
-        c.error(&image.key("name"), format!("`{name}` is not a valid image name (lowercase letters, digits, `.`, `_`, `-`)"));
+        c.error(
+            &image.key("name"),
+            format!(
+                "`{name}` is not a valid image name (lowercase letters, digits, `.`, `_`, `-`)"
+            ),
+        );
     }
     if !["linux/amd64", "linux/arm64"].contains(&r.image.platform.as_str()) {
-        c.error(&image.key("platform"), format!("platform `{}` is not supported (linux/amd64, linux/arm64)", r.image.platform));
+        c.error(
+            &image.key("platform"),
+            format!(
+                "platform `{}` is not supported (linux/amd64, linux/arm64)",
+                r.image.platform
+            ),
+        );
     }
     let base = match parse_base(&r.image.base, &loaded.dir) {
         Ok(b) => b,
@@ -158,8 +199,13 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
         c.image_path(&image.key("workdir"), w);
     }
     for (k, _) in &r.env {
-        if !k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_') || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            c.error(&root.key("env").key(k), format!("`{k}` is not a valid environment variable name"));
+        if !k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            c.error(
+                &root.key("env").key(k),
+                format!("`{k}` is not a valid environment variable name"),
+            );
         }
     }
 
@@ -175,7 +221,9 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
         c.image_path(&p.key("dest"), &f.dest);
         claim(&mut c, &p.key("dest"), &f.dest);
         match (&f.content, &f.src) {
-            (Some(_), Some(_)) => c.error(&p.key("src"), "give either `content` or `src`, not both"),
+            (Some(_), Some(_)) => {
+                c.error(&p.key("src"), "give either `content` or `src`, not both")
+            }
             (None, None) => c.error(&p, "a file needs `content` or `src`"),
             (None, Some(src)) => c.recipe_file(&p.key("src"), src),
             _ => {}
@@ -189,9 +237,10 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
         let p = root.key("download").index(i);
         match super::interp::expand_platform(&d.url, &r.image.platform) {
             Err(e) => c.error(&p.key("url"), e),
-            Ok(u) if !(u.starts_with("http://") || u.starts_with("https://")) => {
-                c.error(&p.key("url"), format!("`{u}` must be an http:// or https:// URL"))
-            }
+            Ok(u) if !(u.starts_with("http://") || u.starts_with("https://")) => c.error(
+                &p.key("url"),
+                format!("`{u}` must be an http:// or https:// URL"),
+            ),
             Ok(_) => {}
         }
         match &d.sha256 {
@@ -200,22 +249,37 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
                     c.error(&p.key("sha256"), e.to_string());
                 }
             }
-            None => c.warn(&p.key("url"), "download has no sha256: it is unpinned; run `imgbuild lock` to pin it"),
+            None => c.warn(
+                &p.key("url"),
+                "download has no sha256: it is unpinned; run `imgbuild lock` to pin it",
+            ),
         }
         match (&d.dest, &d.extract) {
-            (Some(_), Some(_)) => c.error(&p.key("extract"), "give either `dest` or `extract`, not both"),
-            (None, None) => c.error(&p, "a download needs `dest` (a file) or `extract` (a directory)"),
+            (Some(_), Some(_)) => c.error(
+                &p.key("extract"),
+                "give either `dest` or `extract`, not both",
+            ),
+            (None, None) => c.error(
+                &p,
+                "a download needs `dest` (a file) or `extract` (a directory)",
+            ),
             (Some(dest), None) => {
                 c.image_path(&p.key("dest"), dest);
                 claim(&mut c, &p.key("dest"), dest);
                 if d.strip_components > 0 {
-                    c.error(&p.key("strip_components"), "`strip_components` applies only to `extract`");
+                    c.error(
+                        &p.key("strip_components"),
+                        "`strip_components` applies only to `extract`",
+                    );
                 }
             }
             (None, Some(dir)) => {
                 c.image_path(&p.key("extract"), dir);
                 if d.mode.is_some() {
-                    c.error(&p.key("mode"), "`mode` applies only to `dest`; archive entries keep their own modes");
+                    c.error(
+                        &p.key("mode"),
+                        "`mode` applies only to `dest`; archive entries keep their own modes",
+                    );
                 }
                 if archive_format(&d.url, d.format.as_deref()).is_none() {
                     let field = if d.format.is_some() { "format" } else { "url" };
@@ -242,7 +306,10 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
         let p = root.key("group").index(i);
         c.name(&p.key("name"), &g.name, "group");
         if !groups.insert(g.name.clone()) {
-            c.error(&p.key("name"), format!("group `{}` is declared twice", g.name));
+            c.error(
+                &p.key("name"),
+                format!("group `{}` is declared twice", g.name),
+            );
         }
     }
     let mut users = BTreeSet::new();
@@ -250,7 +317,10 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
         let p = root.key("user").index(i);
         c.name(&p.key("name"), &u.name, "user");
         if !users.insert(u.name.clone()) {
-            c.error(&p.key("name"), format!("user `{}` is declared twice", u.name));
+            c.error(
+                &p.key("name"),
+                format!("user `{}` is declared twice", u.name),
+            );
         }
         if let Some(s) = &u.shell {
             c.image_path(&p.key("shell"), s);
@@ -261,7 +331,10 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
         if let Some(s) = &u.sudo
             && s != "nopasswd"
         {
-            c.error(&p.key("sudo"), format!("sudo = `{s}` is not supported (only \"nopasswd\")"));
+            c.error(
+                &p.key("sudo"),
+                format!("sudo = `{s}` is not supported (only \"nopasswd\")"),
+            );
         }
         for (j, g) in u.groups.iter().enumerate() {
             c.name(&p.key("groups").index(j), g, "group");
@@ -270,7 +343,10 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
 
     for (i, s) in r.services.enable.iter().enumerate() {
         if s.is_empty() || s.contains('/') {
-            c.error(&root.key("services").key("enable").index(i), format!("`{s}` is not a systemd unit name"));
+            c.error(
+                &root.key("services").key("enable").index(i),
+                format!("`{s}` is not a systemd unit name"),
+            );
         }
     }
 
@@ -280,11 +356,17 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
             let sp = p.key("sources").index(i);
             if let Some(ppa) = s.uri.strip_prefix("ppa:") {
                 if ppa.split('/').count() != 2 || ppa.split('/').any(str::is_empty) {
-                    c.error(&sp.key("uri"), format!("`{}` is not `ppa:OWNER/NAME`", s.uri));
+                    c.error(
+                        &sp.key("uri"),
+                        format!("`{}` is not `ppa:OWNER/NAME`", s.uri),
+                    );
                 }
             } else {
                 if !(s.uri.starts_with("http://") || s.uri.starts_with("https://")) {
-                    c.error(&sp.key("uri"), format!("`{}` must be an http(s) URL or `ppa:OWNER/NAME`", s.uri));
+                    c.error(
+                        &sp.key("uri"),
+                        format!("`{}` must be an http(s) URL or `ppa:OWNER/NAME`", s.uri),
+                    );
                 }
                 if s.suite.is_none() {
                     c.error(&sp, "an apt source needs `suite`");
@@ -298,21 +380,32 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
             let name = pkg.split(['=', ':']).next().unwrap_or("");
             let ok = name.len() >= 2
                 && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
             if !ok {
-                c.error(&p.key("packages").index(i), format!("`{pkg}` is not a Debian package name"));
+                c.error(
+                    &p.key("packages").index(i),
+                    format!("`{pkg}` is not a Debian package name"),
+                );
             }
         }
         if let Some(b) = &apt.bootstrap
             && b != "minbase"
         {
-            c.error(&p.key("bootstrap"), format!("bootstrap `{b}` is not supported (only \"minbase\")"));
+            c.error(
+                &p.key("bootstrap"),
+                format!("bootstrap `{b}` is not supported (only \"minbase\")"),
+            );
         }
     }
     if let Some(pip) = &r.pip {
         for (i, pkg) in pip.packages.iter().enumerate() {
             if pkg.trim().is_empty() {
-                c.error(&root.key("pip").key("packages").index(i), "empty pip requirement");
+                c.error(
+                    &root.key("pip").key("packages").index(i),
+                    "empty pip requirement",
+                );
             }
         }
     }
@@ -328,7 +421,10 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
     }
     for (i, t) in r.target.oci.tags.iter().enumerate() {
         if !valid_tag(t) {
-            c.error(&oci.key("tags").index(i), format!("`{t}` is not a valid OCI tag"));
+            c.error(
+                &oci.key("tags").index(i),
+                format!("`{t}` is not a valid OCI tag"),
+            );
         }
     }
     if let Some(l) = r.target.oci.level {
@@ -337,7 +433,13 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
             super::Compression::Zstd => 1..=22,
         };
         if !range.contains(&l) {
-            c.error(&oci.key("level"), format!("level {l} is out of range {range:?} for {}", r.target.oci.compression.name()));
+            c.error(
+                &oci.key("level"),
+                format!(
+                    "level {l} is out of range {range:?} for {}",
+                    r.target.oci.compression.name()
+                ),
+            );
         }
     }
     if let Some(px) = &r.target.proxmox {
@@ -345,12 +447,18 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
         if let Some(f) = &px.format
             && !["qcow2", "raw"].contains(&f.as_str())
         {
-            c.error(&p.key("format"), format!("format `{f}` is not qcow2 or raw"));
+            c.error(
+                &p.key("format"),
+                format!("format `{f}` is not qcow2 or raw"),
+            );
         }
         if let Some(s) = &px.snippets_via
             && !["api", "ssh"].contains(&s.as_str())
         {
-            c.error(&p.key("snippets_via"), format!("snippets_via `{s}` is not api or ssh"));
+            c.error(
+                &p.key("snippets_via"),
+                format!("snippets_via `{s}` is not api or ssh"),
+            );
         }
     }
     (base, c.diags)

@@ -1,0 +1,302 @@
+//! Builds: reproducible digests, cache hits, key propagation, verified downloads, layout bases.
+
+use std::fs;
+
+use serde_json::Value;
+
+use crate::{Work, assert_ok, copy_dir, stderr, stdout};
+
+fn metadata(w: &Work, out: &str) -> Value {
+    let meta = w.path(&format!("{out}.json"));
+    let o = w
+        .cmd()
+        .arg("build")
+        .arg(w.recipe())
+        .arg("--out")
+        .arg(w.path(out))
+        .arg("--metadata-file")
+        .arg(&meta)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let v: Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(
+        v["manifest"].as_str().unwrap(),
+        stdout(&o).trim(),
+        "stdout carries the manifest digest"
+    );
+    v
+}
+
+#[test]
+fn same_recipe_twice_gives_the_same_digest_anywhere_anytime() {
+    let a = Work::setup();
+    let b = Work::setup();
+    // Different checkout times: touch b's recipe files a while later.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    copy_dir(&a.path("recipes"), &b.path("recipes"));
+    let da = a.build("out/first");
+    // Same recipe means same URLs: point b at a's fixture server.
+    let same_url = format!("fixtures={}", a.server.url);
+    let o = b
+        .cmd_with_cache(&b.path("other-cache"))
+        .args(["--var", &same_url])
+        .arg("build")
+        .arg(b.recipe())
+        .arg("--out")
+        .arg(b.path("elsewhere/second"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert_eq!(da, stdout(&o).trim());
+    assert!(da.starts_with("sha256:") && da.len() == 71, "{da}");
+    // The layouts hold the same bytes.
+    let ia = fs::read(a.path("out/first/index.json")).unwrap();
+    let ib = fs::read(b.path("elsewhere/second/index.json")).unwrap();
+    assert_eq!(ia, ib);
+
+    // SOURCE_DATE_EPOCH is an input: another value gives another image.
+    let o = b
+        .cmd()
+        .args(["--var", &same_url])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .arg("build")
+        .arg(b.recipe())
+        .arg("--out")
+        .arg(b.path("out/epoch"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert_ne!(da, stdout(&o).trim());
+}
+
+#[test]
+fn warm_rebuild_hits_every_step_and_downloads_nothing() {
+    let w = Work::setup();
+    let first = metadata(&w, "out/a");
+    assert_eq!(first["cache"]["hits"], 0);
+    let steps = first["layers"].as_array().unwrap().len();
+    assert_eq!(steps, 6, "{first:#}");
+    assert_eq!(w.server.hits("/tool-amd64.tar.gz"), 1);
+
+    let second = metadata(&w, "out/b");
+    assert_eq!(second["cache"]["misses"], 0, "{second:#}");
+    assert_eq!(second["cache"]["hits"], steps);
+    assert!(
+        second["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["cache"] == "hit")
+    );
+    assert_eq!(first["manifest"], second["manifest"]);
+    assert_eq!(
+        w.server.hits("/tool-amd64.tar.gz"),
+        1,
+        "a cached download is never fetched again"
+    );
+    assert_eq!(w.server.hits("/compose-linux-x86_64"), 1);
+
+    // `plan` agrees: every step is a hit.
+    let o = w.cmd().arg("plan").arg(w.recipe()).output().unwrap();
+    assert_ok(&o);
+    assert_eq!(stdout(&o).matches(" hit ").count(), steps, "{}", stdout(&o));
+}
+
+fn plan_keys(w: &Work) -> Vec<String> {
+    let o = w.cmd().arg("plan").arg(w.recipe()).output().unwrap();
+    assert_ok(&o);
+    stdout(&o)
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_digit())
+        })
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn changing_one_file_changes_its_step_and_every_later_key_only() {
+    let w = Work::setup();
+    let before = plan_keys(&w);
+    assert_eq!(before.len(), 6);
+    let o = w.cmd().arg("plan").arg(w.recipe()).output().unwrap();
+    let files_step = stdout(&o)
+        .lines()
+        .filter(|l| l.trim_start().starts_with(char::is_numeric))
+        .position(|l| l.contains(" files "))
+        .unwrap();
+
+    fs::write(
+        w.path("recipes/files/greet.sh"),
+        "#!/bin/sh\necho changed\n",
+    )
+    .unwrap();
+    let after = plan_keys(&w);
+    for i in 0..files_step {
+        assert_eq!(
+            before[i], after[i],
+            "step {i} is before the change and keeps its key"
+        );
+    }
+    for i in files_step..before.len() {
+        assert_ne!(
+            before[i], after[i],
+            "step {i} is at or after the change and gets a new key"
+        );
+    }
+    // Only the file's content matters, not its mtime.
+    let t = fs::File::options()
+        .write(true)
+        .open(w.path("recipes/files/greet.sh"))
+        .unwrap();
+    t.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+    assert_eq!(after, plan_keys(&w));
+}
+
+#[test]
+fn a_download_that_does_not_match_its_sha256_fails_and_leaves_nothing() {
+    let w = Work::setup();
+    let text = fs::read_to_string(w.recipe()).unwrap();
+    let good = "c212129d36064fe914d54dc970b6f4c4bd52fffc6157623422c751f454ca3855";
+    let bad = "0".repeat(64);
+    fs::write(w.recipe(), text.replace(good, &bad)).unwrap();
+    let o = w
+        .cmd()
+        .arg("build")
+        .arg(w.recipe())
+        .arg("--out")
+        .arg(w.path("out/x"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("expected sha256:{bad}")), "{err}");
+    assert!(err.contains(&format!("found sha256:{good}")), "{err}");
+    assert!(!w.path("out/x").exists(), "no output for a failed build");
+    let blobs: Vec<_> = fs::read_dir(w.path("cache/blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !blobs
+            .iter()
+            .any(|b| b.to_string_lossy() == good || b.to_string_lossy() == bad),
+        "{blobs:?}"
+    );
+    assert_eq!(
+        fs::read_dir(w.path("cache/keys")).unwrap().count(),
+        0,
+        "no step was recorded"
+    );
+    assert_eq!(
+        fs::read_dir(w.path("cache/tmp")).unwrap().count(),
+        0,
+        "no temp file left behind"
+    );
+}
+
+#[test]
+fn a_corrupted_cache_blob_is_detected_and_rebuilt() {
+    let w = Work::setup();
+    let first = metadata(&w, "out/a");
+    let layer = first["layers"][3]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    fs::write(w.path(&format!("cache/blobs/sha256/{layer}")), b"garbage").unwrap();
+    let o = w
+        .cmd()
+        .arg("build")
+        .arg(w.recipe())
+        .arg("--out")
+        .arg(w.path("out/b"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert!(stderr(&o).contains("digest mismatch"), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), first["manifest"].as_str().unwrap());
+}
+
+#[test]
+fn name_shortcut_builds_recipes_name_into_out_name() {
+    let w = Work::setup();
+    let o = w.cmd().arg("hello").output().unwrap();
+    assert_ok(&o);
+    assert!(w.path("out/hello/index.json").is_file());
+    let o = w.cmd().arg("nosuchrecipe").output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("recipes/nosuchrecipe.toml"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn an_oci_layout_base_is_reused_byte_for_byte() {
+    let w = Work::setup();
+    let base = metadata(&w, "out/hello");
+    let child = format!(
+        "[image]\nname = \"child\"\nbase = \"oci:{}:1.0\"\n\n[[file]]\ndest = \"/etc/child\"\ncontent = \"child\\n\"\n\n[[user]]\nname = \"bob\"\n",
+        w.path("out/hello").display()
+    );
+    fs::write(w.path("recipes/child.toml"), child).unwrap();
+    let meta = w.path("child.json");
+    let o = w
+        .cmd()
+        .arg("build")
+        .arg(w.path("recipes/child.toml"))
+        .arg("--out")
+        .arg(w.path("out/child"))
+        .arg("--metadata-file")
+        .arg(&meta)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let m: Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
+    let base_layers: Vec<&Value> = base["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["digest"])
+        .collect();
+    let reused: Vec<&Value> = m["base_layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["digest"])
+        .collect();
+    assert_eq!(base_layers, reused);
+    for d in reused {
+        let hex = d.as_str().unwrap().trim_start_matches("sha256:");
+        assert_eq!(
+            fs::read(w.path(&format!("out/hello/blobs/sha256/{hex}"))).unwrap(),
+            fs::read(w.path(&format!("out/child/blobs/sha256/{hex}"))).unwrap()
+        );
+    }
+    // The base's users survive: bob is added next to eric, uid 1001.
+    let passwd = crate::layout::unpack_file(&w, "out/child", "latest", "etc/passwd");
+    assert!(
+        passwd.contains("eric:x:1000:1000::/home/eric:/bin/bash"),
+        "{passwd}"
+    );
+    assert!(
+        passwd.contains("bob:x:1001:1001::/home/bob:/bin/sh"),
+        "{passwd}"
+    );
+    // The base's env and cmd are inherited.
+    let cfg = crate::layout::config(&w, "out/child", "latest");
+    assert_eq!(cfg["config"]["Cmd"][0], "/usr/local/bin/greet");
+    assert!(
+        cfg["config"]["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "LANG=en_US.UTF-8")
+    );
+}

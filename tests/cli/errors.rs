@@ -1,0 +1,337 @@
+//! `imgbuild check`: every recipe in recipes/ passes, and bad input fails with exit code 2 and
+//! a message naming file, line, column and field.
+
+use crate::{Work, assert_ok, repo, stderr, stdout};
+
+#[test]
+fn check_accepts_every_recipe_in_recipes() {
+    let w = Work::setup();
+    let mut n = 0;
+    for e in std::fs::read_dir(repo().join("recipes")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            let o = w.cmd().arg("check").arg(&p).output().unwrap();
+            assert_ok(&o);
+            assert!(stdout(&o).contains(": ok"), "{}", stdout(&o));
+            n += 1;
+        }
+    }
+    assert!(n >= 2, "expected at least hello and coderall, found {n}");
+}
+
+#[test]
+fn unpinned_download_is_a_warning_naming_the_line() {
+    let w = Work::setup();
+    let o = w
+        .cmd()
+        .arg("check")
+        .arg(repo().join("recipes/coderall.toml"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let err = stderr(&o);
+    assert!(
+        err.contains("coderall.toml:72:7: `download[0].url`"),
+        "{err}"
+    );
+    assert!(err.contains("imgbuild lock"), "{err}");
+}
+
+const HEAD: &str = "[image]\nname = \"t\"\n";
+
+/// (case, recipe text, expected `line:column`, expected field, expected words)
+const CASES: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "unknown key",
+        "[image]\nname = \"t\"\nnmae = \"x\"\n",
+        "3:1",
+        "image.nmae",
+        "unknown field",
+    ),
+    (
+        "unknown table",
+        "[image]\nname = \"t\"\n[imag]\n",
+        "3:2",
+        "imag",
+        "unknown field",
+    ),
+    (
+        "wrong type",
+        "[image]\nname = 3\n",
+        "2:8",
+        "image.name",
+        "invalid type",
+    ),
+    (
+        "missing name",
+        "[image]\nbase = \"scratch\"\n",
+        "1:1",
+        "image",
+        "missing field `name`",
+    ),
+    (
+        "bad name",
+        "[image]\nname = \"Bad Name\"\n",
+        "2:8",
+        "image.name",
+        "not a valid image name",
+    ),
+    (
+        "relative dest",
+        "[[file]]\ndest = \"etc/motd\"\ncontent = \"x\"\n",
+        "4:8",
+        "file[0].dest",
+        "absolute path",
+    ),
+    (
+        "dotdot dest",
+        "[[file]]\ndest = \"/etc/../../x\"\ncontent = \"x\"\n",
+        "4:8",
+        "file[0].dest",
+        "`..`",
+    ),
+    (
+        "bad sha256",
+        "[[download]]\nurl = \"http://127.0.0.1/x\"\nsha256 = \"abc\"\ndest = \"/x\"\n",
+        "5:10",
+        "download[0].sha256",
+        "not a sha256",
+    ),
+    (
+        "unknown var",
+        "[[file]]\ndest = \"/home/${var.nobody}\"\ncontent = \"x\"\n",
+        "4:8",
+        "file[0].dest",
+        "unknown variable `${var.nobody}`",
+    ),
+    (
+        "src outside",
+        "[[file]]\ndest = \"/x\"\nsrc = \"../../etc/passwd\"\n",
+        "5:7",
+        "file[0].src",
+        "outside the recipe's directory",
+    ),
+    (
+        "src missing",
+        "[[file]]\ndest = \"/x\"\nsrc = \"nope.txt\"\n",
+        "5:7",
+        "file[0].src",
+        "cannot read",
+    ),
+    (
+        "content and src",
+        "[[file]]\ndest = \"/x\"\ncontent = \"a\"\nsrc = \"files/greet.sh\"\n",
+        "6:7",
+        "file[0].src",
+        "not both",
+    ),
+    (
+        "bad mode",
+        "[[file]]\ndest = \"/x\"\ncontent = \"a\"\nmode = \"0999\"\n",
+        "6:8",
+        "file[0].mode",
+        "not an octal number",
+    ),
+    (
+        "dest and extract",
+        "[[download]]\nurl = \"http://h/x.tar\"\nsha256 = \"$S\"\ndest = \"/x\"\nextract = \"/y\"\n",
+        "7:11",
+        "download[0].extract",
+        "not both",
+    ),
+    (
+        "bad url",
+        "[[download]]\nurl = \"ftp://h/x\"\nsha256 = \"$S\"\ndest = \"/x\"\n",
+        "4:7",
+        "download[0].url",
+        "http:// or https://",
+    ),
+    (
+        "unknown platform var",
+        "[[download]]\nurl = \"http://h/${cpu}\"\nsha256 = \"$S\"\ndest = \"/x\"\n",
+        "4:7",
+        "download[0].url",
+        "unknown variable `${cpu}`",
+    ),
+    (
+        "bad platform",
+        "[image]\nname = \"t\"\nplatform = \"windows/amd64\"\n",
+        "3:12",
+        "image.platform",
+        "not supported",
+    ),
+    (
+        "bad sudo",
+        "[[user]]\nname = \"eric\"\nsudo = \"always\"\n",
+        "5:8",
+        "user[0].sudo",
+        "not supported",
+    ),
+    (
+        "bad user name",
+        "[[user]]\nname = \"Eric\"\n",
+        "4:8",
+        "user[0].name",
+        "not a valid user name",
+    ),
+    (
+        "bad tag",
+        "[target.oci]\ntags = [\"no spaces\"]\n",
+        "4:9",
+        "target.oci.tags[0]",
+        "not a valid OCI tag",
+    ),
+    (
+        "bad compression",
+        "[target.oci]\ncompression = \"lz4\"\n",
+        "4:15",
+        "target.oci.compression",
+        "unknown variant",
+    ),
+    (
+        "bad env name",
+        "[env]\n\"1X\" = \"y\"\n",
+        "4:8",
+        "env.1X",
+        "not a valid environment variable",
+    ),
+    (
+        "syntax error",
+        "[image\nname = \"t\"\n",
+        "1:7",
+        "",
+        "unclosed table",
+    ),
+    (
+        "duplicate dest",
+        "[[file]]\ndest = \"/x\"\ncontent = \"a\"\n[[symlink]]\npath = \"/x\"\ntarget = \"/y\"\n",
+        "7:8",
+        "symlink[0].path",
+        "more than one entry",
+    ),
+    (
+        "bad ppa",
+        "[[apt.sources]]\nname = \"p\"\nuri = \"ppa:only-owner\"\n",
+        "5:7",
+        "apt.sources[0].uri",
+        "ppa:OWNER/NAME",
+    ),
+    (
+        "bad bootstrap",
+        "[apt]\nbootstrap = \"fat\"\n",
+        "4:13",
+        "apt.bootstrap",
+        "only \"minbase\"",
+    ),
+];
+
+#[test]
+fn bad_recipes_fail_with_file_line_column_and_field() {
+    let w = Work::setup();
+    let sha = "a".repeat(64);
+    assert!(CASES.len() >= 15);
+    for (name, body, at, field, words) in CASES {
+        let text = if body.starts_with("[image]") || body.starts_with("[imag") {
+            body.to_string()
+        } else {
+            format!("{HEAD}{body}")
+        };
+        let text = text.replace("$S", &sha);
+        let path = w.path(&format!("recipes/case-{}.toml", name.replace(' ', "-")));
+        std::fs::write(&path, &text).unwrap();
+        let o = w.cmd().arg("check").arg(&path).output().unwrap();
+        let err = stderr(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "case `{name}` should exit 2:\n{text}\n{err}"
+        );
+        let loc = format!("{}:{at}: ", path.display());
+        assert!(
+            err.contains(&loc),
+            "case `{name}`: expected location `{loc}` in:\n{err}"
+        );
+        if !field.is_empty() {
+            assert!(
+                err.contains(&format!("`{field}`")),
+                "case `{name}`: expected field `{field}` in:\n{err}"
+            );
+        }
+        assert!(
+            err.contains(words),
+            "case `{name}`: expected `{words}` in:\n{err}"
+        );
+        assert!(
+            err.contains(" | "),
+            "case `{name}`: expected a source snippet in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn unknown_var_override_is_a_warning() {
+    let w = Work::setup();
+    let o = w
+        .cmd()
+        .args(["check", "--var", "nosuch=1"])
+        .arg(w.recipe())
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("warning: ")
+            && stderr(&o).contains("--var nosuch=...: no such variable"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn features_of_later_issues_fail_clearly_at_build() {
+    let w = Work::setup();
+    let cases = [
+        (
+            "[image]\nname = \"t\"\nbase = \"ubuntu:22.04\"\n",
+            "not supported yet",
+        ),
+        (
+            "[image]\nname = \"t\"\n[apt]\npackages = [\"curl\"]\n",
+            "[apt] packages are not supported yet",
+        ),
+        (
+            "[image]\nname = \"t\"\n[pip]\npackages = [\"ansible\"]\n",
+            "[pip] packages are not supported yet",
+        ),
+        (
+            "[image]\nname = \"t\"\n[[run]]\ncommand = \"true\"\n",
+            "[[run]] steps are not supported yet",
+        ),
+    ];
+    for (text, words) in cases {
+        let path = w.path("recipes/later.toml");
+        std::fs::write(&path, text).unwrap();
+        assert_ok(&w.cmd().arg("check").arg(&path).output().unwrap());
+        let o = w
+            .cmd()
+            .arg("build")
+            .arg(&path)
+            .arg("--out")
+            .arg(w.path("out/later"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{text}\n{}", stderr(&o));
+        assert!(stderr(&o).contains(words), "{}", stderr(&o));
+        assert!(
+            !w.path("out/later").exists(),
+            "nothing may be written for a build that cannot run"
+        );
+    }
+    let o = w
+        .cmd()
+        .args(["build", "--target", "proxmox"])
+        .arg(w.recipe())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not supported yet"), "{}", stderr(&o));
+}

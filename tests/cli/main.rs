@@ -1,0 +1,120 @@
+//! The integration tests: every test drives the real `imgbuild` executable, as a user would,
+//! and reads what it wrote with the real tools (skopeo, umoci, GNU tar).
+
+#[path = "../support/http.rs"]
+mod http;
+
+mod build;
+mod errors;
+mod layout;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+use tempfile::TempDir;
+
+pub use http::FileServer;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A test workspace: its own cache, a copy of the example recipe, and the fixture server.
+pub struct Work {
+    pub dir: TempDir,
+    pub server: FileServer,
+}
+
+impl Work {
+    pub fn setup() -> Work {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&repo().join("recipes"), &dir.path().join("recipes"));
+        Work {
+            dir,
+            server: FileServer::start(repo().join("fixtures/downloads")),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn recipe(&self) -> PathBuf {
+        self.path("recipes/hello.toml")
+    }
+
+    /// `imgbuild` with this workspace's cache and fixture URL.
+    pub fn cmd(&self) -> Command {
+        self.cmd_with_cache(&self.path("cache"))
+    }
+
+    pub fn cmd_with_cache(&self, cache: &Path) -> Command {
+        let mut c = Command::cargo_bin("imgbuild").unwrap();
+        c.current_dir(self.dir.path())
+            .env("IMGBUILD_CACHE", cache)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .args([
+                "--progress",
+                "plain",
+                "--var",
+                &format!("fixtures={}", self.server.url),
+            ]);
+        c
+    }
+
+    /// Builds the example into `out` and returns the manifest digest.
+    pub fn build(&self, out: &str) -> String {
+        let o = self
+            .cmd()
+            .args(["build"])
+            .arg(self.recipe())
+            .arg("--out")
+            .arg(self.path(out))
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        stdout(&o).trim().to_string()
+    }
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn assert_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "command failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Runs an external tool, failing the test with its output if it fails.
+pub fn tool(program: &str, args: &[&str]) -> String {
+    let o = std::process::Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is needed for this test (.ci/run installs it): {e}"));
+    assert_ok(&o);
+    stdout(&o)
+}
