@@ -14,7 +14,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 fn imgbuild(cache: &Path, url: &str) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_imgbuild"));
-    c.env("IMGBUILD_CACHE", cache).args(["--quiet", "--var", &format!("fixtures={url}")]);
+    c.env("IMGBUILD_CACHE", cache)
+        .args(["--quiet", "--var", &format!("fixtures={url}")]);
     c
 }
 
@@ -39,14 +40,24 @@ fn noop_rebuild(c: &mut Criterion) {
     let cache = work.path().join("cache");
     let out = work.path().join("out");
     let build = || {
-        let o = imgbuild(&cache, &server.url).arg("build").arg(&recipe).arg("--out").arg(&out).output().expect("run imgbuild");
+        let o = imgbuild(&cache, &server.url)
+            .arg("build")
+            .arg(&recipe)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .expect("run imgbuild");
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     };
     build(); // warm the cache
     c.bench_function("noop_rebuild_hello", |b| b.iter(build));
     c.bench_function("plan_hello", |b| {
         b.iter(|| {
-            let o = imgbuild(&cache, &server.url).arg("plan").arg(&recipe).output().expect("run imgbuild");
+            let o = imgbuild(&cache, &server.url)
+                .arg("plan")
+                .arg(&recipe)
+                .output()
+                .expect("run imgbuild");
             assert!(o.status.success());
         })
     });

@@ -151,7 +151,9 @@ impl Cache {
 
     pub fn put_key(&self, key: &Digest, rec: &LayerRecord) -> Result<(), CacheError> {
         let path = self.key_path(key);
-        let bytes = serde_json::to_vec_pretty(rec).expect("LayerRecord serializes");
+        let bytes = serde_json::to_vec_pretty(rec)
+            .map_err(io::Error::other)
+            .map_err(io_err("encode cache record", &path))?;
         fsutil::write_atomic(&path, &bytes).map_err(io_err("write cache record", &path))
     }
 

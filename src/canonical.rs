@@ -6,13 +6,17 @@ use serde_json::Value;
 
 /// Serializes `v` canonically.
 pub fn to_vec<T: Serialize>(v: &T) -> Result<Vec<u8>, serde_json::Error> {
-    let value = serde_json::to_value(v)?;
-    let mut out = Vec::new();
-    write(&value, &mut out)?;
-    Ok(out)
+    Ok(encode(&serde_json::to_value(v)?))
 }
 
-fn write(v: &Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+/// Encodes a JSON value canonically (infallible: a `Value` always has string keys).
+pub fn encode(v: &Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write(v, &mut out);
+    out
+}
+
+fn write(v: &Value, out: &mut Vec<u8>) {
     match v {
         Value::Object(m) => {
             let mut keys: Vec<&String> = m.keys().collect();
@@ -22,9 +26,9 @@ fn write(v: &Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
                 if i > 0 {
                     out.push(b',');
                 }
-                serde_json::to_writer(&mut *out, k)?;
+                out.extend_from_slice(Value::String(k.clone()).to_string().as_bytes());
                 out.push(b':');
-                write(&m[k], out)?;
+                write(&m[k], out);
             }
             out.push(b'}');
         }
@@ -34,23 +38,23 @@ fn write(v: &Value, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
                 if i > 0 {
                     out.push(b',');
                 }
-                write(e, out)?;
+                write(e, out);
             }
             out.push(b']');
         }
-        other => serde_json::to_writer(&mut *out, other)?,
+        // Display of a scalar `Value` is its compact JSON.
+        other => out.extend_from_slice(other.to_string().as_bytes()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn keys_are_sorted_at_every_depth() {
-        let v = serde_json::json!({"b": 1, "a": {"z": [ {"y": 1, "x": 2} ], "c": "s"}});
+        let v = serde_json::json!({"b": 1, "a": {"z": [ {"y": 1, "x": 2} ], "c": "s\"q"}});
         assert_eq!(
-            String::from_utf8(super::to_vec(&v).unwrap()).unwrap(),
-            r#"{"a":{"c":"s","z":[{"x":2,"y":1}]},"b":1}"#
+            String::from_utf8(super::encode(&v)).unwrap(),
+            r#"{"a":{"c":"s\"q","z":[{"x":2,"y":1}]},"b":1}"#
         );
     }
 }

@@ -108,7 +108,7 @@ pub enum PlanError {
 
 fn key(parent: &Digest, step: serde_json::Value) -> Digest {
     let doc = json!({ "format": FORMAT_VERSION, "parent": parent, "step": step });
-    Digest::of(&canonical::to_vec(&doc).expect("json values serialize"))
+    Digest::of(&canonical::encode(&doc))
 }
 
 /// Compiles `loaded` on top of the base with manifest digest `base` (`None`: scratch).
@@ -138,16 +138,13 @@ pub fn compile(loaded: &Loaded, base: Option<&Digest>, mtime: u64) -> Result<Pla
     }
 
     let compression = CompressionSpec::new(r.target.oci.compression, r.target.oci.level);
-    let root_key = Digest::of(
-        &canonical::to_vec(&json!({
-            "format": FORMAT_VERSION,
-            "platform": r.image.platform,
-            "base": base.map(|d| d.to_string()).unwrap_or_else(|| "scratch".into()),
-            "compression": compression,
-            "mtime": mtime,
-        }))
-        .expect("json values serialize"),
-    );
+    let root_key = Digest::of(&canonical::encode(&json!({
+        "format": FORMAT_VERSION,
+        "platform": r.image.platform,
+        "base": base.map(|d| d.to_string()).unwrap_or_else(|| "scratch".into()),
+        "compression": compression,
+        "mtime": mtime,
+    })));
     let mut steps: Vec<Step> = Vec::new();
     let mut parent = root_key.clone();
     let mut push = |kind: StepKind, name: String, def: serde_json::Value| {

@@ -149,17 +149,22 @@ impl LayerWriter {
                 ));
             }
             pax.push(("path", path.to_vec()));
-            let name = &mut h.as_ustar_mut().expect("ustar header").name;
-            let n = path.len().min(name.len());
-            name[..n].copy_from_slice(&path[path.len() - n..]);
+            if let Some(u) = h.as_ustar_mut() {
+                // A failed set_path may have left a partial name: start clean.
+                u.name.fill(0);
+                u.prefix.fill(0);
+                let n = path.len().min(u.name.len());
+                u.name[..n].copy_from_slice(&path[path.len() - n..]);
+            }
         }
         if let Some(l) = link
             && h.set_link_name_literal(l).is_err()
         {
             pax.push(("linkpath", l.to_vec()));
-            let slot = &mut h.as_ustar_mut().expect("ustar header").linkname;
-            let n = l.len().min(slot.len());
-            slot[..n].copy_from_slice(&l[..n]);
+            if let Some(u) = h.as_ustar_mut() {
+                let n = l.len().min(u.linkname.len());
+                u.linkname[..n].copy_from_slice(&l[..n]);
+            }
         }
         if !pax.is_empty() {
             self.pax(path, &pax)?;
@@ -193,8 +198,9 @@ impl LayerWriter {
             .unwrap_or(b"x");
         let mut name = b"PaxHeaders/".to_vec();
         name.extend_from_slice(&base[..base.len().min(80)]);
-        let slot = &mut h.as_ustar_mut().expect("ustar header").name;
-        slot[..name.len()].copy_from_slice(&name);
+        if let Some(u) = h.as_ustar_mut() {
+            u.name[..name.len()].copy_from_slice(&name);
+        }
         h.set_cksum();
         self.tar.write_all(h.as_bytes())?;
         self.tar.write_all(&body)?;

@@ -43,12 +43,28 @@ fn id_of(row: &[String]) -> Option<u32> {
     row.get(2)?.parse().ok()
 }
 
-fn next_free(used: &[Vec<String>], also: &[Vec<String>]) -> u32 {
+fn next_free(used: &[Vec<String>]) -> u32 {
     let mut id = ID_MIN;
-    while used.iter().chain(also).any(|r| id_of(r) == Some(id)) {
+    while used.iter().any(|r| id_of(r) == Some(id)) {
         id += 1;
     }
     id
+}
+
+/// A new group with no members, in `/etc/group` and `/etc/gshadow`.
+fn add_group(group: &mut Vec<Vec<String>>, gshadow: &mut Vec<Vec<String>>, name: &str, gid: u32) {
+    group.push(vec![
+        name.to_string(),
+        "x".into(),
+        gid.to_string(),
+        String::new(),
+    ]);
+    gshadow.push(vec![
+        name.to_string(),
+        "!".into(),
+        String::new(),
+        String::new(),
+    ]);
 }
 
 /// Looks up `name` (or a number) in `/etc/passwd` of the image: (uid, primary gid).
@@ -139,25 +155,14 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
             }
             continue;
         }
-        let gid = g.gid.unwrap_or_else(|| next_free(&group, &[]));
+        let gid = g.gid.unwrap_or_else(|| next_free(&group));
         if group.iter().any(|r| id_of(r) == Some(gid)) {
             return Err(FieldError {
                 field: field.key("gid"),
                 message: format!("gid {gid} is already taken"),
             });
         }
-        group.push(vec![
-            g.name.clone(),
-            "x".into(),
-            gid.to_string(),
-            String::new(),
-        ]);
-        gshadow.push(vec![
-            g.name.clone(),
-            "!".into(),
-            String::new(),
-            String::new(),
-        ]);
+        add_group(&mut group, &mut gshadow, &g.name, gid);
     }
 
     let mut tree = Tree::default();
@@ -167,7 +172,7 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
         let uid = match (u.uid, existing) {
             (Some(id), _) => id,
             (None, Some(pos)) => id_of(&passwd[pos]).unwrap_or(ID_MIN),
-            (None, None) => next_free(&passwd, &[]),
+            (None, None) => next_free(&passwd),
         };
         if passwd
             .iter()
@@ -183,22 +188,11 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
             Some(r) => id_of(r).unwrap_or(uid),
             None => {
                 let gid = if group.iter().any(|r| id_of(r) == Some(uid)) {
-                    next_free(&group, &[])
+                    next_free(&group)
                 } else {
                     uid
                 };
-                group.push(vec![
-                    u.name.clone(),
-                    "x".into(),
-                    gid.to_string(),
-                    String::new(),
-                ]);
-                gshadow.push(vec![
-                    u.name.clone(),
-                    "!".into(),
-                    String::new(),
-                    String::new(),
-                ]);
+                add_group(&mut group, &mut gshadow, &u.name, gid);
                 gid
             }
         };

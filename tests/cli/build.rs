@@ -311,32 +311,79 @@ fn replacing_a_base_directory_with_a_symlink_writes_a_whiteout() {
     );
     fs::write(w.path("recipes/child.toml"), child).unwrap();
     let meta = w.path("child.json");
-    let o = w.cmd().arg("build").arg(w.path("recipes/child.toml")).arg("--out").arg(w.path("out/child")).arg("--metadata-file").arg(&meta).output().unwrap();
+    let o = w
+        .cmd()
+        .arg("build")
+        .arg(w.path("recipes/child.toml"))
+        .arg("--out")
+        .arg(w.path("out/child"))
+        .arg("--metadata-file")
+        .arg(&meta)
+        .output()
+        .unwrap();
     assert_ok(&o);
     let m: Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
-    let hex = m["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-    let listing = crate::tool("tar", &["-tzf", w.path(&format!("out/child/blobs/sha256/{hex}")).to_str().unwrap()]);
+    let hex = m["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let listing = crate::tool(
+        "tar",
+        &[
+            "-tzf",
+            w.path(&format!("out/child/blobs/sha256/{hex}"))
+                .to_str()
+                .unwrap(),
+        ],
+    );
     assert!(listing.lines().any(|l| l == "opt/.wh.tool"), "{listing}");
     let root = crate::layout::unpack(&w, "out/child", "latest");
-    assert_eq!(fs::read_link(root.join("opt/tool")).unwrap(), std::path::PathBuf::from("/usr/local/tool"));
-    assert!(root.join("usr/local/bin/greet").is_file(), "the rest of the base is kept");
+    assert_eq!(
+        fs::read_link(root.join("opt/tool")).unwrap(),
+        std::path::PathBuf::from("/usr/local/tool")
+    );
+    assert!(
+        root.join("usr/local/bin/greet").is_file(),
+        "the rest of the base is kept"
+    );
 }
 
 #[test]
 fn zstd_layers_are_valid_and_readable_by_skopeo() {
     let w = Work::setup();
     let text = fs::read_to_string(w.recipe()).unwrap();
-    fs::write(w.recipe(), text.replace("tags = [\"latest\", \"1.0\"]", "tags = [\"latest\"]\ncompression = \"zstd\"")).unwrap();
+    fs::write(
+        w.recipe(),
+        text.replace(
+            "tags = [\"latest\", \"1.0\"]",
+            "tags = [\"latest\"]\ncompression = \"zstd\"",
+        ),
+    )
+    .unwrap();
     let digest = w.build("out/z");
     let r = format!("oci:{}:latest", w.path("out/z").display());
     let v: Value = serde_json::from_str(&crate::tool("skopeo", &["inspect", "--raw", &r])).unwrap();
     for l in v["layers"].as_array().unwrap() {
-        assert_eq!(l["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd");
-        let blob = w.path(&format!("out/z/blobs/sha256/{}", l["digest"].as_str().unwrap().trim_start_matches("sha256:")));
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+        let blob = w.path(&format!(
+            "out/z/blobs/sha256/{}",
+            l["digest"].as_str().unwrap().trim_start_matches("sha256:")
+        ));
         crate::tool("zstd", &["-q", "-t", blob.to_str().unwrap()]);
     }
     // Another cache, same bytes: zstd output does not depend on the machine's thread count.
-    let o = w.cmd_with_cache(&w.path("cache2")).arg("build").arg(w.recipe()).arg("--out").arg(w.path("out/z2")).output().unwrap();
+    let o = w
+        .cmd_with_cache(&w.path("cache2"))
+        .arg("build")
+        .arg(w.recipe())
+        .arg("--out")
+        .arg(w.path("out/z2"))
+        .output()
+        .unwrap();
     assert_ok(&o);
     assert_eq!(digest, stdout(&o).trim());
 }

@@ -197,3 +197,52 @@ fn layers_are_valid_sorted_gzip_tars_with_fixed_mtimes() {
         }
     }
 }
+
+#[test]
+fn long_names_and_link_targets_use_pax_and_extract_with_gnu_tar() {
+    let w = Work::setup();
+    let long_dir = format!("/opt/{}", "deep-directory/".repeat(12));
+    let dest = format!("{long_dir}file-with-a-long-name-{}.txt", "x".repeat(120));
+    let target = format!("/usr/share/{}", "t".repeat(150));
+    let recipe = format!(
+        "[image]\nname = \"long\"\n\n[[file]]\ndest = \"{dest}\"\ncontent = \"deep\\n\"\n\n[[symlink]]\npath = \"/opt/link\"\ntarget = \"{target}\"\n"
+    );
+    std::fs::write(w.path("recipes/long.toml"), recipe).unwrap();
+    w.cmd()
+        .arg("build")
+        .arg(w.path("recipes/long.toml"))
+        .arg("--out")
+        .arg(w.path("out/long"))
+        .assert()
+        .success();
+    let idx: Value =
+        serde_json::from_slice(&fs::read(w.path("out/long/index.json")).unwrap()).unwrap();
+    let m = idx["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let m: Value =
+        serde_json::from_slice(&fs::read(w.path(&format!("out/long/blobs/sha256/{m}"))).unwrap())
+            .unwrap();
+    let dir = w.path("extracted");
+    fs::create_dir_all(&dir).unwrap();
+    for l in m["layers"].as_array().unwrap() {
+        let blob = w.path(&format!(
+            "out/long/blobs/sha256/{}",
+            l["digest"].as_str().unwrap().trim_start_matches("sha256:")
+        ));
+        tool(
+            "tar",
+            &["-xzf", blob.to_str().unwrap(), "-C", dir.to_str().unwrap()],
+        );
+    }
+    assert_eq!(
+        fs::read_to_string(dir.join(dest.trim_start_matches('/'))).unwrap(),
+        "deep\n"
+    );
+    assert_eq!(
+        fs::read_link(dir.join("opt/link")).unwrap(),
+        PathBuf::from(target)
+    );
+}
