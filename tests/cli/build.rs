@@ -387,3 +387,32 @@ fn zstd_layers_are_valid_and_readable_by_skopeo() {
     assert_ok(&o);
     assert_eq!(digest, stdout(&o).trim());
 }
+
+#[test]
+fn two_builds_sharing_one_cache_at_once_both_succeed() {
+    let w = Work::setup();
+    let spawn = |out: &str| {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("imgbuild"))
+            .current_dir(w.dir.path())
+            .env("IMGBUILD_CACHE", w.path("cache"))
+            .args([
+                "-q",
+                "--var",
+                &format!("fixtures={}", w.server.url),
+                "build",
+            ])
+            .arg(w.recipe())
+            .arg("--out")
+            .arg(w.path(out))
+            .output()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| spawn("out/a"));
+        let b = s.spawn(|| spawn("out/b"));
+        (a.join().unwrap().unwrap(), b.join().unwrap().unwrap())
+    });
+    assert_ok(&a);
+    assert_ok(&b);
+    assert_eq!(stdout(&a), stdout(&b));
+    assert_eq!(fs::read_dir(w.path("cache/tmp")).unwrap().count(), 0);
+}
