@@ -78,6 +78,7 @@ pub fn resolve(base: &BaseRef, platform: &str, cache: &Cache) -> Result<BaseImag
             digest: l.digest.clone(),
             diff_id,
             size: l.size,
+            tar_size: 0,
             media_type: l.media_type.clone(),
             created_by: "base".into(),
         });

@@ -28,6 +28,9 @@ pub struct LayerRecord {
     pub digest: Digest,
     pub diff_id: Digest,
     pub size: u64,
+    /// Size of the uncompressed tar.
+    #[serde(default)]
+    pub tar_size: u64,
     pub media_type: String,
     pub created_by: String,
 }
@@ -118,12 +121,7 @@ impl Cache {
 
     /// Starts writing a new blob; [`BlobWriter::commit`] names it by its digest.
     pub fn blob_writer(&self) -> Result<BlobWriter, CacheError> {
-        let dir = self.root.join("tmp");
-        let tmp = fsutil::temp_in(&dir).map_err(io_err("create temp file in", &dir))?;
-        Ok(BlobWriter {
-            inner: HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp)),
-            cache: self.clone(),
-        })
+        BlobWriter::create(&self.root.join("tmp"), &self.root.join("blobs/sha256"))
     }
 
     /// Copies a file into the cache, checking it against `expected`.
@@ -162,18 +160,30 @@ impl Cache {
     }
 }
 
-/// A blob being written into the cache: hashed as it is written, renamed into place by
+/// A blob being written: hashed as it is written, renamed to `DIR/<hex>` by
 /// [`BlobWriter::commit`], dropped (and its temp file deleted) otherwise.
 pub struct BlobWriter {
     inner: HashingWriter<io::BufWriter<NamedTempFile>>,
-    cache: Cache,
+    tmp_dir: PathBuf,
+    dest_dir: PathBuf,
 }
 
 impl BlobWriter {
+    /// A blob with its temp file in `tmp_dir`, to be named in `dest_dir` (same filesystem).
+    pub fn create(tmp_dir: &Path, dest_dir: &Path) -> Result<Self, CacheError> {
+        fs::create_dir_all(dest_dir).map_err(io_err("create blob directory", dest_dir))?;
+        let tmp = fsutil::temp_in(tmp_dir).map_err(io_err("create temp file in", tmp_dir))?;
+        Ok(BlobWriter {
+            inner: HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp)),
+            tmp_dir: tmp_dir.to_path_buf(),
+            dest_dir: dest_dir.to_path_buf(),
+        })
+    }
+
     /// Finishes the blob. With `expected`, a different digest is refused and nothing is kept.
     pub fn commit(self, expected: Option<&Digest>) -> Result<(Digest, u64), CacheError> {
         let (buf, digest, size) = self.inner.finish();
-        let tmp_dir = self.cache.root.join("tmp");
+        let tmp_dir = self.tmp_dir;
         let tmp = buf.into_inner().map_err(|e| CacheError::Io {
             action: "write temp file in",
             path: tmp_dir.clone(),
@@ -191,7 +201,7 @@ impl BlobWriter {
         tmp.as_file()
             .sync_data()
             .map_err(io_err("sync temp file in", &tmp_dir))?;
-        let dest = self.cache.blob_path(&digest);
+        let dest = self.dest_dir.join(digest.hex());
         tmp.persist(&dest).map_err(|e| CacheError::Io {
             action: "store blob",
             path: dest,

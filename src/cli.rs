@@ -70,8 +70,47 @@ pub enum Command {
         /// The recipe file
         recipe: PathBuf,
     },
+    /// Turn a directory into one OCI layer blob (the layer core, as a tool)
+    Layer(LayerArgs),
     #[command(external_subcommand)]
     Shortcut(Vec<String>),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LayerArgs {
+    /// The directory whose contents become the layer
+    pub dir: PathBuf,
+    /// Where the blob goes, as BLOBDIR/sha256/HEX
+    #[arg(long, value_name = "BLOBDIR")]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value_t = LayerCompression::Gzip)]
+    pub compression: LayerCompression,
+    /// Compression level [default: 6 for gzip, 3 for zstd]
+    #[arg(long)]
+    pub level: Option<i32>,
+    /// Compression threads [default: all cores]; the output is the same for any count
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Owner of every entry, as UID:GID [default: the files' own]
+    #[arg(long, value_name = "UID:GID", value_parser = parse_owner)]
+    pub owner: Option<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayerCompression {
+    Gzip,
+    Zstd,
+}
+
+fn parse_owner(s: &str) -> Result<(u64, u64), String> {
+    let (u, g) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}` is not UID:GID"))?;
+    let num = |v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| format!("`{v}` is not a number"))
+    };
+    Ok((num(u)?, num(g)?))
 }
 
 #[derive(Debug, Clone, Args)]

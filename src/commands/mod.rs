@@ -2,6 +2,7 @@
 
 mod build;
 mod check;
+mod layer;
 mod plan;
 mod progress;
 
@@ -20,6 +21,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Build(args) => build::run(g, &args),
         Command::Check { recipe } => check::run(g, &recipe),
         Command::Plan { recipe } => plan::run(g, &recipe),
+        Command::Layer(args) => layer::run(g, &args),
         Command::Shortcut(argv) => {
             let name = &argv[0];
             let recipe = PathBuf::from("recipes").join(format!("{name}.toml"));

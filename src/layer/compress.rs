@@ -1,33 +1,33 @@
-//! Layer compressors: gzip (flate2 on zlib-rs) and zstd (multithreaded), writing into a blob.
+//! Layer compressors: parallel gzip (see `pgzip`) and multithreaded zstd, writing into a blob.
 
 use std::io::{self, Write};
 
-use flate2::{Compression as GzLevel, GzBuilder};
-
 use super::CompressionSpec;
+use super::pgzip::ParallelGzip;
 use crate::cache::BlobWriter;
 use crate::recipe::Compression;
 
-/// The compressed half of the layer pipeline: compressor -> cache blob (which hashes).
+/// The compressed half of the layer pipeline: compressor -> blob (which hashes).
 pub enum Compressor {
-    Gzip(flate2::write::GzEncoder<BlobWriter>),
+    Gzip(ParallelGzip<BlobWriter>),
     Zstd(zstd::Encoder<'static, BlobWriter>),
 }
 
 impl Compressor {
     pub fn new(blob: BlobWriter, spec: CompressionSpec) -> io::Result<Self> {
-        let sink = blob;
         Ok(match spec.algorithm {
-            // GzBuilder writes mtime 0 and no file name: the header is the same on every build.
-            Compression::Gzip => {
-                Compressor::Gzip(GzBuilder::new().write(sink, GzLevel::new(spec.level as u32)))
-            }
+            // One gzip stream, the same bytes at any thread count.
+            Compression::Gzip => Compressor::Gzip(ParallelGzip::new(
+                blob,
+                spec.level as u32,
+                spec.threads,
+                spec.gzip,
+            )?),
             Compression::Zstd => {
-                let mut enc = zstd::Encoder::new(sink, spec.level)?;
-                // zstd's multithreaded output does not depend on the worker count (>= 1),
-                // so the digest is the same on any machine.
-                let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-                enc.multithread(workers.max(1))?;
+                let mut enc = zstd::Encoder::new(blob, spec.level)?;
+                // zstd's multithreaded mode gives the same frame for any worker count >= 1
+                // (never 0, the single-threaded mode, which frames differently).
+                enc.multithread(spec.threads.max(1) as u32)?;
                 enc.include_checksum(true)?;
                 Compressor::Zstd(enc)
             }

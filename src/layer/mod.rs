@@ -7,6 +7,8 @@
 //! cache [`BlobWriter`]. Nothing is buffered beyond the compressor's window.
 
 mod compress;
+pub mod pgzip;
+pub mod walk;
 
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
@@ -56,6 +58,11 @@ impl Meta {
 pub struct CompressionSpec {
     pub algorithm: Compression,
     pub level: i32,
+    /// How gzip chunks are framed (part of the key: it changes the bytes).
+    pub gzip: pgzip::GzipMode,
+    /// Worker threads. Not part of cache keys: the output is the same for any count.
+    #[serde(skip)]
+    pub threads: usize,
 }
 
 impl CompressionSpec {
@@ -64,7 +71,20 @@ impl CompressionSpec {
             Compression::Gzip => 6,
             Compression::Zstd => 3,
         });
-        CompressionSpec { algorithm, level }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        CompressionSpec {
+            algorithm,
+            level,
+            gzip: pgzip::GzipMode::default(),
+            threads,
+        }
+    }
+
+    pub fn with_threads(self, threads: usize) -> Self {
+        CompressionSpec {
+            threads: threads.max(1),
+            ..self
+        }
     }
 
     pub fn media_type(&self) -> &'static str {
@@ -75,28 +95,37 @@ impl CompressionSpec {
     }
 }
 
-/// Writes one layer into the cache.
+/// Writes one layer into a blob.
 pub struct LayerWriter {
     tar: HashingWriter<Compressor>,
     mtime: u64,
     media_type: &'static str,
+    buf: Vec<u8>,
 }
 
+/// Read size when copying file contents into the tar stream.
+const COPY_BUF: usize = 256 * 1024;
 const USTAR_MAX_SIZE: u64 = 0o77777777777;
 const USTAR_MAX_ID: u64 = 0o7777777;
 
 impl LayerWriter {
+    /// A layer for the cache.
     pub fn new(cache: &Cache, spec: CompressionSpec, mtime: u64) -> Result<Self, CacheError> {
-        let blob = cache.blob_writer()?;
-        let comp = Compressor::new(blob, spec).map_err(|source| CacheError::Io {
+        Self::to_blob(cache.blob_writer()?, spec, mtime).map_err(|source| CacheError::Io {
             action: "start compressor for layer in",
             path: cache.root().to_path_buf(),
             source,
-        })?;
+        })
+    }
+
+    /// A layer into any blob.
+    pub fn to_blob(blob: BlobWriter, spec: CompressionSpec, mtime: u64) -> io::Result<Self> {
+        let comp = Compressor::new(blob, spec)?;
         Ok(LayerWriter {
             tar: HashingWriter::new(comp),
             mtime,
             media_type: spec.media_type(),
+            buf: vec![0u8; COPY_BUF],
         })
     }
 
@@ -222,7 +251,18 @@ impl LayerWriter {
     /// A regular file of exactly `size` bytes read from `data`.
     pub fn file(&mut self, path: &[u8], meta: Meta, size: u64, data: impl Read) -> io::Result<()> {
         self.header(path, EntryType::Regular, meta, size, None)?;
-        let copied = io::copy(&mut data.take(size), &mut self.tar)?;
+        let mut data = data.take(size);
+        let mut copied = 0u64;
+        loop {
+            let n = match data.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.tar.write_all(&self.buf[..n])?;
+            copied += n as u64;
+        }
         if copied != size {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -288,13 +328,14 @@ impl LayerWriter {
             source,
         };
         self.tar.write_all(&[0u8; 1024]).map_err(io)?;
-        let (comp, diff_id, _tar_size) = self.tar.finish();
+        let (comp, diff_id, tar_size) = self.tar.finish();
         let blob: BlobWriter = comp.finish().map_err(io)?;
         let (digest, size) = blob.commit(None)?;
         Ok(LayerRecord {
             digest,
             diff_id,
             size,
+            tar_size,
             media_type: self.media_type.to_string(),
             created_by,
         })
