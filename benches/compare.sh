@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Layer core vs the shell pipelines users would otherwise script, on one tree, in one run,
+# alternating tool and peer each round:
+#   gzip: imgbuild layer --compression gzip   vs  tar | tee >(sha256sum) | pigz -n -p2 -6 | tee | sha256sum
+#   zstd: imgbuild layer --compression zstd   vs  tar | tee >(sha256sum) | zstd -3 -T2   | tee | sha256sum
+# Prints seconds, MB/s (of the uncompressed tar), compressed size and peak RSS for each, and
+# the speed ratio and size difference of each pair.
+#
+# usage: benches/compare.sh [TREE] [ROUNDS]
+#   TREE    a directory to archive; default: a ~1.9 GB, ~66k-file Debian tree assembled from
+#           this machine's /usr and /etc (kept in ${BENCH_TREE:-/tmp/imgbuild-bench-tree})
+#   ROUNDS  rounds of the four runs (default 2); the best time of each tool is reported
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for t in pigz zstd tar sha256sum /usr/bin/time; do
+  command -v "$t" >/dev/null || { echo "compare.sh needs $t (scripts/deps installs it)" >&2; exit 1; }
+done
+
+tree=${1:-}
+rounds=${2:-2}
+if [ -z "$tree" ]; then
+  tree=${BENCH_TREE:-/tmp/imgbuild-bench-tree}
+  if [ ! -f "$tree/.complete" ]; then
+    echo "assembling a Debian tree in $tree ..." >&2
+    rm -rf "$tree"; mkdir -p "$tree/usr/lib"
+    cp -a /usr/bin /usr/sbin /usr/share /usr/include "$tree/usr/"
+    for d in /usr/lib/x86_64-linux-gnu /usr/lib/gcc /usr/lib/python3*; do
+      [ -e "$d" ] && cp -a "$d" "$tree/usr/lib/"
+    done
+    cp -a /etc "$tree/" 2>/dev/null || true
+    touch "$tree/.complete"
+  fi
+fi
+[ -d "$tree" ] || { echo "no such directory: $tree" >&2; exit 2; }
+
+cargo build --release --locked -q
+bin=$PWD/target/release/imgbuild
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+tar -cf /dev/null -C "$tree" .   # warm the page cache for everyone
+
+# run NAME CMD...: time a command; leaves secs and peak KB in $secs/$kb
+run() {
+  local name=$1; shift
+  /usr/bin/time -o "$work/time" -f "%e %M" "$@" > "$work/$name.out" 2>"$work/$name.err" || {
+    echo "$name failed:" >&2; cat "$work/$name.err" >&2; exit 1; }
+  read -r secs kb < "$work/time"
+}
+
+declare -A best size rss
+note() { # name secs kb bytes
+  if [ -z "${best[$1]:-}" ] || awk "BEGIN{exit !($2 < ${best[$1]})}"; then best[$1]=$2; fi
+  size[$1]=$4; rss[$1]=$3
+}
+
+tar_bytes=0
+for r in $(seq "$rounds"); do
+  for comp in gzip zstd; do
+    rm -rf "$work/blobs"
+    run "imgbuild-$comp" "$bin" -q layer "$tree" --out "$work/blobs" --compression "$comp"
+    tar_bytes=$(awk '/^tar_size/ {print $2}' "$work/imgbuild-$comp.out")
+    note "imgbuild-$comp" "$secs" "$kb" "$(awk '/^size/ {print $2}' "$work/imgbuild-$comp.out")"
+    if [ "$comp" = gzip ]; then
+      peer="pigz -n -p2 -6"; out="$work/layer.gz"
+    else
+      peer="zstd -q -3 -T2"; out="$work/layer.zst"
+    fi
+    run "peer-$comp" bash -c "tar --sort=name --numeric-owner --mtime=@0 -cf - -C '$tree' . \
+      | tee >(sha256sum > '$work/diff_id') | $peer | tee '$out' | sha256sum > '$work/digest'"
+    note "peer-$comp" "$secs" "$kb" "$(stat -c %s "$out")"
+    rm -f "$out"
+    echo "round $r $comp: imgbuild ${best[imgbuild-$comp]}s, peer ${best[peer-$comp]}s (best so far)" >&2
+  done
+done
+
+mb() { awk "BEGIN{printf \"%.0f\", $tar_bytes / 1e6 / $1}"; }
+echo
+echo "tree: $tree ($(awk "BEGIN{printf \"%.2f\", $tar_bytes/1e9}") GB tar, $(find "$tree" | wc -l) entries), $(nproc) cores, best of $rounds rounds"
+printf '%-34s %8s %8s %12s %9s\n' "tool" "seconds" "MB/s" "size (MB)" "peak MB"
+for comp in gzip zstd; do
+  for who in imgbuild peer; do
+    k="$who-$comp"
+    case $k in
+      imgbuild-gzip) label="imgbuild layer (gzip -6)";;
+      peer-gzip) label="tar | pigz -p2 -6 | sha256sum";;
+      imgbuild-zstd) label="imgbuild layer (zstd -3)";;
+      peer-zstd) label="tar | zstd -3 -T2 | sha256sum";;
+    esac
+    printf '%-34s %8s %8s %12.1f %9.0f\n' "$label" "${best[$k]}" "$(mb "${best[$k]}")" \
+      "$(awk "BEGIN{print ${size[$k]}/1e6}")" "$(awk "BEGIN{print ${rss[$k]}/1024}")"
+  done
+  awk "BEGIN{printf \"  %s: imgbuild is %.2fx the pipeline's throughput, size %+.2f%%\n\", \"$comp\", ${best[peer-$comp]}/${best[imgbuild-$comp]}, (${size[imgbuild-$comp]}-${size[peer-$comp]})*100/${size[peer-$comp]}}"
+done
