@@ -75,7 +75,7 @@ pub fn prepare(
             .into());
     }
     let base = base::resolve(&loaded.base, &loaded.recipe.image.platform, cache)?;
-    let plan = plan::compile(loaded, base.digest.as_ref(), mtime)?;
+    let plan = plan::compile(loaded, base.digest.as_ref(), mtime, cache)?;
     Ok((base, plan))
 }
 

@@ -6,6 +6,7 @@
 //! |-------------------------|----------------------------------------------------------------|
 //! | `blobs/sha256/<hex>`    | layer blobs, base image blobs and downloads, named by digest   |
 //! | `keys/<hex>.json`       | a [`LayerRecord`] per step cache key                           |
+//! | `hashes/<hex>`          | sha256 of an input file, keyed by its path, inode, size, times |
 //! | `tmp/`                  | temp files, renamed into the buckets above when complete       |
 //!
 //! Every write is a temp file plus a rename, so a reader never sees a partial blob and two
@@ -69,7 +70,7 @@ pub struct Cache {
 impl Cache {
     /// Opens (creating if needed) the cache at `root`.
     pub fn open(root: &Path) -> Result<Self, CacheError> {
-        for sub in ["blobs/sha256", "keys", "tmp"] {
+        for sub in ["blobs/sha256", "keys", "hashes", "tmp"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("create cache directory", &p))?;
         }
@@ -134,6 +135,41 @@ impl Cache {
         io::copy(&mut f, &mut w).map_err(io_err("read", src))?;
         let (_, size) = w.commit(Some(expected))?;
         Ok(size)
+    }
+
+    /// The sha256 and size of an input file, remembered across builds: a file whose path,
+    /// device, inode, size, mtime and ctime are unchanged is not read again. (ctime changes on
+    /// every write, even one that restores the mtime.)
+    pub fn file_digest(&self, path: &Path) -> Result<(Digest, u64), CacheError> {
+        use std::os::unix::fs::MetadataExt;
+        let abs = path.canonicalize().map_err(io_err("resolve", path))?;
+        let md = fs::metadata(&abs).map_err(io_err("stat", path))?;
+        let stamp = format!(
+            "{}\0{}:{}:{}:{}.{}:{}.{}",
+            abs.display(),
+            md.dev(),
+            md.ino(),
+            md.len(),
+            md.mtime(),
+            md.mtime_nsec(),
+            md.ctime(),
+            md.ctime_nsec()
+        );
+        let memo = self
+            .root
+            .join("hashes")
+            .join(Digest::of(stamp.as_bytes()).hex());
+        if let Some(d) = fs::read_to_string(&memo)
+            .ok()
+            .and_then(|s| Digest::parse(s.trim()).ok())
+        {
+            return Ok((d, md.len()));
+        }
+        let f = File::open(&abs).map_err(io_err("open", path))?;
+        let (digest, size) =
+            digest_reader(BufReader::with_capacity(1 << 20, f)).map_err(io_err("read", path))?;
+        fsutil::write_atomic(&memo, digest.as_str().as_bytes()).map_err(io_err("write", &memo))?;
+        Ok((digest, size))
     }
 
     fn key_path(&self, key: &Digest) -> PathBuf {
@@ -217,5 +253,32 @@ impl Write for BlobWriter {
     }
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_files_are_hashed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&dir.path().join("cache")).unwrap();
+        let f = dir.path().join("input");
+        fs::write(&f, b"hello").unwrap();
+        let (d, n) = cache.file_digest(&f).unwrap();
+        assert_eq!((d.clone(), n), (Digest::of(b"hello"), 5));
+        // Prove the second call does not read the file: doctor the memo, get it back.
+        let memos: Vec<_> = fs::read_dir(dir.path().join("cache/hashes"))
+            .unwrap()
+            .flatten()
+            .collect();
+        assert_eq!(memos.len(), 1);
+        let fake = Digest::of(b"memo");
+        fs::write(memos[0].path(), fake.as_str()).unwrap();
+        assert_eq!(cache.file_digest(&f).unwrap().0, fake);
+        // Any write changes the stamp (ctime), and the file is hashed again.
+        fs::write(&f, b"hellp").unwrap();
+        assert_eq!(cache.file_digest(&f).unwrap().0, Digest::of(b"hellp"));
     }
 }

@@ -10,13 +10,13 @@
 //! Steps come in a fixed order, from what changes least to what changes most: downloads
 //! (one layer each), users and groups, files, symlinks, services.
 
-use std::fs;
 use std::path::PathBuf;
 
 use serde_json::json;
 
+use crate::cache::{Cache, CacheError};
 use crate::canonical;
-use crate::digest::{Digest, digest_reader};
+use crate::digest::Digest;
 use crate::layer::CompressionSpec;
 use crate::recipe::interp::expand_platform;
 use crate::recipe::validate_archive_format;
@@ -102,7 +102,7 @@ pub enum PlanError {
     Read {
         path: PathBuf,
         field: String,
-        source: std::io::Error,
+        source: CacheError,
     },
 }
 
@@ -112,7 +112,12 @@ fn key(parent: &Digest, step: serde_json::Value) -> Digest {
 }
 
 /// Compiles `loaded` on top of the base with manifest digest `base` (`None`: scratch).
-pub fn compile(loaded: &Loaded, base: Option<&Digest>, mtime: u64) -> Result<Plan, PlanError> {
+pub fn compile(
+    loaded: &Loaded,
+    base: Option<&Digest>,
+    mtime: u64,
+    cache: &Cache,
+) -> Result<Plan, PlanError> {
     let r = &loaded.recipe;
     let root = FieldPath::root();
     // What later issues build: refuse clearly instead of skipping.
@@ -251,14 +256,12 @@ pub fn compile(loaded: &Loaded, base: Option<&Digest>, mtime: u64) -> Result<Pla
                 ),
                 (None, Some(src)) => {
                     let path = loaded.resolve(src);
-                    let read_err = |source| PlanError::Read {
+                    let read_err = |source: CacheError| PlanError::Read {
                         path: path.clone(),
                         field: field.key("src").to_string(),
                         source,
                     };
-                    let (digest, size) = fs::File::open(&path)
-                        .and_then(digest_reader)
-                        .map_err(read_err)?;
+                    let (digest, size) = cache.file_digest(&path).map_err(read_err)?;
                     (FileSource::Path(path), digest, size)
                 }
                 (None, None) => {

@@ -10,6 +10,9 @@ mod compress;
 pub mod pgzip;
 pub mod walk;
 
+#[cfg(test)]
+mod proptests;
+
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::OsStrExt;

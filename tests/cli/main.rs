@@ -6,6 +6,7 @@ mod http;
 
 mod build;
 mod errors;
+mod layer;
 mod layout;
 
 use std::path::{Path, PathBuf};
