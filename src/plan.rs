@@ -23,7 +23,7 @@ use crate::recipe::validate_archive_format;
 use crate::recipe::{FieldPath, Group, Loaded, RecipeError, User};
 
 /// Bump when the layer format or key encoding changes, to invalidate every old key.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Where a step's content comes from.
 #[derive(Debug, Clone)]
