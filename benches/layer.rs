@@ -44,7 +44,10 @@ fn pieces(c: &mut Criterion) {
         })
     });
     for threads in [1, 2] {
-        for (name, mode) in [("gzip6_members", GzipMode::Members), ("gzip6_stream", GzipMode::Stream)] {
+        for (name, mode) in [
+            ("gzip6_members", GzipMode::Members),
+            ("gzip6_stream", GzipMode::Stream),
+        ] {
             g.bench_with_input(BenchmarkId::new(name, threads), &threads, |b, &t| {
                 b.iter(|| {
                     let mut w = ParallelGzip::new(Vec::new(), 6, t, mode).unwrap();

@@ -4,7 +4,7 @@
 //! use imgbuild::{build, cache::Cache, recipe, report::Silent};
 //! let loaded = recipe::load("recipes/hello.toml".as_ref(), &[]).unwrap();
 //! let cache = Cache::open(&Cache::default_root()).unwrap();
-//! let out = build::build(&loaded, &cache, "out/hello".as_ref(), 0, &Silent).unwrap();
+//! let out = build::build(&loaded, &cache, "out/hello".as_ref(), 0, &Default::default(), &Silent).unwrap();
 //! println!("{}", out.manifest);
 //! ```
 
@@ -20,6 +20,7 @@ use crate::oci::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST, OciError};
 use crate::plan::{self, Plan, PlanError};
 use crate::realize::{self, LayerOutcome, RealizeError};
 use crate::recipe::{BaseRef, FieldPath, Loaded, RecipeError};
+use crate::registry::{self, ClientOptions, Reference, RegistryError};
 use crate::report::{Event, Reporter};
 
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,11 @@ pub enum BuildError {
     Base(#[from] BaseError),
     #[error(transparent)]
     Realize(#[from] RealizeError),
+    #[error("cannot pull the base image {reference}")]
+    Pull {
+        reference: String,
+        source: RegistryError,
+    },
     #[error("cannot write the image layout {path}")]
     Output { path: PathBuf, source: OciError },
 }
@@ -60,21 +66,33 @@ pub struct BuildOutput {
     pub out: PathBuf,
 }
 
-/// Resolves the base and compiles the plan.
+/// Resolves the base (pulling it if it is a registry reference) and compiles the plan.
 pub fn prepare(
     loaded: &Loaded,
     cache: &Cache,
     mtime: u64,
+    opts: &ClientOptions,
+    reporter: &dyn Reporter,
 ) -> Result<(BaseImage, Plan), BuildError> {
-    if let BaseRef::Registry(r) = &loaded.base {
-        return Err(loaded
-            .error_at(
-                &FieldPath::root().key("image").key("base"),
-                format!("pulling `{r}` from a registry is not supported yet: use `scratch` or `oci:PATH[:TAG]`"),
+    let base = match &loaded.base {
+        BaseRef::Registry(r) => {
+            let field = FieldPath::root().key("image").key("base");
+            let reference =
+                Reference::parse(r).map_err(|e| loaded.error_at(&field, e.to_string()))?;
+            registry::pull::pull(
+                &reference,
+                &loaded.recipe.image.platform,
+                cache,
+                opts,
+                reporter,
             )
-            .into());
-    }
-    let base = base::resolve(&loaded.base, &loaded.recipe.image.platform, cache)?;
+            .map_err(|source| BuildError::Pull {
+                reference: r.clone(),
+                source,
+            })?
+        }
+        other => base::resolve(other, &loaded.recipe.image.platform, cache)?,
+    };
     let plan = plan::compile(loaded, base.digest.as_ref(), mtime, cache)?;
     Ok((base, plan))
 }
@@ -85,10 +103,11 @@ pub fn build(
     cache: &Cache,
     out: &Path,
     mtime: u64,
+    opts: &ClientOptions,
     reporter: &dyn Reporter,
 ) -> Result<BuildOutput, BuildError> {
     reporter.report(Event::Stage("resolving base image"));
-    let (base, plan) = prepare(loaded, cache, mtime)?;
+    let (base, plan) = prepare(loaded, cache, mtime, opts, reporter)?;
     let layers = realize::realize(loaded, &plan, &base, cache, reporter)?;
     reporter.report(Event::Stage("writing image layout"));
     write_layout(loaded, cache, out, mtime, &base, &layers).map_err(|source| BuildError::Output {

@@ -34,6 +34,12 @@ pub struct Global {
     /// Show nothing but results and errors
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Extra CA certificate (PEM) for registries (repeatable); /etc/docker/certs.d/HOST/ca.crt is also read
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ca_cert: Vec<PathBuf>,
+    /// Reach this registry over plain HTTP (repeatable); localhost is plain unless a CA is given
+    #[arg(long, global = true, value_name = "HOST[:PORT]")]
+    pub insecure_registry: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -72,6 +78,26 @@ pub enum Command {
     },
     /// Turn a directory into one OCI layer blob (the layer core, as a tool)
     Layer(LayerArgs),
+    /// Push an OCI image layout to a registry
+    Push {
+        /// The layout directory (as written by build)
+        layout: PathBuf,
+        /// Where to: HOST[:PORT]/REPO[:TAG]
+        reference: String,
+        /// Which image of the layout, by tag [default: the only one]
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Store registry credentials in ~/.docker/config.json
+    Login {
+        /// The registry, as HOST[:PORT]
+        registry: String,
+        #[arg(long, short)]
+        username: String,
+        /// Read the password from stdin (the only way: never on the command line)
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
     #[command(external_subcommand)]
     Shortcut(Vec<String>),
 }
@@ -126,6 +152,9 @@ pub struct BuildArgs {
     /// What to build
     #[arg(long, value_enum, default_value_t = Target::Oci)]
     pub target: Target,
+    /// Push the image to this reference (HOST[:PORT]/REPO[:TAG]) after building
+    #[arg(long, value_name = "REF")]
+    pub push: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

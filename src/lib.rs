@@ -9,7 +9,7 @@
 //! ```no_run
 //! let loaded = imgbuild::recipe::load("recipes/hello.toml".as_ref(), &[]).unwrap();
 //! let cache = imgbuild::cache::Cache::open("/tmp/imgbuild-cache".as_ref()).unwrap();
-//! let out = imgbuild::build::build(&loaded, &cache, "out/hello".as_ref(), 0, &imgbuild::report::Silent).unwrap();
+//! let out = imgbuild::build::build(&loaded, &cache, "out/hello".as_ref(), 0, &Default::default(), &imgbuild::report::Silent).unwrap();
 //! println!("{}", out.manifest);
 //! ```
 
@@ -24,4 +24,5 @@ pub mod oci;
 pub mod plan;
 pub mod realize;
 pub mod recipe;
+pub mod registry;
 pub mod report;

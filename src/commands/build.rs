@@ -24,7 +24,13 @@ pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("out").join(&loaded.recipe.image.name));
     let started = std::time::Instant::now();
-    let result = build::build(&loaded, &cache, &out, mtime, &progress)
+    let opts = super::client_options(g);
+    let push_ref = args
+        .push
+        .as_deref()
+        .map(imgbuild::registry::Reference::parse)
+        .transpose()?;
+    let result = build::build(&loaded, &cache, &out, mtime, &opts, &progress)
         .with_context(|| format!("building {}", args.recipe.display()))?;
     let hits = result.layers.iter().filter(|l| l.hit).count();
     progress.line(&format!(
@@ -37,6 +43,10 @@ pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
     ));
     if let Some(path) = &args.metadata_file {
         write_metadata(path, &result)?;
+    }
+    if let Some(dest) = &push_ref {
+        let tag = result.tags.first().map(String::as_str);
+        super::push::push_layout(&progress, &out, tag, dest, &opts, Some(&cache))?;
     }
     println!("{}", result.manifest);
     Ok(())

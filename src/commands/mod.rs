@@ -3,8 +3,10 @@
 mod build;
 mod check;
 mod layer;
+mod login;
 mod plan;
 mod progress;
+mod push;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +24,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check { recipe } => check::run(g, &recipe),
         Command::Plan { recipe } => plan::run(g, &recipe),
         Command::Layer(args) => layer::run(g, &args),
+        Command::Push {
+            layout,
+            reference,
+            tag,
+        } => push::run(g, &layout, &reference, tag.as_deref()),
+        Command::Login {
+            registry, username, ..
+        } => login::run(g, &registry, &username),
         Command::Shortcut(argv) => {
             let name = &argv[0];
             let recipe = PathBuf::from("recipes").join(format!("{name}.toml"));
@@ -84,6 +94,14 @@ pub fn report_error(e: &anyhow::Error) -> ExitCode {
 fn cache(g: &Global) -> Result<Cache> {
     let root = g.cache_dir.clone().unwrap_or_else(Cache::default_root);
     Cache::open(&root).with_context(|| format!("cannot open the cache at {}", root.display()))
+}
+
+fn client_options(g: &Global) -> imgbuild::registry::ClientOptions {
+    imgbuild::registry::ClientOptions {
+        ca_certs: g.ca_cert.clone(),
+        insecure: g.insecure_registry.clone(),
+        certs_d: std::env::var_os("IMGBUILD_CERTS_D").map(PathBuf::from),
+    }
 }
 
 fn load(g: &Global, path: &std::path::Path) -> Result<Loaded> {

@@ -10,7 +10,15 @@ use crate::cli::Global;
 pub fn run(g: &Global, recipe: &Path) -> Result<()> {
     let loaded = super::load(g, recipe)?;
     let cache = super::cache(g)?;
-    let (base, plan) = build::prepare(&loaded, &cache, super::source_date_epoch()?)?;
+    let progress = super::progress::Progress::new(g);
+    let opts = super::client_options(g);
+    let (base, plan) = build::prepare(
+        &loaded,
+        &cache,
+        super::source_date_epoch()?,
+        &opts,
+        &progress,
+    )?;
     match &base.digest {
         Some(d) => println!("base  {d} ({} layers)", base.layers.len()),
         None => println!("base  scratch"),

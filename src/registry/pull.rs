@@ -1,0 +1,211 @@
+//! Pull: resolve a reference to the manifest for our platform and bring its config and layer
+//! blobs into the cache (verified, each fetched once, in parallel).
+
+use std::io::Read;
+use std::sync::Mutex;
+
+use oci_spec::image::ImageConfiguration;
+use reqwest::{Method, StatusCode, header};
+
+use super::client::RegistryClient;
+use super::push::status_error;
+use super::{ClientOptions, Reference, RegistryError, oci_layer_type};
+use crate::base::BaseImage;
+use crate::cache::{Cache, CacheError, LayerRecord};
+use crate::digest::Digest;
+use crate::oci::layout::{Index, Manifest};
+use crate::report::{Event, Reporter};
+
+const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+fn is_index(media_type: &str) -> bool {
+    media_type.contains("image.index") || media_type.contains("manifest.list")
+}
+
+fn get_manifest(
+    client: &RegistryClient,
+    r: &Reference,
+    reference: &str,
+) -> Result<(Vec<u8>, String, Digest), RegistryError> {
+    let url = client.url(&format!("/v2/{}/manifests/{reference}", r.repository));
+    let resp = client.send("get manifest", Method::GET, &url, &|rb| {
+        Ok(rb.header(header::ACCEPT, ACCEPT))
+    })?;
+    if resp.status() != StatusCode::OK {
+        return Err(status_error("get manifest", &url, resp));
+    }
+    let media_type = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bytes = resp
+        .bytes()
+        .map_err(|source| RegistryError::Http {
+            action: "read manifest".into(),
+            url: url.clone(),
+            source,
+        })?
+        .to_vec();
+    let digest = Digest::of(&bytes);
+    if let Ok(expected) = Digest::parse(reference)
+        && expected != digest
+    {
+        return Err(RegistryError::DigestMismatch {
+            what: url,
+            expected,
+            found: digest,
+        });
+    }
+    Ok((bytes, media_type, digest))
+}
+
+fn fetch_blob(
+    client: &RegistryClient,
+    cache: &Cache,
+    r: &Reference,
+    digest: &Digest,
+    reporter: &dyn Reporter,
+) -> Result<(), RegistryError> {
+    if cache.has_blob(digest) && cache.verify_blob(digest).is_ok() {
+        return Ok(());
+    }
+    let url = client.url(&format!("/v2/{}/blobs/{digest}", r.repository));
+    let mut resp = client.send("get blob", Method::GET, &url, &|rb| Ok(rb))?;
+    if resp.status() != StatusCode::OK {
+        return Err(status_error("get blob", &url, resp));
+    }
+    let shown = format!("{}/{}@{}", r.registry, r.repository, digest.short());
+    reporter.report(Event::DownloadStart {
+        url: &shown,
+        total: resp.content_length(),
+    });
+    let mut w = cache.blob_writer()?;
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        let n = resp.read(&mut buf).map_err(|source| RegistryError::Io {
+            action: "read blob",
+            path: url.clone().into(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        std::io::Write::write_all(&mut w, &buf[..n]).map_err(|source| RegistryError::Io {
+            action: "store blob",
+            path: cache.root().into(),
+            source,
+        })?;
+        total += n as u64;
+        reporter.report(Event::DownloadProgress {
+            url: &shown,
+            bytes: total,
+        });
+    }
+    match w.commit(Some(digest)) {
+        Err(CacheError::DigestMismatch {
+            expected, found, ..
+        }) => Err(RegistryError::DigestMismatch {
+            what: url,
+            expected,
+            found,
+        }),
+        other => {
+            other?;
+            reporter.report(Event::DownloadDone {
+                url: &shown,
+                bytes: total,
+            });
+            Ok(())
+        }
+    }
+}
+
+/// Pulls `r` for `platform` (`os/arch`) into the cache.
+pub fn pull(
+    r: &Reference,
+    platform: &str,
+    cache: &Cache,
+    opts: &ClientOptions,
+    reporter: &dyn Reporter,
+) -> Result<BaseImage, RegistryError> {
+    let client = RegistryClient::new(r, opts, false, &[])?;
+    let (mut bytes, mut media_type, mut digest) = get_manifest(&client, r, &r.manifest_ref())?;
+    if is_index(&media_type) {
+        let index: Index = serde_json::from_slice(&bytes)
+            .map_err(|e| RegistryError::Other(format!("{r}: bad image index: {e}")))?;
+        let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
+        let d = index
+            .manifests
+            .iter()
+            .find(|d| {
+                d.platform
+                    .as_ref()
+                    .is_some_and(|p| p.os == os && p.architecture == arch)
+            })
+            .ok_or_else(|| RegistryError::Other(format!("{r} has no image for {platform}")))?;
+        (bytes, media_type, digest) = get_manifest(&client, r, d.digest.as_str())?;
+    }
+    let _ = media_type;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| RegistryError::Other(format!("{r}: bad manifest: {e}")))?;
+    fetch_blob(&client, cache, r, &manifest.config.digest, reporter)?;
+    let config_bytes =
+        std::fs::read(cache.blob_path(&manifest.config.digest)).map_err(|source| {
+            RegistryError::Io {
+                action: "read",
+                path: cache.blob_path(&manifest.config.digest),
+                source,
+            }
+        })?;
+    let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
+        .map_err(|e| RegistryError::Other(format!("{r}: bad image config: {e}")))?;
+    let diff_ids = config.rootfs().diff_ids().clone();
+    if diff_ids.len() != manifest.layers.len() {
+        return Err(RegistryError::Other(format!(
+            "{r}: config lists {} diff_ids for {} layers",
+            diff_ids.len(),
+            manifest.layers.len()
+        )));
+    }
+
+    let queue = Mutex::new(manifest.layers.iter());
+    let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..4.min(manifest.layers.len()) {
+            s.spawn(|| {
+                while let Some(l) = queue.lock().ok().and_then(|mut q| q.next()) {
+                    if let Err(e) = fetch_blob(&client, cache, r, &l.digest, reporter)
+                        && let Ok(mut slot) = first_error.lock()
+                    {
+                        slot.get_or_insert(e);
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let mut layers = Vec::new();
+    for (l, diff_id) in manifest.layers.iter().zip(diff_ids) {
+        layers.push(LayerRecord {
+            digest: l.digest.clone(),
+            diff_id: Digest::parse(&diff_id)
+                .map_err(|e| RegistryError::Other(format!("{r}: {e}")))?,
+            size: l.size,
+            tar_size: 0,
+            media_type: oci_layer_type(&l.media_type).to_string(),
+            created_by: "base".into(),
+        });
+    }
+    Ok(BaseImage {
+        digest: Some(digest),
+        layers,
+        config: Some(config),
+    })
+}

@@ -1,0 +1,322 @@
+//! Push: blobs first (HEAD to skip what the registry has, cross-repository mount where we
+//! pushed it before, monolithic or chunked upload, in parallel), then the manifest by
+//! digest, then the tag.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use reqwest::header;
+use reqwest::{Method, StatusCode};
+
+use super::client::{RegistryClient, error_message};
+use super::{Reference, RegistryError};
+use crate::cache::Cache;
+use crate::digest::Digest;
+use crate::oci::layout::{Desc, Layout, Manifest};
+use crate::oci::{ANNOTATION_REF_NAME, MEDIA_TYPE_MANIFEST};
+use crate::report::{Event, Reporter};
+
+/// Blobs up to this size go in one PUT; larger ones in PATCH chunks of this size.
+const CHUNK: u64 = 32 << 20;
+const PARALLEL: usize = 4;
+
+/// What a push did.
+#[derive(Debug, Clone, Default)]
+pub struct PushOutcome {
+    pub manifest: Option<Digest>,
+    pub uploaded: usize,
+    pub mounted: usize,
+    pub existing: usize,
+    pub bytes: u64,
+}
+
+/// Repositories of `registry` the cache remembers holding `digest` (for mounts).
+fn known_repos(cache: Option<&Cache>, registry: &str, digest: &Digest) -> Vec<String> {
+    let Some(c) = cache else { return Vec::new() };
+    let p = c.root().join("pushed").join(digest.hex());
+    let prefix = format!("{registry}/");
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix).map(str::to_string))
+        .collect()
+}
+
+fn remember(cache: Option<&Cache>, dest: &Reference, digest: &Digest) {
+    let Some(c) = cache else { return };
+    let p = c.root().join("pushed").join(digest.hex());
+    let line = format!("{}/{}", dest.registry, dest.repository);
+    let mut lines: Vec<String> = std::fs::read_to_string(&p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    if !lines.contains(&line) {
+        lines.push(line);
+        let _ = crate::fsutil::write_atomic(&p, (lines.join("\n") + "\n").as_bytes());
+    }
+}
+
+enum Sent {
+    Existing,
+    Mounted,
+    Uploaded(u64),
+}
+
+fn push_blob(
+    client: &RegistryClient,
+    dest: &Reference,
+    layout: &Layout,
+    d: &Desc,
+    mount_from: &[String],
+    reporter: &dyn Reporter,
+) -> Result<Sent, RegistryError> {
+    let repo = &dest.repository;
+    let blob_url = client.url(&format!("/v2/{repo}/blobs/{}", d.digest));
+    let resp = client.send("check blob", Method::HEAD, &blob_url, &|rb| Ok(rb))?;
+    if resp.status().is_success() {
+        return Ok(Sent::Existing);
+    }
+    // A mount answers 201 when done; 202 means "no, but here is an upload session".
+    let mut location = None;
+    for from in mount_from.iter().filter(|f| *f != repo) {
+        let url = client.url(&format!(
+            "/v2/{repo}/blobs/uploads/?mount={}&from={from}",
+            d.digest
+        ));
+        let resp = client.send("mount blob", Method::POST, &url, &|rb| {
+            Ok(rb.header(header::CONTENT_LENGTH, 0))
+        })?;
+        if resp.status() == StatusCode::CREATED {
+            return Ok(Sent::Mounted);
+        }
+        if resp.status() == StatusCode::ACCEPTED {
+            location = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(|l| client.resolve(l));
+            break;
+        }
+    }
+    let path = layout.blob_path(&d.digest);
+    let start_url = client.url(&format!("/v2/{repo}/blobs/uploads/"));
+    let mut location = match location {
+        Some(l) => l,
+        None => {
+            let resp = client.send("start upload at", Method::POST, &start_url, &|rb| {
+                Ok(rb.header(header::CONTENT_LENGTH, 0))
+            })?;
+            upload_location(client, resp, "start upload at", &start_url)?
+        }
+    };
+    let shown = format!("{}/{}@{}", dest.registry, repo, d.digest.short());
+    reporter.report(Event::DownloadStart {
+        url: &shown,
+        total: Some(d.size),
+    });
+    let mut offset = 0u64;
+    // Chunked: PATCH pieces; after a failure, ask the registry where it stands and resume.
+    if d.size > CHUNK {
+        let mut failures = 0;
+        while offset < d.size {
+            let len = CHUNK.min(d.size - offset);
+            let range = format!("{}-{}", offset, offset + len - 1);
+            let url = location.clone();
+            let result = client.send("upload blob chunk to", Method::PATCH, &url, &|rb| {
+                Ok(rb
+                    .header(header::CONTENT_TYPE, "application/octet-stream")
+                    .header(header::CONTENT_RANGE, range.clone())
+                    .body(RegistryClient::file_body(&path, offset, len)?))
+            });
+            match result {
+                Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
+                    location = upload_location(client, resp, "upload blob chunk to", &url)?;
+                    offset += len;
+                    reporter.report(Event::DownloadProgress {
+                        url: &shown,
+                        bytes: offset,
+                    });
+                }
+                other => {
+                    failures += 1;
+                    if failures > 5 {
+                        return match other {
+                            Ok(resp) => Err(status_error("upload blob chunk to", &url, resp)),
+                            Err(e) => Err(e),
+                        };
+                    }
+                    // Where did the registry get to?
+                    let resp = client.send("query upload", Method::GET, &location, &|rb| Ok(rb))?;
+                    if resp.status() != StatusCode::NO_CONTENT {
+                        return Err(status_error("query upload", &location, resp));
+                    }
+                    offset = resp
+                        .headers()
+                        .get(header::RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|r| r.rsplit_once('-'))
+                        .and_then(|(_, end)| end.parse::<u64>().ok())
+                        .map_or(0, |end| end + 1);
+                    location = upload_location(client, resp, "query upload", &location)
+                        .unwrap_or(location);
+                }
+            }
+        }
+    }
+    let sep = if location.contains('?') { '&' } else { '?' };
+    let put_url = format!("{location}{sep}digest={}", d.digest);
+    let rest = d.size - offset;
+    let resp = client.send("finish upload to", Method::PUT, &put_url, &|rb| {
+        let rb = rb.header(header::CONTENT_TYPE, "application/octet-stream");
+        Ok(if rest > 0 {
+            rb.body(RegistryClient::file_body(&path, offset, rest)?)
+        } else {
+            rb.header(header::CONTENT_LENGTH, 0)
+        })
+    })?;
+    if resp.status() != StatusCode::CREATED {
+        return Err(status_error("finish upload to", &put_url, resp));
+    }
+    reporter.report(Event::DownloadDone {
+        url: &shown,
+        bytes: d.size,
+    });
+    Ok(Sent::Uploaded(d.size))
+}
+
+fn upload_location(
+    client: &RegistryClient,
+    resp: reqwest::blocking::Response,
+    action: &str,
+    url: &str,
+) -> Result<String, RegistryError> {
+    if !(resp.status() == StatusCode::ACCEPTED || resp.status() == StatusCode::NO_CONTENT) {
+        return Err(status_error(action, url, resp));
+    }
+    resp.headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|l| client.resolve(l))
+        .ok_or_else(|| RegistryError::Other(format!("{url}: the registry gave no upload location")))
+}
+
+pub fn status_error(action: &str, url: &str, resp: reqwest::blocking::Response) -> RegistryError {
+    let status = resp.status().as_u16();
+    RegistryError::Status {
+        action: action.into(),
+        url: url.into(),
+        status,
+        message: error_message(resp),
+    }
+}
+
+/// Pushes the image tagged `tag` (or the only one) in `layout` to `dest`.
+pub fn push(
+    layout_dir: &Path,
+    tag: Option<&str>,
+    dest: &Reference,
+    opts: &super::ClientOptions,
+    cache: Option<&Cache>,
+    reporter: &dyn Reporter,
+) -> Result<PushOutcome, RegistryError> {
+    let layout = Layout::open(layout_dir)?;
+    let index = layout.index()?;
+    let desc = index
+        .manifests
+        .iter()
+        .find(|d| {
+            tag.is_none_or(|t| {
+                d.annotations.get(ANNOTATION_REF_NAME).map(String::as_str) == Some(t)
+            })
+        })
+        .cloned()
+        .ok_or_else(|| {
+            RegistryError::Other(format!(
+                "{}: no image tagged `{}`",
+                layout_dir.display(),
+                tag.unwrap_or("")
+            ))
+        })?;
+    let manifest_bytes = layout.read_blob(&desc.digest)?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
+        RegistryError::Other(format!("{}: bad manifest: {e}", layout_dir.display()))
+    })?;
+    let blobs: Vec<Desc> = std::iter::once(manifest.config.clone())
+        .chain(manifest.layers.iter().cloned())
+        .collect();
+    for b in &blobs {
+        // Verified before anything leaves the machine.
+        layout.put_file(&layout.blob_path(&b.digest), &b.digest)?;
+    }
+    let mut mount_sources: Vec<String> = blobs
+        .iter()
+        .flat_map(|b| known_repos(cache, &dest.registry, &b.digest))
+        .collect();
+    mount_sources.sort();
+    mount_sources.dedup();
+    mount_sources.retain(|r| r != &dest.repository);
+    let client = RegistryClient::new(dest, opts, true, &mount_sources)?;
+
+    let outcome = Mutex::new(PushOutcome::default());
+    let queue = Mutex::new(blobs.iter());
+    let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..PARALLEL.min(blobs.len()) {
+            s.spawn(|| {
+                loop {
+                    let next = queue.lock().ok().and_then(|mut q| q.next());
+                    let Some(d) = next else { break };
+                    if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
+                        break;
+                    }
+                    let from = known_repos(cache, &dest.registry, &d.digest);
+                    match push_blob(&client, dest, &layout, d, &from, reporter) {
+                        Ok(sent) => {
+                            remember(cache, dest, &d.digest);
+                            if let Ok(mut o) = outcome.lock() {
+                                match sent {
+                                    Sent::Existing => o.existing += 1,
+                                    Sent::Mounted => o.mounted += 1,
+                                    Sent::Uploaded(n) => {
+                                        o.uploaded += 1;
+                                        o.bytes += n;
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            if let Ok(mut slot) = first_error.lock() {
+                                slot.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    // The manifest by digest first, then the tag: a tag never points at a partial image.
+    let media_type = manifest
+        .media_type
+        .clone()
+        .unwrap_or_else(|| MEDIA_TYPE_MANIFEST.into());
+    let mut refs = vec![desc.digest.to_string()];
+    refs.extend(dest.tag.clone());
+    for r in refs {
+        let url = client.url(&format!("/v2/{}/manifests/{r}", dest.repository));
+        let resp = client.send("put manifest to", Method::PUT, &url, &|rb| {
+            Ok(rb
+                .header(header::CONTENT_TYPE, media_type.clone())
+                .body(manifest_bytes.clone()))
+        })?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(status_error("put manifest to", &url, resp));
+        }
+    }
+    let mut o = outcome.into_inner().unwrap_or_default();
+    o.manifest = Some(desc.digest);
+    Ok(o)
+}
