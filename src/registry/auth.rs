@@ -124,7 +124,7 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
     while let Some((k, after)) = rest.split_once('=') {
         let k = k.trim().trim_start_matches(',').trim();
         let (val, next) = match after.strip_prefix('"') {
-            Some(q) => q.split_once('"').map(|(v, n)| (v, n)).unwrap_or((q, "")),
+            Some(q) => q.split_once('"').unwrap_or((q, "")),
             None => after.split_once(',').unwrap_or((after, "")),
         };
         match k {
