@@ -8,6 +8,7 @@ mod build;
 mod errors;
 mod layer;
 mod layout;
+mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,0 +1,411 @@
+//! Push and pull against the real CNCF distribution registry (`docker-registry`) on
+//! 127.0.0.1, in three configurations: plain HTTP, htpasswd basic auth, and TLS with a CA
+//! made by the test. Read back with skopeo.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::{Work, assert_ok, stderr, stdout, tool};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Plain,
+    Basic,
+    Tls,
+}
+
+/// A running registry; stopped on drop. Its access log is kept to count requests.
+struct Registry {
+    child: Child,
+    pub host: String,
+    pub dir: tempfile::TempDir,
+    pub mode: Mode,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Registry {
+    fn start(mode: Mode) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let host = format!("127.0.0.1:{port}");
+        let d = dir.path();
+        let mut http = format!("{{addr: {host}, secret: test");
+        let mut extra = String::new();
+        if mode == Mode::Tls {
+            let ca = |args: &[&str]| tool("openssl", args);
+            ca(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                p(d, "ca.key"),
+                "-out",
+                p(d, "ca.crt"),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=imgbuild test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+            ]);
+            ca(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                p(d, "server.key"),
+                "-out",
+                p(d, "server.csr"),
+                "-subj",
+                "/CN=127.0.0.1",
+            ]);
+            fs::write(
+                d.join("san.ext"),
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+            )
+            .unwrap();
+            ca(&[
+                "x509",
+                "-req",
+                "-in",
+                p(d, "server.csr"),
+                "-CA",
+                p(d, "ca.crt"),
+                "-CAkey",
+                p(d, "ca.key"),
+                "-CAcreateserial",
+                "-out",
+                p(d, "server.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                p(d, "san.ext"),
+            ]);
+            fs::create_dir(d.join("certs")).unwrap();
+            fs::copy(d.join("ca.crt"), d.join("certs/ca.crt")).unwrap();
+            http.push_str(&format!(
+                ", tls: {{certificate: {}, key: {}}}",
+                p(d, "server.crt"),
+                p(d, "server.key")
+            ));
+        }
+        if mode == Mode::Basic {
+            let h = tool("htpasswd", &["-Bbn", "tester", "s3cret"]);
+            fs::write(d.join("htpasswd"), h).unwrap();
+            extra = format!(
+                "auth: {{htpasswd: {{realm: test, path: {}}}}}\n",
+                p(d, "htpasswd")
+            );
+        }
+        http.push('}');
+        let cfg = format!(
+            "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {http}\n{extra}",
+            p(d, "data")
+        );
+        fs::write(d.join("config.yml"), cfg).unwrap();
+        let log = fs::File::create(d.join("access.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve", p(d, "config.yml")])
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("docker-registry is needed for this test (.ci/run installs it)");
+        let reg = Registry {
+            child,
+            host,
+            dir,
+            mode,
+        };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(&reg.host).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "registry did not start:\n{}",
+                reg.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        reg
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
+    /// Requests in the access log matching `method path-prefix`.
+    fn count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Flags imgbuild needs to reach this registry.
+    fn imgbuild_flags(&self) -> Vec<String> {
+        match self.mode {
+            Mode::Tls => vec!["--ca-cert".into(), p(self.dir.path(), "ca.crt").into()],
+            _ => vec![],
+        }
+    }
+
+    /// skopeo flags for a docker:// source (`src`) or destination (`dest`).
+    fn skopeo_flags(&self, side: &str) -> Vec<String> {
+        let mut f = match self.mode {
+            Mode::Tls => vec![
+                format!("--{side}cert-dir"),
+                p(self.dir.path(), "certs").into(),
+            ],
+            _ => vec![format!("--{side}tls-verify=false")],
+        };
+        if self.mode == Mode::Basic {
+            f.push(format!("--{side}creds"));
+            f.push("tester:s3cret".into());
+        }
+        f
+    }
+}
+
+fn p<'a>(d: &'a Path, name: &str) -> &'a str {
+    Box::leak(
+        d.join(name)
+            .into_os_string()
+            .into_string()
+            .unwrap()
+            .into_boxed_str(),
+    )
+}
+
+fn with_creds(mut c: assert_cmd::Command, reg: &Registry) -> assert_cmd::Command {
+    if reg.mode == Mode::Basic {
+        c.env("IMGBUILD_REGISTRY_USER", "tester")
+            .env("IMGBUILD_REGISTRY_PASSWORD", "s3cret");
+    }
+    c.env("HOME", "/nonexistent-home");
+    c
+}
+
+fn skopeo(args: &[String]) -> String {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    tool("skopeo", &args)
+}
+
+fn push_and_read_back(mode: Mode) {
+    let reg = Registry::start(mode);
+    let w = Work::setup();
+    let dest = format!("{}/hello:1", reg.host);
+    let o = with_creds(w.cmd(), &reg)
+        .args(reg.imgbuild_flags())
+        .arg("build")
+        .arg(w.recipe())
+        .arg("--out")
+        .arg(w.path("out/hello"))
+        .args(["--push", &dest])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let digest = stdout(&o).trim().to_string();
+
+    let mut args = vec!["inspect".to_string()];
+    args.extend(reg.skopeo_flags(""));
+    args.push(format!("docker://{dest}"));
+    let v: Value = serde_json::from_str(&skopeo(&args)).unwrap();
+    assert_eq!(
+        v["Digest"],
+        digest.as_str(),
+        "skopeo sees the digest build printed"
+    );
+
+    // skopeo copy back into a layout: identical blobs.
+    let back = w.path("back");
+    let mut args = vec!["copy".to_string()];
+    args.extend(reg.skopeo_flags("src-"));
+    args.push(format!("docker://{dest}"));
+    args.push(format!("oci:{}:1", back.display()));
+    skopeo(&args);
+    let ours = w.path("out/hello/blobs/sha256");
+    for e in fs::read_dir(back.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        assert_eq!(
+            fs::read(e.path()).unwrap(),
+            fs::read(ours.join(e.file_name())).unwrap(),
+            "{:?}",
+            e.file_name()
+        );
+    }
+
+    // A second push uploads no blob; a push to another repository mounts instead.
+    let uploads_before = reg.count("\"POST /v2/");
+    let o = with_creds(w.cmd(), &reg)
+        .args(reg.imgbuild_flags())
+        .arg("push")
+        .arg(w.path("out/hello"))
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert_eq!(
+        reg.count("\"POST /v2/"),
+        uploads_before,
+        "re-push starts no upload:\n{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("0 uploaded"), "{}", stderr(&o));
+    let other = format!("{}/other:1", reg.host);
+    let o = with_creds(w.cmd(), &reg)
+        .args(reg.imgbuild_flags())
+        .arg("push")
+        .arg(w.path("out/hello"))
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert!(reg.count("mount=sha256:") > 0, "mounted");
+    assert_eq!(
+        reg.count("\"PUT /v2/other/blobs/uploads/"),
+        0,
+        "nothing uploaded to the second repository"
+    );
+    assert!(stderr(&o).contains("7 mounted"), "{}", stderr(&o));
+}
+
+#[test]
+fn push_plain_http() {
+    push_and_read_back(Mode::Plain);
+}
+
+#[test]
+fn push_with_basic_auth() {
+    push_and_read_back(Mode::Basic);
+}
+
+#[test]
+fn push_over_tls_with_a_private_ca() {
+    push_and_read_back(Mode::Tls);
+}
+
+#[test]
+fn a_registry_base_is_pulled_and_its_layers_reused_byte_for_byte() {
+    let reg = Registry::start(Mode::Plain);
+    let w = Work::setup();
+    let hello = w.path("out/hello");
+    w.build("out/hello");
+    skopeo(&[
+        "copy".into(),
+        "--dest-tls-verify=false".into(),
+        format!("oci:{}:latest", hello.display()),
+        format!("docker://{}/base:1", reg.host),
+    ]);
+    let recipe = format!(
+        "[image]\nname = \"child\"\nbase = \"{}/base:1\"\n\n[[file]]\ndest = \"/etc/child\"\ncontent = \"child\\n\"\n",
+        reg.host
+    );
+    fs::write(w.path("recipes/child.toml"), recipe).unwrap();
+    let meta = w.path("child.json");
+    let build = |out: &str| {
+        // Its own cache: hello's layers are not there yet, they must come from the registry.
+        let o = w
+            .cmd_with_cache(&w.path("child-cache"))
+            .arg("build")
+            .arg(w.path("recipes/child.toml"))
+            .arg("--out")
+            .arg(w.path(out))
+            .arg("--metadata-file")
+            .arg(&meta)
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        serde_json::from_slice::<Value>(&fs::read(&meta).unwrap()).unwrap()
+    };
+    let m = build("out/child");
+    let base_blobs_fetched = reg.count("\"GET /v2/base/blobs/");
+    assert!(base_blobs_fetched >= 7, "config and 6 layers fetched");
+    for l in m["base_layers"].as_array().unwrap() {
+        let hex = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
+        assert_eq!(
+            fs::read(hello.join("blobs/sha256").join(hex)).unwrap(),
+            fs::read(w.path("out/child/blobs/sha256").join(hex)).unwrap()
+        );
+    }
+    assert_eq!(m["base_layers"].as_array().unwrap().len(), 6);
+    // Cached: a second build fetches no blob again, only the manifest.
+    let again = build("out/child2");
+    assert_eq!(again["manifest"], m["manifest"]);
+    assert_eq!(
+        reg.count("\"GET /v2/base/blobs/"),
+        base_blobs_fetched,
+        "blobs are never fetched twice"
+    );
+}
+
+#[test]
+fn bad_credentials_unknown_ca_and_missing_repository_fail_clearly() {
+    let basic = Registry::start(Mode::Basic);
+    let w = Work::setup();
+    w.build("out/hello");
+    let o = w
+        .cmd()
+        .env("IMGBUILD_REGISTRY_USER", "tester")
+        .env("IMGBUILD_REGISTRY_PASSWORD", "wrong")
+        .arg("push")
+        .arg(w.path("out/hello"))
+        .arg(format!("{}/hello:1", basic.host))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("access denied") && err.contains("check the user name and password"),
+        "{err}"
+    );
+    assert!(!err.contains("wrong"), "the password never appears: {err}");
+
+    let tls = Registry::start(Mode::Tls);
+    let o = w
+        .cmd()
+        .arg("push")
+        .arg(w.path("out/hello"))
+        .arg(format!("{}/hello:1", tls.host))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot"), "{}", stderr(&o));
+    assert_eq!(
+        tls.count("PUT /v2/hello/manifests"),
+        0,
+        "no tag left behind"
+    );
+
+    let plain = Registry::start(Mode::Plain);
+    let recipe = format!(
+        "[image]\nname = \"child\"\nbase = \"{}/nosuch:1\"\n",
+        plain.host
+    );
+    fs::write(w.path("recipes/missing.toml"), recipe).unwrap();
+    let o = w
+        .cmd()
+        .arg("build")
+        .arg(w.path("recipes/missing.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot pull the base image") && stderr(&o).contains("404"),
+        "{}",
+        stderr(&o)
+    );
+}
