@@ -164,19 +164,35 @@ fn push_blob(
             }
         }
     }
-    let sep = if location.contains('?') { '&' } else { '?' };
-    let put_url = format!("{location}{sep}digest={}", d.digest);
+    // The final PUT carries what is left (everything, for a monolithic upload). A session
+    // whose PUT failed midway may hold a partial body: start a fresh one and send it again.
     let rest = d.size - offset;
-    let resp = client.send("finish upload to", Method::PUT, &put_url, &|rb| {
-        let rb = rb.header(header::CONTENT_TYPE, "application/octet-stream");
-        Ok(if rest > 0 {
-            rb.body(RegistryClient::file_body(&path, offset, rest)?)
-        } else {
-            rb.header(header::CONTENT_LENGTH, 0)
-        })
-    })?;
-    if resp.status() != StatusCode::CREATED {
-        return Err(status_error("finish upload to", &put_url, resp));
+    let mut sessions = 1;
+    loop {
+        let sep = if location.contains('?') { '&' } else { '?' };
+        let put_url = format!("{location}{sep}digest={}", d.digest);
+        let result = client.send("finish upload to", Method::PUT, &put_url, &|rb| {
+            let rb = rb.header(header::CONTENT_TYPE, "application/octet-stream");
+            Ok(if rest > 0 {
+                rb.body(RegistryClient::file_body(&path, offset, rest)?)
+            } else {
+                rb.header(header::CONTENT_LENGTH, 0)
+            })
+        });
+        match result {
+            Ok(resp) if resp.status() == StatusCode::CREATED => break,
+            Ok(resp) if offset > 0 || sessions >= 3 => {
+                return Err(status_error("finish upload to", &put_url, resp));
+            }
+            Err(e) if offset > 0 || sessions >= 3 => return Err(e),
+            _ => {
+                sessions += 1;
+                let resp = client.send("start upload at", Method::POST, &start_url, &|rb| {
+                    Ok(rb.header(header::CONTENT_LENGTH, 0))
+                })?;
+                location = upload_location(client, resp, "start upload at", &start_url)?;
+            }
+        }
     }
     reporter.report(Event::DownloadDone {
         url: &shown,

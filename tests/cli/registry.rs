@@ -409,3 +409,146 @@ fn bad_credentials_unknown_ca_and_missing_repository_fail_clearly() {
         stderr(&o)
     );
 }
+
+/// A proxy in front of a registry that parses requests and injects faults: the first HEAD
+/// gets a 503, and the first blob upload body over 64 KiB is cut off halfway (connection
+/// dropped). Everything else is forwarded untouched.
+struct FaultProxy {
+    host: String,
+    injected: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
+}
+
+impl FaultProxy {
+    fn start(upstream: String) -> FaultProxy {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let injected: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+        let faults = injected.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let upstream = upstream.clone();
+                let faults = faults.clone();
+                std::thread::spawn(move || {
+                    let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                        return;
+                    };
+                    let (mut s_read, mut c_write) =
+                        (server.try_clone().unwrap(), client.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut s_read, &mut c_write);
+                    });
+                    let mut reader = BufReader::new(client.try_clone().unwrap());
+                    let mut server = server;
+                    loop {
+                        let mut head = Vec::new();
+                        loop {
+                            let mut line = Vec::new();
+                            if reader.read_until(b'\n', &mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            head.extend_from_slice(&line);
+                            if line == b"\r\n" {
+                                break;
+                            }
+                        }
+                        let text = String::from_utf8_lossy(&head).to_string();
+                        let len: usize = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        let mut body = vec![0u8; len];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        let mut f = faults.lock().unwrap();
+                        if text.starts_with("HEAD ") && !f.contains(&"503") {
+                            f.push("503");
+                            drop(f);
+                            let mut c = client.try_clone().unwrap();
+                            let _ = c.write_all(
+                                b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+                            );
+                            continue;
+                        }
+                        if text.contains("/blobs/uploads/")
+                            && len > 64 * 1024
+                            && !f.contains(&"drop")
+                        {
+                            f.push("drop");
+                            drop(f);
+                            let _ = server.write_all(&head);
+                            let _ = server.write_all(&body[..len / 2]);
+                            let _ = client.shutdown(std::net::Shutdown::Both);
+                            let _ = server.shutdown(std::net::Shutdown::Both);
+                            return;
+                        }
+                        drop(f);
+                        if server.write_all(&head).is_err() || server.write_all(&body).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        FaultProxy { host, injected }
+    }
+}
+
+#[test]
+fn a_dropped_connection_and_a_503_still_give_a_complete_push() {
+    let reg = Registry::start(Mode::Plain);
+    let proxy = FaultProxy::start(reg.host.clone());
+    let w = Work::setup();
+    // 1 MiB that gzip cannot shrink, so one blob is big enough to be cut mid-body.
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    let noise: Vec<u8> = (0..(1 << 20))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(w.path("recipes/files/noise.bin"), noise).unwrap();
+    let text = fs::read_to_string(w.recipe()).unwrap()
+        + "\n[[file]]\ndest = \"/opt/noise.bin\"\nsrc = \"files/noise.bin\"\n";
+    fs::write(w.recipe(), text).unwrap();
+    let digest = w.build("out/hello");
+    let o = w
+        .cmd()
+        .args(["--insecure-registry", &proxy.host])
+        .arg("push")
+        .arg(w.path("out/hello"))
+        .arg(format!("{}/faulty:1", proxy.host))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert_eq!(stdout(&o).trim(), digest);
+    let injected = proxy.injected.lock().unwrap().clone();
+    assert!(
+        injected.contains(&"503") && injected.contains(&"drop"),
+        "faults injected: {injected:?}"
+    );
+    // Straight from the registry: the image is complete and every blob is intact
+    // (skopeo verifies each blob's digest as it copies).
+    let dest = format!("docker://{}/faulty:1", reg.host);
+    let v: Value = serde_json::from_str(&skopeo(&[
+        "inspect".into(),
+        "--tls-verify=false".into(),
+        dest.clone(),
+    ]))
+    .unwrap();
+    assert_eq!(v["Digest"], digest.as_str());
+    skopeo(&[
+        "copy".into(),
+        "--src-tls-verify=false".into(),
+        dest,
+        format!("oci:{}:x", w.path("back").display()),
+    ]);
+}
