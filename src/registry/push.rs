@@ -261,10 +261,8 @@ pub fn push(
     let blobs: Vec<Desc> = std::iter::once(manifest.config.clone())
         .chain(manifest.layers.iter().cloned())
         .collect();
-    for b in &blobs {
-        // Verified before anything leaves the machine.
-        layout.put_file(&layout.blob_path(&b.digest), &b.digest)?;
-    }
+    // Blobs are not re-hashed here: what the registry already has is skipped by HEAD, and
+    // the registry checks the digest of every upload (a bad blob fails its PUT).
     let mut mount_sources: Vec<String> = blobs
         .iter()
         .flat_map(|b| known_repos(cache, &dest.registry, &b.digest))
