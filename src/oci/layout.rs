@@ -42,6 +42,18 @@ pub struct Index {
     pub manifests: Vec<Desc>,
 }
 
+impl Index {
+    /// The entry for `platform` (`os/arch`).
+    pub fn for_platform(&self, platform: &str) -> Option<&Desc> {
+        let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
+        self.manifests.iter().find(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os == os && p.architecture == arch)
+        })
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Manifest {
@@ -161,15 +173,8 @@ impl Layout {
                         path,
                         source,
                     })?;
-                let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
                 desc = idx
-                    .manifests
-                    .iter()
-                    .find(|d| {
-                        d.platform
-                            .as_ref()
-                            .is_some_and(|p| p.os == os && p.architecture == arch)
-                    })
+                    .for_platform(platform)
                     .cloned()
                     .ok_or_else(|| fail(format!("no manifest for platform {platform}")))?;
                 continue;

@@ -137,15 +137,8 @@ pub fn pull(
     if is_index(&media_type) {
         let index: Index = serde_json::from_slice(&bytes)
             .map_err(|e| RegistryError::Other(format!("{r}: bad image index: {e}")))?;
-        let (os, arch) = platform.split_once('/').unwrap_or(("linux", platform));
         let d = index
-            .manifests
-            .iter()
-            .find(|d| {
-                d.platform
-                    .as_ref()
-                    .is_some_and(|p| p.os == os && p.architecture == arch)
-            })
+            .for_platform(platform)
             .ok_or_else(|| RegistryError::Other(format!("{r} has no image for {platform}")))?;
         (bytes, media_type, digest) = get_manifest(&client, r, d.digest.as_str())?;
     }
