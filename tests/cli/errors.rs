@@ -291,10 +291,6 @@ fn features_of_later_issues_fail_clearly_at_build() {
     let w = Work::setup();
     let cases = [
         (
-            "[image]\nname = \"t\"\nbase = \"ubuntu:22.04\"\n",
-            "not supported yet",
-        ),
-        (
             "[image]\nname = \"t\"\n[apt]\npackages = [\"curl\"]\n",
             "[apt] packages are not supported yet",
         ),
