@@ -20,17 +20,20 @@ pub enum Event<'a> {
         digest: &'a Digest,
         size: u64,
     },
-    /// A download starts; `total` when the server said.
-    DownloadStart {
+    /// A transfer starts (a download, a pull or a push of a blob); `total` when known.
+    TransferStart {
+        dir: Dir,
         url: &'a str,
         total: Option<u64>,
     },
-    /// Bytes received so far.
-    DownloadProgress {
+    /// Bytes moved so far.
+    TransferProgress {
+        dir: Dir,
         url: &'a str,
         bytes: u64,
     },
-    DownloadDone {
+    TransferDone {
+        dir: Dir,
         url: &'a str,
         bytes: u64,
     },
@@ -38,6 +41,25 @@ pub enum Event<'a> {
     Warning(&'a str),
     /// A stage of the pipeline (resolving the base, writing the layout...).
     Stage(&'a str),
+}
+
+/// Which way bytes move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Down,
+    Up,
+}
+
+impl Dir {
+    /// "downloading" / "uploading", "downloaded" / "uploaded".
+    pub fn verb(self, done: bool) -> &'static str {
+        match (self, done) {
+            (Dir::Down, false) => "downloading",
+            (Dir::Down, true) => "downloaded",
+            (Dir::Up, false) => "uploading",
+            (Dir::Up, true) => "uploaded",
+        }
+    }
 }
 
 /// Receives events; implementations must be usable from several download threads.

@@ -75,17 +75,17 @@ impl Reporter for Progress {
                     HumanBytes(size).to_string()
                 ));
             }
-            (Progress::Plain, Event::DownloadStart { url, total }) => {
+            (Progress::Plain, Event::TransferStart { dir, url, total }) => {
                 let size = total
                     .map(|t| format!(" ({})", HumanBytes(t)))
                     .unwrap_or_default();
-                eprintln!("downloading {url}{size}");
+                eprintln!("{} {url}{size}", dir.verb(false));
             }
-            (Progress::Plain, Event::DownloadDone { url, bytes }) => {
-                eprintln!("downloaded {url} ({})", HumanBytes(bytes))
+            (Progress::Plain, Event::TransferDone { dir, url, bytes }) => {
+                eprintln!("{} {url} ({})", dir.verb(true), HumanBytes(bytes))
             }
-            (Progress::Plain, Event::DownloadProgress { .. }) => {}
-            (Progress::Bars { multi, downloads }, Event::DownloadStart { url, total }) => {
+            (Progress::Plain, Event::TransferProgress { .. }) => {}
+            (Progress::Bars { multi, downloads }, Event::TransferStart { url, total, .. }) => {
                 let pb = multi.add(ProgressBar::new(total.unwrap_or(0)));
                 pb.set_style(
                     ProgressStyle::with_template(
@@ -98,12 +98,12 @@ impl Reporter for Progress {
                     d.insert(url.to_string(), pb);
                 }
             }
-            (Progress::Bars { downloads, .. }, Event::DownloadProgress { url, bytes }) => {
+            (Progress::Bars { downloads, .. }, Event::TransferProgress { url, bytes, .. }) => {
                 if let Some(pb) = downloads.lock().ok().and_then(|d| d.get(url).cloned()) {
                     pb.set_position(bytes);
                 }
             }
-            (Progress::Bars { downloads, .. }, Event::DownloadDone { url, .. }) => {
+            (Progress::Bars { downloads, .. }, Event::TransferDone { url, .. }) => {
                 if let Some(pb) = downloads.lock().ok().and_then(|mut d| d.remove(url)) {
                     pb.finish_and_clear();
                 }

@@ -17,7 +17,7 @@ use super::lower::{Kind, LowerFs};
 use crate::cache::{Cache, CacheError};
 use crate::digest::Digest;
 use crate::layer::{LayerWriter, Meta};
-use crate::report::{Event, Reporter};
+use crate::report::{Dir, Event, Reporter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
@@ -88,7 +88,8 @@ pub fn fetch(
             status: resp.status(),
         });
     }
-    reporter.report(Event::DownloadStart {
+    reporter.report(Event::TransferStart {
+        dir: Dir::Down,
         url: &shown,
         total: resp.content_length(),
     });
@@ -112,7 +113,8 @@ pub fn fetch(
             source: e,
         })?;
         total += n as u64;
-        reporter.report(Event::DownloadProgress {
+        reporter.report(Event::TransferProgress {
+            dir: Dir::Down,
             url: &shown,
             bytes: total,
         });
@@ -128,7 +130,8 @@ pub fn fetch(
         }
         Err(e) => return Err(store(e)),
     }
-    reporter.report(Event::DownloadDone {
+    reporter.report(Event::TransferDone {
+        dir: Dir::Down,
         url: &shown,
         bytes: total,
     });

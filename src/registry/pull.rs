@@ -14,7 +14,7 @@ use crate::base::BaseImage;
 use crate::cache::{Cache, CacheError, LayerRecord};
 use crate::digest::Digest;
 use crate::oci::layout::{Index, Manifest};
-use crate::report::{Event, Reporter};
+use crate::report::{Dir, Event, Reporter};
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -78,7 +78,8 @@ fn fetch_blob(
         return Err(status_error("get blob", &url, resp));
     }
     let shown = format!("{}/{}@{}", r.registry, r.repository, digest.short());
-    reporter.report(Event::DownloadStart {
+    reporter.report(Event::TransferStart {
+        dir: Dir::Down,
         url: &shown,
         total: resp.content_length(),
     });
@@ -100,7 +101,8 @@ fn fetch_blob(
             source,
         })?;
         total += n as u64;
-        reporter.report(Event::DownloadProgress {
+        reporter.report(Event::TransferProgress {
+            dir: Dir::Down,
             url: &shown,
             bytes: total,
         });
@@ -115,7 +117,8 @@ fn fetch_blob(
         }),
         other => {
             other?;
-            reporter.report(Event::DownloadDone {
+            reporter.report(Event::TransferDone {
+                dir: Dir::Down,
                 url: &shown,
                 bytes: total,
             });

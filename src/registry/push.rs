@@ -14,7 +14,7 @@ use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::oci::layout::{Desc, Layout, Manifest};
 use crate::oci::{ANNOTATION_REF_NAME, MEDIA_TYPE_MANIFEST};
-use crate::report::{Event, Reporter};
+use crate::report::{Dir, Event, Reporter};
 
 /// Blobs up to this size go in one PUT; larger ones in PATCH chunks of this size.
 const CHUNK: u64 = 32 << 20;
@@ -111,7 +111,8 @@ fn push_blob(
         }
     };
     let shown = format!("{}/{}@{}", dest.registry, repo, d.digest.short());
-    reporter.report(Event::DownloadStart {
+    reporter.report(Event::TransferStart {
+        dir: Dir::Up,
         url: &shown,
         total: Some(d.size),
     });
@@ -133,7 +134,8 @@ fn push_blob(
                 Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
                     location = upload_location(client, resp, "upload blob chunk to", &url)?;
                     offset += len;
-                    reporter.report(Event::DownloadProgress {
+                    reporter.report(Event::TransferProgress {
+                        dir: Dir::Up,
                         url: &shown,
                         bytes: offset,
                     });
@@ -146,20 +148,27 @@ fn push_blob(
                             Err(e) => Err(e),
                         };
                     }
-                    // Where did the registry get to?
+                    // Where did the registry get to? Resume from its `Range`; if it dropped
+                    // the session (CNCF distribution does after a cut PATCH), start over.
                     let resp = client.send("query upload", Method::GET, &location, &|rb| Ok(rb))?;
-                    if resp.status() != StatusCode::NO_CONTENT {
-                        return Err(status_error("query upload", &location, resp));
+                    if resp.status() == StatusCode::NO_CONTENT {
+                        offset = resp
+                            .headers()
+                            .get(header::RANGE)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|r| r.rsplit_once('-'))
+                            .and_then(|(_, end)| end.parse::<u64>().ok())
+                            .map_or(0, |end| end + 1);
+                        location = upload_location(client, resp, "query upload", &location)
+                            .unwrap_or(location);
+                    } else {
+                        let resp =
+                            client.send("start upload at", Method::POST, &start_url, &|rb| {
+                                Ok(rb.header(header::CONTENT_LENGTH, 0))
+                            })?;
+                        location = upload_location(client, resp, "start upload at", &start_url)?;
+                        offset = 0;
                     }
-                    offset = resp
-                        .headers()
-                        .get(header::RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|r| r.rsplit_once('-'))
-                        .and_then(|(_, end)| end.parse::<u64>().ok())
-                        .map_or(0, |end| end + 1);
-                    location = upload_location(client, resp, "query upload", &location)
-                        .unwrap_or(location);
                 }
             }
         }
@@ -194,7 +203,8 @@ fn push_blob(
             }
         }
     }
-    reporter.report(Event::DownloadDone {
+    reporter.report(Event::TransferDone {
+        dir: Dir::Up,
         url: &shown,
         bytes: d.size,
     });
