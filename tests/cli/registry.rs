@@ -36,6 +36,15 @@ impl Drop for Registry {
 
 impl Registry {
     fn start(mode: Mode) -> Registry {
+        Self::start_full(mode, None)
+    }
+
+    /// A plain-HTTP registry with this `auth:` section.
+    fn start_with_auth(auth: &str) -> Registry {
+        Self::start_full(Mode::Plain, Some(auth))
+    }
+
+    fn start_full(mode: Mode, auth: Option<&str>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -116,6 +125,9 @@ impl Registry {
             );
         }
         http.push('}');
+        if let Some(a) = auth {
+            extra = a.to_string();
+        }
         let cfg = format!(
             "version: 0.1\nlog: {{level: info, accesslog: {{disabled: false}}}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {http}\n{extra}",
             p(d, "data")
@@ -639,4 +651,175 @@ fn a_ca_in_docker_certs_d_is_trusted() {
         .output()
         .unwrap();
     assert_ok(&o);
+}
+
+/// A token issuer for the Docker registry token protocol (what Docker Hub's auth service
+/// does): `GET /token?service=..&scope=..` answers a JWT signed (RS256, via openssl) by a key
+/// whose certificate the registry trusts. Records the scopes it was asked for.
+struct TokenServer {
+    realm: String,
+    scopes: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn b64url(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+impl TokenServer {
+    fn start(dir: &Path) -> TokenServer {
+        use base64::Engine;
+        use std::io::{BufRead, BufReader, Write};
+        tool(
+            "openssl",
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                p(dir, "token.key"),
+                "-out",
+                p(dir, "token.crt"),
+                "-days",
+                "2",
+                "-subj",
+                "/CN=imgbuild test token issuer",
+            ],
+        );
+        let der = Command::new("openssl")
+            .args(["x509", "-in", p(dir, "token.crt"), "-outform", "DER"])
+            .output()
+            .unwrap()
+            .stdout;
+        let x5c = base64::engine::general_purpose::STANDARD.encode(der);
+        let key = dir.join("token.key");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let realm = format!("http://{}/token", listener.local_addr().unwrap());
+        let scopes: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        let seen = scopes.clone();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut line = String::new();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                reader.read_line(&mut line).unwrap();
+                let mut h = String::new();
+                while reader.read_line(&mut h).map(|n| n > 2).unwrap_or(false) {
+                    h.clear();
+                }
+                let query = line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("")
+                    .split_once('?')
+                    .map(|(_, q)| q.to_string())
+                    .unwrap_or_default();
+                let mut access = Vec::new();
+                for kv in query.split('&') {
+                    if let Some(s) = kv.strip_prefix("scope=") {
+                        let s = s
+                            .replace("%3A", ":")
+                            .replace("%2C", ",")
+                            .replace("%2F", "/");
+                        seen.lock().unwrap().push(s.clone());
+                        let parts: Vec<&str> = s.split(':').collect();
+                        if parts.len() == 3 {
+                            access.push(serde_json::json!({"type": parts[0], "name": parts[1], "actions": parts[2].split(',').collect::<Vec<_>>()}));
+                        }
+                    }
+                }
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5c": [x5c]});
+                let claims = serde_json::json!({"iss": "imgbuild-test", "sub": "tester", "aud": "test-registry",
+                    "exp": now + 600, "nbf": now - 60, "iat": now, "jti": format!("{now}-{}", access.len()), "access": access});
+                let signing_input = format!(
+                    "{}.{}",
+                    b64url(header.to_string().as_bytes()),
+                    b64url(claims.to_string().as_bytes())
+                );
+                let mut child = Command::new("openssl")
+                    .args(["dgst", "-sha256", "-sign", key.to_str().unwrap()])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(signing_input.as_bytes())
+                    .unwrap();
+                let sig = child.wait_with_output().unwrap().stdout;
+                let token = format!("{signing_input}.{}", b64url(&sig));
+                let body =
+                    serde_json::json!({"token": token, "access_token": token, "expires_in": 600})
+                        .to_string();
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        TokenServer { realm, scopes }
+    }
+}
+
+#[test]
+fn bearer_tokens_from_a_token_service_push_and_pull() {
+    let tokens_dir = tempfile::tempdir().unwrap();
+    let tokens = TokenServer::start(tokens_dir.path());
+    let reg = Registry::start_with_auth(&format!(
+        "auth: {{token: {{realm: \"{}\", service: test-registry, issuer: imgbuild-test, rootcertbundle: {}}}}}\n",
+        tokens.realm,
+        p(tokens_dir.path(), "token.crt")
+    ));
+    let w = Work::setup();
+    let dest = format!("{}/team/hello:1", reg.host);
+    let o = w
+        .cmd()
+        .arg("build")
+        .arg(w.recipe())
+        .arg("--out")
+        .arg(w.path("out/hello"))
+        .args(["--push", &dest])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let digest = stdout(&o).trim().to_string();
+    assert!(
+        tokens
+            .scopes
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| s == "repository:team/hello:pull,push"),
+        "{:?}",
+        tokens.scopes.lock().unwrap()
+    );
+    // Pull it back as a base, with a fresh cache: tokens for pull.
+    fs::write(
+        w.path("recipes/child.toml"),
+        format!("[image]\nname = \"child\"\nbase = \"{dest}\"\n"),
+    )
+    .unwrap();
+    let meta = w.path("child.json");
+    let o = w
+        .cmd_with_cache(&w.path("c2"))
+        .arg("build")
+        .arg(w.path("recipes/child.toml"))
+        .arg("--out")
+        .arg(w.path("out/child"))
+        .arg("--metadata-file")
+        .arg(&meta)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let m: Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(m["base_layers"].as_array().unwrap().len(), 6);
+    assert!(!digest.is_empty());
 }
