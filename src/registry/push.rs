@@ -16,9 +16,13 @@ use crate::oci::layout::{Desc, Layout, Manifest};
 use crate::oci::{ANNOTATION_REF_NAME, MEDIA_TYPE_MANIFEST};
 use crate::report::{Dir, Event, Reporter};
 
-/// Blobs up to this size go in one PUT; larger ones in PATCH chunks of this size.
-const CHUNK: u64 = 32 << 20;
-const PARALLEL: usize = 4;
+/// Blobs up to this size go in one PUT with the digest.
+const MONOLITHIC: u64 = 4 << 20;
+/// Larger blobs go in streamed PATCH chunks of up to this size (then an empty PUT), so a
+/// failure costs at most one chunk where the registry keeps the session.
+const CHUNK: u64 = 512 << 20;
+/// Blobs in flight at once: all layers of a typical image, so none waits for another.
+const PARALLEL: usize = 8;
 
 /// What a push did.
 #[derive(Debug, Clone, Default)]
@@ -118,7 +122,7 @@ fn push_blob(
     });
     let mut offset = 0u64;
     // Chunked: PATCH pieces; after a failure, ask the registry where it stands and resume.
-    if d.size > CHUNK {
+    if d.size > MONOLITHIC {
         let mut failures = 0;
         while offset < d.size {
             let len = CHUNK.min(d.size - offset);
