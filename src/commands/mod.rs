@@ -77,11 +77,8 @@ pub fn report_error(e: &anyhow::Error) -> ExitCode {
         eprintln!("{r}");
         return ExitCode::from(2);
     }
-    let mut msg = format!("error: {e}");
-    for cause in e.chain().skip(1) {
-        msg.push_str(&format!("\n  caused by: {cause}"));
-    }
-    eprintln!("{msg}");
+    // One line: the context chain, outermost first (greppable in cron logs).
+    eprintln!("error: {e:#}");
     if e.chain()
         .any(|c| c.is::<UsageError>() || c.is::<RecipeError>())
     {

@@ -87,8 +87,29 @@ impl RegistryClient {
             .build()
             .map_err(http_err("create HTTP client for", &host))?;
         let name = r.host_name();
-        let plain = opts.insecure.iter().any(|h| h == &host || h == name)
-            || ((name == "127.0.0.1" || name == "localhost" || name == "::1") && cas.is_empty());
+        let loopback = name == "127.0.0.1" || name == "localhost" || name == "::1";
+        let plain = if opts.insecure.iter().any(|h| h == &host || h == name) {
+            true
+        } else if loopback && cas.is_empty() {
+            // Like Docker, a loopback registry may speak plain HTTP: probe HTTPS first, use
+            // HTTP if the server does not speak TLS, but never skip verifying a certificate.
+            match http
+                .get(format!("https://{host}/v2/"))
+                .timeout(Duration::from_secs(5))
+                .send()
+            {
+                Ok(_) => false,
+                Err(e) if is_certificate_error(&e) => {
+                    return Err(RegistryError::Certificate {
+                        host,
+                        detail: root_cause(&e),
+                    });
+                }
+                Err(_) => true,
+            }
+        } else {
+            false
+        };
         let scheme = if plain { "http" } else { "https" };
         let actions = if push { "pull,push" } else { "pull" };
         let mut scope = format!("repository:{}:{actions}", r.repository);
@@ -145,6 +166,12 @@ impl RegistryClient {
                 {
                     backoff(attempt);
                     continue;
+                }
+                Err(e) if is_certificate_error(&e) => {
+                    return Err(RegistryError::Certificate {
+                        host: self.host.clone(),
+                        detail: root_cause(&e),
+                    });
                 }
                 Err(e) => return Err(http_err(action, url)(e)),
             };
@@ -256,6 +283,31 @@ impl RegistryClient {
             })?;
         Ok(Body::sized(f.take(len), len))
     }
+}
+
+/// True when `e` failed on the server's certificate (rather than on TLS itself).
+pub fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let s = format!("{err:?}");
+        if s.contains("InvalidCertificate")
+            || s.contains("UnknownIssuer")
+            || s.contains("certificate")
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The innermost error's message.
+pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 fn backoff(attempt: u32) {

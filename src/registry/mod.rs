@@ -38,6 +38,10 @@ pub enum RegistryError {
         status: u16,
         with_credentials: bool,
     },
+    #[error(
+        "the TLS certificate of {host} is not trusted ({detail}): pass --ca-cert FILE, or put the CA in /etc/docker/certs.d/{host}/ca.crt"
+    )]
+    Certificate { host: String, detail: String },
     #[error("cannot {action} {path}")]
     Io {
         action: &'static str,

@@ -395,7 +395,7 @@ fn bad_credentials_unknown_ca_and_missing_repository_fail_clearly() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("cannot"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is not trusted"), "{}", stderr(&o));
     assert_eq!(
         tls.count("PUT /v2/hello/manifests"),
         0,
@@ -822,4 +822,25 @@ fn bearer_tokens_from_a_token_service_push_and_pull() {
     let m: Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
     assert_eq!(m["base_layers"].as_array().unwrap().len(), 6);
     assert!(!digest.is_empty());
+}
+
+#[test]
+fn an_unknown_ca_is_named_in_a_one_line_error() {
+    let tls = Registry::start(Mode::Tls);
+    let w = Work::setup();
+    w.build("out/hello");
+    let o = w
+        .cmd()
+        .arg("push")
+        .arg(w.path("out/hello"))
+        .arg(format!("{}/hello:1", tls.host))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: pushing to") && last.to_lowercase().contains("certificate"),
+        "{err}"
+    );
 }
