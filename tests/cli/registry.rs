@@ -844,3 +844,70 @@ fn an_unknown_ca_is_named_in_a_one_line_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_multi_platform_base_is_resolved_through_its_index() {
+    let reg = Registry::start(Mode::Plain);
+    let w = Work::setup();
+    let hello = w.path("out/hello");
+    w.build("out/hello");
+    // Wrap hello's manifest in an image index for linux/amd64 and tag it `multi`.
+    let idx: Value = serde_json::from_slice(&fs::read(hello.join("index.json")).unwrap()).unwrap();
+    let m = &idx["manifests"][0];
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": m["mediaType"], "digest": m["digest"], "size": m["size"],
+                       "platform": {"architecture": "amd64", "os": "linux"}}]
+    });
+    let bytes = serde_json::to_vec(&index).unwrap();
+    let hex = {
+        use sha2::Digest as _;
+        format!("{:x}", sha2::Sha256::digest(&bytes))
+    };
+    fs::write(hello.join("blobs/sha256").join(&hex), &bytes).unwrap();
+    let mut top = idx.clone();
+    top["manifests"] = serde_json::json!([{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": format!("sha256:{hex}"), "size": bytes.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "multi"}
+    }]);
+    fs::write(hello.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+    skopeo(&[
+        "copy".into(),
+        "--all".into(),
+        "--dest-tls-verify=false".into(),
+        format!("oci:{}:multi", hello.display()),
+        format!("docker://{}/multi:1", reg.host),
+    ]);
+
+    for (platform, ok) in [("linux/amd64", true), ("linux/arm64", false)] {
+        let recipe = format!(
+            "[image]\nname = \"child\"\nbase = \"{}/multi:1\"\nplatform = \"{platform}\"\n",
+            reg.host
+        );
+        fs::write(w.path("recipes/child.toml"), recipe).unwrap();
+        let meta = w.path("child.json");
+        let o = w
+            .cmd_with_cache(&w.path("c2"))
+            .arg("build")
+            .arg(w.path("recipes/child.toml"))
+            .arg("--out")
+            .arg(w.path("out/child"))
+            .arg("--metadata-file")
+            .arg(&meta)
+            .output()
+            .unwrap();
+        if ok {
+            assert_ok(&o);
+            let meta: Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
+            assert_eq!(meta["base_layers"].as_array().unwrap().len(), 6);
+        } else {
+            assert_eq!(o.status.code(), Some(1));
+            assert!(
+                stderr(&o).contains("has no image for linux/arm64"),
+                "{}",
+                stderr(&o)
+            );
+        }
+    }
+}
