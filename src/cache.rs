@@ -125,6 +125,35 @@ impl Cache {
         BlobWriter::create(&self.root.join("tmp"), &self.root.join("blobs/sha256"))
     }
 
+    /// Streams `reader` (a download, a pulled blob) into the cache as blob `expected`, calling
+    /// `progress` with the bytes received so far. Nothing is stored unless the content
+    /// matches; `source` names the stream in errors.
+    pub fn store_stream(
+        &self,
+        reader: &mut dyn io::Read,
+        expected: &Digest,
+        source: &str,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<u64, CacheError> {
+        let mut w = self.blob_writer()?;
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(io_err("receive", Path::new(source))(e)),
+            };
+            w.write_all(&buf[..n])
+                .map_err(io_err("store", &self.root))?;
+            total += n as u64;
+            progress(total);
+        }
+        w.commit(Some(expected))?;
+        Ok(total)
+    }
+
     /// Copies a file into the cache, checking it against `expected`.
     pub fn import_file(&self, src: &Path, expected: &Digest) -> Result<u64, CacheError> {
         if self.has_blob(expected) {

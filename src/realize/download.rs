@@ -36,8 +36,6 @@ pub enum DownloadError {
     },
     #[error("cannot store download {url} in the cache")]
     Cache { url: String, source: CacheError },
-    #[error("cannot read download {url} from the cache")]
-    Read { url: String, source: io::Error },
 }
 
 /// `url` with any `user:password@` removed, for messages.
@@ -97,30 +95,15 @@ pub fn fetch(
         url: shown.clone(),
         source,
     };
-    let mut w = cache.blob_writer().map_err(store)?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = resp.read(&mut buf).map_err(|e| DownloadError::Read {
-            url: shown.clone(),
-            source: e,
-        })?;
-        if n == 0 {
-            break;
-        }
-        io::Write::write_all(&mut w, &buf[..n]).map_err(|e| DownloadError::Read {
-            url: shown.clone(),
-            source: e,
-        })?;
-        total += n as u64;
+    let mut progress = |bytes| {
         reporter.report(Event::TransferProgress {
             dir: Dir::Down,
             url: &shown,
-            bytes: total,
-        });
-    }
-    match w.commit(Some(sha256)) {
-        Ok(_) => {}
+            bytes,
+        })
+    };
+    let total = match cache.store_stream(&mut resp, sha256, &shown, &mut progress) {
+        Ok(n) => n,
         Err(CacheError::DigestMismatch { found, .. }) => {
             return Err(DownloadError::Mismatch {
                 url: shown,
@@ -129,7 +112,7 @@ pub fn fetch(
             });
         }
         Err(e) => return Err(store(e)),
-    }
+    };
     reporter.report(Event::TransferDone {
         dir: Dir::Down,
         url: &shown,

@@ -1,7 +1,6 @@
 //! Pull: resolve a reference to the manifest for our platform and bring its config and layer
 //! blobs into the cache (verified, each fetched once, in parallel).
 
-use std::io::Read;
 use std::sync::Mutex;
 
 use oci_spec::image::ImageConfiguration;
@@ -83,48 +82,32 @@ fn fetch_blob(
         url: &shown,
         total: resp.content_length(),
     });
-    let mut w = cache.blob_writer()?;
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0;
-    loop {
-        let n = resp.read(&mut buf).map_err(|source| RegistryError::Io {
-            action: "read blob",
-            path: url.clone().into(),
-            source,
-        })?;
-        if n == 0 {
-            break;
-        }
-        std::io::Write::write_all(&mut w, &buf[..n]).map_err(|source| RegistryError::Io {
-            action: "store blob",
-            path: cache.root().into(),
-            source,
-        })?;
-        total += n as u64;
+    let mut progress = |bytes| {
         reporter.report(Event::TransferProgress {
             dir: Dir::Down,
             url: &shown,
-            bytes: total,
-        });
-    }
-    match w.commit(Some(digest)) {
+            bytes,
+        })
+    };
+    let total = match cache.store_stream(&mut resp, digest, &url, &mut progress) {
+        Ok(n) => n,
         Err(CacheError::DigestMismatch {
             expected, found, ..
-        }) => Err(RegistryError::DigestMismatch {
-            what: url,
-            expected,
-            found,
-        }),
-        other => {
-            other?;
-            reporter.report(Event::TransferDone {
-                dir: Dir::Down,
-                url: &shown,
-                bytes: total,
+        }) => {
+            return Err(RegistryError::DigestMismatch {
+                what: url,
+                expected,
+                found,
             });
-            Ok(())
         }
-    }
+        Err(e) => return Err(e.into()),
+    };
+    reporter.report(Event::TransferDone {
+        dir: Dir::Down,
+        url: &shown,
+        bytes: total,
+    });
+    Ok(())
 }
 
 /// Pulls `r` for `platform` (`os/arch`) into the cache.
