@@ -21,6 +21,7 @@ pub mod digest;
 pub mod fsutil;
 pub mod layer;
 pub mod oci;
+pub mod parallel;
 pub mod plan;
 pub mod realize;
 pub mod recipe;

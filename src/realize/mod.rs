@@ -9,7 +9,6 @@ pub mod tree;
 mod users;
 
 use std::io;
-use std::sync::Mutex;
 
 pub use download::{DownloadError, ExtractError, redact};
 
@@ -145,27 +144,10 @@ fn prefetch(
         return Ok(());
     }
     let client = download::client().map_err(RealizeError::Client)?;
-    let queue = Mutex::new(downloads.iter());
-    let first_error: Mutex<Option<DownloadError>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..PARALLEL_DOWNLOADS.min(downloads.len()) {
-            s.spawn(|| {
-                loop {
-                    let next = queue.lock().map(|mut q| q.next()).ok().flatten();
-                    let Some(d) = next else { break };
-                    if let Err(e) = download::fetch(&client, cache, &d.url, &d.sha256, reporter)
-                        && let Ok(mut slot) = first_error.lock()
-                    {
-                        slot.get_or_insert(e);
-                    }
-                }
-            });
-        }
-    });
-    match first_error.into_inner().ok().flatten() {
-        Some(e) => Err(e.into()),
-        None => Ok(()),
-    }
+    crate::parallel::try_for_each(downloads, PARALLEL_DOWNLOADS, |d| {
+        download::fetch(&client, cache, &d.url, &d.sha256, reporter)
+    })
+    .map_err(RealizeError::from)
 }
 
 fn owner(

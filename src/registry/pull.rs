@@ -1,8 +1,6 @@
 //! Pull: resolve a reference to the manifest for our platform and bring its config and layer
 //! blobs into the cache (verified, each fetched once, in parallel).
 
-use std::sync::Mutex;
-
 use oci_spec::image::ImageConfiguration;
 use reqwest::{Method, StatusCode, header};
 
@@ -151,25 +149,9 @@ pub fn pull(
         )));
     }
 
-    let queue = Mutex::new(manifest.layers.iter());
-    let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..4.min(manifest.layers.len()) {
-            s.spawn(|| {
-                while let Some(l) = queue.lock().ok().and_then(|mut q| q.next()) {
-                    if let Err(e) = fetch_blob(&client, cache, r, &l.digest, reporter)
-                        && let Ok(mut slot) = first_error.lock()
-                    {
-                        slot.get_or_insert(e);
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
-    }
+    crate::parallel::try_for_each(&manifest.layers, 4, |l| {
+        fetch_blob(&client, cache, r, &l.digest, reporter)
+    })?;
     let mut layers = Vec::new();
     for (l, diff_id) in manifest.layers.iter().zip(diff_ids) {
         layers.push(LayerRecord {

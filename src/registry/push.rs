@@ -287,45 +287,22 @@ pub fn push(
     let client = RegistryClient::new(dest, opts, true, &mount_sources)?;
 
     let outcome = Mutex::new(PushOutcome::default());
-    let queue = Mutex::new(blobs.iter());
-    let first_error: Mutex<Option<RegistryError>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..PARALLEL.min(blobs.len()) {
-            s.spawn(|| {
-                loop {
-                    let next = queue.lock().ok().and_then(|mut q| q.next());
-                    let Some(d) = next else { break };
-                    if first_error.lock().map(|e| e.is_some()).unwrap_or(true) {
-                        break;
-                    }
-                    let from = known_repos(cache, &dest.registry, &d.digest);
-                    match push_blob(&client, dest, &layout, d, &from, reporter) {
-                        Ok(sent) => {
-                            remember(cache, dest, &d.digest);
-                            if let Ok(mut o) = outcome.lock() {
-                                match sent {
-                                    Sent::Existing => o.existing += 1,
-                                    Sent::Mounted => o.mounted += 1,
-                                    Sent::Uploaded(n) => {
-                                        o.uploaded += 1;
-                                        o.bytes += n;
-                                    }
-                                }
-                            }
-                        }
-                        Err(e) => {
-                            if let Ok(mut slot) = first_error.lock() {
-                                slot.get_or_insert(e);
-                            }
-                        }
-                    }
+    crate::parallel::try_for_each(&blobs, PARALLEL, |d| {
+        let from = known_repos(cache, &dest.registry, &d.digest);
+        let sent = push_blob(&client, dest, &layout, d, &from, reporter)?;
+        remember(cache, dest, &d.digest);
+        if let Ok(mut o) = outcome.lock() {
+            match sent {
+                Sent::Existing => o.existing += 1,
+                Sent::Mounted => o.mounted += 1,
+                Sent::Uploaded(n) => {
+                    o.uploaded += 1;
+                    o.bytes += n;
                 }
-            });
+            }
         }
-    });
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
-    }
+        Ok::<(), RegistryError>(())
+    })?;
     // The manifest by digest first, then the tag: a tag never points at a partial image.
     let media_type = manifest
         .media_type
