@@ -3,8 +3,9 @@
 //! The pipeline, one module per stage:
 //! [`recipe`] (load, interpolate, validate) -> [`plan`] (steps and cache keys) ->
 //! [`realize`] (downloads, files, users, services, each into a layer via [`layer`]) ->
-//! [`oci`] (config, manifest, image layout). [`build`] drives it; [`cache`] stores blobs and
-//! step records; [`report`] carries progress to whoever displays it.
+//! [`oci`] (config, manifest, image layout) -> [`registry`] (push; it also pulls bases).
+//! [`build`] drives it; [`cache`] stores blobs and step records; [`report`] carries progress
+//! to whoever displays it.
 //!
 //! ```no_run
 //! let loaded = imgbuild::recipe::load("recipes/hello.toml".as_ref(), &[]).unwrap();
