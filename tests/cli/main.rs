@@ -9,6 +9,7 @@ mod errors;
 mod layer;
 mod layout;
 mod registry;
+mod servers;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
