@@ -105,14 +105,15 @@ fn push_blob(
     }
     let path = layout.blob_path(&d.digest);
     let start_url = client.url(&format!("/v2/{repo}/blobs/uploads/"));
+    let start_session = || -> Result<String, RegistryError> {
+        let resp = client.send("start upload at", Method::POST, &start_url, &|rb| {
+            Ok(rb.header(header::CONTENT_LENGTH, 0))
+        })?;
+        upload_location(client, resp, "start upload at", &start_url)
+    };
     let mut location = match location {
         Some(l) => l,
-        None => {
-            let resp = client.send("start upload at", Method::POST, &start_url, &|rb| {
-                Ok(rb.header(header::CONTENT_LENGTH, 0))
-            })?;
-            upload_location(client, resp, "start upload at", &start_url)?
-        }
+        None => start_session()?,
     };
     let shown = format!("{}/{}@{}", dest.registry, repo, d.digest.short());
     reporter.report(Event::TransferStart {
@@ -166,11 +167,7 @@ fn push_blob(
                         location = upload_location(client, resp, "query upload", &location)
                             .unwrap_or(location);
                     } else {
-                        let resp =
-                            client.send("start upload at", Method::POST, &start_url, &|rb| {
-                                Ok(rb.header(header::CONTENT_LENGTH, 0))
-                            })?;
-                        location = upload_location(client, resp, "start upload at", &start_url)?;
+                        location = start_session()?;
                         offset = 0;
                     }
                 }
@@ -200,10 +197,7 @@ fn push_blob(
             Err(e) if offset > 0 || sessions >= 3 => return Err(e),
             _ => {
                 sessions += 1;
-                let resp = client.send("start upload at", Method::POST, &start_url, &|rb| {
-                    Ok(rb.header(header::CONTENT_LENGTH, 0))
-                })?;
-                location = upload_location(client, resp, "start upload at", &start_url)?;
+                location = start_session()?;
             }
         }
     }
