@@ -246,19 +246,7 @@ fn an_oci_layout_base_is_reused_byte_for_byte() {
         w.path("out/hello").display()
     );
     fs::write(w.path("recipes/child.toml"), child).unwrap();
-    let meta = w.path("child.json");
-    let o = w
-        .cmd()
-        .arg("build")
-        .arg(w.path("recipes/child.toml"))
-        .arg("--out")
-        .arg(w.path("out/child"))
-        .arg("--metadata-file")
-        .arg(&meta)
-        .output()
-        .unwrap();
-    assert_ok(&o);
-    let m: Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
+    let m = w.build_metadata(w.cmd(), &w.path("recipes/child.toml"), "out/child");
     let base_layers: Vec<&Value> = base["layers"]
         .as_array()
         .unwrap()
@@ -310,19 +298,7 @@ fn replacing_a_base_directory_with_a_symlink_writes_a_whiteout() {
         w.path("out/hello").display()
     );
     fs::write(w.path("recipes/child.toml"), child).unwrap();
-    let meta = w.path("child.json");
-    let o = w
-        .cmd()
-        .arg("build")
-        .arg(w.path("recipes/child.toml"))
-        .arg("--out")
-        .arg(w.path("out/child"))
-        .arg("--metadata-file")
-        .arg(&meta)
-        .output()
-        .unwrap();
-    assert_ok(&o);
-    let m: Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
+    let m = w.build_metadata(w.cmd(), &w.path("recipes/child.toml"), "out/child");
     let hex = m["layers"][0]["digest"]
         .as_str()
         .unwrap()

@@ -81,6 +81,24 @@ impl Work {
     }
 }
 
+impl Work {
+    /// Runs `cmd build RECIPE --out OUT --metadata-file` and returns the parsed metadata.
+    pub fn build_metadata(&self, mut cmd: Command, recipe: &Path, out: &str) -> serde_json::Value {
+        let meta = self.path(&format!("{}.json", out.replace('/', "-")));
+        let o = cmd
+            .arg("build")
+            .arg(recipe)
+            .arg("--out")
+            .arg(self.path(out))
+            .arg("--metadata-file")
+            .arg(&meta)
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap()
+    }
+}
+
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

@@ -397,19 +397,11 @@ fn bearer_tokens_from_a_token_service_push_and_pull() {
         format!("[image]\nname = \"child\"\nbase = \"{dest}\"\n"),
     )
     .unwrap();
-    let meta = w.path("child.json");
-    let o = w
-        .cmd_with_cache(&w.path("c2"))
-        .arg("build")
-        .arg(w.path("recipes/child.toml"))
-        .arg("--out")
-        .arg(w.path("out/child"))
-        .arg("--metadata-file")
-        .arg(&meta)
-        .output()
-        .unwrap();
-    assert_ok(&o);
-    let m: Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
+    let m = w.build_metadata(
+        w.cmd_with_cache(&w.path("c2")),
+        &w.path("recipes/child.toml"),
+        "out/child",
+    );
     assert_eq!(m["base_layers"].as_array().unwrap().len(), 6);
     assert!(!digest.is_empty());
 }
