@@ -84,10 +84,7 @@ impl Cache {
         if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
             return PathBuf::from(x).join("imgbuild");
         }
-        let home = std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."));
-        home.join(".cache").join("imgbuild")
+        crate::fsutil::home_dir().join(".cache").join("imgbuild")
     }
 
     pub fn root(&self) -> &Path {

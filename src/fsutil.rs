@@ -22,3 +22,11 @@ pub fn temp_in(dir: &Path) -> io::Result<NamedTempFile<File>> {
     fs::create_dir_all(dir)?;
     NamedTempFile::new_in(dir)
 }
+
+/// `$HOME`, or the current directory when it is unset.
+pub fn home_dir() -> std::path::PathBuf {
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| ".".into())
+}

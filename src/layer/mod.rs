@@ -23,7 +23,7 @@ use tar::{EntryType, Header};
 pub use compress::Compressor;
 
 use crate::cache::{BlobWriter, Cache, CacheError, LayerRecord};
-use crate::digest::{Digest, HashingWriter};
+use crate::digest::HashingWriter;
 use crate::recipe::Compression;
 
 pub const MEDIA_TYPE_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -351,9 +351,4 @@ fn split_parent(path: &[u8]) -> (&[u8], &[u8]) {
         Some(i) => (&path[..=i], &path[i + 1..]),
         None => (&[], path),
     }
-}
-
-/// The sha256 of nothing, for empty layers' bookkeeping.
-pub fn empty_digest() -> Digest {
-    Digest::of(b"")
 }

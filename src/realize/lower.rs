@@ -155,16 +155,6 @@ impl LowerFs {
         self.entries.get(&p)?.data.as_deref()
     }
 
-    /// True when `dir` has entries below it.
-    pub fn has_children(&self, dir: &[u8]) -> bool {
-        let mut prefix = norm(dir);
-        prefix.push(b'/');
-        self.entries
-            .range(prefix.clone()..)
-            .next()
-            .is_some_and(|(k, _)| k.starts_with(&prefix))
-    }
-
     /// Entries directly or indirectly under `dir`, in order.
     pub fn children<'a>(
         &'a self,

@@ -33,10 +33,9 @@ pub fn docker_config_path() -> PathBuf {
     if let Some(d) = std::env::var_os("DOCKER_CONFIG").filter(|v| !v.is_empty()) {
         return PathBuf::from(d).join("config.json");
     }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".docker").join("config.json")
+    crate::fsutil::home_dir()
+        .join(".docker")
+        .join("config.json")
 }
 
 /// The keys Docker uses for a registry in `auths`.

@@ -7,25 +7,7 @@ use serde_json::Value;
 use crate::{Work, assert_ok, copy_dir, stderr, stdout};
 
 fn metadata(w: &Work, out: &str) -> Value {
-    let meta = w.path(&format!("{out}.json"));
-    let o = w
-        .cmd()
-        .arg("build")
-        .arg(w.recipe())
-        .arg("--out")
-        .arg(w.path(out))
-        .arg("--metadata-file")
-        .arg(&meta)
-        .output()
-        .unwrap();
-    assert_ok(&o);
-    let v: Value = serde_json::from_slice(&fs::read(&meta).unwrap()).unwrap();
-    assert_eq!(
-        v["manifest"].as_str().unwrap(),
-        stdout(&o).trim(),
-        "stdout carries the manifest digest"
-    );
-    v
+    w.build_metadata(w.cmd(), &w.recipe(), out)
 }
 
 #[test]

@@ -82,7 +82,8 @@ impl Work {
 }
 
 impl Work {
-    /// Runs `cmd build RECIPE --out OUT --metadata-file` and returns the parsed metadata.
+    /// Runs `cmd build RECIPE --out OUT --metadata-file` and returns the parsed metadata,
+    /// checking that stdout carries its manifest digest.
     pub fn build_metadata(&self, mut cmd: Command, recipe: &Path, out: &str) -> serde_json::Value {
         let meta = self.path(&format!("{}.json", out.replace('/', "-")));
         let o = cmd
@@ -95,7 +96,13 @@ impl Work {
             .output()
             .unwrap();
         assert_ok(&o);
-        serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap()
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+        assert_eq!(
+            v["manifest"].as_str().unwrap(),
+            stdout(&o).trim(),
+            "stdout carries the manifest digest"
+        );
+        v
     }
 }
 

@@ -134,22 +134,9 @@ fn a_registry_base_is_pulled_and_its_layers_reused_byte_for_byte() {
         reg.host
     );
     fs::write(w.path("recipes/child.toml"), recipe).unwrap();
-    let meta = w.path("child.json");
-    let build = |out: &str| {
-        // Its own cache: hello's layers are not there yet, they must come from the registry.
-        let o = w
-            .cmd_with_cache(&w.path("child-cache"))
-            .arg("build")
-            .arg(w.path("recipes/child.toml"))
-            .arg("--out")
-            .arg(w.path(out))
-            .arg("--metadata-file")
-            .arg(&meta)
-            .output()
-            .unwrap();
-        assert_ok(&o);
-        serde_json::from_slice::<Value>(&fs::read(&meta).unwrap()).unwrap()
-    };
+    // Its own cache: hello's layers are not there yet, they must come from the registry.
+    let child = w.path("recipes/child.toml");
+    let build = |out: &str| w.build_metadata(w.cmd_with_cache(&w.path("child-cache")), &child, out);
     let m = build("out/child");
     let base_blobs_fetched = reg.count("\"GET /v2/base/blobs/");
     assert!(base_blobs_fetched >= 7, "config and 6 layers fetched");
