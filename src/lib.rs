@@ -14,6 +14,7 @@
 //! println!("{}", out.manifest);
 //! ```
 
+pub mod apt;
 pub mod base;
 pub mod build;
 pub mod cache;

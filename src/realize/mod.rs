@@ -10,7 +10,7 @@ mod users;
 
 use std::io;
 
-pub use download::{DownloadError, ExtractError, redact};
+pub use download::{DownloadError, ExtractError, client, fetch, redact};
 
 use self::lower::LowerFs;
 use self::tree::{NodeKind, Tree};

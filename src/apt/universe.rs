@@ -1,0 +1,176 @@
+//! The packages a build can choose from: every paragraph of the sources' `Packages` indexes,
+//! plus what the base image has installed (its dpkg `status`).
+
+use std::collections::HashMap;
+
+use super::control::{self, ControlError, Paragraph};
+use super::relation::{Dep, Relation, Version, parse_relations};
+
+/// One binary package of an index.
+#[derive(Debug, Clone)]
+pub struct Package {
+    pub name: String,
+    pub version: Version,
+    pub arch: String,
+    pub multi_arch: Option<String>,
+    pub source: String,
+    pub essential: bool,
+    pub priority: String,
+    pub depends: Vec<Relation>,
+    pub pre_depends: Vec<Relation>,
+    pub recommends: Vec<Relation>,
+    pub conflicts: Vec<Dep>,
+    pub breaks: Vec<Dep>,
+    pub provides: Vec<Dep>,
+    /// Path below the source's URI.
+    pub filename: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Index of the source (repository) it came from; the base image's packages have none.
+    pub repo: Option<usize>,
+}
+
+impl Package {
+    /// The source package name, without its version.
+    pub fn source_name(&self) -> &str {
+        self.source.split_whitespace().next().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {message}")]
+pub struct IndexError {
+    pub what: String,
+    pub message: String,
+}
+
+fn relations(p: &Paragraph<'_>, field: &str) -> Result<Vec<Relation>, String> {
+    p.get(field)
+        .map(parse_relations)
+        .transpose()
+        .map(Option::unwrap_or_default)
+        .map_err(|e| format!("{field}: {e}"))
+}
+
+fn flat(p: &Paragraph<'_>, field: &str) -> Result<Vec<Dep>, String> {
+    Ok(relations(p, field)?.into_iter().flat_map(|r| r.0).collect())
+}
+
+/// Reads one package paragraph. `index` says whether download fields are required.
+pub fn package(p: &Paragraph<'_>, repo: Option<usize>) -> Result<Package, String> {
+    let get = |f: &str| p.require(f).map_err(|e: ControlError| e.message);
+    let name = get("Package")?.to_string();
+    let vs = get("Version")?;
+    let version: Version = vs
+        .parse()
+        .map_err(|e| format!("package {name}: bad version `{vs}`: {e}"))?;
+    let with = |e: String| format!("package {name}: {e}");
+    Ok(Package {
+        arch: p.get("Architecture").unwrap_or("all").to_string(),
+        multi_arch: p.get("Multi-Arch").map(str::to_string),
+        source: p.get("Source").unwrap_or(&name).to_string(),
+        essential: p.get("Essential") == Some("yes"),
+        priority: p.get("Priority").unwrap_or("optional").to_string(),
+        depends: relations(p, "Depends").map_err(with)?,
+        pre_depends: relations(p, "Pre-Depends").map_err(with)?,
+        recommends: relations(p, "Recommends").map_err(with)?,
+        conflicts: flat(p, "Conflicts").map_err(with)?,
+        breaks: flat(p, "Breaks").map_err(with)?,
+        provides: flat(p, "Provides").map_err(with)?,
+        filename: if repo.is_some() {
+            get("Filename")?.to_string()
+        } else {
+            String::new()
+        },
+        size: p.get("Size").and_then(|s| s.parse().ok()).unwrap_or(0),
+        sha256: p.get("SHA256").unwrap_or_default().to_string(),
+        repo,
+        version,
+        name,
+    })
+}
+
+/// All candidate packages, by name, and the names each virtual package is provided by.
+#[derive(Debug, Default)]
+pub struct Universe {
+    pub packages: Vec<Package>,
+    by_name: HashMap<String, Vec<usize>>,
+    providers: HashMap<String, Vec<usize>>,
+    /// The native architecture (`amd64`).
+    pub arch: String,
+}
+
+impl Universe {
+    pub fn new(arch: &str) -> Self {
+        Universe {
+            arch: arch.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Adds the packages of a `Packages` index (only this architecture and `all`).
+    pub fn add_index(&mut self, text: &str, repo: usize, what: &str) -> Result<(), IndexError> {
+        let err = |message: String| IndexError {
+            what: what.to_string(),
+            message,
+        };
+        for p in control::parse(text).map_err(|e| err(e.to_string()))? {
+            let arch = p.get("Architecture").unwrap_or("all");
+            if arch != self.arch && arch != "all" {
+                continue;
+            }
+            let pkg = package(&p, Some(repo)).map_err(|m| err(format!("line {}: {m}", p.line)))?;
+            self.add(pkg);
+        }
+        Ok(())
+    }
+
+    pub fn add(&mut self, pkg: Package) {
+        let i = self.packages.len();
+        self.by_name.entry(pkg.name.clone()).or_default().push(i);
+        for p in &pkg.provides {
+            self.providers.entry(p.name.clone()).or_default().push(i);
+        }
+        self.packages.push(pkg);
+    }
+
+    /// Versions of `name`, best first (highest version; on a tie, the earlier source).
+    pub fn versions(&self, name: &str) -> Vec<&Package> {
+        let mut v: Vec<&Package> = self
+            .by_name
+            .get(name)
+            .map(|ix| ix.iter().map(|i| &self.packages[*i]).collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| b.version.cmp(&a.version).then(a.repo.cmp(&b.repo)));
+        v
+    }
+
+    /// Packages that provide `name` (virtual), in index order.
+    pub fn providers(&self, name: &str) -> Vec<&Package> {
+        self.providers
+            .get(name)
+            .map(|ix| ix.iter().map(|i| &self.packages[*i]).collect())
+            .unwrap_or_default()
+    }
+
+    /// Names of all packages, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &String> {
+        let mut v: Vec<&String> = self.by_name.keys().collect();
+        v.sort();
+        v.into_iter()
+    }
+}
+
+/// Parses a dpkg `status` file: packages in state `installed` (or unpacked, half-configured...),
+/// as the base image has them.
+pub fn installed(status: &str) -> Result<Vec<Package>, String> {
+    let mut out = Vec::new();
+    for p in control::parse(status).map_err(|e| e.to_string())? {
+        let st = p.get("Status").unwrap_or_default();
+        if st.ends_with(" not-installed") || st.ends_with(" config-files") || st.is_empty() {
+            continue;
+        }
+        out.push(package(&p, None).map_err(|m| format!("line {}: {m}", p.line))?);
+    }
+    Ok(out)
+}
