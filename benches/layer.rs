@@ -22,7 +22,7 @@ fn sample() -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if x % 3 == 0 {
+        if x.is_multiple_of(3) {
             out.extend_from_slice(format!("word{} ", x % 5000).as_bytes());
         } else {
             out.extend_from_slice(&x.to_le_bytes()[..(x % 5) as usize]);

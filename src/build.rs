@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use crate::base::{self, BaseError, BaseImage};
 use crate::cache::{Cache, LayerRecord};
 use crate::digest::Digest;
+use crate::lock::{self, Lock, LockError};
 use crate::oci::image::{self, RuntimeSpec};
 use crate::oci::layout::{Desc, Layout};
 use crate::oci::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST, OciError};
@@ -40,6 +41,30 @@ pub enum BuildError {
     },
     #[error("cannot write the image layout {path}")]
     Output { path: PathBuf, source: OciError },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("{path} {why}: run `imgbuild lock` (or build without --locked)")]
+    Locked { path: PathBuf, why: &'static str },
+}
+
+/// How to build.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub client: ClientOptions,
+    /// Use only the lock file: fail if it is missing or does not answer the recipe.
+    pub locked: bool,
+    /// Run `dpkg --configure -a` after unpacking packages (`--no-configure` turns it off).
+    pub configure: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            client: ClientOptions::default(),
+            locked: false,
+            configure: true,
+        }
+    }
 }
 
 impl BuildError {
@@ -48,7 +73,8 @@ impl BuildError {
         match self {
             BuildError::Recipe(r)
             | BuildError::Plan(PlanError::Recipe(r))
-            | BuildError::Realize(RealizeError::Recipe(r)) => Some(r),
+            | BuildError::Realize(RealizeError::Recipe(r))
+            | BuildError::Lock(LockError::Recipe(r)) => Some(r),
             _ => None,
         }
     }
@@ -64,6 +90,8 @@ pub struct BuildOutput {
     pub layers: Vec<LayerOutcome>,
     pub tags: Vec<String>,
     pub out: PathBuf,
+    /// What the build resolved to (apt packages, pinned downloads), when it needed a lock.
+    pub lock: Option<Lock>,
 }
 
 /// Resolves the base (pulling it if it is a registry reference) and compiles the plan.
@@ -71,9 +99,66 @@ pub fn prepare(
     loaded: &Loaded,
     cache: &Cache,
     mtime: u64,
+    opts: &Options,
+    reporter: &dyn Reporter,
+) -> Result<(BaseImage, Plan, Option<Lock>), BuildError> {
+    let base = resolve_base(loaded, cache, &opts.client, reporter)?;
+    let lock = obtain_lock(loaded, &base, cache, opts.locked, reporter)?;
+    let plan = plan::compile(
+        loaded,
+        base.digest.as_ref(),
+        mtime,
+        cache,
+        lock.as_ref(),
+        opts.configure,
+    )?;
+    Ok((base, plan, lock))
+}
+
+/// The lock the build uses: the recipe's lock file when it answers the recipe; otherwise
+/// (unless `locked`) a fresh resolution, written to the lock file as cargo does.
+pub fn obtain_lock(
+    loaded: &Loaded,
+    base: &BaseImage,
+    cache: &Cache,
+    locked: bool,
+    reporter: &dyn Reporter,
+) -> Result<Option<Lock>, BuildError> {
+    if !lock::needed(loaded) {
+        return Ok(None);
+    }
+    let path = lock::path_for(&loaded.path);
+    let existing = lock::read(&path)?;
+    let inputs = lock::inputs(loaded, base)?;
+    match existing {
+        Some(l) if l.inputs == inputs => return Ok(Some(l)),
+        Some(_) if locked => {
+            return Err(BuildError::Locked {
+                path,
+                why: "does not match the recipe and its base image any more",
+            });
+        }
+        None if locked => {
+            return Err(BuildError::Locked {
+                path,
+                why: "does not exist",
+            });
+        }
+        _ => {}
+    }
+    let fresh = lock::resolve(loaded, base, cache, reporter)?;
+    lock::write(&path, &fresh)?;
+    reporter.report(Event::Stage(&format!("wrote {}", path.display())));
+    Ok(Some(fresh))
+}
+
+/// Resolves the base image, pulling it if it is a registry reference.
+pub fn resolve_base(
+    loaded: &Loaded,
+    cache: &Cache,
     opts: &ClientOptions,
     reporter: &dyn Reporter,
-) -> Result<(BaseImage, Plan), BuildError> {
+) -> Result<BaseImage, BuildError> {
     let base = match &loaded.base {
         BaseRef::Registry(r) => {
             let field = FieldPath::root().key("image").key("base");
@@ -93,8 +178,7 @@ pub fn prepare(
         }
         other => base::resolve(other, &loaded.recipe.image.platform, cache)?,
     };
-    let plan = plan::compile(loaded, base.digest.as_ref(), mtime, cache)?;
-    Ok((base, plan))
+    Ok(base)
 }
 
 /// Builds `loaded` into an OCI image layout at `out`. `mtime` is `SOURCE_DATE_EPOCH`.
@@ -103,17 +187,25 @@ pub fn build(
     cache: &Cache,
     out: &Path,
     mtime: u64,
-    opts: &ClientOptions,
+    opts: &Options,
     reporter: &dyn Reporter,
 ) -> Result<BuildOutput, BuildError> {
     reporter.report(Event::Stage("resolving base image"));
-    let (base, plan) = prepare(loaded, cache, mtime, opts, reporter)?;
+    let (base, plan, lock) = prepare(loaded, cache, mtime, opts, reporter)?;
     let layers = realize::realize(loaded, &plan, &base, cache, reporter)?;
     reporter.report(Event::Stage("writing image layout"));
-    write_layout(loaded, cache, out, mtime, &base, &layers).map_err(|source| BuildError::Output {
-        path: out.to_path_buf(),
-        source,
-    })
+    let mut output = write_layout(loaded, cache, out, mtime, &base, &layers).map_err(|source| {
+        BuildError::Output {
+            path: out.to_path_buf(),
+            source,
+        }
+    })?;
+    if let Some(l) = &lock {
+        // The build records what it used, next to the layout.
+        lock::write(&out.join("imgbuild.lock"), l)?;
+    }
+    output.lock = lock;
+    Ok(output)
 }
 
 fn write_layout(
@@ -176,5 +268,6 @@ fn write_layout(
         layers: layers.to_vec(),
         tags: r.target.oci.tags.clone(),
         out: out.to_path_buf(),
+        lock: None,
     })
 }

@@ -71,6 +71,11 @@ pub enum Command {
         /// The recipe file
         recipe: PathBuf,
     },
+    /// Resolve apt packages and pin downloads into NAME.lock next to the recipe
+    Lock {
+        /// The recipe file
+        recipe: PathBuf,
+    },
     /// Show the steps, their cache keys, and whether each would come from the cache
     Plan {
         /// The recipe file
@@ -155,6 +160,12 @@ pub struct BuildArgs {
     /// Push the image to this reference (HOST[:PORT]/REPO[:TAG]) after building
     #[arg(long, value_name = "REF")]
     pub push: Option<String>,
+    /// Use only the lock file (NAME.lock): fail if it is missing or out of date
+    #[arg(long)]
+    pub locked: bool,
+    /// Leave apt packages unpacked: do not run `dpkg --configure -a` in a sandbox
+    #[arg(long)]
+    pub no_configure: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

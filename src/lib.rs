@@ -22,6 +22,7 @@ pub mod canonical;
 pub mod digest;
 pub mod fsutil;
 pub mod layer;
+pub mod lock;
 pub mod oci;
 pub mod parallel;
 pub mod plan;

@@ -7,8 +7,14 @@
 //! depends on timestamps, build-machine paths or command strings, and changing one step
 //! changes its key and every key after it, and none before.
 //!
-//! Steps come in a fixed order, from what changes least to what changes most: downloads
-//! (one layer each), users and groups, files, symlinks, services.
+//! Steps come in a fixed order: apt packages (a few layers, then dpkg's database, then the
+//! configure step run in a sandbox), downloads (one layer each), users and groups, files,
+//! symlinks, services.
+//!
+//! Apt packages are spread over [`APT_LAYERS`] layers by a hash of their source package
+//! name. Those layers do not chain to each other: each one's key covers only what comes
+//! before the apt steps and its own packages, so a security update to one package rebuilds
+//! one package layer (plus the small database and configure layers), not all of them.
 
 use std::path::PathBuf;
 
@@ -18,12 +24,16 @@ use crate::cache::{Cache, CacheError};
 use crate::canonical;
 use crate::digest::Digest;
 use crate::layer::CompressionSpec;
+use crate::lock::{Lock, LockedPackage};
 use crate::recipe::interp::expand_platform;
 use crate::recipe::validate_archive_format;
 use crate::recipe::{FieldPath, Group, Loaded, RecipeError, User};
 
 /// Bump when the layer format or key encoding changes, to invalidate every old key.
 pub const FORMAT_VERSION: u32 = 2;
+
+/// How many layers apt packages are spread over.
+pub const APT_LAYERS: usize = 4;
 
 /// Where a step's content comes from.
 #[derive(Debug, Clone)]
@@ -75,6 +85,23 @@ pub enum StepKind {
     Files(Vec<PlannedFile>),
     Symlinks(Vec<(String, String)>),
     Services(Vec<String>),
+    /// Packages unpacked into one layer, with their dpkg `info/` files.
+    AptPackages(Vec<LockedPackage>),
+    /// dpkg's `status` and trigger registry for all the packages.
+    DpkgDatabase(Vec<LockedPackage>),
+    /// `dpkg --configure -a` in a sandbox over the assembled root; the layer is the diff.
+    Configure(Vec<LockedPackage>),
+}
+
+impl StepKind {
+    /// Whether realizing the step records its entries in the lower view itself (otherwise
+    /// the view reads the step's layer back before the next step that needs it).
+    pub fn records_lower(&self) -> bool {
+        !matches!(
+            self,
+            StepKind::AptPackages(_) | StepKind::DpkgDatabase(_) | StepKind::Configure(_)
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -106,27 +133,31 @@ pub enum PlanError {
     },
 }
 
+/// The key the steps so far end on.
+fn push_parent(steps: &[Step], root: &Digest) -> Digest {
+    steps.last().map_or_else(|| root.clone(), |s| s.key.clone())
+}
+
 fn key(parent: &Digest, step: serde_json::Value) -> Digest {
     let doc = json!({ "format": FORMAT_VERSION, "parent": parent, "step": step });
     Digest::of(&canonical::encode(&doc))
 }
 
 /// Compiles `loaded` on top of the base with manifest digest `base` (`None`: scratch).
+/// `lock` holds what the recipe resolved to (apt packages, pinned downloads); `configure`
+/// is false for `--no-configure`.
 pub fn compile(
     loaded: &Loaded,
     base: Option<&Digest>,
     mtime: u64,
     cache: &Cache,
+    lock: Option<&Lock>,
+    configure: bool,
 ) -> Result<Plan, PlanError> {
     let r = &loaded.recipe;
     let root = FieldPath::root();
     // What later issues build: refuse clearly instead of skipping.
     let unsupported = [
-        (
-            r.apt.is_some(),
-            "apt",
-            "[apt] packages are not supported yet (coming with apt support)",
-        ),
         (
             r.pip.is_some(),
             "pip",
@@ -152,6 +183,94 @@ pub fn compile(
     })));
     let mut steps: Vec<Step> = Vec::new();
     let mut parent = root_key.clone();
+    let packages: &[LockedPackage] = lock.map_or(&[], |l| &l.packages);
+    if r.apt.is_some() && lock.is_none() && crate::lock::needed(loaded) {
+        return Err(loaded
+            .error_at(&root.key("apt"), "no lock: run `imgbuild lock`")
+            .into());
+    }
+    if !packages.is_empty() {
+        if loaded.base == crate::recipe::BaseRef::Scratch {
+            // A bootstrap on scratch gets merged /usr first, as debootstrap and mmdebstrap
+            // set it up for Debian 12 and Ubuntu 22.04 (usr-is-merged expects it).
+            let links: Vec<(String, String)> = ["bin", "lib", "lib64", "sbin"]
+                .iter()
+                .map(|d| (format!("/{d}"), format!("usr/{d}")))
+                .collect();
+            let def = json!({"kind": "merged-usr", "links": links});
+            let k = key(&parent, def);
+            steps.push(Step {
+                kind: StepKind::Symlinks(links),
+                name: "merged /usr: bin lib lib64 sbin -> usr/".into(),
+                key: k,
+            });
+        }
+        let mut buckets: Vec<Vec<LockedPackage>> = vec![Vec::new(); APT_LAYERS];
+        for p in packages {
+            let h = Digest::of(p.source.as_bytes());
+            let b = usize::from_str_radix(&h.hex()[..2], 16).unwrap_or(0) % APT_LAYERS;
+            buckets[b].push(p.clone());
+        }
+        let apt_parent = push_parent(&steps, &root_key);
+        let mut bucket_keys = Vec::new();
+        for (i, mut b) in buckets
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| !b.is_empty())
+        {
+            b.sort_by(|x, y| x.name.cmp(&y.name));
+            let def = json!({
+                "kind": "apt-packages",
+                "packages": b.iter().map(|p| json!([p.name, p.version, p.arch, p.sha256])).collect::<Vec<_>>(),
+            });
+            let k = key(&apt_parent, def);
+            bucket_keys.push(k.clone());
+            let shown: Vec<&str> = b.iter().take(6).map(|p| p.name.as_str()).collect();
+            let more = if b.len() > 6 {
+                format!(" and {} more", b.len() - 6)
+            } else {
+                String::new()
+            };
+            steps.push(Step {
+                name: format!(
+                    "apt layer {}/{APT_LAYERS}: {}{more}",
+                    i + 1,
+                    shown.join(" ")
+                ),
+                kind: StepKind::AptPackages(b),
+                key: k,
+            });
+        }
+        parent = Digest::of(&canonical::encode(
+            &json!({"apt_parent": apt_parent, "layers": bucket_keys}),
+        ));
+        let all = json!(
+            packages
+                .iter()
+                .map(|p| json!([p.name, p.version, p.arch, p.sha256]))
+                .collect::<Vec<_>>()
+        );
+        let n = packages.len();
+        let k = key(&parent, json!({"kind": "dpkg-database", "packages": all}));
+        parent = k.clone();
+        steps.push(Step {
+            kind: StepKind::DpkgDatabase(packages.to_vec()),
+            name: format!("dpkg database: {n} packages unpacked"),
+            key: k,
+        });
+        if configure {
+            let k = key(
+                &parent,
+                json!({"kind": "configure", "command": "dpkg --configure -a"}),
+            );
+            parent = k.clone();
+            steps.push(Step {
+                kind: StepKind::Configure(packages.to_vec()),
+                name: format!("dpkg --configure -a ({n} packages)"),
+                key: k,
+            });
+        }
+    }
     let mut push = |kind: StepKind, name: String, def: serde_json::Value| {
         let k = key(&parent, def);
         parent = k.clone();
@@ -162,16 +281,19 @@ pub fn compile(
         let field = root.key("download").index(i);
         let url = expand_platform(&d.url, &r.image.platform)
             .map_err(|m| loaded.error_at(&field.key("url"), m))?;
-        let Some(sha) = &d.sha256 else {
-            return Err(loaded
-                .error_at(
-                    &field.key("url"),
-                    "unpinned: run `imgbuild lock` (or add `sha256`)",
-                )
-                .into());
+        let sha256 = match (&d.sha256, lock.and_then(|l| l.download(&url))) {
+            (Some(sha), _) => Digest::parse(sha)
+                .map_err(|e| loaded.error_at(&field.key("sha256"), e.to_string()))?,
+            (None, Some(pinned)) => pinned.clone(),
+            (None, None) => {
+                return Err(loaded
+                    .error_at(
+                        &field.key("url"),
+                        "unpinned: run `imgbuild lock` (or add `sha256`)",
+                    )
+                    .into());
+            }
         };
-        let sha256 =
-            Digest::parse(sha).map_err(|e| loaded.error_at(&field.key("sha256"), e.to_string()))?;
         let (target, def, name) = match (&d.dest, &d.extract) {
             (Some(dest), _) => {
                 let mode = d.mode.map_or(0o644, |m| m.0);

@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
 
+use md5::Digest as _;
 use tar::EntryType;
 
 use crate::layer::{LayerWriter, Meta};
@@ -227,14 +228,16 @@ impl Unpacker<'_> {
     }
 
     /// Streams the data member of `deb` into the layer. Returns the package's paths as dpkg
-    /// lists them (`/.`, then each entry without a trailing slash).
+    /// lists them (`/.`, then each entry without a trailing slash), and the `md5sums` dpkg
+    /// would compute for a package that ships none (regular files but conffiles).
     pub fn data(
         &mut self,
         deb: &Path,
         label: &str,
         conffiles: &[String],
-    ) -> Result<Vec<String>, DebError> {
+    ) -> Result<(Vec<String>, String), DebError> {
         let mut list = vec!["/.".to_string()];
+        let mut md5sums = String::new();
         let conf: HashSet<Vec<u8>> = conffiles.iter().map(|c| norm(c.as_bytes())).collect();
         let mut seen_data = false;
         members(deb, label, |name, r| {
@@ -290,11 +293,23 @@ impl Unpacker<'_> {
                         self.dirs.insert(dest);
                     }
                     EntryType::Regular | EntryType::Continuous => {
-                        if conf.contains(&path) {
+                        let is_conf = conf.contains(&path);
+                        if is_conf {
                             dest.extend_from_slice(b".dpkg-new");
                         }
                         let size = e.size();
-                        self.w.file(&dest, meta, size, &mut e).map_err(io)?;
+                        let mut hashing = Md5Reader {
+                            inner: &mut e,
+                            md5: md5::Md5::new(),
+                        };
+                        self.w.file(&dest, meta, size, &mut hashing).map_err(io)?;
+                        if !is_conf {
+                            md5sums.push_str(&format!(
+                                "{}  {}\n",
+                                hex::encode(hashing.md5.finalize()),
+                                String::from_utf8_lossy(&path)
+                            ));
+                        }
                     }
                     EntryType::Symlink => {
                         let target = e.link_name_bytes().unwrap_or_default().into_owned();
@@ -351,7 +366,21 @@ impl Unpacker<'_> {
                 message: "no data member".into(),
             });
         }
-        Ok(list)
+        Ok((list, md5sums))
+    }
+}
+
+/// Computes the md5 of what is read through it.
+struct Md5Reader<R> {
+    inner: R,
+    md5: md5::Md5,
+}
+
+impl<R: Read> Read for Md5Reader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        md5::Digest::update(&mut self.md5, &buf[..n]);
+        Ok(n)
     }
 }
 

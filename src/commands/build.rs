@@ -30,8 +30,15 @@ pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
         .as_deref()
         .map(imgbuild::registry::Reference::parse)
         .transpose()?;
-    let result = build::build(&loaded, &cache, &out, mtime, &opts, &progress)
-        .with_context(|| format!("building {}", args.recipe.display()))?;
+    let result = build::build(
+        &loaded,
+        &cache,
+        &out,
+        mtime,
+        &super::build_options(g, args),
+        &progress,
+    )
+    .with_context(|| format!("building {}", args.recipe.display()))?;
     let hits = result.layers.iter().filter(|l| l.hit).count();
     progress.line(&format!(
         "==> {} in {:.2?}: {} layers ({hits} cached, {} built), tags {}",
@@ -71,6 +78,7 @@ fn write_metadata(path: &Path, r: &BuildOutput) -> Result<()> {
             "media_type": l.record.media_type,
         })).collect::<Vec<_>>(),
         "cache": { "hits": hits, "misses": r.layers.len() - hits },
+        "packages": r.lock.as_ref().map(|l| l.packages.iter().map(|p| json!({"name": p.name, "version": p.version, "arch": p.arch, "sha256": p.sha256})).collect::<Vec<_>>()),
     });
     let bytes = serde_json::to_vec_pretty(&doc).context("serializing build metadata")?;
     fsutil::write_atomic(path, &bytes)

@@ -3,6 +3,7 @@
 mod build;
 mod check;
 mod layer;
+mod lock;
 mod login;
 mod plan;
 mod progress;
@@ -23,6 +24,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Build(args) => build::run(g, &args),
         Command::Check { recipe } => check::run(g, &recipe),
         Command::Plan { recipe } => plan::run(g, &recipe),
+        Command::Lock { recipe } => lock::run(g, &recipe),
         Command::Layer(args) => layer::run(g, &args),
         Command::Push {
             layout,
@@ -79,8 +81,14 @@ pub fn report_error(e: &anyhow::Error) -> ExitCode {
     }
     // One line: the context chain, outermost first (greppable in cron logs).
     eprintln!("error: {e:#}");
+    let stale_lock = |c: &(dyn std::error::Error + 'static)| {
+        matches!(
+            c.downcast_ref::<imgbuild::build::BuildError>(),
+            Some(imgbuild::build::BuildError::Locked { .. })
+        )
+    };
     if e.chain()
-        .any(|c| c.is::<UsageError>() || c.is::<RecipeError>())
+        .any(|c| c.is::<UsageError>() || c.is::<RecipeError>() || stale_lock(c))
     {
         ExitCode::from(2)
     } else {
@@ -91,6 +99,14 @@ pub fn report_error(e: &anyhow::Error) -> ExitCode {
 fn cache(g: &Global) -> Result<Cache> {
     let root = g.cache_dir.clone().unwrap_or_else(Cache::default_root);
     Cache::open(&root).with_context(|| format!("cannot open the cache at {}", root.display()))
+}
+
+fn build_options(g: &Global, args: &BuildArgs) -> imgbuild::build::Options {
+    imgbuild::build::Options {
+        client: client_options(g),
+        locked: args.locked,
+        configure: !args.no_configure,
+    }
 }
 
 fn client_options(g: &Global) -> imgbuild::registry::ClientOptions {

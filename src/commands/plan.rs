@@ -11,8 +11,11 @@ pub fn run(g: &Global, recipe: &Path) -> Result<()> {
     let loaded = super::load(g, recipe)?;
     let cache = super::cache(g)?;
     let progress = super::progress::Progress::new(g);
-    let opts = super::client_options(g);
-    let (base, plan) = build::prepare(
+    let opts = build::Options {
+        client: super::client_options(g),
+        ..Default::default()
+    };
+    let (base, plan, _) = build::prepare(
         &loaded,
         &cache,
         super::source_date_epoch()?,

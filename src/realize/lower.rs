@@ -35,12 +35,23 @@ pub struct LowerFs {
 }
 
 fn wanted(path: &[u8]) -> bool {
-    const EXACT: [&[u8]; 4] = [b"etc/passwd", b"etc/group", b"etc/shadow", b"etc/gshadow"];
-    const PREFIX: [&[u8]; 4] = [
+    const EXACT: [&[u8]; 7] = [
+        b"etc/passwd",
+        b"etc/group",
+        b"etc/shadow",
+        b"etc/gshadow",
+        b"etc/os-release",
+        b"usr/lib/os-release",
+        b"var/lib/dpkg/status",
+    ];
+    const PREFIX: [&[u8]; 7] = [
         b"etc/skel/",
         b"etc/systemd/system/",
         b"lib/systemd/system/",
         b"usr/lib/systemd/system/",
+        b"etc/apt/",
+        b"usr/share/keyrings/",
+        b"var/lib/dpkg/triggers/",
     ];
     EXACT.contains(&path) || PREFIX.iter().any(|p| path.starts_with(p))
 }
@@ -114,7 +125,7 @@ impl LowerFs {
             if kind != Kind::Dir {
                 self.remove_tree(&path);
             }
-            let data = if kind == Kind::File && wanted(&path) && e.size() < (1 << 20) {
+            let data = if kind == Kind::File && wanted(&path) && e.size() < (32 << 20) {
                 let mut buf = Vec::new();
                 e.read_to_end(&mut buf)?;
                 Some(buf)
@@ -138,6 +149,11 @@ impl LowerFs {
         let path = norm(path);
         let data = data.filter(|_| wanted(&path));
         self.entries.insert(path, LowerEntry { kind, meta, data });
+    }
+
+    /// How many layers the view reflects.
+    pub fn scanned(&self) -> usize {
+        self.scanned
     }
 
     /// Marks the layers up to `n` as already reflected (after inserting a fresh layer).

@@ -2,8 +2,10 @@
 //! built (no daemon, no root) from its inputs. Downloads of the steps that miss are fetched
 //! first, in parallel.
 
+pub mod apt;
 mod download;
 pub mod lower;
+pub mod sandbox;
 mod services;
 pub mod tree;
 mod users;
@@ -50,6 +52,12 @@ pub enum RealizeError {
     Lower { step: String, source: io::Error },
     #[error("cannot create an HTTP client")]
     Client(#[source] reqwest::Error),
+    #[error(transparent)]
+    Deb(#[from] crate::apt::deb::DebError),
+    #[error("cannot write dpkg's database: {0}")]
+    Dpkg(String),
+    #[error(transparent)]
+    Sandbox(#[from] sandbox::SandboxError),
 }
 
 /// Realizes every step of `plan` on top of `base`.
@@ -89,6 +97,24 @@ pub fn realize(
         })
         .collect();
     prefetch(cache, &missing, reporter)?;
+    let debs: Vec<&crate::lock::LockedPackage> = plan
+        .steps
+        .iter()
+        .zip(&hits)
+        .filter_map(|(s, h)| match (&s.kind, h) {
+            (StepKind::AptPackages(p) | StepKind::DpkgDatabase(p), None) => Some(p),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    apt::prefetch(cache, &debs, reporter)?;
+    // Package layers see only what is below the first of them, so each one's content
+    // depends on its own packages alone (their keys do not chain).
+    let first_apt = plan
+        .steps
+        .iter()
+        .position(|s| matches!(s.kind, StepKind::AptPackages(_)));
+    let mut apt_lower: Option<LowerFs> = None;
 
     let mut lower = LowerFs::default();
     let mut layers: Vec<LayerRecord> = base.layers.clone();
@@ -103,13 +129,32 @@ pub fn realize(
         let (record, was_hit) = match hit {
             Some(rec) => (rec, true),
             None => {
-                lower
-                    .advance(cache, &layers)
-                    .map_err(|source| RealizeError::Lower {
-                        step: step.name.clone(),
-                        source,
-                    })?;
-                let rec = build_step(loaded, plan, step, cache, &mut lower)?;
+                let lower_err = |source| RealizeError::Lower {
+                    step: step.name.clone(),
+                    source,
+                };
+                let rec = match &step.kind {
+                    StepKind::AptPackages(pkgs) => {
+                        if apt_lower.is_none() {
+                            let below = base.layers.len() + first_apt.unwrap_or(index);
+                            let mut v = LowerFs::default();
+                            v.advance(cache, &layers[..below]).map_err(lower_err)?;
+                            apt_lower = Some(v);
+                        }
+                        let view = apt_lower.as_ref().unwrap_or(&lower);
+                        let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
+                        apt::packages(&mut w, view, cache, pkgs)?;
+                        w.finish(step.name.clone())?
+                    }
+                    StepKind::Configure(_) => {
+                        reporter.report(Event::Stage("unpacking the image for dpkg --configure"));
+                        configure(plan, step, cache, &layers)?
+                    }
+                    _ => {
+                        lower.advance(cache, &layers).map_err(lower_err)?;
+                        build_step(loaded, plan, step, cache, &mut lower)?
+                    }
+                };
                 cache.put_key(&step.key, &rec)?;
                 (rec, false)
             }
@@ -122,7 +167,7 @@ pub fn realize(
             size: record.size,
         });
         layers.push(record.clone());
-        if !was_hit {
+        if !was_hit && step.kind.records_lower() && lower.scanned() + 1 == layers.len() {
             lower.mark_scanned(layers.len());
         }
         out.push(LayerOutcome {
@@ -259,9 +304,46 @@ fn build_step(
             let field = FieldPath::root().key("services").key("enable");
             Some(services::build(lower, units).map_err(|m| loaded.error_at(&field, m))?)
         }
+        StepKind::DpkgDatabase(pkgs) => {
+            apt::database(&mut w, lower, cache, pkgs)?;
+            None
+        }
+        StepKind::AptPackages(_) | StepKind::Configure(_) => None,
     };
     if let Some(t) = tree {
         t.write(&mut w, lower).map_err(layer_err)?;
     }
+    Ok(w.finish(step.name.clone())?)
+}
+
+/// `dpkg --configure -a` over the image so far, in a sandbox; the layer is what it changed.
+fn configure(
+    plan: &Plan,
+    step: &Step,
+    cache: &Cache,
+    layers: &[LayerRecord],
+) -> Result<LayerRecord, RealizeError> {
+    let bwrap = sandbox::bwrap()?;
+    let dir = tempfile::Builder::new()
+        .prefix("rootfs-")
+        .tempdir_in(cache.root().join("tmp"))
+        .map_err(|source| RealizeError::Layer {
+            step: step.name.clone(),
+            source,
+        })?;
+    let root = dir.path();
+    sandbox::materialize(cache, layers, root, plan.mtime)?;
+    let before = sandbox::snapshot(root)?;
+    // Services must not start while packages are configured (policy-rc.d, as in
+    // debootstrap); preinst scripts run first, as dpkg would have before unpacking.
+    let script = "set -e\n\
+        printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d\n\
+        for f in /var/lib/dpkg/info/*.preinst; do [ -e \"$f\" ] || continue; \"$f\" install; done\n\
+        dpkg --configure -a\n\
+        rm -f /usr/sbin/policy-rc.d\n";
+    sandbox::run(&bwrap, root, script, false, plan.mtime)?;
+    sandbox::clean(root, &before)?;
+    let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
+    sandbox::diff(root, &before, &mut w)?;
     Ok(w.finish(step.name.clone())?)
 }

@@ -168,6 +168,8 @@ pub struct Apt {
     pub bootstrap: Option<String>,
     #[serde(default)]
     pub install_recommends: bool,
+    /// Where `ppa:OWNER/NAME` sources live (`BASE/OWNER/NAME/ubuntu`); required with PPAs.
+    pub ppa_base: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

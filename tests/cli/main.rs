@@ -4,6 +4,7 @@
 #[path = "../support/http.rs"]
 mod http;
 
+mod apt;
 mod build;
 mod errors;
 mod layer;

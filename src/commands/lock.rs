@@ -1,0 +1,42 @@
+//! `imgbuild lock RECIPE`: resolve apt packages and pin downloads into `NAME.lock`; what
+//! changed since the previous lock on stdout.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use imgbuild::{build, lock};
+
+use crate::cli::Global;
+
+pub fn run(g: &Global, recipe: &Path) -> Result<()> {
+    let loaded = super::load(g, recipe)?;
+    let cache = super::cache(g)?;
+    let progress = super::progress::Progress::new(g);
+    let base = build::resolve_base(&loaded, &cache, &super::client_options(g), &progress)
+        .with_context(|| format!("locking {}", recipe.display()))?;
+    let path = lock::path_for(&loaded.path);
+    let old = lock::read(&path).ok().flatten();
+    let fresh = lock::resolve(&loaded, &base, &cache, &progress)
+        .with_context(|| format!("locking {}", recipe.display()))?;
+    lock::write(&path, &fresh)?;
+    let changes = match &old {
+        Some(o) => o.diff(&fresh),
+        None => fresh
+            .downloads
+            .iter()
+            .map(|d| format!("{}: pinned {}", d.url, d.sha256))
+            .collect(),
+    };
+    for c in &changes {
+        println!("{c}");
+    }
+    progress.line(&format!(
+        "==> {}: {} packages from {} sources, {} downloads pinned, {} changes",
+        path.display(),
+        fresh.packages.len(),
+        fresh.sources.len(),
+        fresh.downloads.len(),
+        changes.len()
+    ));
+    Ok(())
+}

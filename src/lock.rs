@@ -1,0 +1,476 @@
+//! Lock files: `NAME.lock` next to `NAME.toml` pins what a recipe resolved to, so a build
+//! can be repeated exactly (`build --locked`) and a nightly job can show what changed.
+//!
+//! It records every apt package (version, architecture, source package, URL, size, sha256),
+//! the snapshot of each repository it came from (the sha256 and `Date` of its signed
+//! `InRelease`), and the sha256 of each `[[download]]` the recipe left unpinned. `inputs` is
+//! the digest of everything the resolution read from the recipe and the base image, so a lock
+//! that no longer answers the recipe is noticed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::apt::repo::{self, RepoError, Source};
+use crate::apt::resolve::{self, Request};
+use crate::apt::universe::{self, Universe};
+use crate::base::BaseImage;
+use crate::cache::{Cache, CacheError};
+use crate::canonical;
+use crate::digest::Digest;
+use crate::realize::lower::LowerFs;
+use crate::realize::{DownloadError, redact};
+use crate::recipe::interp::expand_platform;
+use crate::recipe::{FieldPath, Loaded, RecipeError};
+use crate::report::{Dir, Event, Reporter};
+
+pub const LOCK_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Lock {
+    pub version: u32,
+    pub inputs: Digest,
+    #[serde(default, rename = "source")]
+    pub sources: Vec<LockedSource>,
+    #[serde(default, rename = "package")]
+    pub packages: Vec<LockedPackage>,
+    #[serde(default, rename = "download")]
+    pub downloads: Vec<LockedDownload>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockedSource {
+    pub name: String,
+    pub uri: String,
+    pub suite: String,
+    pub inrelease: Digest,
+    pub date: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockedPackage {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+    /// The source package.
+    pub source: String,
+    /// The repository (`[[apt.sources]]` name) it comes from.
+    pub repo: String,
+    pub url: String,
+    pub size: u64,
+    pub sha256: Digest,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockedDownload {
+    pub url: String,
+    pub sha256: Digest,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(transparent)]
+    Recipe(#[from] RecipeError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Download(#[from] DownloadError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("cannot resolve the apt packages: {0}")]
+    Resolve(String),
+    #[error("cannot read the base image's layers")]
+    Base(#[source] std::io::Error),
+    #[error("cannot read lock file {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("cannot write lock file {path}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// `recipes/NAME.toml` -> `recipes/NAME.lock`.
+pub fn path_for(recipe: &Path) -> PathBuf {
+    recipe.with_extension("lock")
+}
+
+pub fn read(path: &Path) -> Result<Option<Lock>, LockError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(LockError::Read {
+                path: path.into(),
+                message: e.to_string(),
+            });
+        }
+    };
+    let lock: Lock = toml::from_str(&text).map_err(|e| LockError::Read {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    if lock.version != LOCK_VERSION {
+        return Err(LockError::Read {
+            path: path.into(),
+            message: format!(
+                "version {} (this imgbuild writes {LOCK_VERSION}): run `imgbuild lock`",
+                lock.version
+            ),
+        });
+    }
+    Ok(Some(lock))
+}
+
+pub fn write(path: &Path, lock: &Lock) -> Result<(), LockError> {
+    let body = toml::to_string(lock).map_err(|e| LockError::Write {
+        path: path.into(),
+        source: std::io::Error::other(e),
+    })?;
+    let text = format!(
+        "# Written by `imgbuild lock`: what this recipe resolved to. Do not edit.\n\n{body}"
+    );
+    crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|source| LockError::Write {
+        path: path.into(),
+        source,
+    })
+}
+
+impl Lock {
+    pub fn download(&self, url: &str) -> Option<&Digest> {
+        self.downloads
+            .iter()
+            .find(|d| d.url == url)
+            .map(|d| &d.sha256)
+    }
+
+    /// `name: old -> new` lines for what differs between two locks.
+    pub fn diff(&self, new: &Lock) -> Vec<String> {
+        let old: BTreeMap<&str, &LockedPackage> =
+            self.packages.iter().map(|p| (p.name.as_str(), p)).collect();
+        let newm: BTreeMap<&str, &LockedPackage> =
+            new.packages.iter().map(|p| (p.name.as_str(), p)).collect();
+        let mut out = Vec::new();
+        for (n, p) in &newm {
+            match old.get(n) {
+                None => out.push(format!("{n}: (new) -> {}", p.version)),
+                Some(o) if o.version != p.version || o.sha256 != p.sha256 => {
+                    out.push(format!("{n}: {} -> {}", o.version, p.version))
+                }
+                _ => {}
+            }
+        }
+        for n in old.keys().filter(|n| !newm.contains_key(*n)) {
+            out.push(format!("{n}: {} -> (removed)", old[n].version));
+        }
+        for d in &new.downloads {
+            if self.download(&d.url) != Some(&d.sha256) {
+                out.push(format!("{}: pinned {}", redact(&d.url), d.sha256));
+            }
+        }
+        out
+    }
+}
+
+/// The Debian architecture of an OCI platform (`linux/arm64/v8` -> `arm64`).
+pub fn deb_arch(platform: &str) -> String {
+    let arch = platform.split('/').nth(1).unwrap_or("amd64");
+    match arch {
+        "386" => "i386".into(),
+        "arm" => "armhf".into(),
+        other => other.into(),
+    }
+}
+
+/// The sources of the recipe, keys read from files next to it.
+pub fn recipe_sources(loaded: &Loaded, codename: Option<&str>) -> Result<Vec<Source>, LockError> {
+    let Some(apt) = &loaded.recipe.apt else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (i, s) in apt.sources.iter().enumerate() {
+        let field = FieldPath::root().key("apt").key("sources").index(i);
+        let (uri, suite, components) = match s.uri.strip_prefix("ppa:") {
+            Some(ppa) => {
+                let Some(base) = &apt.ppa_base else {
+                    return Err(loaded
+                        .error_at(
+                            &field.key("uri"),
+                            "a `ppa:` source needs `[apt] ppa_base` (the PPA archive's URL)",
+                        )
+                        .into());
+                };
+                let suite = s
+                    .suite
+                    .clone()
+                    .or(codename.map(str::to_string))
+                    .ok_or_else(|| {
+                        loaded.error_at(
+                            &field.key("suite"),
+                            "the base image names no release codename: set `suite`",
+                        )
+                    })?;
+                (
+                    format!("{}/{ppa}/ubuntu", base.trim_end_matches('/')),
+                    suite,
+                    vec!["main".to_string()],
+                )
+            }
+            None => (
+                s.uri.clone(),
+                s.suite.clone().unwrap_or_default(),
+                s.components.clone(),
+            ),
+        };
+        let (keyring, key_origin) = match &s.key {
+            Some(k) => {
+                let path = loaded.resolve(k);
+                let bytes = std::fs::read(&path).map_err(|e| {
+                    loaded.error_at(
+                        &field.key("key"),
+                        format!("cannot read key {}: {e}", path.display()),
+                    )
+                })?;
+                (Some(bytes), path.display().to_string())
+            }
+            None => (None, format!("{} (no `key` given)", loaded.path.display())),
+        };
+        out.push(Source {
+            name: s.name.clone(),
+            uri,
+            suite,
+            components,
+            keyring,
+            key_origin,
+        });
+    }
+    Ok(out)
+}
+
+/// The base image's own apt sources, keys looked up in the image.
+pub fn base_sources(lower: &LowerFs) -> Vec<Source> {
+    let read_key = |p: &str| -> Option<Vec<u8>> {
+        if !p.is_empty() {
+            return lower.read(p.as_bytes()).map(<[u8]>::to_vec);
+        }
+        // No Signed-By: apt trusts every key in trusted.gpg(.d).
+        let mut all = Vec::new();
+        if let Some(k) = lower.read(b"etc/apt/trusted.gpg") {
+            all.extend_from_slice(k);
+        }
+        for (path, e) in lower.children(b"etc/apt/trusted.gpg.d") {
+            if path.ends_with(b".gpg")
+                && let Some(d) = &e.data
+            {
+                all.extend_from_slice(d);
+            }
+        }
+        (!all.is_empty()).then_some(all)
+    };
+    let mut out = Vec::new();
+    if let Some(t) = lower.read(b"etc/apt/sources.list") {
+        out.extend(repo::parse_sources_file(
+            "sources.list",
+            &String::from_utf8_lossy(t),
+            &read_key,
+        ));
+    }
+    for (path, e) in lower.children(b"etc/apt/sources.list.d") {
+        let name = String::from_utf8_lossy(path).into_owned();
+        if let Some(d) = &e.data
+            && (name.ends_with(".list") || name.ends_with(".sources"))
+        {
+            let short = name.rsplit('/').next().unwrap_or(&name).to_string();
+            out.extend(repo::parse_sources_file(
+                &short,
+                &String::from_utf8_lossy(d),
+                &read_key,
+            ));
+        }
+    }
+    out
+}
+
+/// `VERSION_CODENAME` of the image's os-release.
+pub fn codename(lower: &LowerFs) -> Option<String> {
+    let t = lower
+        .read(b"etc/os-release")
+        .or_else(|| lower.read(b"usr/lib/os-release"))?;
+    String::from_utf8_lossy(t).lines().find_map(|l| {
+        l.strip_prefix("VERSION_CODENAME=")
+            .map(|v| v.trim_matches('"').to_string())
+    })
+}
+
+/// The digest of what resolution reads from the recipe and base: a lock with other `inputs`
+/// does not answer this recipe.
+pub fn inputs(loaded: &Loaded, base: &BaseImage) -> Result<Digest, LockError> {
+    let r = &loaded.recipe;
+    let mut keys = Vec::new();
+    if let Some(apt) = &r.apt {
+        for s in &apt.sources {
+            keys.push(match &s.key {
+                Some(k) => std::fs::read(loaded.resolve(k))
+                    .map(|b| Digest::of(&b).to_string())
+                    .unwrap_or_default(),
+                None => String::new(),
+            });
+        }
+    }
+    let apt = r.apt.as_ref().map(|a| {
+        json!({
+            "sources": a.sources.iter().zip(&keys).map(|(s, k)| json!({
+                "name": s.name, "uri": s.uri, "suite": s.suite, "components": s.components, "key": k,
+            })).collect::<Vec<_>>(),
+            "packages": a.packages, "upgrade": a.upgrade, "bootstrap": a.bootstrap,
+            "recommends": a.install_recommends, "ppa_base": a.ppa_base,
+        })
+    });
+    let unpinned: Vec<String> = r
+        .download
+        .iter()
+        .filter(|d| d.sha256.is_none())
+        .filter_map(|d| expand_platform(&d.url, &r.image.platform).ok())
+        .collect();
+    Ok(Digest::of(&canonical::encode(&json!({
+        "lock": LOCK_VERSION,
+        "platform": r.image.platform,
+        "base": base.digest.as_ref().map(|d| d.to_string()),
+        "apt": apt,
+        "downloads": unpinned,
+    }))))
+}
+
+/// Whether the recipe needs a lock at all (apt packages or unpinned downloads).
+pub fn needed(loaded: &Loaded) -> bool {
+    let r = &loaded.recipe;
+    r.apt
+        .as_ref()
+        .is_some_and(|a| !a.packages.is_empty() || a.bootstrap.is_some() || a.upgrade)
+        || r.download.iter().any(|d| d.sha256.is_none())
+}
+
+/// Resolves the recipe against the repositories and pins its downloads: a fresh lock.
+pub fn resolve(
+    loaded: &Loaded,
+    base: &BaseImage,
+    cache: &Cache,
+    reporter: &dyn Reporter,
+) -> Result<Lock, LockError> {
+    let r = &loaded.recipe;
+    let client = crate::realize::client().map_err(|source| DownloadError::Http {
+        url: "(client)".into(),
+        source,
+    })?;
+    let mut lock = Lock {
+        version: LOCK_VERSION,
+        inputs: inputs(loaded, base)?,
+        sources: Vec::new(),
+        packages: Vec::new(),
+        downloads: Vec::new(),
+    };
+    if let Some(apt) = &r.apt {
+        let mut lower = LowerFs::default();
+        lower
+            .advance(cache, &base.layers)
+            .map_err(LockError::Base)?;
+        let code = codename(&lower);
+        let mut sources = base_sources(&lower);
+        sources.extend(recipe_sources(loaded, code.as_deref())?);
+        let arch = deb_arch(&r.image.platform);
+        let mut u = Universe::new(&arch);
+        for (i, s) in sources.iter().enumerate() {
+            let snap = repo::fetch(&client, cache, s, i, &mut u, reporter)?;
+            lock.sources.push(LockedSource {
+                name: s.name.clone(),
+                uri: redact(&s.uri),
+                suite: s.suite.clone(),
+                inrelease: snap.inrelease,
+                date: snap.date,
+            });
+        }
+        let status = lower
+            .read(b"var/lib/dpkg/status")
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .unwrap_or_default();
+        let installed = universe::installed(&status)
+            .map_err(|e| LockError::Resolve(format!("base image dpkg status: {e}")))?;
+        reporter.report(Event::Stage("resolving apt packages"));
+        let req = Request {
+            packages: apt.packages.clone(),
+            minbase: apt.bootstrap.is_some(),
+            recommends: apt.install_recommends,
+            upgrade: apt.upgrade,
+        };
+        let picked = resolve::resolve(&u, &installed, &req).map_err(|e| LockError::Resolve(e.0))?;
+        for p in picked {
+            let repo = p.repo.map(|i| &sources[i]);
+            let sha256 = Digest::parse(&format!("sha256:{}", p.sha256)).map_err(|_| {
+                LockError::Resolve(format!(
+                    "package {} {} has no SHA256 in its index",
+                    p.name, p.version
+                ))
+            })?;
+            lock.packages.push(LockedPackage {
+                name: p.name.clone(),
+                version: p.version.to_string(),
+                arch: p.arch.clone(),
+                source: p.source_name().to_string(),
+                repo: repo.map(|s| s.name.clone()).unwrap_or_default(),
+                url: repo.map(|s| s.file_url(&p.filename)).unwrap_or_default(),
+                size: p.size,
+                sha256,
+            });
+        }
+    }
+    for d in r.download.iter().filter(|d| d.sha256.is_none()) {
+        let Ok(url) = expand_platform(&d.url, &r.image.platform) else {
+            continue;
+        };
+        let sha256 = pin(&client, cache, &url, reporter)?;
+        lock.downloads.push(LockedDownload { url, sha256 });
+    }
+    Ok(lock)
+}
+
+/// Downloads `url` into the cache and returns its sha256 (trust on first use, recorded).
+fn pin(
+    client: &reqwest::blocking::Client,
+    cache: &Cache,
+    url: &str,
+    reporter: &dyn Reporter,
+) -> Result<Digest, LockError> {
+    let shown = redact(url);
+    let http = |source| DownloadError::Http {
+        url: shown.clone(),
+        source,
+    };
+    let mut resp = client.get(url).send().map_err(http)?;
+    if !resp.status().is_success() {
+        return Err(DownloadError::Status {
+            url: shown,
+            status: resp.status(),
+        }
+        .into());
+    }
+    reporter.report(Event::TransferStart {
+        dir: Dir::Down,
+        url: &shown,
+        total: resp.content_length(),
+    });
+    let mut w = cache.blob_writer()?;
+    let n = std::io::copy(&mut resp, &mut w).map_err(|source| CacheError::Io {
+        action: "download",
+        path: PathBuf::from(&shown),
+        source,
+    })?;
+    let (digest, _) = w.commit(None)?;
+    reporter.report(Event::TransferDone {
+        dir: Dir::Down,
+        url: &shown,
+        bytes: n,
+    });
+    Ok(digest)
+}

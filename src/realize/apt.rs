@@ -1,0 +1,196 @@
+//! Apt steps: .deb files streamed into package layers with their dpkg `info/` files, and the
+//! dpkg database layer (`status`, trigger interests) that makes them "unpacked" packages.
+
+use std::collections::HashSet;
+
+use super::RealizeError;
+use super::lower::LowerFs;
+use crate::apt::deb::{self, ControlInfo, DebError, Unpacker};
+use crate::apt::dpkg;
+use crate::cache::Cache;
+use crate::layer::{LayerWriter, Meta};
+use crate::lock::LockedPackage;
+use crate::report::Reporter;
+
+/// How many .deb files are downloaded at once.
+const PARALLEL_DEBS: usize = 6;
+
+fn label(p: &LockedPackage) -> String {
+    format!("{}_{}_{}.deb", p.name, p.version, p.arch)
+}
+
+/// dpkg's name for a package's info files: `NAME` or, for `Multi-Arch: same`, `NAME:ARCH`.
+fn info_name(p: &LockedPackage, control: &ControlInfo) -> String {
+    let same = crate::apt::control::parse(&control.control)
+        .ok()
+        .and_then(|ps| {
+            ps.first()
+                .and_then(|p| p.get("Multi-Arch").map(|m| m == "same"))
+        })
+        .unwrap_or(false);
+    if same {
+        format!("{}:{}", p.name, p.arch)
+    } else {
+        p.name.clone()
+    }
+}
+
+/// Downloads the .debs the cache lacks, in parallel, each verified by its sha256.
+pub fn prefetch(
+    cache: &Cache,
+    packages: &[&LockedPackage],
+    reporter: &dyn Reporter,
+) -> Result<(), RealizeError> {
+    let mut seen = HashSet::new();
+    let missing: Vec<&&LockedPackage> = packages
+        .iter()
+        .filter(|p| !cache.has_blob(&p.sha256) && seen.insert(&p.sha256))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let client = super::download::client().map_err(RealizeError::Client)?;
+    crate::parallel::try_for_each(&missing, PARALLEL_DEBS, |p| {
+        super::download::fetch(&client, cache, &p.url, &p.sha256, reporter)
+    })
+    .map_err(RealizeError::from)
+}
+
+fn deb_err(e: DebError) -> RealizeError {
+    RealizeError::Deb(e)
+}
+
+const INFO_DIR: &[u8] = b"var/lib/dpkg/info";
+
+/// One layer of packages: their files, then their `info/` files.
+pub fn packages(
+    w: &mut LayerWriter,
+    lower: &LowerFs,
+    cache: &Cache,
+    packages: &[LockedPackage],
+) -> Result<(), RealizeError> {
+    let mut dirs = HashSet::new();
+    let mut u = Unpacker {
+        w,
+        lower,
+        dirs: &mut dirs,
+    };
+    for p in packages {
+        let path = cache.blob_path(&p.sha256);
+        let name = label(p);
+        cache.verify_blob(&p.sha256)?;
+        let control = deb::control(&path, &name).map_err(deb_err)?;
+        let (list, md5sums) = u
+            .data(&path, &name, &control.conffiles())
+            .map_err(deb_err)?;
+        let io = |source| RealizeError::Layer {
+            step: name.clone(),
+            source,
+        };
+        u.ensure_dir(INFO_DIR, Meta::DIR).map_err(io)?;
+        let iname = info_name(p, &control);
+        let mut list_text = list.join("\n");
+        list_text.push('\n');
+        let mut files: Vec<(String, Vec<u8>, u32)> =
+            vec![("list".into(), list_text.into_bytes(), 0o644)];
+        files.extend(control.info.iter().cloned());
+        if !files.iter().any(|f| f.0 == "md5sums") && !md5sums.is_empty() {
+            files.push(("md5sums".into(), md5sums.into_bytes(), 0o644));
+        }
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        for (f, data, mode) in files {
+            let mut dest = INFO_DIR.to_vec();
+            dest.extend_from_slice(format!("/{iname}.{f}").as_bytes());
+            u.w.file(
+                &dest,
+                Meta { mode, ..Meta::FILE },
+                data.len() as u64,
+                data.as_slice(),
+            )
+            .map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// dpkg's database for the packages: `status` (base entries plus these, unpacked) and the
+/// trigger interest files.
+pub fn database(
+    w: &mut LayerWriter,
+    lower: &LowerFs,
+    cache: &Cache,
+    packages: &[LockedPackage],
+) -> Result<(), RealizeError> {
+    let mut controls = Vec::new();
+    for p in packages {
+        controls.push((
+            p,
+            deb::control(&cache.blob_path(&p.sha256), &label(p)).map_err(deb_err)?,
+        ));
+    }
+    let unpacked: Vec<dpkg::Unpacked> = controls
+        .iter()
+        .map(|(_, c)| dpkg::Unpacked {
+            control: &c.control,
+            conffiles: c.conffiles(),
+        })
+        .collect();
+    let base = lower
+        .read(b"var/lib/dpkg/status")
+        .map(|s| String::from_utf8_lossy(s).into_owned());
+    let status = dpkg::status(base.as_deref(), &unpacked).map_err(RealizeError::Dpkg)?;
+    let triggers: Vec<(String, String)> = controls
+        .iter()
+        .filter_map(|(p, c)| {
+            c.info
+                .iter()
+                .find(|(n, _, _)| n == "triggers")
+                .map(|(_, t, _)| (info_name(p, c), String::from_utf8_lossy(t).into_owned()))
+        })
+        .collect();
+    let read = |name: &str| -> Option<String> {
+        lower
+            .read(format!("var/lib/dpkg/triggers/{name}").as_bytes())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+    };
+    let base_file = read("File");
+    let registry = dpkg::trigger_registry(base_file.as_deref(), &read, &triggers);
+    let io = |source| RealizeError::Layer {
+        step: "dpkg database".into(),
+        source,
+    };
+    let mut dirs = HashSet::new();
+    let mut u = Unpacker {
+        w,
+        lower,
+        dirs: &mut dirs,
+    };
+    for d in ["alternatives", "info", "parts", "triggers", "updates"] {
+        u.ensure_dir(format!("var/lib/dpkg/{d}").as_bytes(), Meta::DIR)
+            .map_err(io)?;
+    }
+    u.ensure_dir(b"var/log", Meta::DIR).map_err(io)?;
+    let mut files: Vec<(String, Vec<u8>)> = vec![
+        ("var/lib/dpkg/status".into(), status.into_bytes()),
+        ("var/lib/dpkg/available".into(), Vec::new()),
+        ("var/lib/dpkg/lock".into(), Vec::new()),
+        ("var/lib/dpkg/triggers/Unincorp".into(), Vec::new()),
+    ];
+    for (name, body) in registry {
+        files.push((format!("var/lib/dpkg/triggers/{name}"), body.into_bytes()));
+    }
+    files.sort();
+    for (path, body) in files {
+        if path.ends_with("/available") && lower.get(path.as_bytes()).is_some() {
+            continue;
+        }
+        u.w.file(
+            path.as_bytes(),
+            Meta::FILE,
+            body.len() as u64,
+            body.as_slice(),
+        )
+        .map_err(io)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,459 @@
+//! The sandbox for what must run inside the image (`dpkg --configure -a`, later `[pip]` and
+//! `[[run]]`): the layers so far are unpacked into a directory, a command runs there under
+//! bubblewrap (its own mount, PID, IPC and network namespaces; the host's filesystem is not
+//! visible), and what it changed becomes a layer.
+//!
+//! Changes are found by comparing each path's inode, change time and size before and after,
+//! so unchanged files are never read. Leftovers that would make the layer differ from one
+//! build to the next (logs, `*-old` backups, ld.so's aux cache, a generated machine id, SSH
+//! host keys) are removed first, as mmdebstrap does.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tar::EntryType;
+
+use crate::cache::{Cache, LayerRecord};
+use crate::layer::{LayerWriter, MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD, Meta};
+use crate::realize::lower::norm;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error(
+        "no usable sandbox: {0} (install bubblewrap, run as root, or build with --no-configure)"
+    )]
+    Unavailable(String),
+    #[error("cannot unpack layer {layer} into {dir}")]
+    Unpack {
+        layer: String,
+        dir: PathBuf,
+        source: io::Error,
+    },
+    #[error("`{command}` failed in the sandbox ({status}):\n{output}")]
+    Failed {
+        command: String,
+        status: String,
+        output: String,
+    },
+    #[error("cannot {action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// Resolves `rel` (relative, normalized) inside `root`, following symlinks of every
+/// component but the last as the image would (absolute targets are relative to `root`).
+fn resolve_in(root: &Path, rel: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let parts: Vec<&[u8]> = rel
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut todo: Vec<Vec<u8>> = parts.iter().rev().map(|p| p.to_vec()).collect();
+    let last = parts.len();
+    let mut consumed = 0;
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        match c.as_slice() {
+            b"." => continue,
+            b".." => {
+                out.pop();
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+        let is_last = todo.is_empty() && consumed + 1 >= last;
+        consumed += 1;
+        if is_last {
+            break;
+        }
+        let cur = root.join(std::ffi::OsStr::from_bytes(&out.join(&b'/')));
+        if let Ok(t) = fs::read_link(&cur)
+            && hops < 40
+        {
+            hops += 1;
+            out.pop();
+            let t = t.as_os_str().as_bytes().to_vec();
+            if t.starts_with(b"/") {
+                out.clear();
+            }
+            for p in t.split(|b| *b == b'/').filter(|c| !c.is_empty()).rev() {
+                todo.push(p.to_vec());
+                consumed = consumed.saturating_sub(1);
+            }
+        }
+    }
+    root.join(std::ffi::OsStr::from_bytes(&out.join(&b'/')))
+}
+
+fn remove_any(p: &Path) -> io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+fn unpack_layer(root: &Path, blob: &Path, media_type: &str, mtime: u64) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let f = BufReader::with_capacity(1 << 20, File::open(blob)?);
+    let reader: Box<dyn Read> = match media_type {
+        MEDIA_TYPE_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            Box::new(flate2::read::MultiGzDecoder::new(f))
+        }
+        MEDIA_TYPE_ZSTD => Box::new(zstd::Decoder::with_buffer(f)?),
+        _ => Box::new(f),
+    };
+    let mut ar = tar::Archive::new(reader);
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+    for entry in ar.entries()? {
+        let mut e = entry?;
+        let path = norm(&e.path_bytes());
+        if path.is_empty() || path.split(|b| *b == b'/').any(|c| c == b"..") {
+            continue;
+        }
+        let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&path[..i], &path[i + 1..]),
+            None => (&b""[..], &path[..]),
+        };
+        let parent = resolve_in(root, dir);
+        if name == b".wh..wh..opq" {
+            if let Ok(rd) = fs::read_dir(&parent) {
+                for c in rd.flatten() {
+                    remove_any(&c.path())?;
+                }
+            }
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(b".wh.") {
+            remove_any(&parent.join(std::ffi::OsStr::from_bytes(hidden)))?;
+            continue;
+        }
+        fs::create_dir_all(&parent)?;
+        let dest = parent.join(std::ffi::OsStr::from_bytes(name));
+        let h = e.header();
+        let (mode, uid, gid) = (h.mode()? & 0o7777, h.uid()?, h.gid()?);
+        let kind = h.entry_type();
+        if kind == EntryType::Directory {
+            match fs::symlink_metadata(&dest) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m)
+                    if m.file_type().is_symlink()
+                        && fs::metadata(&dest).is_ok_and(|m| m.is_dir()) =>
+                {
+                    continue;
+                }
+                Ok(_) => {
+                    remove_any(&dest)?;
+                    fs::create_dir(&dest)?;
+                }
+                Err(_) => fs::create_dir(&dest)?,
+            }
+        } else {
+            remove_any(&dest)?;
+            match kind {
+                EntryType::Regular | EntryType::Continuous => {
+                    let mut out = File::create(&dest)?;
+                    io::copy(&mut e, &mut out)?;
+                    out.set_modified(time)?;
+                }
+                EntryType::Symlink => {
+                    let t = e.link_name_bytes().unwrap_or_default();
+                    symlink(std::ffi::OsStr::from_bytes(&t), &dest)?;
+                    lchown(&dest, Some(uid as u32), Some(gid as u32))?;
+                    continue;
+                }
+                EntryType::Link => {
+                    let t = norm(&e.link_name_bytes().unwrap_or_default());
+                    let (td, tn) = match t.iter().rposition(|b| *b == b'/') {
+                        Some(i) => (&t[..i], &t[i + 1..]),
+                        None => (&b""[..], &t[..]),
+                    };
+                    let target = resolve_in(root, td).join(std::ffi::OsStr::from_bytes(tn));
+                    fs::hard_link(&target, &dest)?;
+                    continue;
+                }
+                // Device nodes and FIFOs are not needed to run maintainer scripts.
+                _ => continue,
+            }
+        }
+        lchown(&dest, Some(uid as u32), Some(gid as u32))?;
+        fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
+}
+
+/// Unpacks `layers` (in order, whiteouts applied) into `root`.
+pub fn materialize(
+    cache: &Cache,
+    layers: &[LayerRecord],
+    root: &Path,
+    mtime: u64,
+) -> Result<(), SandboxError> {
+    for l in layers {
+        unpack_layer(root, &cache.blob_path(&l.digest), &l.media_type, mtime).map_err(
+            |source| SandboxError::Unpack {
+                layer: l.digest.to_string(),
+                dir: root.to_path_buf(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// What identifies a path's state: inode, change time, size.
+type Stamp = (u64, i64, i64, u64);
+
+/// Every path under `root` (relative), with its stamp.
+pub fn snapshot(root: &Path) -> Result<HashMap<Vec<u8>, Stamp>, SandboxError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = HashMap::new();
+    for e in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
+        let e = e.map_err(|e| SandboxError::Io {
+            action: "scan",
+            path: root.to_path_buf(),
+            source: e.into(),
+        })?;
+        let m = e.metadata().map_err(|e| SandboxError::Io {
+            action: "scan",
+            path: root.to_path_buf(),
+            source: e.into(),
+        })?;
+        let rel = e
+            .path()
+            .strip_prefix(root)
+            .unwrap_or(e.path())
+            .as_os_str()
+            .as_bytes()
+            .to_vec();
+        out.insert(rel, (m.ino(), m.ctime(), m.ctime_nsec(), m.size()));
+    }
+    Ok(out)
+}
+
+/// Finds bubblewrap and checks it can make a sandbox here.
+pub fn bwrap() -> Result<PathBuf, SandboxError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .map(|d| d.join("bwrap"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| SandboxError::Unavailable("bwrap (bubblewrap) is not on PATH".into()))?;
+    let probe = Command::new(&found)
+        .args(["--ro-bind", "/", "/", "--unshare-all", "true"])
+        .output()
+        .map_err(|e| SandboxError::Unavailable(format!("cannot run {}: {e}", found.display())))?;
+    if !probe.status.success() {
+        return Err(SandboxError::Unavailable(format!(
+            "bwrap cannot create namespaces here: {}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        )));
+    }
+    Ok(found)
+}
+
+/// Runs `script` with `/bin/sh -c` inside `root`; `network` shares the host's network.
+pub fn run(
+    bwrap: &Path,
+    root: &Path,
+    script: &str,
+    network: bool,
+    mtime: u64,
+) -> Result<String, SandboxError> {
+    let mut cmd = Command::new(bwrap);
+    cmd.arg("--bind").arg(root).arg("/");
+    cmd.args([
+        "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp",
+    ]);
+    cmd.args(["--unshare-all", "--die-with-parent", "--clearenv"]);
+    if network {
+        cmd.args([
+            "--share-net",
+            "--ro-bind",
+            "/etc/resolv.conf",
+            "/etc/resolv.conf",
+        ]);
+    }
+    for (k, v) in [
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
+        ("DEBIAN_FRONTEND", "noninteractive"),
+        ("DEBCONF_NONINTERACTIVE_SEEN", "true"),
+        ("LC_ALL", "C.UTF-8"),
+        ("HOME", "/root"),
+    ] {
+        cmd.args(["--setenv", k, v]);
+    }
+    cmd.args(["--setenv", "SOURCE_DATE_EPOCH", &mtime.to_string()]);
+    cmd.args(["/bin/sh", "-c", script]);
+    let out = cmd
+        .output()
+        .map_err(|e| SandboxError::Unavailable(format!("cannot run bwrap: {e}")))?;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        return Err(SandboxError::Failed {
+            command: script.lines().last().unwrap_or(script).trim().to_string(),
+            status: out.status.to_string(),
+            output: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        });
+    }
+    Ok(text)
+}
+
+/// Paths removed after running, when they appeared or changed: they differ on every build.
+const LEFTOVERS: &[&str] = &[
+    "var/log/dpkg.log",
+    "var/log/alternatives.log",
+    "var/log/apt/history.log",
+    "var/log/apt/term.log",
+    "var/log/apt/eipp.log.xz",
+    "var/cache/ldconfig/aux-cache",
+    "var/lib/dpkg/status-old",
+    "var/lib/dpkg/available-old",
+    "var/lib/dpkg/diversions-old",
+    "var/lib/dpkg/statoverride-old",
+    "var/cache/debconf/config.dat-old",
+    "var/cache/debconf/templates.dat-old",
+    "var/cache/debconf/passwords.dat-old",
+    "var/lib/dbus/machine-id",
+    "var/lib/systemd/random-seed",
+    "etc/shadow-",
+    "etc/gshadow-",
+    "etc/passwd-",
+    "etc/group-",
+    "etc/subuid-",
+    "etc/subgid-",
+    "root/.bash_history",
+];
+
+/// Removes non-reproducible leftovers, and blanks a machine id generated by the run.
+pub fn clean(root: &Path, before: &HashMap<Vec<u8>, Stamp>) -> Result<(), SandboxError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SandboxError::Io {
+            action: "clean",
+            path,
+            source,
+        }
+    };
+    for rel in LEFTOVERS {
+        let p = root.join(rel);
+        if before.get(rel.as_bytes()) != stamp(&p).as_ref() {
+            remove_any(&p).map_err(io(&p))?;
+        }
+    }
+    if let Ok(rd) = fs::read_dir(root.join("etc/ssh")) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                remove_any(&e.path()).map_err(io(&e.path()))?;
+            }
+        }
+    }
+    let mid = root.join("etc/machine-id");
+    if before.get(&b"etc/machine-id"[..]) != stamp(&mid).as_ref() && mid.exists() {
+        fs::write(&mid, b"uninitialized\n").map_err(io(&mid))?;
+    }
+    for d in ["tmp", "var/tmp", "run"] {
+        if let Ok(rd) = fs::read_dir(root.join(d)) {
+            for e in rd.flatten() {
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default();
+                use std::os::unix::ffi::OsStrExt;
+                if !before.contains_key(rel.as_os_str().as_bytes()) {
+                    remove_any(&e.path()).map_err(io(&e.path()))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn stamp(p: &Path) -> Option<Stamp> {
+    fs::symlink_metadata(p)
+        .ok()
+        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec(), m.size()))
+}
+
+/// Writes what changed under `root` since `before` into `w`: new and changed entries with
+/// their metadata, whiteouts for what was removed.
+pub fn diff(
+    root: &Path,
+    before: &HashMap<Vec<u8>, Stamp>,
+    w: &mut LayerWriter,
+) -> Result<usize, SandboxError> {
+    use std::os::unix::ffi::OsStrExt;
+    let after = snapshot(root)?;
+    let mut changes: BTreeMap<&[u8], bool> = BTreeMap::new(); // path -> removed
+    for (p, s) in &after {
+        if before.get(p) != Some(s) {
+            changes.insert(p, false);
+        }
+    }
+    for p in before.keys() {
+        if !after.contains_key(p) {
+            // Only the topmost removed path needs a whiteout.
+            let parent_gone = p
+                .iter()
+                .rposition(|b| *b == b'/')
+                .is_some_and(|i| before.contains_key(&p[..i]) && !after.contains_key(&p[..i]));
+            if !parent_gone {
+                changes.insert(p, true);
+            }
+        }
+    }
+    let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    let n = changes.len();
+    for (rel, removed) in changes {
+        let io = |source| SandboxError::Io {
+            action: "read changed file",
+            path: root.join(std::ffi::OsStr::from_bytes(rel)),
+            source,
+        };
+        if removed {
+            w.whiteout(rel).map_err(io)?;
+            continue;
+        }
+        let full = root.join(std::ffi::OsStr::from_bytes(rel));
+        let m = fs::symlink_metadata(&full).map_err(io)?;
+        let meta = Meta {
+            mode: m.mode() & 0o7777,
+            uid: m.uid() as u64,
+            gid: m.gid() as u64,
+        };
+        let ft = m.file_type();
+        if ft.is_dir() {
+            w.dir(rel, meta).map_err(io)?;
+        } else if ft.is_symlink() {
+            let t = fs::read_link(&full).map_err(io)?;
+            w.symlink(rel, t.as_os_str().as_bytes(), meta).map_err(io)?;
+        } else if ft.is_file() {
+            if m.nlink() > 1 {
+                if let Some(first) = links.get(&(m.dev(), m.ino())) {
+                    w.hardlink(rel, first, meta).map_err(io)?;
+                    continue;
+                }
+                links.insert((m.dev(), m.ino()), rel.to_vec());
+            }
+            let f = File::open(&full).map_err(io)?;
+            w.file(rel, meta, m.len(), BufReader::with_capacity(1 << 20, f))
+                .map_err(io)?;
+        }
+    }
+    Ok(n)
+}
