@@ -146,9 +146,9 @@ pub fn realize(
                         apt::packages(&mut w, view, cache, pkgs)?;
                         w.finish(step.name.clone())?
                     }
-                    StepKind::Configure(_) => {
+                    StepKind::Configure(pkgs) => {
                         reporter.report(Event::Stage("unpacking the image for dpkg --configure"));
-                        configure(plan, step, cache, &layers)?
+                        configure(plan, step, pkgs, cache, &layers)?
                     }
                     _ => {
                         lower.advance(cache, &layers).map_err(lower_err)?;
@@ -317,9 +317,12 @@ fn build_step(
 }
 
 /// `dpkg --configure -a` over the image so far, in a sandbox; the layer is what it changed.
+/// The packages' `preinst install` scripts run first, as dpkg would have run them before
+/// unpacking, with the environment dpkg gives maintainer scripts.
 fn configure(
     plan: &Plan,
     step: &Step,
+    packages: &[crate::lock::LockedPackage],
     cache: &Cache,
     layers: &[LayerRecord],
 ) -> Result<LayerRecord, RealizeError> {
@@ -331,17 +334,45 @@ fn configure(
             step: step.name.clone(),
             source,
         })?;
-    let root = dir.path();
+    // IMGBUILD_KEEP_ROOTFS=1 leaves the unpacked root in the cache's tmp/ for debugging.
+    let (root, _guard) = if std::env::var_os("IMGBUILD_KEEP_ROOTFS").is_some() {
+        (dir.keep(), None)
+    } else {
+        (dir.path().to_path_buf(), Some(dir))
+    };
+    let root = root.as_path();
     sandbox::materialize(cache, layers, root, plan.mtime)?;
     let before = sandbox::snapshot(root)?;
-    // Services must not start while packages are configured (policy-rc.d, as in
-    // debootstrap); preinst scripts run first, as dpkg would have before unpacking.
-    let script = "set -e\n\
-        printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d\n\
-        for f in /var/lib/dpkg/info/*.preinst; do [ -e \"$f\" ] || continue; \"$f\" install; done\n\
-        dpkg --configure -a\n\
-        rm -f /usr/sbin/policy-rc.d\n";
-    sandbox::run(&bwrap, root, script, false, plan.mtime)?;
+    let run = |label: &str, script: &str, env: &[(&str, &str)]| {
+        sandbox::run(&bwrap, root, label, script, env, false, plan.mtime)
+    };
+    // Services must not start while packages are configured (as debootstrap does).
+    run(
+        "install policy-rc.d",
+        "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
+        &[],
+    )?;
+    for p in packages {
+        for info in [p.name.clone(), format!("{}:{}", p.name, p.arch)] {
+            let script = format!("/var/lib/dpkg/info/{info}.preinst");
+            if !root.join(script.trim_start_matches('/')).exists() {
+                continue;
+            }
+            run(
+                &format!("{script} install"),
+                &format!("exec {script} install"),
+                &[
+                    ("DPKG_MAINTSCRIPT_PACKAGE", &p.name),
+                    ("DPKG_MAINTSCRIPT_ARCH", &p.arch),
+                    ("DPKG_MAINTSCRIPT_NAME", "preinst"),
+                    ("DPKG_ADMINDIR", "/var/lib/dpkg"),
+                    ("DPKG_ROOT", ""),
+                ],
+            )?;
+        }
+    }
+    run("dpkg --configure -a", "exec dpkg --configure -a", &[])?;
+    run("remove policy-rc.d", "rm -f /usr/sbin/policy-rc.d", &[])?;
     sandbox::clean(root, &before)?;
     let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
     sandbox::diff(root, &before, &mut w)?;

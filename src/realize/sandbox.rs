@@ -249,7 +249,14 @@ pub fn bwrap() -> Result<PathBuf, SandboxError> {
         .find(|p| p.is_file())
         .ok_or_else(|| SandboxError::Unavailable("bwrap (bubblewrap) is not on PATH".into()))?;
     let probe = Command::new(&found)
-        .args(["--ro-bind", "/", "/", "--unshare-all", "true"])
+        .args([
+            "--ro-bind",
+            "/",
+            "/",
+            "--unshare-pid",
+            "--unshare-net",
+            "true",
+        ])
         .output()
         .map_err(|e| SandboxError::Unavailable(format!("cannot run {}: {e}", found.display())))?;
     if !probe.status.success() {
@@ -262,10 +269,13 @@ pub fn bwrap() -> Result<PathBuf, SandboxError> {
 }
 
 /// Runs `script` with `/bin/sh -c` inside `root`; `network` shares the host's network.
+/// `label` names the command in errors; `env` is added to a clean environment.
 pub fn run(
     bwrap: &Path,
     root: &Path,
+    label: &str,
     script: &str,
+    env: &[(&str, &str)],
     network: bool,
     mtime: u64,
 ) -> Result<String, SandboxError> {
@@ -274,14 +284,20 @@ pub fn run(
     cmd.args([
         "--dev", "/dev", "--proc", "/proc", "--perms", "1777", "--tmpfs", "/tmp",
     ]);
-    cmd.args(["--unshare-all", "--die-with-parent", "--clearenv"]);
+    // Not a user namespace: as root it would map only uid 0, and packages chown files to
+    // system users and groups (root:mail, root:shadow).
+    cmd.args([
+        "--unshare-ipc",
+        "--unshare-pid",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--die-with-parent",
+        "--clearenv",
+    ]);
     if network {
-        cmd.args([
-            "--share-net",
-            "--ro-bind",
-            "/etc/resolv.conf",
-            "/etc/resolv.conf",
-        ]);
+        cmd.args(["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]);
+    } else {
+        cmd.arg("--unshare-net");
     }
     for (k, v) in [
         (
@@ -296,6 +312,9 @@ pub fn run(
         cmd.args(["--setenv", k, v]);
     }
     cmd.args(["--setenv", "SOURCE_DATE_EPOCH", &mtime.to_string()]);
+    for (k, v) in env {
+        cmd.args(["--setenv", k, v]);
+    }
     cmd.args(["/bin/sh", "-c", script]);
     let out = cmd
         .output()
@@ -305,7 +324,7 @@ pub fn run(
     if !out.status.success() {
         let tail: Vec<&str> = text.lines().rev().take(40).collect();
         return Err(SandboxError::Failed {
-            command: script.lines().last().unwrap_or(script).trim().to_string(),
+            command: label.to_string(),
             status: out.status.to_string(),
             output: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
         });

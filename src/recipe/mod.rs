@@ -160,7 +160,8 @@ pub fn parse(
     let mut diags = Vec::new();
     let mut warnings = Vec::new();
     for (k, v) in overrides {
-        if !vars.contains_key(k) {
+        // A variable the recipe uses without declaring it is a required one (`--var` only).
+        if !vars.contains_key(k) && !source.contains(&format!("${{var.{k}}}")) {
             // A warning, not an error: one cron line may pass the same --var to many recipes.
             warnings.push(Diagnostic::new(
                 Severity::Warning,
