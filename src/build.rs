@@ -103,7 +103,7 @@ pub fn prepare(
     reporter: &dyn Reporter,
 ) -> Result<(BaseImage, Plan, Option<Lock>), BuildError> {
     let base = resolve_base(loaded, cache, &opts.client, reporter)?;
-    let lock = obtain_lock(loaded, &base, cache, opts.locked, reporter)?;
+    let lock = obtain_lock(loaded, &base, cache, mtime, opts, reporter)?;
     let plan = plan::compile(
         loaded,
         base.digest.as_ref(),
@@ -121,9 +121,11 @@ pub fn obtain_lock(
     loaded: &Loaded,
     base: &BaseImage,
     cache: &Cache,
-    locked: bool,
+    mtime: u64,
+    opts: &Options,
     reporter: &dyn Reporter,
 ) -> Result<Option<Lock>, BuildError> {
+    let locked = opts.locked;
     if !lock::needed(loaded) {
         return Ok(None);
     }
@@ -146,10 +148,50 @@ pub fn obtain_lock(
         }
         _ => {}
     }
-    let fresh = lock::resolve(loaded, base, cache, reporter)?;
+    let fresh = resolve_lock(loaded, base, cache, mtime, opts.configure, reporter)?;
     lock::write(&path, &fresh)?;
     reporter.report(Event::Stage(&format!("wrote {}", path.display())));
     Ok(Some(fresh))
+}
+
+/// A fresh lock: apt packages resolved and downloads pinned ([`lock::resolve`]), then `[pip]`
+/// packages pinned by running the image's own pip resolver over the image built so far.
+pub fn resolve_lock(
+    loaded: &Loaded,
+    base: &BaseImage,
+    cache: &Cache,
+    mtime: u64,
+    configure: bool,
+    reporter: &dyn Reporter,
+) -> Result<Lock, BuildError> {
+    let mut fresh = lock::resolve(loaded, base, cache, reporter)?;
+    let Some(pip) = loaded
+        .recipe
+        .pip
+        .as_ref()
+        .filter(|p| !p.packages.is_empty())
+    else {
+        return Ok(fresh);
+    };
+    let plan = plan::compile(
+        loaded,
+        base.digest.as_ref(),
+        mtime,
+        cache,
+        Some(&fresh),
+        configure,
+    )?;
+    let outcomes = realize::realize(loaded, &plan, base, cache, reporter)?;
+    let layers: Vec<LayerRecord> = base
+        .layers
+        .iter()
+        .cloned()
+        .chain(outcomes.into_iter().map(|o| o.record))
+        .collect();
+    reporter.report(Event::Stage("resolving pip packages with the image's pip"));
+    let report = realize::pip_report(cache, &layers, &pip.packages, mtime)?;
+    fresh.pip = lock::parse_pip_report(&report).map_err(LockError::Resolve)?;
+    Ok(fresh)
 }
 
 /// Resolves the base image, pulling it if it is a registry reference.

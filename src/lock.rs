@@ -38,6 +38,17 @@ pub struct Lock {
     pub packages: Vec<LockedPackage>,
     #[serde(default, rename = "download")]
     pub downloads: Vec<LockedDownload>,
+    #[serde(default)]
+    pub pip: Vec<LockedPip>,
+}
+
+/// A Python distribution pip resolved for `[pip]`, pinned by the sha256 of its file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockedPip {
+    pub name: String,
+    pub version: String,
+    pub url: String,
+    pub sha256: Digest,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -164,6 +175,18 @@ impl Lock {
         }
         for n in old.keys().filter(|n| !newm.contains_key(*n)) {
             out.push(format!("{n}: {} -> (removed)", old[n].version));
+        }
+        let oldpip: BTreeMap<&str, &str> = self
+            .pip
+            .iter()
+            .map(|p| (p.name.as_str(), p.version.as_str()))
+            .collect();
+        for p in &new.pip {
+            match oldpip.get(p.name.as_str()) {
+                Some(v) if *v == p.version => {}
+                Some(v) => out.push(format!("pip {}: {v} -> {}", p.name, p.version)),
+                None => out.push(format!("pip {}: (new) -> {}", p.name, p.version)),
+            }
         }
         for d in &new.downloads {
             if self.download(&d.url) != Some(&d.sha256) {
@@ -340,6 +363,7 @@ pub fn inputs(loaded: &Loaded, base: &BaseImage) -> Result<Digest, LockError> {
         "base": base.digest.as_ref().map(|d| d.to_string()),
         "apt": apt,
         "downloads": unpinned,
+        "pip": r.pip.as_ref().map(|p| &p.packages),
     }))))
 }
 
@@ -350,6 +374,7 @@ pub fn needed(loaded: &Loaded) -> bool {
         .as_ref()
         .is_some_and(|a| !a.packages.is_empty() || a.bootstrap.is_some() || a.upgrade)
         || r.download.iter().any(|d| d.sha256.is_none())
+        || r.pip.as_ref().is_some_and(|p| !p.packages.is_empty())
 }
 
 /// Resolves the recipe against the repositories and pins its downloads: a fresh lock.
@@ -370,6 +395,7 @@ pub fn resolve(
         sources: Vec::new(),
         packages: Vec::new(),
         downloads: Vec::new(),
+        pip: Vec::new(),
     };
     if let Some(apt) = &r.apt {
         let mut lower = LowerFs::default();
@@ -473,4 +499,66 @@ fn pin(
         bytes: n,
     });
     Ok(digest)
+}
+
+/// Reads pip's `--report` JSON: what it would install, with URLs and sha256s.
+pub fn parse_pip_report(json: &str) -> Result<Vec<LockedPip>, String> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| format!("pip report is not JSON: {e}"))?;
+    let mut out = Vec::new();
+    for item in v["install"]
+        .as_array()
+        .ok_or("pip report has no `install` list")?
+    {
+        let name = item["metadata"]["name"]
+            .as_str()
+            .ok_or("pip report: no name")?;
+        let version = item["metadata"]["version"]
+            .as_str()
+            .ok_or("pip report: no version")?;
+        let url = item["download_info"]["url"]
+            .as_str()
+            .ok_or_else(|| format!("pip report: {name} has no download URL"))?;
+        let info = &item["download_info"]["archive_info"];
+        let sha = info["hashes"]["sha256"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| {
+                info["hash"]
+                    .as_str()
+                    .and_then(|h| h.strip_prefix("sha256="))
+                    .map(str::to_string)
+            })
+            .ok_or_else(|| format!("pip report: {name} has no sha256"))?;
+        out.push(LockedPip {
+            name: name.to_string(),
+            version: version.to_string(),
+            url: url.to_string(),
+            sha256: Digest::parse(&format!("sha256:{sha}")).map_err(|e| e.to_string())?,
+        });
+    }
+    out.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pip_report() {
+        let r = parse_pip_report(r#"{"version":"1","install":[
+            {"metadata":{"name":"b","version":"2"},"download_info":{"url":"http://x/b.whl","archive_info":{"hash":"sha256=0000000000000000000000000000000000000000000000000000000000000000"}}},
+            {"metadata":{"name":"A","version":"1"},"download_info":{"url":"http://x/a.whl","archive_info":{"hashes":{"sha256":"1111111111111111111111111111111111111111111111111111111111111111"}}}}]}"#).unwrap();
+        assert_eq!(r[0].name, "A");
+        assert_eq!(r[1].url, "http://x/b.whl");
+        assert!(parse_pip_report("{}").is_err());
+    }
+
+    #[test]
+    fn arch_names() {
+        assert_eq!(deb_arch("linux/amd64"), "amd64");
+        assert_eq!(deb_arch("linux/arm64/v8"), "arm64");
+        assert_eq!(deb_arch("linux/arm/v7"), "armhf");
+    }
 }

@@ -24,7 +24,7 @@ use crate::cache::{Cache, CacheError};
 use crate::canonical;
 use crate::digest::Digest;
 use crate::layer::CompressionSpec;
-use crate::lock::{Lock, LockedPackage};
+use crate::lock::{Lock, LockedPackage, LockedPip};
 use crate::recipe::interp::expand_platform;
 use crate::recipe::validate_archive_format;
 use crate::recipe::{FieldPath, Group, Loaded, RecipeError, User};
@@ -91,6 +91,15 @@ pub enum StepKind {
     DpkgDatabase(Vec<LockedPackage>),
     /// `dpkg --configure -a` in a sandbox over the assembled root; the layer is the diff.
     Configure(Vec<LockedPackage>),
+    /// `pip install` of pinned, hash-checked wheels (downloaded into the cache), offline in
+    /// the sandbox with the image's own python.
+    Pip(Vec<LockedPip>),
+    /// A command run in the sandbox; the layer is what it changed.
+    Run {
+        command: String,
+        user: Option<String>,
+        network: bool,
+    },
 }
 
 impl StepKind {
@@ -99,7 +108,11 @@ impl StepKind {
     pub fn records_lower(&self) -> bool {
         !matches!(
             self,
-            StepKind::AptPackages(_) | StepKind::DpkgDatabase(_) | StepKind::Configure(_)
+            StepKind::AptPackages(_)
+                | StepKind::DpkgDatabase(_)
+                | StepKind::Configure(_)
+                | StepKind::Pip(_)
+                | StepKind::Run { .. }
         )
     }
 }
@@ -119,6 +132,9 @@ pub struct Plan {
     pub steps: Vec<Step>,
     pub compression: CompressionSpec,
     pub mtime: u64,
+    /// The recipe has `[pip]` packages but the lock pins none yet: the plan stops before the
+    /// pip step (the lock pins them by running pip's resolver on the image so far).
+    pub pip_unpinned: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,23 +172,6 @@ pub fn compile(
 ) -> Result<Plan, PlanError> {
     let r = &loaded.recipe;
     let root = FieldPath::root();
-    // What later issues build: refuse clearly instead of skipping.
-    let unsupported = [
-        (
-            r.pip.is_some(),
-            "pip",
-            "[pip] packages are not supported yet (they need the run sandbox)",
-        ),
-        (
-            !r.run.is_empty(),
-            "run",
-            "[[run]] steps are not supported yet (they need the run sandbox)",
-        ),
-    ];
-    if let Some((_, field, msg)) = unsupported.iter().find(|(on, _, _)| *on) {
-        return Err(loaded.error_at(&root.key(field), *msg).into());
-    }
-
     let compression = CompressionSpec::new(r.target.oci.compression, r.target.oci.level);
     let root_key = Digest::of(&canonical::encode(&json!({
         "format": FORMAT_VERSION,
@@ -342,6 +341,38 @@ pub fn compile(
         );
     }
 
+    let pins: &[LockedPip] = lock.map_or(&[], |l| &l.pip);
+    let pip_wanted = r.pip.as_ref().is_some_and(|p| !p.packages.is_empty());
+    if pip_wanted && pins.is_empty() {
+        return Ok(Plan {
+            root_key,
+            steps,
+            compression,
+            mtime,
+            pip_unpinned: true,
+        });
+    }
+    if pip_wanted {
+        let def = json!({
+            "kind": "pip",
+            "wheels": pins.iter().map(|p| json!([p.name, p.version, p.sha256])).collect::<Vec<_>>(),
+        });
+        let names: Vec<String> = pins
+            .iter()
+            .map(|p| format!("{}=={}", p.name, p.version))
+            .collect();
+        let shown = if names.len() > 4 {
+            format!("{} and {} more", names[..4].join(" "), names.len() - 4)
+        } else {
+            names.join(" ")
+        };
+        push(
+            StepKind::Pip(pins.to_vec()),
+            format!("pip install {shown}"),
+            def,
+        );
+    }
+
     if !r.user.is_empty() || !r.group.is_empty() {
         let def = json!({
             "kind": "users",
@@ -456,10 +487,27 @@ pub fn compile(
         );
     }
 
+    for run in &r.run {
+        // A command is its own definition: there is nothing else to key it on. With
+        // `network = true` its output can change without its key changing (like `RUN`).
+        let def = json!({"kind": "run", "command": run.command, "user": run.user, "network": run.network});
+        let first = run.command.lines().next().unwrap_or_default();
+        push(
+            StepKind::Run {
+                command: run.command.clone(),
+                user: run.user.clone(),
+                network: run.network,
+            },
+            format!("run {first}"),
+            def,
+        );
+    }
+
     Ok(Plan {
         root_key,
         steps,
         compression,
         mtime,
+        pip_unpinned: false,
     })
 }

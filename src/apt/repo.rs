@@ -131,7 +131,9 @@ struct Listed {
     path: String,
 }
 
-fn listed(release: &str) -> Result<(Vec<Listed>, String), String> {
+/// The entries of a Release file's `SHA256` list, its `Date`, and whether it is
+/// `NotAutomatic` (backports, experimental).
+fn listed(release: &str) -> Result<(Vec<Listed>, String, bool), String> {
     let ps = control::parse(release).map_err(|e| e.to_string())?;
     let p = ps.first().ok_or("empty Release file")?;
     let list = p.get("SHA256").ok_or("Release has no SHA256 list")?;
@@ -147,7 +149,11 @@ fn listed(release: &str) -> Result<(Vec<Listed>, String), String> {
             path: path.to_string(),
         });
     }
-    Ok((out, p.get("Date").unwrap_or_default().to_string()))
+    Ok((
+        out,
+        p.get("Date").unwrap_or_default().to_string(),
+        p.get("NotAutomatic") == Some("yes"),
+    ))
 }
 
 fn get_text(client: &reqwest::blocking::Client, url: &str) -> Result<String, DownloadError> {
@@ -189,7 +195,10 @@ pub fn fetch(
         url: redact(url),
         message,
     };
-    let (list, date) = listed(&release).map_err(|m| index_err(&url, m))?;
+    let (list, date, not_automatic) = listed(&release).map_err(|m| index_err(&url, m))?;
+    if not_automatic {
+        universe.set_priority(repo, 1);
+    }
     for comp in &src.components {
         let base = format!("{comp}/binary-{}/Packages", universe.arch);
         let pick = ["xz", "gz", ""].iter().find_map(|ext| {
@@ -369,10 +378,11 @@ mod tests {
 
     #[test]
     fn release_sha256_list() {
-        let (l, date) = listed("Origin: x\nDate: Sat, 01 Jan 2000 00:00:00 UTC\nSHA256:\n 0000000000000000000000000000000000000000000000000000000000000000 12 main/binary-amd64/Packages\n").unwrap();
+        let (l, date, na) = listed("Origin: x\nDate: Sat, 01 Jan 2000 00:00:00 UTC\nSHA256:\n 0000000000000000000000000000000000000000000000000000000000000000 12 main/binary-amd64/Packages\n").unwrap();
         assert_eq!(l[0].size, 12);
         assert_eq!(l[0].path, "main/binary-amd64/Packages");
         assert!(date.starts_with("Sat"));
+        assert!(!na);
         assert!(listed("Origin: x\n").is_err());
     }
 }

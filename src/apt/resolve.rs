@@ -486,6 +486,25 @@ Filename: h
     }
 
     #[test]
+    fn not_automatic_sources_only_when_needed() {
+        let mut u = Universe::new("amd64");
+        u.add_index("Package: tool\nVersion: 1\nArchitecture: amd64\nFilename: a\n\nPackage: lib\nVersion: 1\nArchitecture: amd64\nFilename: b\n", 0, "main").unwrap();
+        u.add_index("Package: tool\nVersion: 2\nArchitecture: amd64\nFilename: c\n\nPackage: lib\nVersion: 2\nArchitecture: amd64\nFilename: d\n\nPackage: new\nVersion: 1\nArchitecture: amd64\nDepends: lib (>= 2)\nFilename: e\n", 1, "backports").unwrap();
+        u.set_priority(1, 1);
+        let r = resolve(
+            &u,
+            &[],
+            &Request {
+                packages: vec!["tool".into(), "new".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // tool stays at the main version; new only exists in backports and pulls lib 2.
+        assert_eq!(names(&r), ["lib=2", "new=1", "tool=1"]);
+    }
+
+    #[test]
     fn pinned_version_and_minbase() {
         let u = universe(
             "Package: base\nVersion: 1\nArchitecture: amd64\nEssential: yes\nDepends: libc\nFilename: a\n\n\

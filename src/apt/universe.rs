@@ -98,6 +98,9 @@ pub struct Universe {
     providers: HashMap<String, Vec<usize>>,
     /// The native architecture (`amd64`).
     pub arch: String,
+    /// apt's pin priority of each repository: 500, or 1 for a `NotAutomatic` release such as
+    /// backports (used only when asked for, or when nothing else satisfies a dependency).
+    priority: HashMap<usize, i32>,
 }
 
 impl Universe {
@@ -134,14 +137,31 @@ impl Universe {
         self.packages.push(pkg);
     }
 
-    /// Versions of `name`, best first (highest version; on a tie, the earlier source).
+    /// Sets the pin priority of repository `repo`.
+    pub fn set_priority(&mut self, repo: usize, priority: i32) {
+        self.priority.insert(repo, priority);
+    }
+
+    fn prio(&self, p: &Package) -> i32 {
+        p.repo
+            .and_then(|r| self.priority.get(&r).copied())
+            .unwrap_or(500)
+    }
+
+    /// Versions of `name`, best first, as apt picks its candidate: highest pin priority, then
+    /// highest version, then the earlier source.
     pub fn versions(&self, name: &str) -> Vec<&Package> {
         let mut v: Vec<&Package> = self
             .by_name
             .get(name)
             .map(|ix| ix.iter().map(|i| &self.packages[*i]).collect())
             .unwrap_or_default();
-        v.sort_by(|a, b| b.version.cmp(&a.version).then(a.repo.cmp(&b.repo)));
+        v.sort_by(|a, b| {
+            self.prio(b)
+                .cmp(&self.prio(a))
+                .then(b.version.cmp(&a.version))
+                .then(a.repo.cmp(&b.repo))
+        });
         v
     }
 

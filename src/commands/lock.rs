@@ -16,8 +16,15 @@ pub fn run(g: &Global, recipe: &Path) -> Result<()> {
         .with_context(|| format!("locking {}", recipe.display()))?;
     let path = lock::path_for(&loaded.path);
     let old = lock::read(&path).ok().flatten();
-    let fresh = lock::resolve(&loaded, &base, &cache, &progress)
-        .with_context(|| format!("locking {}", recipe.display()))?;
+    let fresh = build::resolve_lock(
+        &loaded,
+        &base,
+        &cache,
+        super::source_date_epoch()?,
+        true,
+        &progress,
+    )
+    .with_context(|| format!("locking {}", recipe.display()))?;
     lock::write(&path, &fresh)?;
     let changes = match &old {
         Some(o) => o.diff(&fresh),
@@ -31,11 +38,12 @@ pub fn run(g: &Global, recipe: &Path) -> Result<()> {
         println!("{c}");
     }
     progress.line(&format!(
-        "==> {}: {} packages from {} sources, {} downloads pinned, {} changes",
+        "==> {}: {} packages from {} sources, {} downloads and {} pip files pinned, {} changes",
         path.display(),
         fresh.packages.len(),
         fresh.sources.len(),
         fresh.downloads.len(),
+        fresh.pip.len(),
         changes.len()
     ));
     Ok(())

@@ -5,6 +5,7 @@
 pub mod apt;
 mod download;
 pub mod lower;
+mod run;
 pub mod sandbox;
 mod services;
 pub mod tree;
@@ -13,6 +14,7 @@ mod users;
 use std::io;
 
 pub use download::{DownloadError, ExtractError, client, fetch, redact};
+pub use run::pip_report;
 
 use self::lower::LowerFs;
 use self::tree::{NodeKind, Tree};
@@ -148,7 +150,29 @@ pub fn realize(
                     }
                     StepKind::Configure(pkgs) => {
                         reporter.report(Event::Stage("unpacking the image for dpkg --configure"));
-                        configure(plan, step, pkgs, cache, &layers)?
+                        run::configure(plan, step, pkgs, cache, &layers)?
+                    }
+                    StepKind::Pip(pins) => {
+                        let refs: Vec<&crate::lock::LockedPip> = pins.iter().collect();
+                        run::prefetch_wheels(cache, &refs, reporter)?;
+                        reporter.report(Event::Stage("unpacking the image for pip install"));
+                        run::pip(plan, step, pins, cache, &layers)?
+                    }
+                    StepKind::Run {
+                        command,
+                        user,
+                        network,
+                    } => {
+                        reporter.report(Event::Stage("unpacking the image for a run step"));
+                        run::command(
+                            plan,
+                            step,
+                            command,
+                            user.as_deref(),
+                            *network,
+                            cache,
+                            &layers,
+                        )?
                     }
                     _ => {
                         lower.advance(cache, &layers).map_err(lower_err)?;
@@ -308,73 +332,13 @@ fn build_step(
             apt::database(&mut w, lower, cache, pkgs)?;
             None
         }
-        StepKind::AptPackages(_) | StepKind::Configure(_) => None,
+        StepKind::AptPackages(_)
+        | StepKind::Configure(_)
+        | StepKind::Pip(_)
+        | StepKind::Run { .. } => None,
     };
     if let Some(t) = tree {
         t.write(&mut w, lower).map_err(layer_err)?;
     }
-    Ok(w.finish(step.name.clone())?)
-}
-
-/// `dpkg --configure -a` over the image so far, in a sandbox; the layer is what it changed.
-/// The packages' `preinst install` scripts run first, as dpkg would have run them before
-/// unpacking, with the environment dpkg gives maintainer scripts.
-fn configure(
-    plan: &Plan,
-    step: &Step,
-    packages: &[crate::lock::LockedPackage],
-    cache: &Cache,
-    layers: &[LayerRecord],
-) -> Result<LayerRecord, RealizeError> {
-    let bwrap = sandbox::bwrap()?;
-    let dir = tempfile::Builder::new()
-        .prefix("rootfs-")
-        .tempdir_in(cache.root().join("tmp"))
-        .map_err(|source| RealizeError::Layer {
-            step: step.name.clone(),
-            source,
-        })?;
-    // IMGBUILD_KEEP_ROOTFS=1 leaves the unpacked root in the cache's tmp/ for debugging.
-    let (root, _guard) = if std::env::var_os("IMGBUILD_KEEP_ROOTFS").is_some() {
-        (dir.keep(), None)
-    } else {
-        (dir.path().to_path_buf(), Some(dir))
-    };
-    let root = root.as_path();
-    sandbox::materialize(cache, layers, root, plan.mtime)?;
-    let before = sandbox::snapshot(root)?;
-    let run = |label: &str, script: &str, env: &[(&str, &str)]| {
-        sandbox::run(&bwrap, root, label, script, env, false, plan.mtime)
-    };
-    // Services must not start while packages are configured (as debootstrap does).
-    run(
-        "install policy-rc.d",
-        "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
-        &[],
-    )?;
-    for p in packages {
-        for info in [p.name.clone(), format!("{}:{}", p.name, p.arch)] {
-            let script = format!("/var/lib/dpkg/info/{info}.preinst");
-            if !root.join(script.trim_start_matches('/')).exists() {
-                continue;
-            }
-            run(
-                &format!("{script} install"),
-                &format!("exec {script} install"),
-                &[
-                    ("DPKG_MAINTSCRIPT_PACKAGE", &p.name),
-                    ("DPKG_MAINTSCRIPT_ARCH", &p.arch),
-                    ("DPKG_MAINTSCRIPT_NAME", "preinst"),
-                    ("DPKG_ADMINDIR", "/var/lib/dpkg"),
-                    ("DPKG_ROOT", ""),
-                ],
-            )?;
-        }
-    }
-    run("dpkg --configure -a", "exec dpkg --configure -a", &[])?;
-    run("remove policy-rc.d", "rm -f /usr/sbin/policy-rc.d", &[])?;
-    sandbox::clean(root, &before)?;
-    let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
-    sandbox::diff(root, &before, &mut w)?;
     Ok(w.finish(step.name.clone())?)
 }

@@ -1,0 +1,241 @@
+//! Steps that run programs inside the image, in the [`sandbox`](super::sandbox): dpkg's
+//! configure, `pip install` of pinned wheels, and `[[run]]` commands. Each one unpacks the
+//! layers so far into a temporary root in the cache, runs, cleans non-reproducible leftovers,
+//! and turns the difference into a layer.
+
+use std::path::Path;
+
+use super::RealizeError;
+use super::sandbox::{self, SandboxError};
+use crate::cache::{Cache, LayerRecord};
+use crate::layer::LayerWriter;
+use crate::lock::{LockedPackage, LockedPip};
+use crate::plan::{Plan, Step};
+use crate::report::Reporter;
+
+/// How many wheels are downloaded at once.
+const PARALLEL_WHEELS: usize = 6;
+
+/// Unpacks `layers` into a temporary root, calls `f` on it, and returns the diff as a layer
+/// (`IMGBUILD_KEEP_ROOTFS=1` leaves it behind for debugging).
+fn in_root(
+    plan: &Plan,
+    step: &Step,
+    cache: &Cache,
+    layers: &[LayerRecord],
+    f: impl FnOnce(&Path, &Path) -> Result<(), RealizeError>,
+) -> Result<LayerRecord, RealizeError> {
+    let bwrap = sandbox::bwrap()?;
+    let dir = tempfile::Builder::new()
+        .prefix("rootfs-")
+        .tempdir_in(sandbox::work_dir(cache))
+        .map_err(|source| RealizeError::Layer {
+            step: step.name.clone(),
+            source,
+        })?;
+    let (root, _guard) = if std::env::var_os("IMGBUILD_KEEP_ROOTFS").is_some() {
+        (dir.keep(), None)
+    } else {
+        (dir.path().to_path_buf(), Some(dir))
+    };
+    sandbox::materialize(cache, layers, &root, plan.mtime)?;
+    let before = sandbox::snapshot(&root)?;
+    f(&bwrap, &root)?;
+    sandbox::clean(&root, &before)?;
+    let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
+    sandbox::diff(&root, &before, &mut w)?;
+    Ok(w.finish(step.name.clone())?)
+}
+
+/// `dpkg --configure -a` over the image so far. The packages' `preinst install` scripts run
+/// first, as dpkg would have run them before unpacking, with the environment dpkg gives
+/// maintainer scripts; services are kept from starting with a `policy-rc.d`, as debootstrap
+/// does.
+pub fn configure(
+    plan: &Plan,
+    step: &Step,
+    packages: &[LockedPackage],
+    cache: &Cache,
+    layers: &[LayerRecord],
+) -> Result<LayerRecord, RealizeError> {
+    in_root(plan, step, cache, layers, |bwrap, root| {
+        let run = |label: &str, script: &str, env: &[(&str, &str)]| {
+            sandbox::run(bwrap, root, label, script, env, false, plan.mtime)
+        };
+        run(
+            "install policy-rc.d",
+            "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
+            &[],
+        )?;
+        for p in packages {
+            for info in [p.name.clone(), format!("{}:{}", p.name, p.arch)] {
+                let script = format!("/var/lib/dpkg/info/{info}.preinst");
+                if !root.join(script.trim_start_matches('/')).exists() {
+                    continue;
+                }
+                run(
+                    &format!("{script} install"),
+                    &format!("exec {script} install"),
+                    &[
+                        ("DPKG_MAINTSCRIPT_PACKAGE", &p.name),
+                        ("DPKG_MAINTSCRIPT_ARCH", &p.arch),
+                        ("DPKG_MAINTSCRIPT_NAME", "preinst"),
+                        ("DPKG_ADMINDIR", "/var/lib/dpkg"),
+                        ("DPKG_ROOT", ""),
+                    ],
+                )?;
+            }
+        }
+        run("dpkg --configure -a", "exec dpkg --configure -a", &[])?;
+        run("remove policy-rc.d", "rm -f /usr/sbin/policy-rc.d", &[])?;
+        Ok(())
+    })
+}
+
+/// Downloads the wheels the cache lacks, each verified by its sha256.
+pub fn prefetch_wheels(
+    cache: &Cache,
+    pins: &[&LockedPip],
+    reporter: &dyn Reporter,
+) -> Result<(), RealizeError> {
+    let missing: Vec<&&LockedPip> = pins.iter().filter(|p| !cache.has_blob(&p.sha256)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let client = super::download::client().map_err(RealizeError::Client)?;
+    crate::parallel::try_for_each(&missing, PARALLEL_WHEELS, |p| {
+        super::download::fetch(&client, cache, &p.url, &p.sha256, reporter)
+    })
+    .map_err(RealizeError::from)
+}
+
+const WHEELS: &str = "var/tmp/imgbuild-wheels";
+
+/// `pip install` of the pinned files, offline: they are copied from the cache into the root,
+/// installed with `--no-index --no-deps --require-hashes`, and removed. `--no-compile`:
+/// byte-code files embed build times and would make the layer differ on every build.
+pub fn pip(
+    plan: &Plan,
+    step: &Step,
+    pins: &[LockedPip],
+    cache: &Cache,
+    layers: &[LayerRecord],
+) -> Result<LayerRecord, RealizeError> {
+    in_root(plan, step, cache, layers, |bwrap, root| {
+        let dir = root.join(WHEELS);
+        let io = |source| {
+            RealizeError::Sandbox(SandboxError::Io {
+                action: "stage wheels in",
+                path: dir.clone(),
+                source,
+            })
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let mut req = String::new();
+        for p in pins {
+            let file = p.url.rsplit('/').next().unwrap_or(&p.name);
+            let file = file.split(['#', '?']).next().unwrap_or(file);
+            std::fs::copy(cache.blob_path(&p.sha256), dir.join(file)).map_err(io)?;
+            req.push_str(&format!(
+                "{}=={} --hash=sha256:{}\n",
+                p.name,
+                p.version,
+                p.sha256.hex()
+            ));
+        }
+        std::fs::write(dir.join("requirements.txt"), req).map_err(io)?;
+        let script = format!(
+            "set -e\npython3 -m pip install --no-index --no-deps --require-hashes --no-compile \
+             --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
+             --find-links /{WHEELS} -r /{WHEELS}/requirements.txt\nrm -rf /{WHEELS}"
+        );
+        sandbox::run(
+            bwrap,
+            root,
+            "pip install",
+            &script,
+            &[("PIP_BREAK_SYSTEM_PACKAGES", "1")],
+            false,
+            plan.mtime,
+        )?;
+        Ok(())
+    })
+}
+
+/// A `[[run]]` command, with `/bin/sh -c`, as `user` (with that user's home) if given.
+pub fn command(
+    plan: &Plan,
+    step: &Step,
+    command: &str,
+    user: Option<&str>,
+    network: bool,
+    cache: &Cache,
+    layers: &[LayerRecord],
+) -> Result<LayerRecord, RealizeError> {
+    in_root(plan, step, cache, layers, |bwrap, root| {
+        let script = match user {
+            None => "cd /root 2>/dev/null || cd /; exec /bin/sh -c \"$IMGBUILD_RUN\"".to_string(),
+            Some(u) => format!(
+                "home=$(getent passwd '{u}' | cut -d: -f6); cd \"${{home:-/}}\"; \
+                 HOME=\"${{home:-/}}\" USER='{u}' exec setpriv --reuid='{u}' --regid=\"$(id -g '{u}')\" \
+                 --init-groups /bin/sh -c \"$IMGBUILD_RUN\""
+            ),
+        };
+        sandbox::run(
+            bwrap,
+            root,
+            command.lines().next().unwrap_or(command),
+            &script,
+            &[("IMGBUILD_RUN", command)],
+            network,
+            plan.mtime,
+        )?;
+        Ok(())
+    })
+}
+
+/// Asks the image's own pip what `[pip] packages` resolve to (`pip install --dry-run
+/// --report`, with the network): the pins for the lock file.
+pub fn pip_report(
+    cache: &Cache,
+    layers: &[LayerRecord],
+    packages: &[String],
+    mtime: u64,
+) -> Result<String, RealizeError> {
+    let bwrap = sandbox::bwrap()?;
+    let dir = tempfile::Builder::new()
+        .prefix("rootfs-")
+        .tempdir_in(sandbox::work_dir(cache))
+        .map_err(|source| RealizeError::Layer {
+            step: "pip resolution".into(),
+            source,
+        })?;
+    let root = dir.path();
+    sandbox::materialize(cache, layers, root, mtime)?;
+    let quoted: Vec<String> = packages
+        .iter()
+        .map(|p| format!("'{}'", p.replace('\'', "'\\''")))
+        .collect();
+    let script = format!(
+        "exec python3 -m pip install --dry-run --ignore-installed --quiet --no-cache-dir \
+         --disable-pip-version-check --root-user-action=ignore --report /.imgbuild-pip-report.json {}",
+        quoted.join(" ")
+    );
+    sandbox::run(
+        &bwrap,
+        root,
+        "pip install --dry-run --report",
+        &script,
+        &[("PIP_BREAK_SYSTEM_PACKAGES", "1")],
+        true,
+        mtime,
+    )?;
+    let path = root.join(".imgbuild-pip-report.json");
+    std::fs::read_to_string(&path).map_err(|source| {
+        RealizeError::Sandbox(SandboxError::Io {
+            action: "read pip's report",
+            path,
+            source,
+        })
+    })
+}
