@@ -537,7 +537,7 @@ pub fn parse_pip_report(json: &str) -> Result<Vec<LockedPip>, String> {
             sha256: Digest::parse(&format!("sha256:{sha}")).map_err(|e| e.to_string())?,
         });
     }
-    out.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()));
+    out.sort_by_key(|p| p.name.to_lowercase());
     Ok(out)
 }
 
