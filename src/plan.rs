@@ -97,6 +97,8 @@ pub enum StepKind {
     /// A command run in the sandbox; the layer is what it changed.
     Run {
         command: String,
+        /// The program and flags the command is given to (`[image] shell`, else `/bin/sh -c`).
+        shell: Vec<String>,
         user: Option<String>,
         network: bool,
     },
@@ -490,11 +492,18 @@ pub fn compile(
     for run in &r.run {
         // A command is its own definition: there is nothing else to key it on. With
         // `network = true` its output can change without its key changing (like `RUN`).
-        let def = json!({"kind": "run", "command": run.command, "user": run.user, "network": run.network});
+        let shell = r
+            .image
+            .shell
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+        let def = json!({"kind": "run", "command": run.command, "shell": shell, "user": run.user, "network": run.network});
         let first = run.command.lines().next().unwrap_or_default();
         push(
             StepKind::Run {
                 command: run.command.clone(),
+                shell,
                 user: run.user.clone(),
                 network: run.network,
             },

@@ -240,6 +240,43 @@ mod tests {
         }
     }
 
+    /// Version strings dpkg accepts: optional epoch, upstream starting with a digit, optional
+    /// revision; tildes, pluses and dots included.
+    const VERSION: &str = "([0-9]:)?[0-9][0-9a-z.+~]{0,6}(-[0-9a-z.+~]{1,4})?";
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// Our ordering is dpkg's: every random pair is checked with `dpkg --compare-versions`.
+        #[test]
+        fn ordering_agrees_with_dpkg(a in VERSION, b in VERSION) {
+            let (Ok(va), Ok(vb)) = (a.parse::<Version>(), b.parse::<Version>()) else {
+                return Err(proptest::test_runner::TestCaseError::reject("unparsable"));
+            };
+            let op = match va.cmp(&vb) {
+                Ordering::Less => "lt",
+                Ordering::Equal => "eq",
+                Ordering::Greater => "gt",
+            };
+            let st = std::process::Command::new("dpkg")
+                .args(["--compare-versions", &a, op, &b])
+                .status()
+                .expect("dpkg is on every Debian machine");
+            proptest::prop_assert!(st.success(), "dpkg disagrees: {} {} {}", a, op, b);
+        }
+
+        #[test]
+        fn ordering_is_total(a in VERSION, b in VERSION, c in VERSION) {
+            let (Ok(a), Ok(b), Ok(c)) = (a.parse::<Version>(), b.parse::<Version>(), c.parse::<Version>()) else {
+                return Err(proptest::test_runner::TestCaseError::reject("unparsable"));
+            };
+            proptest::prop_assert_eq!(a.cmp(&b), b.cmp(&a).reverse());
+            if a <= b && b <= c {
+                proptest::prop_assert!(a <= c);
+            }
+        }
+    }
+
     #[test]
     fn relations_parse() {
         let r = parse_relations(

@@ -11,6 +11,7 @@ mod services;
 pub mod tree;
 mod users;
 
+use std::collections::BTreeMap;
 use std::io;
 
 pub use download::{DownloadError, ExtractError, client, fetch, redact};
@@ -117,6 +118,15 @@ pub fn realize(
         .iter()
         .position(|s| matches!(s.kind, StepKind::AptPackages(_)));
     let mut apt_lower: Option<LowerFs> = None;
+    let apt_todo: Vec<usize> = plan
+        .steps
+        .iter()
+        .zip(&hits)
+        .enumerate()
+        .filter(|(_, (s, h))| h.is_none() && matches!(s.kind, StepKind::AptPackages(_)))
+        .map(|(i, _)| i)
+        .collect();
+    let mut apt_built: BTreeMap<usize, LayerRecord> = BTreeMap::new();
 
     let mut lower = LowerFs::default();
     let mut layers: Vec<LayerRecord> = base.layers.clone();
@@ -136,17 +146,20 @@ pub fn realize(
                     source,
                 };
                 let rec = match &step.kind {
-                    StepKind::AptPackages(pkgs) => {
+                    StepKind::AptPackages(_) => {
                         if apt_lower.is_none() {
                             let below = base.layers.len() + first_apt.unwrap_or(index);
                             let mut v = LowerFs::default();
                             v.advance(cache, &layers[..below]).map_err(lower_err)?;
+                            apt_built = package_layers(plan, &apt_todo, &v, cache)?;
                             apt_lower = Some(v);
                         }
-                        let view = apt_lower.as_ref().unwrap_or(&lower);
-                        let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
-                        apt::packages(&mut w, view, cache, pkgs)?;
-                        w.finish(step.name.clone())?
+                        apt_built
+                            .remove(&index)
+                            .ok_or_else(|| RealizeError::Layer {
+                                step: step.name.clone(),
+                                source: io::Error::other("package layer was not built"),
+                            })?
                     }
                     StepKind::Configure(pkgs) => {
                         reporter.report(Event::Stage("unpacking the image for dpkg --configure"));
@@ -160,19 +173,17 @@ pub fn realize(
                     }
                     StepKind::Run {
                         command,
+                        shell,
                         user,
                         network,
                     } => {
                         reporter.report(Event::Stage("unpacking the image for a run step"));
-                        run::command(
-                            plan,
-                            step,
-                            command,
-                            user.as_deref(),
-                            *network,
-                            cache,
-                            &layers,
-                        )?
+                        let how = run::How {
+                            shell,
+                            user: user.as_deref(),
+                            network: *network,
+                        };
+                        run::command(plan, step, command, &how, cache, &layers)?
                     }
                     _ => {
                         lower.advance(cache, &layers).map_err(lower_err)?;
@@ -202,6 +213,32 @@ pub fn realize(
         });
     }
     Ok(out)
+}
+
+/// Builds the package layers of steps `todo`, several at once: each one's .deb decompression
+/// (xz is single-threaded) overlaps another's compression.
+fn package_layers(
+    plan: &Plan,
+    todo: &[usize],
+    view: &LowerFs,
+    cache: &Cache,
+) -> Result<BTreeMap<usize, LayerRecord>, RealizeError> {
+    let done = std::sync::Mutex::new(BTreeMap::new());
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    crate::parallel::try_for_each(todo, workers, |i| -> Result<(), RealizeError> {
+        let step = &plan.steps[*i];
+        let StepKind::AptPackages(pkgs) = &step.kind else {
+            return Ok(());
+        };
+        let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
+        apt::packages(&mut w, view, cache, pkgs)?;
+        let rec = w.finish(step.name.clone())?;
+        if let Ok(mut d) = done.lock() {
+            d.insert(*i, rec);
+        }
+        Ok(())
+    })?;
+    Ok(done.into_inner().unwrap_or_default())
 }
 
 fn prefetch(

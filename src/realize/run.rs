@@ -162,24 +162,42 @@ pub fn pip(
     })
 }
 
-/// A `[[run]]` command, with `/bin/sh -c`, as `user` (with that user's home) if given.
+/// How a `[[run]]` command runs.
+pub struct How<'a> {
+    pub shell: &'a [String],
+    pub user: Option<&'a str>,
+    pub network: bool,
+}
+
+/// Quotes `s` for `/bin/sh`.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// A `[[run]]` command, given to the recipe's shell (`/bin/sh -c` by default), as `user`
+/// (with that user's home) if set. The command travels in an environment variable, so it is
+/// never re-parsed by another shell.
 pub fn command(
     plan: &Plan,
     step: &Step,
     command: &str,
-    user: Option<&str>,
-    network: bool,
+    how: &How<'_>,
     cache: &Cache,
     layers: &[LayerRecord],
 ) -> Result<LayerRecord, RealizeError> {
     in_root(plan, step, cache, layers, |bwrap, root| {
-        let script = match user {
-            None => "cd /root 2>/dev/null || cd /; exec /bin/sh -c \"$IMGBUILD_RUN\"".to_string(),
-            Some(u) => format!(
-                "home=$(getent passwd '{u}' | cut -d: -f6); cd \"${{home:-/}}\"; \
-                 HOME=\"${{home:-/}}\" USER='{u}' exec setpriv --reuid='{u}' --regid=\"$(id -g '{u}')\" \
-                 --init-groups /bin/sh -c \"$IMGBUILD_RUN\""
-            ),
+        let shell: Vec<String> = how.shell.iter().map(|w| sh_quote(w)).collect();
+        let shell = shell.join(" ");
+        let script = match how.user {
+            None => format!("cd /root 2>/dev/null || cd /; exec {shell} \"$IMGBUILD_RUN\""),
+            Some(u) => {
+                let u = sh_quote(u);
+                format!(
+                    "home=$(getent passwd {u} | cut -d: -f6); cd \"${{home:-/}}\"; \
+                     HOME=\"${{home:-/}}\" USER={u} exec setpriv --reuid={u} --regid=\"$(id -g {u})\" \
+                     --init-groups {shell} \"$IMGBUILD_RUN\""
+                )
+            }
         };
         sandbox::run(
             bwrap,
@@ -187,7 +205,7 @@ pub fn command(
             command.lines().next().unwrap_or(command),
             &script,
             &[("IMGBUILD_RUN", command)],
-            network,
+            how.network,
             plan.mtime,
         )?;
         Ok(())

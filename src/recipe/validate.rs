@@ -361,6 +361,12 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
                         format!("`{}` is not `ppa:OWNER/NAME`", s.uri),
                     );
                 }
+                if apt.ppa_base.is_none() {
+                    c.warn(
+                        &sp.key("uri"),
+                        "a `ppa:` source needs `[apt] ppa_base` (the PPA archive's URL) to be locked",
+                    );
+                }
             } else {
                 if !(s.uri.starts_with("http://") || s.uri.starts_with("https://")) {
                     c.error(
@@ -372,8 +378,12 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
                     c.error(&sp, "an apt source needs `suite`");
                 }
             }
-            if let Some(k) = &s.key {
-                c.recipe_file(&sp.key("key"), k);
+            match &s.key {
+                Some(k) => c.recipe_file(&sp.key("key"), k),
+                None => c.warn(
+                    &sp,
+                    "no `key`: its InRelease cannot be verified, so `lock` will refuse it",
+                ),
             }
         }
         for (i, pkg) in apt.packages.iter().enumerate() {

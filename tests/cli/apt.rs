@@ -717,3 +717,54 @@ fn stale_lock_with_locked_is_bad_input() {
         stderr(&o)
     );
 }
+
+#[test]
+fn run_steps_become_a_diff_layer() {
+    let repo = fixture_repo();
+    repo.publish(None);
+    let server = FileServer::start(repo.root.path());
+    let work = Work::setup();
+    repo.signer.export(&work.path("recipes/fixture.asc"), true);
+    let r = recipe(&work, &server, "fixture.asc");
+    let mut text = fs::read_to_string(&r).unwrap();
+    text.push_str(
+        r#"
+[[run]]
+command = "echo ran as $0 > /etc/run-marker && rm /usr/share/doc/fixture-provider/copyright && mkdir -p /opt/new/dir"
+"#,
+    );
+    fs::write(&r, text).unwrap();
+    let meta = work.build_metadata(work.cmd(), &r, "out/run");
+    let last = meta["layers"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        last["step"].as_str().unwrap().starts_with("run echo ran"),
+        "{last}"
+    );
+    let rootfs = unpack(&work, "out/run");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/run-marker")).unwrap(),
+        "ran as /bin/sh\n"
+    );
+    assert!(
+        !rootfs
+            .join("usr/share/doc/fixture-provider/copyright")
+            .exists()
+    );
+    assert!(rootfs.join("usr/share/doc/fixture-provider").is_dir());
+    assert!(rootfs.join("opt/new/dir").is_dir());
+    // The run layer holds the changes and a whiteout, nothing of the unchanged image.
+    let blob = work.path(&format!(
+        "out/run/blobs/sha256/{}",
+        &last["digest"].as_str().unwrap()["sha256:".len()..]
+    ));
+    let listing = tool("tar", &["-tzf", blob.to_str().unwrap()]);
+    assert!(
+        listing.contains("usr/share/doc/fixture-provider/.wh.copyright"),
+        "{listing}"
+    );
+    assert!(listing.contains("etc/run-marker"), "{listing}");
+    assert!(!listing.contains("usr/bin/dpkg"), "{listing}");
+    // Same inputs, same bytes: a rebuild from a fresh cache gives the same digest.
+    let again = work.build_metadata(work.cmd_with_cache(&work.path("cache2")), &r, "out/run2");
+    assert_eq!(again["manifest"], meta["manifest"]);
+}
