@@ -262,7 +262,7 @@ pub fn compile(
         if configure {
             let k = key(
                 &parent,
-                json!({"kind": "configure", "command": "dpkg --configure -a"}),
+                json!({"kind": "configure", "command": "dpkg --force-confdef --force-confold --configure -a", "preinst": "install"}),
             );
             parent = k.clone();
             steps.push(Step {

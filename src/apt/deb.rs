@@ -76,6 +76,7 @@ fn decompressor<'a>(name: &str, r: impl Read + 'a) -> io::Result<Box<dyn Read + 
 fn members(
     deb: &Path,
     label: &str,
+    only_control: bool,
     mut f: impl FnMut(&str, &mut dyn Read) -> Result<(), DebError>,
 ) -> Result<(), DebError> {
     let io = |source| DebError::Io {
@@ -102,6 +103,10 @@ fn members(
         }
         if name.starts_with("control.tar") || name.starts_with("data.tar") {
             f(&name, &mut entry)?;
+            if name.starts_with("control.tar") && only_control {
+                // The data member (most of the file) is not read at all.
+                return Ok(());
+            }
         }
     }
     if first {
@@ -116,7 +121,7 @@ fn members(
 /// Reads the control member.
 pub fn control(deb: &Path, label: &str) -> Result<ControlInfo, DebError> {
     let mut out: Option<ControlInfo> = None;
-    members(deb, label, |name, r| {
+    members(deb, label, true, |name, r| {
         if !name.starts_with("control.tar") {
             return Ok(());
         }
@@ -240,7 +245,7 @@ impl Unpacker<'_> {
         let mut md5sums = String::new();
         let conf: HashSet<Vec<u8>> = conffiles.iter().map(|c| norm(c.as_bytes())).collect();
         let mut seen_data = false;
-        members(deb, label, |name, r| {
+        members(deb, label, false, |name, r| {
             if !name.starts_with("data.tar") {
                 return Ok(());
             }

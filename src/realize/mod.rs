@@ -185,6 +185,22 @@ pub fn realize(
                         };
                         run::command(plan, step, command, &how, cache, &layers)?
                     }
+                    StepKind::DpkgDatabase(pkgs) => {
+                        // Only the base's dpkg files are read: the view below the package
+                        // layers has them, without scanning the package layers.
+                        let view = match &apt_lower {
+                            Some(v) => v,
+                            None => {
+                                let below = base.layers.len() + first_apt.unwrap_or(index);
+                                let mut v = LowerFs::default();
+                                v.advance(cache, &layers[..below]).map_err(lower_err)?;
+                                apt_lower.insert(v)
+                            }
+                        };
+                        let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
+                        apt::database(&mut w, view, cache, pkgs)?;
+                        w.finish(step.name.clone())?
+                    }
                     _ => {
                         lower.advance(cache, &layers).map_err(lower_err)?;
                         build_step(loaded, plan, step, cache, &mut lower)?
@@ -365,11 +381,8 @@ fn build_step(
             let field = FieldPath::root().key("services").key("enable");
             Some(services::build(lower, units).map_err(|m| loaded.error_at(&field, m))?)
         }
-        StepKind::DpkgDatabase(pkgs) => {
-            apt::database(&mut w, lower, cache, pkgs)?;
-            None
-        }
-        StepKind::AptPackages(_)
+        StepKind::DpkgDatabase(_)
+        | StepKind::AptPackages(_)
         | StepKind::Configure(_)
         | StepKind::Pip(_)
         | StepKind::Run { .. } => None,

@@ -86,7 +86,13 @@ pub fn configure(
                 )?;
             }
         }
-        run("dpkg --configure -a", "exec dpkg --configure -a", &[])?;
+        // An upgraded package keeps a conffile the base image changed (as apt-get -y would
+        // have to be told); nothing may prompt.
+        run(
+            "dpkg --configure -a",
+            "exec dpkg --force-confdef --force-confold --configure -a",
+            &[],
+        )?;
         run("remove policy-rc.d", "rm -f /usr/sbin/policy-rc.d", &[])?;
         Ok(())
     })
