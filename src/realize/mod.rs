@@ -163,7 +163,13 @@ pub fn realize(
                     }
                     StepKind::Configure(pkgs) => {
                         reporter.report(Event::Stage("unpacking the image for dpkg --configure"));
-                        run::configure(plan, step, pkgs, cache, &layers)?
+                        let n = plan
+                            .steps
+                            .iter()
+                            .filter(|s| matches!(s.kind, StepKind::AptPackages(_)))
+                            .count();
+                        let start = base.layers.len() + first_apt.unwrap_or(index);
+                        run::configure(plan, step, pkgs, cache, &layers, start..start + n)?
                     }
                     StepKind::Pip(pins) => {
                         let refs: Vec<&crate::lock::LockedPip> = pins.iter().collect();

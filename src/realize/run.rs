@@ -25,6 +25,18 @@ fn in_root(
     layers: &[LayerRecord],
     f: impl FnOnce(&Path, &Path) -> Result<(), RealizeError>,
 ) -> Result<LayerRecord, RealizeError> {
+    in_root_with(plan, step, cache, layers, 0..0, f)
+}
+
+/// [`in_root`], with the layers in `independent` unpacked concurrently.
+fn in_root_with(
+    plan: &Plan,
+    step: &Step,
+    cache: &Cache,
+    layers: &[LayerRecord],
+    independent: std::ops::Range<usize>,
+    f: impl FnOnce(&Path, &Path) -> Result<(), RealizeError>,
+) -> Result<LayerRecord, RealizeError> {
     let bwrap = sandbox::bwrap()?;
     let dir = tempfile::Builder::new()
         .prefix("rootfs-")
@@ -38,7 +50,7 @@ fn in_root(
     } else {
         (dir.path().to_path_buf(), Some(dir))
     };
-    sandbox::materialize(cache, layers, &root, plan.mtime)?;
+    sandbox::materialize_with(cache, layers, independent, &root, plan.mtime)?;
     let before = sandbox::snapshot(&root)?;
     f(&bwrap, &root)?;
     sandbox::clean(&root, &before)?;
@@ -57,8 +69,9 @@ pub fn configure(
     packages: &[LockedPackage],
     cache: &Cache,
     layers: &[LayerRecord],
+    package_layers: std::ops::Range<usize>,
 ) -> Result<LayerRecord, RealizeError> {
-    in_root(plan, step, cache, layers, |bwrap, root| {
+    in_root_with(plan, step, cache, layers, package_layers, |bwrap, root| {
         let run = |label: &str, script: &str, env: &[(&str, &str)]| {
             sandbox::run(bwrap, root, label, script, env, false, plan.mtime)
         };

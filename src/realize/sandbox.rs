@@ -173,7 +173,11 @@ fn unpack_layer(root: &Path, blob: &Path, media_type: &str, mtime: u64) -> io::R
                     remove_any(&dest)?;
                     fs::create_dir(&dest)?;
                 }
-                Err(_) => fs::create_dir(&dest)?,
+                Err(_) => match fs::create_dir(&dest) {
+                    // Another layer being unpacked at the same time made it.
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    other => other?,
+                },
             }
         } else {
             remove_any(&dest)?;
@@ -216,14 +220,36 @@ pub fn materialize(
     root: &Path,
     mtime: u64,
 ) -> Result<(), SandboxError> {
-    for l in layers {
-        unpack_layer(root, &cache.blob_path(&l.digest), &l.media_type, mtime).map_err(
-            |source| SandboxError::Unpack {
+    materialize_with(cache, layers, 0..0, root, mtime)
+}
+
+/// Like [`materialize`], with the layers in `independent` unpacked concurrently: they must
+/// not touch each other's paths (the package layers: each file belongs to one package, and
+/// directories they share are created by whichever comes first with the same metadata).
+pub fn materialize_with(
+    cache: &Cache,
+    layers: &[LayerRecord],
+    independent: std::ops::Range<usize>,
+    root: &Path,
+    mtime: u64,
+) -> Result<(), SandboxError> {
+    let one = |l: &LayerRecord| {
+        unpack_layer(root, &cache.blob_path(&l.digest), &l.media_type, mtime).map_err(|source| {
+            SandboxError::Unpack {
                 layer: l.digest.to_string(),
                 dir: root.to_path_buf(),
                 source,
-            },
-        )?;
+            }
+        })
+    };
+    let independent = independent.start.min(layers.len())..independent.end.min(layers.len());
+    for l in &layers[..independent.start] {
+        one(l)?;
+    }
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    crate::parallel::try_for_each(&layers[independent.clone()], workers, |l| one(l))?;
+    for l in &layers[independent.end.max(independent.start)..] {
+        one(l)?;
     }
     Ok(())
 }
@@ -414,6 +440,25 @@ pub fn clean(root: &Path, before: &HashMap<Vec<u8>, Stamp>) -> Result<(), Sandbo
     let mid = root.join("etc/machine-id");
     if before.get(&b"etc/machine-id"[..]) != stamp(&mid).as_ref() && mid.exists() {
         fs::write(&mid, b"uninitialized\n").map_err(io(&mid))?;
+    }
+    // Caches regenerated on demand, whose files embed the time they were made (man-db's
+    // index.db) or are plain scratch (apt's pkgcache.bin).
+    for d in ["var/cache/man", "var/cache/apt"] {
+        for e in walkdir::WalkDir::new(root.join(d))
+            .min_depth(1)
+            .into_iter()
+            .flatten()
+        {
+            use std::os::unix::ffi::OsStrExt;
+            if !e.file_type().is_file() {
+                continue;
+            }
+            let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+            let key = rel.as_os_str().as_bytes();
+            if before.get(key) != stamp(e.path()).as_ref() {
+                remove_any(e.path()).map_err(io(e.path()))?;
+            }
+        }
     }
     for d in ["tmp", "var/tmp", "run"] {
         if let Ok(rd) = fs::read_dir(root.join(d)) {
