@@ -286,6 +286,14 @@ pub fn snapshot(root: &Path) -> Result<HashMap<Vec<u8>, Stamp>, SandboxError> {
 
 /// Finds bubblewrap and checks it can make a sandbox here.
 pub fn bwrap() -> Result<PathBuf, SandboxError> {
+    // Without root, bwrap would put the sandbox in a user namespace where only one uid maps,
+    // and package scripts that chown to system users fail in confusing ways: say it first.
+    let uid = fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(0);
+    if uid != 0 {
+        return Err(SandboxError::Unavailable(format!(
+            "running as uid {uid}: package scripts need root inside the sandbox"
+        )));
+    }
     let path = std::env::var_os("PATH").unwrap_or_default();
     let found = std::env::split_paths(&path)
         .map(|d| d.join("bwrap"))
@@ -550,4 +558,91 @@ pub fn diff(
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::CompressionSpec;
+    use crate::recipe::Compression;
+
+    fn entries(cache: &Cache, rec: &LayerRecord) -> Vec<(String, tar::EntryType, Vec<u8>)> {
+        let f = File::open(cache.blob_path(&rec.digest)).unwrap();
+        let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
+        let mut out = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data).unwrap();
+            let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            out.push((path, e.header().entry_type(), data));
+        }
+        out
+    }
+
+    #[test]
+    fn diff_holds_changes_whiteouts_and_hard_links_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        for d in ["etc", "usr/share/doc/a", "var/log", "gone/deep"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        fs::write(root.join("etc/keep"), "same").unwrap();
+        fs::write(root.join("etc/change"), "old").unwrap();
+        fs::write(root.join("usr/share/doc/a/copyright"), "c").unwrap();
+        fs::write(root.join("gone/deep/file"), "x").unwrap();
+        let before = snapshot(&root).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(root.join("etc/change"), "new").unwrap();
+        fs::write(root.join("etc/added"), "added").unwrap();
+        fs::hard_link(root.join("etc/added"), root.join("etc/added-link")).unwrap();
+        fs::remove_file(root.join("usr/share/doc/a/copyright")).unwrap();
+        fs::remove_dir_all(root.join("gone")).unwrap();
+        fs::write(root.join("var/log/dpkg.log"), "log").unwrap();
+        clean(&root, &before).unwrap();
+        assert!(
+            !root.join("var/log/dpkg.log").exists(),
+            "leftovers are removed"
+        );
+
+        let cache = Cache::open(&dir.path().join("cache")).unwrap();
+        let spec = CompressionSpec::new(Compression::Gzip, None);
+        let mut w = LayerWriter::new(&cache, spec, 0).unwrap();
+        diff(&root, &before, &mut w).unwrap();
+        let rec = w.finish("test".into()).unwrap();
+        let got = entries(&cache, &rec);
+        let names: Vec<&str> = got.iter().map(|(p, _, _)| p.as_str()).collect();
+        assert!(names.contains(&"etc/change"), "{names:?}");
+        assert!(names.contains(&"etc/added"), "{names:?}");
+        assert!(
+            !names.contains(&"etc/keep"),
+            "unchanged files stay out: {names:?}"
+        );
+        assert!(
+            names.contains(&"usr/share/doc/a/.wh.copyright"),
+            "{names:?}"
+        );
+        // Only the topmost removed directory gets a whiteout.
+        assert!(names.contains(&".wh.gone"), "{names:?}");
+        assert!(!names.iter().any(|n| n.contains("deep")), "{names:?}");
+        let link = got.iter().find(|(p, _, _)| p == "etc/added-link").unwrap();
+        assert_eq!(link.1, tar::EntryType::Link);
+        let changed = got.iter().find(|(p, _, _)| p == "etc/change").unwrap();
+        assert_eq!(changed.2, b"new");
+    }
+
+    #[test]
+    fn resolve_in_follows_links_inside_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("usr/bin")).unwrap();
+        symlink("usr/bin", root.join("bin")).unwrap();
+        fs::create_dir_all(root.join("run")).unwrap();
+        fs::create_dir_all(root.join("var")).unwrap();
+        symlink("/run", root.join("var/run")).unwrap();
+        assert_eq!(resolve_in(root, b"bin/x"), root.join("usr/bin/x"));
+        // An absolute target is taken inside the root, never on the host.
+        assert_eq!(resolve_in(root, b"var/run/lock"), root.join("run/lock"));
+        assert_eq!(resolve_in(root, b"a/../../etc"), root.join("etc"));
+    }
 }
