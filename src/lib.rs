@@ -21,6 +21,7 @@ pub mod cache;
 pub mod canonical;
 pub mod digest;
 pub mod fsutil;
+pub mod import;
 pub mod layer;
 pub mod lock;
 pub mod oci;

@@ -1,0 +1,231 @@
+//! The shell side of Dockerfile import: a RUN line is split into simple commands on `&&`,
+//! `||`, `;` and newlines, each command into words (quotes and backslashes removed, `$(...)`
+//! and `${...}` kept whole), with pipes kept as stages of one command.
+//!
+//! Written here: `shlex` splits words but knows no operators, and the full shell parsers
+//! (conch-parser) are unmaintained. Import only needs to recognize simple commands; anything
+//! it cannot read becomes a `[[run]]` step with the original text.
+
+/// One pipeline stage: its words, unquoted.
+pub type Words = Vec<String>;
+
+/// A simple command, possibly a pipeline (`curl URL | tar -x`), and the text it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub stages: Vec<Words>,
+    pub text: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct ShellError(pub String);
+
+/// Splits `script` into commands. Redirections stay words (`>>`, `2>&1`).
+pub fn split(script: &str) -> Result<Vec<Command>, ShellError> {
+    let mut out = Vec::new();
+    let mut stages: Vec<Words> = vec![Vec::new()];
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut start = 0;
+    let chars: Vec<(usize, char)> = script.char_indices().collect();
+    let mut i = 0;
+    let flush_word = |word: &mut String, in_word: &mut bool, stages: &mut Vec<Words>| {
+        if *in_word {
+            if let Some(s) = stages.last_mut() {
+                s.push(std::mem::take(word));
+            }
+            *in_word = false;
+        }
+    };
+    let end_command = |stages: &mut Vec<Words>, from: usize, to: usize, out: &mut Vec<Command>| {
+        let taken = std::mem::replace(stages, vec![Vec::new()]);
+        let taken: Vec<Words> = taken.into_iter().filter(|s| !s.is_empty()).collect();
+        if !taken.is_empty() {
+            out.push(Command {
+                stages: taken,
+                text: script[from..to].trim().to_string(),
+            });
+        }
+    };
+    while i < chars.len() {
+        let (pos, c) = chars[i];
+        let next = chars.get(i + 1).map(|(_, c)| *c);
+        match c {
+            '\\' if next == Some('\n') => i += 1,
+            '\\' => {
+                if let Some(n) = next {
+                    word.push(n);
+                    in_word = true;
+                    i += 1;
+                }
+            }
+            '\'' => {
+                in_word = true;
+                i += 1;
+                loop {
+                    let Some((_, c)) = chars.get(i) else {
+                        return Err(ShellError("unclosed single quote".into()));
+                    };
+                    if *c == '\'' {
+                        break;
+                    }
+                    word.push(*c);
+                    i += 1;
+                }
+            }
+            '"' => {
+                in_word = true;
+                i += 1;
+                loop {
+                    let Some((_, c)) = chars.get(i) else {
+                        return Err(ShellError("unclosed double quote".into()));
+                    };
+                    match c {
+                        '"' => break,
+                        '\\' if matches!(
+                            chars.get(i + 1).map(|x| x.1),
+                            Some('"' | '\\' | '$' | '`')
+                        ) =>
+                        {
+                            word.push(chars[i + 1].1);
+                            i += 1;
+                        }
+                        _ => word.push(*c),
+                    }
+                    i += 1;
+                }
+            }
+            '$' if matches!(next, Some('(') | Some('{')) => {
+                // `$(...)` and `${...}` stay one piece of the word, nesting counted.
+                let (open, close) = if next == Some('(') {
+                    ('(', ')')
+                } else {
+                    ('{', '}')
+                };
+                let mut depth = 0;
+                in_word = true;
+                loop {
+                    let Some((_, c)) = chars.get(i) else {
+                        return Err(ShellError(format!("unclosed `${open}`")));
+                    };
+                    word.push(*c);
+                    if *c == open {
+                        depth += 1;
+                    } else if *c == close {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    }
+                    i += 1;
+                }
+            }
+            '#' if !in_word => {
+                while i < chars.len() && chars[i].1 != '\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            ' ' | '\t' => flush_word(&mut word, &mut in_word, &mut stages),
+            '\n' | ';' => {
+                flush_word(&mut word, &mut in_word, &mut stages);
+                end_command(&mut stages, start, pos, &mut out);
+                start = pos + 1;
+            }
+            '&' if next == Some('&') => {
+                flush_word(&mut word, &mut in_word, &mut stages);
+                end_command(&mut stages, start, pos, &mut out);
+                i += 1;
+                start = pos + 2;
+            }
+            '|' if next == Some('|') => {
+                flush_word(&mut word, &mut in_word, &mut stages);
+                end_command(&mut stages, start, pos, &mut out);
+                i += 1;
+                start = pos + 2;
+            }
+            '|' => {
+                flush_word(&mut word, &mut in_word, &mut stages);
+                stages.push(Vec::new());
+            }
+            _ => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+        i += 1;
+    }
+    flush_word(&mut word, &mut in_word, &mut stages);
+    end_command(&mut stages, start, script.len(), &mut out);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(script: &str) -> Vec<Vec<Vec<String>>> {
+        split(script)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.stages)
+            .collect()
+    }
+
+    fn w(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn operators_continuations_and_quotes() {
+        let s = "apt-get update && \\\n    DEBIAN_FRONTEND=\"noninteractive\" apt-get install --yes ca-certificates; echo 'a b' \"c\\\"d\"";
+        let c = split(s).unwrap();
+        assert_eq!(c.len(), 3);
+        assert_eq!(c[0].stages, [w(&["apt-get", "update"])]);
+        assert_eq!(
+            c[1].stages,
+            [w(&[
+                "DEBIAN_FRONTEND=noninteractive",
+                "apt-get",
+                "install",
+                "--yes",
+                "ca-certificates"
+            ])]
+        );
+        assert_eq!(c[2].stages, [w(&["echo", "a b", "c\"d"])]);
+        assert_eq!(c[0].text, "apt-get update");
+    }
+
+    #[test]
+    fn pipes_substitutions_and_comments() {
+        let got = words(
+            "curl -L \"https://x/go-$(uname -m).tar.gz\" | tar -C /usr/local -xzvf - # fetch\nln -s ${A} /b || true",
+        );
+        assert_eq!(
+            got[0],
+            [
+                w(&["curl", "-L", "https://x/go-$(uname -m).tar.gz"]),
+                w(&["tar", "-C", "/usr/local", "-xzvf", "-"])
+            ]
+        );
+        assert_eq!(got[1], [w(&["ln", "-s", "${A}", "/b"])]);
+        assert_eq!(got[2], [w(&["true"])]);
+    }
+
+    #[test]
+    fn redirections_stay_words_and_errors() {
+        let got = words("echo \"u ALL=(ALL) NOPASSWD:ALL\" >>/etc/sudoers.d/nopasswd");
+        assert_eq!(
+            got[0],
+            [w(&[
+                "echo",
+                "u ALL=(ALL) NOPASSWD:ALL",
+                ">>/etc/sudoers.d/nopasswd"
+            ])]
+        );
+        assert!(split("echo 'x").is_err());
+        assert!(split("echo \"x").is_err());
+        assert!(split("echo $(x").is_err());
+        assert!(split("").unwrap().is_empty());
+    }
+}
