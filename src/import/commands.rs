@@ -1,0 +1,437 @@
+//! What a simple command of a RUN line means declaratively: `apt-get install` becomes
+//! packages, `curl -o` a download, `useradd` a user, and so on. A command that is not
+//! recognized is [`Fragment::Unknown`] and becomes a `[[run]]` step.
+
+use super::shell::Command;
+
+/// The declarative meaning of one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fragment {
+    /// Nothing to do in a recipe; the reason is shown in the import report.
+    Drop(&'static str),
+    AptInstall(Vec<String>),
+    AptUpgrade,
+    /// `ppa:OWNER/NAME`.
+    Ppa(String),
+    Download {
+        url: String,
+        dest: String,
+    },
+    Extract {
+        url: String,
+        dir: String,
+        strip: u32,
+    },
+    Symlink {
+        target: String,
+        path: String,
+    },
+    User {
+        name: String,
+        shell: Option<String>,
+        groups: Vec<String>,
+    },
+    /// `echo "NAME ALL=(ALL) NOPASSWD:ALL" >> /etc/sudoers.d/F`.
+    Sudo {
+        user: String,
+    },
+    Enable(Vec<String>),
+    Pip {
+        packages: Vec<String>,
+        upgrade_pip: bool,
+    },
+    /// `chmod +x PATH` (or an octal mode).
+    Chmod {
+        mode: u32,
+        path: String,
+    },
+    Unknown,
+}
+
+/// Drops leading `VAR=value` assignments (`DEBIAN_FRONTEND=noninteractive apt-get ...`) and
+/// a leading `sudo`.
+fn program(words: &[String]) -> &[String] {
+    let mut w = words;
+    while let Some(first) = w.first() {
+        let is_assign = first.split_once('=').is_some_and(|(k, _)| {
+            !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        if is_assign || first == "sudo" {
+            w = &w[1..];
+        } else {
+            break;
+        }
+    }
+    w
+}
+
+fn operands(args: &[String]) -> Vec<String> {
+    args.iter()
+        .filter(|a| !a.starts_with('-'))
+        .cloned()
+        .collect()
+}
+
+/// The value of `-o X`, `-oX`, `--output X`, `--output=X` style options.
+fn opt_value(args: &[String], short: &str, long: &str) -> Option<String> {
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == short || a == long {
+            return it.next().cloned();
+        }
+        if let Some(v) = a.strip_prefix(&format!("{long}=")) {
+            return Some(v.to_string());
+        }
+        if short.len() == 2 && a.starts_with(short) && a.len() > 2 && !a.starts_with("--") {
+            return Some(a[2..].to_string());
+        }
+    }
+    None
+}
+
+fn url_in(args: &[String]) -> Option<String> {
+    args.iter()
+        .find(|a| a.starts_with("http://") || a.starts_with("https://"))
+        .cloned()
+}
+
+fn apt(args: &[String]) -> Fragment {
+    let ops = operands(args);
+    match ops.first().map(String::as_str) {
+        Some("update") => Fragment::Drop("the package indexes are read at lock time"),
+        Some("clean" | "autoclean" | "autoremove") => {
+            Fragment::Drop("imgbuild keeps no apt cache in the image")
+        }
+        Some("upgrade" | "dist-upgrade" | "full-upgrade") => Fragment::AptUpgrade,
+        Some("install") if ops.len() > 1 => Fragment::AptInstall(ops[1..].to_vec()),
+        _ => Fragment::Unknown,
+    }
+}
+
+fn curl_or_wget(stage: &[String], is_wget: bool) -> Option<(String, Option<String>)> {
+    let args = &stage[1..];
+    let url = url_in(args)?;
+    let dest = if is_wget {
+        opt_value(args, "-O", "--output-document")
+    } else {
+        opt_value(args, "-o", "--output")
+    };
+    Some((url, dest.filter(|d| d != "-")))
+}
+
+fn tar_extract(stage: &[String]) -> Option<(String, u32)> {
+    let args = &stage[1..];
+    let extracting = args.iter().any(|a| {
+        a == "--extract"
+            || (a.starts_with('-') && !a.starts_with("--") && a.contains('x'))
+            || (!a.starts_with('-') && a.contains('x') && a.chars().all(|c| "xzvfJj".contains(c)))
+    });
+    if !extracting {
+        return None;
+    }
+    let dir = opt_value(args, "-C", "--directory").unwrap_or_else(|| "/".into());
+    let strip = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--strip-components="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Some((dir, strip))
+}
+
+/// Options of useradd (short) and adduser (long) whose value is the next word.
+fn takes_value(a: &str, adduser: bool) -> bool {
+    if adduser {
+        matches!(a, "--gecos" | "--home" | "--uid" | "--ingroup")
+    } else {
+        matches!(a, "-u" | "-g" | "-d" | "-c" | "-k")
+    }
+}
+
+fn useradd(args: &[String], adduser: bool) -> Fragment {
+    let mut name = None;
+    let mut shell = None;
+    let mut groups = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        let value = |i: &mut usize| -> Option<String> {
+            *i += 1;
+            args.get(*i).cloned()
+        };
+        if let Some(v) = a.strip_prefix("--shell=") {
+            shell = Some(v.to_string());
+        } else if a == "-s" || a == "--shell" {
+            shell = value(&mut i);
+        } else if let Some(v) = a.strip_prefix("--groups=") {
+            groups.extend(v.split(',').map(str::to_string));
+        } else if a == "-G" || a == "--groups" {
+            groups.extend(
+                value(&mut i)
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::to_string),
+            );
+        } else if takes_value(a, adduser) {
+            i += 1;
+        } else if !a.starts_with('-') && name.is_none() {
+            name = Some(a.clone());
+        }
+        i += 1;
+    }
+    match name {
+        Some(name) => Fragment::User {
+            name,
+            shell,
+            groups: groups.into_iter().filter(|g| !g.is_empty()).collect(),
+        },
+        None => Fragment::Unknown,
+    }
+}
+
+fn pip(args: &[String]) -> Fragment {
+    let ops = operands(args);
+    if ops.first().map(String::as_str) != Some("install") {
+        return Fragment::Unknown;
+    }
+    let upgrade = args.iter().any(|a| a == "--upgrade" || a == "-U");
+    let pkgs: Vec<String> = ops[1..].to_vec();
+    if upgrade && pkgs == ["pip"] {
+        return Fragment::Pip {
+            packages: Vec::new(),
+            upgrade_pip: true,
+        };
+    }
+    Fragment::Pip {
+        packages: pkgs,
+        upgrade_pip: false,
+    }
+}
+
+/// Recognizes one command.
+pub fn recognize(cmd: &Command) -> Fragment {
+    if let [a, b] = cmd.stages.as_slice() {
+        // `curl URL | tar -C DIR -x...` and `wget -O- URL | tar ...`
+        let (pa, pb) = (program(a), program(b));
+        if let (Some(p), Some(t)) = (pa.first(), pb.first())
+            && (p == "curl" || p == "wget")
+            && t == "tar"
+            && let (Some((url, None)), Some((dir, strip))) =
+                (curl_or_wget(pa, p == "wget"), tar_extract(pb))
+        {
+            return Fragment::Extract { url, dir, strip };
+        }
+        return Fragment::Unknown;
+    }
+    let [stage] = cmd.stages.as_slice() else {
+        return Fragment::Unknown;
+    };
+    let words = program(stage);
+    let Some(prog) = words.first() else {
+        return Fragment::Drop("only variable assignments");
+    };
+    let args = &words[1..];
+    match prog.as_str() {
+        "apt-get" | "apt" => apt(args),
+        "add-apt-repository" => match operands(args).as_slice() {
+            [ppa] if ppa.starts_with("ppa:") => Fragment::Ppa(ppa.clone()),
+            _ => Fragment::Unknown,
+        },
+        "rm" if operands(args)
+            .iter()
+            .all(|p| p.starts_with("/var/lib/apt/lists")) =>
+        {
+            Fragment::Drop("imgbuild keeps no apt lists in the image")
+        }
+        "curl" | "wget" => match curl_or_wget(words, prog == "wget") {
+            Some((url, Some(dest))) => Fragment::Download { url, dest },
+            _ => Fragment::Unknown,
+        },
+        "ln" if args
+            .iter()
+            .any(|a| a.starts_with('-') && !a.starts_with("--") && a.contains('s')) =>
+        {
+            match operands(args).as_slice() {
+                [target, path] => Fragment::Symlink {
+                    target: target.clone(),
+                    path: path.clone(),
+                },
+                _ => Fragment::Unknown,
+            }
+        }
+        "useradd" => useradd(args, false),
+        "adduser" => useradd(args, true),
+        "echo" => match args {
+            [line, redirect]
+                if redirect.starts_with(">>/etc/sudoers")
+                    || redirect.starts_with(">/etc/sudoers") =>
+            {
+                match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+                    [user, "ALL=(ALL)", "NOPASSWD:ALL"]
+                    | [user, "ALL=(ALL:ALL)", "NOPASSWD:ALL"] => Fragment::Sudo {
+                        user: (*user).to_string(),
+                    },
+                    _ => Fragment::Unknown,
+                }
+            }
+            _ => Fragment::Unknown,
+        },
+        "systemctl" => match operands(args).split_first() {
+            Some((verb, units)) if verb == "enable" && !units.is_empty() => {
+                Fragment::Enable(units.to_vec())
+            }
+            _ => Fragment::Unknown,
+        },
+        "pip" | "pip3" => pip(args),
+        "python3" | "python"
+            if args.first().map(String::as_str) == Some("-m")
+                && args.get(1).map(String::as_str) == Some("pip") =>
+        {
+            pip(&args[2..])
+        }
+        "chmod" => match args {
+            [mode, path] => {
+                let m = if mode == "+x" || mode == "a+x" || mode == "755" {
+                    Some(0o755)
+                } else {
+                    u32::from_str_radix(mode, 8).ok()
+                };
+                match m {
+                    Some(mode) => Fragment::Chmod {
+                        mode,
+                        path: path.clone(),
+                    },
+                    None => Fragment::Unknown,
+                }
+            }
+            _ => Fragment::Unknown,
+        },
+        _ => Fragment::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::shell::split;
+    use super::*;
+
+    fn one(s: &str) -> Fragment {
+        let c = split(s).unwrap();
+        assert_eq!(c.len(), 1, "{s}");
+        recognize(&c[0])
+    }
+
+    #[test]
+    fn apt_commands() {
+        assert!(matches!(one("apt-get update"), Fragment::Drop(_)));
+        assert_eq!(
+            one("DEBIAN_FRONTEND=\"noninteractive\" apt-get install --yes bash curl"),
+            Fragment::AptInstall(vec!["bash".into(), "curl".into()])
+        );
+        assert_eq!(one("apt-get upgrade --yes"), Fragment::AptUpgrade);
+        assert_eq!(
+            one("add-apt-repository -y ppa:git-core/ppa"),
+            Fragment::Ppa("ppa:git-core/ppa".into())
+        );
+        assert!(matches!(
+            one("rm -rf /var/lib/apt/lists/*"),
+            Fragment::Drop(_)
+        ));
+        assert_eq!(one("rm -rf /tmp/x"), Fragment::Unknown);
+    }
+
+    #[test]
+    fn downloads() {
+        assert_eq!(
+            one(
+                "curl -L \"https://x/compose-$(uname -s)-$(uname -m)\" -o /usr/local/bin/docker-compose"
+            ),
+            Fragment::Download {
+                url: "https://x/compose-$(uname -s)-$(uname -m)".into(),
+                dest: "/usr/local/bin/docker-compose".into()
+            }
+        );
+        assert_eq!(
+            one("wget -O /usr/bin/x https://x/y"),
+            Fragment::Download {
+                url: "https://x/y".into(),
+                dest: "/usr/bin/x".into()
+            }
+        );
+        assert_eq!(
+            one("curl -L \"https://go.example/go.tar.gz\" | tar -C /usr/local -xzvf -"),
+            Fragment::Extract {
+                url: "https://go.example/go.tar.gz".into(),
+                dir: "/usr/local".into(),
+                strip: 0
+            }
+        );
+        assert_eq!(
+            one("curl -fsSL https://x/k.tgz | tar xz --strip-components=1 -C /opt/k"),
+            Fragment::Extract {
+                url: "https://x/k.tgz".into(),
+                dir: "/opt/k".into(),
+                strip: 1
+            }
+        );
+        assert_eq!(one("curl https://x/install.sh | sh"), Fragment::Unknown);
+    }
+
+    #[test]
+    fn users_links_services_pip() {
+        assert_eq!(
+            one("useradd coder --create-home --shell=/bin/bash --groups=docker,sudo --user-group"),
+            Fragment::User {
+                name: "coder".into(),
+                shell: Some("/bin/bash".into()),
+                groups: vec!["docker".into(), "sudo".into()]
+            }
+        );
+        assert_eq!(
+            one("adduser --disabled-password --gecos '' dev"),
+            Fragment::User {
+                name: "dev".into(),
+                shell: None,
+                groups: vec![]
+            }
+        );
+        assert_eq!(
+            one("echo \"coder ALL=(ALL) NOPASSWD:ALL\" >>/etc/sudoers.d/nopasswd"),
+            Fragment::Sudo {
+                user: "coder".into()
+            }
+        );
+        assert_eq!(
+            one("ln -s /usr/bin/batcat /usr/bin/bat"),
+            Fragment::Symlink {
+                target: "/usr/bin/batcat".into(),
+                path: "/usr/bin/bat".into()
+            }
+        );
+        assert_eq!(
+            one("systemctl enable docker"),
+            Fragment::Enable(vec!["docker".into()])
+        );
+        assert_eq!(
+            one("pip3 install --upgrade pip"),
+            Fragment::Pip {
+                packages: vec![],
+                upgrade_pip: true
+            }
+        );
+        assert_eq!(
+            one("python3 -m pip install ansible"),
+            Fragment::Pip {
+                packages: vec!["ansible".into()],
+                upgrade_pip: false
+            }
+        );
+        assert_eq!(
+            one("chmod +x /usr/local/bin/docker-compose"),
+            Fragment::Chmod {
+                mode: 0o755,
+                path: "/usr/local/bin/docker-compose".into()
+            }
+        );
+        assert_eq!(one("make -j4"), Fragment::Unknown);
+    }
+}
