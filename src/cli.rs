@@ -71,6 +71,14 @@ pub enum Command {
         /// The recipe file
         recipe: PathBuf,
     },
+    /// Convert a Dockerfile into a recipe (stdout, or -o FILE)
+    Import {
+        /// The Dockerfile
+        dockerfile: PathBuf,
+        /// Write the recipe here instead of stdout
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Resolve apt packages and pin downloads into NAME.lock next to the recipe
     Lock {
         /// The recipe file

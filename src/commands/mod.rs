@@ -2,6 +2,7 @@
 
 mod build;
 mod check;
+mod import;
 mod layer;
 mod lock;
 mod login;
@@ -25,6 +26,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Check { recipe } => check::run(g, &recipe),
         Command::Plan { recipe } => plan::run(g, &recipe),
         Command::Lock { recipe } => lock::run(g, &recipe),
+        Command::Import { dockerfile, output } => import::run(g, &dockerfile, output.as_deref()),
         Command::Layer(args) => layer::run(g, &args),
         Command::Push {
             layout,

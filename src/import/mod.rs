@@ -1,5 +1,269 @@
-//! Dockerfile import (in progress): turning an existing Dockerfile into a recipe. So far the
-//! shell reader that splits RUN lines into commands, and what each command means in a recipe.
+//! Dockerfile import: an existing Dockerfile becomes a recipe. The syntax is read by the
+//! `dockerfile-parser` crate; RUN lines are split into commands ([`shell`]) and each command
+//! is mapped to its declarative form ([`commands`]). What has no declarative form becomes a
+//! `[[run]]` step, with a warning naming the Dockerfile line: nothing is dropped silently.
+//!
+//! ```
+//! let r = imgbuild::import::import("FROM ubuntu:22.04\nRUN apt-get update && apt-get install -y curl\n", "Dockerfile").unwrap();
+//! assert!(r.recipe.contains("packages = [\"curl\"]"));
+//! ```
 
 pub mod commands;
+mod draft;
 pub mod shell;
+
+use dockerfile_parser::{Dockerfile, Instruction, ShellOrExecExpr};
+
+use self::commands::{Fragment, recognize};
+use self::draft::Draft;
+
+/// A converted Dockerfile.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// The recipe, as TOML.
+    pub recipe: String,
+    /// What could not be mapped, each naming its Dockerfile line.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct ImportError {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// `$X` / `${X}` of a declared ARG become `${var.X}`; `$(uname -m)`-style substitutions become
+/// the recipe's platform variables.
+fn subst(s: &str, args: &[(String, String)]) -> String {
+    let mut out = s
+        .replace("$(uname -m)", "${uname_m}")
+        .replace("$(dpkg --print-architecture)", "${arch}")
+        .replace("$(uname -s)", "${os}");
+    for (name, _) in args {
+        out = out.replace(&format!("${{{name}}}"), &format!("${{var.{name}}}"));
+        // `$NAME` not followed by a name character.
+        let plain = format!("${name}");
+        let mut res = String::new();
+        let mut rest = out.as_str();
+        while let Some(i) = rest.find(&plain) {
+            let after = &rest[i + plain.len()..];
+            res.push_str(&rest[..i]);
+            if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                res.push_str(&plain);
+            } else {
+                res.push_str(&format!("${{var.{name}}}"));
+            }
+            rest = after;
+        }
+        res.push_str(rest);
+        out = res;
+    }
+    out
+}
+
+/// Converts `text` (the Dockerfile called `file`, for messages) into a recipe.
+pub fn import(text: &str, file: &str) -> Result<Imported, ImportError> {
+    let err = |line: usize, message: String| ImportError {
+        file: file.to_string(),
+        line,
+        message,
+    };
+    if let Some(l) = text.lines().position(|l| {
+        let l = l.trim_start();
+        l.starts_with("RUN <<")
+            || l.starts_with("COPY <<")
+            || l.contains(" <<EOF")
+            || l.contains(" <<-")
+    }) {
+        return Err(err(
+            l + 1,
+            "heredocs are not supported by import yet".into(),
+        ));
+    }
+    let df = Dockerfile::parse(text).map_err(|e| {
+        let msg = e.to_string();
+        let line = msg
+            .split("--> ")
+            .nth(1)
+            .and_then(|r| r.split(':').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(1);
+        // pest's message: "... --> L:C", the offending line, then "= expected ...".
+        let why = msg
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("= "))
+            .unwrap_or("not valid Dockerfile syntax");
+        err(line, format!("cannot parse the Dockerfile: {why}"))
+    })?;
+    let mut d = Draft::default();
+    let mut warnings = Vec::new();
+    let mut args: Vec<(String, String)> = Vec::new();
+    for a in &df.global_args {
+        args.push((
+            a.name.content.clone(),
+            a.value
+                .as_ref()
+                .map(|v| v.content.clone())
+                .unwrap_or_default(),
+        ));
+    }
+    let stages: Vec<_> = df.iter_stages().collect();
+    let Some(last) = stages.last() else {
+        return Err(err(1, "no FROM instruction".into()));
+    };
+    for s in &stages[..stages.len() - 1] {
+        let line = s
+            .instructions
+            .first()
+            .map(|i| line_of(text, span(i).start))
+            .unwrap_or(1);
+        warnings.push(format!(
+            "{file}:{line}: build stage {} is not imported (only the last stage becomes the image)",
+            s.index
+        ));
+    }
+    for ins in &last.instructions {
+        let line = line_of(text, span(ins).start);
+        let here = |m: String| format!("{file}:{line}: {m}");
+        match ins {
+            Instruction::From(f) => d.base = subst(&f.image.content, &args),
+            Instruction::Arg(a) => {
+                let v = a
+                    .value
+                    .as_ref()
+                    .map(|v| v.content.clone())
+                    .unwrap_or_default();
+                args.retain(|(n, _)| *n != a.name.content);
+                args.push((a.name.content.clone(), v));
+            }
+            Instruction::Env(e) => {
+                for v in &e.vars {
+                    d.env
+                        .push((v.key.content.clone(), subst(&v.value.to_string(), &args)));
+                }
+            }
+            Instruction::Label(l) => {
+                for lab in &l.labels {
+                    d.labels
+                        .push((lab.name.content.clone(), lab.value.content.clone()));
+                }
+            }
+            Instruction::Run(r) => match &r.expr {
+                ShellOrExecExpr::Shell(s) => {
+                    let script = s.to_string();
+                    let cmds = shell::split(&script).map_err(|e| err(line, e.0))?;
+                    let mut unknown: Vec<String> = Vec::new();
+                    for c in &cmds {
+                        let f = recognize(c);
+                        if f == Fragment::Unknown {
+                            unknown.push(subst(&c.text, &args));
+                        } else if let Err(m) = d.apply(f, &args) {
+                            unknown.push(subst(&c.text, &args));
+                            warnings.push(here(m));
+                        }
+                    }
+                    if !unknown.is_empty() {
+                        let cmd = unknown.join(" && ");
+                        warnings.push(here(format!("kept as a [[run]] step: {cmd}")));
+                        d.runs.push(cmd);
+                    }
+                }
+                ShellOrExecExpr::Exec(a) => {
+                    let cmd = a.as_str_vec().join(" ");
+                    warnings.push(here(format!("exec-form RUN kept as a [[run]] step: {cmd}")));
+                    d.runs.push(cmd);
+                }
+            },
+            Instruction::Copy(c) => {
+                if c.flags.iter().any(|f| f.name.content == "from") {
+                    warnings.push(here("COPY --from another stage is not imported".into()));
+                    continue;
+                }
+                for src in &c.sources {
+                    let dest = &c.destination.content;
+                    let dest = if dest.ends_with('/') {
+                        format!(
+                            "{dest}{}",
+                            src.content.rsplit('/').next().unwrap_or(&src.content)
+                        )
+                    } else {
+                        dest.clone()
+                    };
+                    d.files.push((src.content.clone(), dest));
+                }
+            }
+            Instruction::Entrypoint(e) => {
+                d.entrypoint = Some(exec_or_shell(&e.expr));
+            }
+            Instruction::Cmd(c) => {
+                d.cmd = Some(exec_or_shell(&c.expr));
+            }
+            Instruction::Misc(m) => {
+                let args_text = subst(m.arguments.to_string().trim(), &args);
+                match m.instruction.content.to_ascii_uppercase().as_str() {
+                    "USER" => d.user = Some(args_text),
+                    "WORKDIR" => d.workdir = Some(args_text),
+                    "SHELL" => match serde_json::from_str::<Vec<String>>(&args_text) {
+                        Ok(v) => d.shell = Some(v),
+                        Err(_) => return Err(err(line, "SHELL needs a JSON array".into())),
+                    },
+                    "ADD" => {
+                        let parts: Vec<&str> = args_text.split_whitespace().collect();
+                        match parts.as_slice() {
+                            [src, dest] if src.starts_with("http") => {
+                                d.downloads.push(draft::Download {
+                                    url: src.to_string(),
+                                    dest: Some(dest.to_string()),
+                                    extract: None,
+                                    strip: 0,
+                                    mode: None,
+                                })
+                            }
+                            [src, dest] => d.files.push((src.to_string(), dest.to_string())),
+                            _ => warnings.push(here(format!("ADD {args_text} is not imported"))),
+                        }
+                    }
+                    other => warnings.push(here(format!("{other} is not imported"))),
+                }
+            }
+        }
+    }
+    for (name, value) in &args {
+        d.vars.push((name.clone(), value.clone()));
+    }
+    Ok(Imported {
+        recipe: d.to_toml(),
+        warnings,
+    })
+}
+
+fn exec_or_shell(e: &ShellOrExecExpr) -> Vec<String> {
+    match e {
+        ShellOrExecExpr::Exec(a) => a.as_str_vec().iter().map(|s| s.to_string()).collect(),
+        ShellOrExecExpr::Shell(s) => vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            s.to_string().trim().to_string(),
+        ],
+    }
+}
+
+fn span(i: &Instruction) -> dockerfile_parser::Span {
+    match i {
+        Instruction::From(x) => x.span,
+        Instruction::Arg(x) => x.span,
+        Instruction::Label(x) => x.span,
+        Instruction::Run(x) => x.span,
+        Instruction::Entrypoint(x) => x.span,
+        Instruction::Cmd(x) => x.span,
+        Instruction::Copy(x) => x.span,
+        Instruction::Env(x) => x.span,
+        Instruction::Misc(x) => x.span,
+    }
+}

@@ -7,6 +7,7 @@ mod http;
 mod apt;
 mod build;
 mod errors;
+mod import;
 mod layer;
 mod layout;
 mod registry;

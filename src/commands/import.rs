@@ -1,0 +1,34 @@
+//! `imgbuild import DOCKERFILE [-o FILE]`: a Dockerfile converted into a recipe; what could
+//! not be mapped is reported on stderr with its Dockerfile line.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use imgbuild::{fsutil, import};
+
+use super::UsageError;
+use crate::cli::Global;
+
+pub fn run(g: &Global, dockerfile: &Path, output: Option<&Path>) -> Result<()> {
+    let text = std::fs::read_to_string(dockerfile)
+        .with_context(|| format!("cannot read {}", dockerfile.display()))?;
+    let imported = import::import(&text, &dockerfile.display().to_string())
+        .map_err(|e| UsageError(e.to_string()))?;
+    let progress = super::progress::Progress::new(g);
+    for w in &imported.warnings {
+        progress.line(&format!("warning: {w}"));
+    }
+    match output {
+        Some(path) => {
+            fsutil::write_atomic(path, imported.recipe.as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            progress.line(&format!(
+                "==> {}: {} warnings",
+                path.display(),
+                imported.warnings.len()
+            ));
+        }
+        None => print!("{}", imported.recipe),
+    }
+    Ok(())
+}

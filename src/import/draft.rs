@@ -1,0 +1,263 @@
+//! The recipe being assembled from a Dockerfile, and its TOML form.
+
+use super::commands::Fragment;
+use super::subst;
+
+#[derive(Debug, Clone, Default)]
+pub struct Download {
+    pub url: String,
+    pub dest: Option<String>,
+    pub extract: Option<String>,
+    pub strip: u32,
+    pub mode: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct User {
+    pub name: String,
+    pub shell: Option<String>,
+    pub groups: Vec<String>,
+    pub sudo: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Draft {
+    pub base: String,
+    pub vars: Vec<(String, String)>,
+    pub env: Vec<(String, String)>,
+    pub labels: Vec<(String, String)>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub shell: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub packages: Vec<String>,
+    pub upgrade: bool,
+    pub ppas: Vec<String>,
+    pub downloads: Vec<Download>,
+    pub pip: Vec<String>,
+    pub upgrade_pip: bool,
+    pub users: Vec<User>,
+    pub symlinks: Vec<(String, String)>,
+    pub services: Vec<String>,
+    pub files: Vec<(String, String)>,
+    pub runs: Vec<String>,
+}
+
+/// A TOML string.
+fn q(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+fn arr(v: &[String]) -> String {
+    format!(
+        "[{}]",
+        v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
+    )
+}
+
+impl Draft {
+    /// Adds what `f` declares; `Err` (with why) when it cannot be placed, such as a `chmod`
+    /// of a path no download writes.
+    pub fn apply(&mut self, f: Fragment, args: &[(String, String)]) -> Result<(), String> {
+        match f {
+            Fragment::Drop(_) | Fragment::Unknown => {}
+            Fragment::AptInstall(p) => {
+                for p in p {
+                    if !self.packages.contains(&p) {
+                        self.packages.push(p);
+                    }
+                }
+            }
+            Fragment::AptUpgrade => self.upgrade = true,
+            Fragment::Ppa(p) => {
+                if !self.ppas.contains(&p) {
+                    self.ppas.push(p);
+                }
+            }
+            Fragment::Download { url, dest } => self.downloads.push(Download {
+                url: subst(&url, args),
+                dest: Some(subst(&dest, args)),
+                ..Default::default()
+            }),
+            Fragment::Extract { url, dir, strip } => self.downloads.push(Download {
+                url: subst(&url, args),
+                extract: Some(subst(&dir, args)),
+                strip,
+                ..Default::default()
+            }),
+            Fragment::Symlink { target, path } => self
+                .symlinks
+                .push((subst(&path, args), subst(&target, args))),
+            Fragment::User {
+                name,
+                shell,
+                groups,
+            } => self.users.push(User {
+                name: subst(&name, args),
+                shell,
+                groups,
+                sudo: false,
+            }),
+            Fragment::Sudo { user } => {
+                let user = subst(&user, args);
+                match self.users.iter_mut().find(|u| u.name == user) {
+                    Some(u) => u.sudo = true,
+                    None => return Err(format!("sudo rule for {user}, who is not created here")),
+                }
+            }
+            Fragment::Enable(units) => self.services.extend(units),
+            Fragment::Pip {
+                packages,
+                upgrade_pip,
+            } => {
+                self.pip.extend(packages);
+                self.upgrade_pip |= upgrade_pip;
+            }
+            Fragment::Chmod { mode, path } => {
+                let path = subst(&path, args);
+                match self
+                    .downloads
+                    .iter_mut()
+                    .find(|d| d.dest.as_deref() == Some(path.as_str()))
+                {
+                    Some(d) => d.mode = Some(mode),
+                    None => return Err(format!("chmod of {path}, which no download writes")),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The recipe text, sections in the reference's order.
+    pub fn to_toml(&self) -> String {
+        let mut o = String::from("# Imported from a Dockerfile by `imgbuild import`.\n\n[image]\n");
+        let name = self
+            .base
+            .rsplit('/')
+            .next()
+            .unwrap_or("imported")
+            .split([':', '@'])
+            .next()
+            .unwrap_or("imported");
+        o.push_str(&format!("name = {}\n", q(&format!("{name}-imported"))));
+        o.push_str(&format!("base = {}\n", q(&self.base)));
+        if let Some(u) = &self.user {
+            o.push_str(&format!("user = {}\n", q(u)));
+        }
+        if let Some(w) = &self.workdir {
+            o.push_str(&format!("workdir = {}\n", q(w)));
+        }
+        if let Some(s) = &self.shell {
+            o.push_str(&format!("shell = {}\n", arr(s)));
+        }
+        if let Some(e) = &self.entrypoint {
+            o.push_str(&format!("entrypoint = {}\n", arr(e)));
+        }
+        if let Some(c) = &self.cmd {
+            o.push_str(&format!("cmd = {}\n", arr(c)));
+        }
+        if !self.labels.is_empty() {
+            let l: Vec<String> = self
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{} = {}", q(k), q(v)))
+                .collect();
+            o.push_str(&format!("labels = {{ {} }}\n", l.join(", ")));
+        }
+        let table = |o: &mut String, name: &str, kv: &[(String, String)]| {
+            if !kv.is_empty() {
+                o.push_str(&format!("\n[{name}]\n"));
+                let mut seen: Vec<&str> = Vec::new();
+                for (k, v) in kv {
+                    // TOML keys are unique: a later ENV of the same name is folded in, as
+                    // Docker's expansion of `$NAME` would have it.
+                    if seen.contains(&k.as_str()) {
+                        continue;
+                    }
+                    seen.push(k);
+                    let v = kv
+                        .iter()
+                        .filter(|(k2, _)| k2 == k)
+                        .skip(1)
+                        .fold(v.clone(), |acc, (_, later)| {
+                            later.replace(&format!("${k}"), &acc)
+                        });
+                    o.push_str(&format!("{} = {}\n", q(k), q(&v)));
+                }
+            }
+        };
+        table(&mut o, "vars", &self.vars);
+        table(&mut o, "env", &self.env);
+        if !self.packages.is_empty() || self.upgrade || !self.ppas.is_empty() {
+            o.push_str("\n[apt]\n");
+            if self.upgrade {
+                o.push_str("upgrade = true\n");
+            }
+            o.push_str(&format!("packages = {}\n", arr(&self.packages)));
+            for p in &self.ppas {
+                let name = p.trim_start_matches("ppa:").replace('/', "-");
+                o.push_str(&format!(
+                    "\n[[apt.sources]]\nname = {}\nuri = {}\n",
+                    q(&name),
+                    q(p)
+                ));
+            }
+        }
+        for d in &self.downloads {
+            o.push_str(&format!("\n[[download]]\nurl = {}\n", q(&d.url)));
+            if let Some(dest) = &d.dest {
+                o.push_str(&format!("dest = {}\n", q(dest)));
+            }
+            if let Some(m) = d.mode {
+                o.push_str(&format!("mode = 0o{m:o}\n"));
+            }
+            if let Some(x) = &d.extract {
+                o.push_str(&format!("extract = {}\n", q(x)));
+                if d.strip > 0 {
+                    o.push_str(&format!("strip_components = {}\n", d.strip));
+                }
+            }
+        }
+        if !self.pip.is_empty() {
+            o.push_str("\n[pip]\n");
+            if self.upgrade_pip {
+                o.push_str("upgrade_pip = true\n");
+            }
+            o.push_str(&format!("packages = {}\n", arr(&self.pip)));
+        }
+        for u in &self.users {
+            o.push_str(&format!("\n[[user]]\nname = {}\n", q(&u.name)));
+            if let Some(s) = &u.shell {
+                o.push_str(&format!("shell = {}\n", q(s)));
+            }
+            if !u.groups.is_empty() {
+                o.push_str(&format!("groups = {}\n", arr(&u.groups)));
+            }
+            if u.sudo {
+                o.push_str("sudo = \"nopasswd\"\n");
+            }
+        }
+        for (src, dest) in &self.files {
+            o.push_str(&format!(
+                "\n[[file]]\nsrc = {}\ndest = {}\n",
+                q(src),
+                q(dest)
+            ));
+        }
+        for (path, target) in &self.symlinks {
+            o.push_str(&format!(
+                "\n[[symlink]]\npath = {}\ntarget = {}\n",
+                q(path),
+                q(target)
+            ));
+        }
+        if !self.services.is_empty() {
+            o.push_str(&format!("\n[services]\nenable = {}\n", arr(&self.services)));
+        }
+        for r in &self.runs {
+            o.push_str(&format!("\n[[run]]\ncommand = {}\n", q(r)));
+        }
+        o
+    }
+}
