@@ -207,6 +207,17 @@ fn pip(args: &[String]) -> Fragment {
     }
 }
 
+fn sudo_line(line: &str) -> Fragment {
+    match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+        [user, "ALL=(ALL)", "NOPASSWD:ALL"] | [user, "ALL=(ALL:ALL)", "NOPASSWD:ALL"] => {
+            Fragment::Sudo {
+                user: (*user).to_string(),
+            }
+        }
+        _ => Fragment::Unknown,
+    }
+}
+
 /// Recognizes one command.
 pub fn recognize(cmd: &Command) -> Fragment {
     if let [a, b] = cmd.stages.as_slice() {
@@ -261,17 +272,14 @@ pub fn recognize(cmd: &Command) -> Fragment {
         "useradd" => useradd(args, false),
         "adduser" => useradd(args, true),
         "echo" => match args {
+            [line, op, path] if (op == ">>" || op == ">") && path.starts_with("/etc/sudoers") => {
+                sudo_line(line)
+            }
             [line, redirect]
                 if redirect.starts_with(">>/etc/sudoers")
                     || redirect.starts_with(">/etc/sudoers") =>
             {
-                match line.split_whitespace().collect::<Vec<_>>().as_slice() {
-                    [user, "ALL=(ALL)", "NOPASSWD:ALL"]
-                    | [user, "ALL=(ALL:ALL)", "NOPASSWD:ALL"] => Fragment::Sudo {
-                        user: (*user).to_string(),
-                    },
-                    _ => Fragment::Unknown,
-                }
+                sudo_line(line)
             }
             _ => Fragment::Unknown,
         },

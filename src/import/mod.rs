@@ -74,18 +74,8 @@ pub fn import(text: &str, file: &str) -> Result<Imported, ImportError> {
         line,
         message,
     };
-    if let Some(l) = text.lines().position(|l| {
-        let l = l.trim_start();
-        l.starts_with("RUN <<")
-            || l.starts_with("COPY <<")
-            || l.contains(" <<EOF")
-            || l.contains(" <<-")
-    }) {
-        return Err(err(
-            l + 1,
-            "heredocs are not supported by import yet".into(),
-        ));
-    }
+    let (text, heredocs) = heredocs(text).map_err(|(line, m)| err(line, m))?;
+    let text = text.as_str();
     let df = Dockerfile::parse(text).map_err(|e| {
         let msg = e.to_string();
         let line = msg
@@ -156,7 +146,12 @@ pub fn import(text: &str, file: &str) -> Result<Imported, ImportError> {
             }
             Instruction::Run(r) => match &r.expr {
                 ShellOrExecExpr::Shell(s) => {
-                    let script = s.to_string();
+                    // A heredoc's body is read as the script it is.
+                    let raw = s.to_string();
+                    let script = match heredoc_index(&raw) {
+                        Some(i) => heredocs.get(i).cloned().unwrap_or_default(),
+                        None => raw,
+                    };
                     let cmds = shell::split(&script).map_err(|e| err(line, e.0))?;
                     let mut unknown: Vec<String> = Vec::new();
                     for c in &cmds {
@@ -241,6 +236,79 @@ pub fn import(text: &str, file: &str) -> Result<Imported, ImportError> {
         recipe: d.to_toml(),
         warnings,
     })
+}
+
+const HEREDOC: &str = "__imgbuild_heredoc_";
+
+/// Which heredoc a placeholder RUN stands for.
+fn heredoc_index(script: &str) -> Option<usize> {
+    script
+        .trim()
+        .strip_prefix(HEREDOC)?
+        .strip_suffix("__")?
+        .parse()
+        .ok()
+}
+
+/// `RUN <<EOF ... EOF` blocks, which dockerfile-parser cannot read: each becomes a placeholder
+/// RUN and its body lines become comments, so every line keeps its number. Returns the text
+/// and the bodies. A heredoc in any other instruction is an error naming its line.
+fn heredocs(text: &str) -> Result<(String, Vec<String>), (usize, String)> {
+    let mut out = Vec::new();
+    let mut bodies = Vec::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((i, line)) = lines.next() {
+        let t = line.trim_start();
+        let Some(pos) = t.find("<<") else {
+            out.push(line.to_string());
+            continue;
+        };
+        let head = t[..pos].trim();
+        let is_run = head.eq_ignore_ascii_case("RUN");
+        let first_word = t
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        if !is_run {
+            if matches!(first_word.as_str(), "COPY" | "ADD") {
+                return Err((
+                    i + 1,
+                    "heredocs in COPY/ADD are not supported by import".into(),
+                ));
+            }
+            out.push(line.to_string());
+            continue;
+        }
+        let spec = t[pos + 2..].trim();
+        let dash = spec.starts_with('-');
+        let marker = spec
+            .trim_start_matches('-')
+            .trim_matches(['"', '\''])
+            .to_string();
+        if marker.is_empty() || marker.contains(char::is_whitespace) {
+            return Err((i + 1, "only `RUN <<MARKER` heredocs are supported".into()));
+        }
+        let mut body = Vec::new();
+        let mut closed = false;
+        for (_, l) in lines.by_ref() {
+            let end = if dash { l.trim_start_matches('\t') } else { l };
+            if end == marker {
+                closed = true;
+                break;
+            }
+            body.push(l.to_string());
+        }
+        if !closed {
+            return Err((i + 1, format!("heredoc `{marker}` is not closed")));
+        }
+        out.push(format!("RUN {HEREDOC}{}__", bodies.len()));
+        out.extend(std::iter::repeat_n("#".to_string(), body.len() + 1));
+        bodies.push(body.join("\n"));
+    }
+    let mut joined = out.join("\n");
+    joined.push('\n');
+    Ok((joined, bodies))
 }
 
 fn exec_or_shell(e: &ShellOrExecExpr) -> Vec<String> {

@@ -107,7 +107,8 @@ fn malformed_dockerfiles_name_the_line_and_exit_2() {
     for (text, line) in [
         ("FROM ubuntu\nRUN echo hi\nBOGUS\n", 3),
         ("FROM ubuntu\nSHELL /bin/bash -c\n", 2),
-        ("FROM ubuntu\nRUN <<EOF\necho hi\nEOF\n", 2),
+        ("FROM ubuntu\nRUN <<EOF\necho hi\n", 2),
+        ("FROM ubuntu\nCOPY <<EOF /x\nhi\nEOF\n", 2),
         ("RUN echo no from\n", 1),
     ] {
         let df = w.path("Dockerfile");
@@ -119,5 +120,294 @@ fn malformed_dockerfiles_name_the_line_and_exit_2() {
             "{text}\n{}",
             stderr(&o)
         );
+    }
+}
+
+/// (case, Dockerfile after `FROM debian:12\n`, fragments the recipe must hold, `[[run]]` count)
+const SNIPPETS: &[(&str, &str, &[&str], usize)] = &[
+    (
+        "apt install",
+        "RUN apt-get update && apt-get install -y curl git\n",
+        &["packages = [\"curl\", \"git\"]"],
+        0,
+    ),
+    (
+        "apt flags and env prefix",
+        "RUN DEBIAN_FRONTEND=noninteractive apt-get install --no-install-recommends -y vim\n",
+        &["packages = [\"vim\"]"],
+        0,
+    ),
+    (
+        "apt install continuation",
+        "RUN apt-get install -y \\\n  a \\\n  b\n",
+        &["packages = [\"a\", \"b\"]"],
+        0,
+    ),
+    (
+        "apt upgrade",
+        "RUN apt-get update && apt-get upgrade -y\n",
+        &["upgrade = true"],
+        0,
+    ),
+    (
+        "apt lists removed",
+        "RUN apt-get install -y x && rm -rf /var/lib/apt/lists/*\n",
+        &["packages = [\"x\"]"],
+        0,
+    ),
+    (
+        "apt clean",
+        "RUN apt-get install -y x; apt-get clean\n",
+        &["packages = [\"x\"]"],
+        0,
+    ),
+    (
+        "ppa",
+        "RUN add-apt-repository -y ppa:deadsnakes/ppa && apt-get install -y python3.12\n",
+        &["uri = \"ppa:deadsnakes/ppa\"", "\"python3.12\""],
+        0,
+    ),
+    (
+        "curl -o",
+        "RUN curl -fsSL https://x.example/tool -o /usr/local/bin/tool\n",
+        &["url = \"https://x.example/tool\"\ndest = \"/usr/local/bin/tool\""],
+        0,
+    ),
+    (
+        "curl --output",
+        "RUN curl -L --output /opt/a.bin https://x.example/a.bin\n",
+        &["dest = \"/opt/a.bin\""],
+        0,
+    ),
+    (
+        "wget -O",
+        "RUN wget -q -O /usr/bin/jq https://x.example/jq\n",
+        &["url = \"https://x.example/jq\"\ndest = \"/usr/bin/jq\""],
+        0,
+    ),
+    (
+        "chmod after download",
+        "RUN curl -L https://x.example/t -o /usr/bin/t && chmod +x /usr/bin/t\n",
+        &["dest = \"/usr/bin/t\"\nmode = 0o755"],
+        0,
+    ),
+    (
+        "chmod octal",
+        "RUN curl -L https://x.example/t -o /usr/bin/t\nRUN chmod 0750 /usr/bin/t\n",
+        &["mode = 0o750"],
+        0,
+    ),
+    (
+        "chmod of something else",
+        "RUN chmod +x /entry.sh\n",
+        &["command = \"chmod +x /entry.sh\""],
+        1,
+    ),
+    (
+        "curl | tar",
+        "RUN curl -L https://x.example/go.tar.gz | tar -C /usr/local -xzf -\n",
+        &["extract = \"/usr/local\""],
+        0,
+    ),
+    (
+        "curl | tar strip",
+        "RUN curl -fsSL https://x.example/n.tgz | tar -xz --strip-components=1 -C /opt/n\n",
+        &["extract = \"/opt/n\"\nstrip_components = 1"],
+        0,
+    ),
+    (
+        "uname substitution",
+        "RUN curl -L \"https://x.example/c-$(uname -s)-$(uname -m)\" -o /usr/bin/c\n",
+        &["c-${os}-${uname_m}"],
+        0,
+    ),
+    (
+        "dpkg arch substitution",
+        "RUN curl -L https://x.example/t_$(dpkg --print-architecture) -o /t\n",
+        &["t_${arch}"],
+        0,
+    ),
+    ("ARG before FROM", "", &["base = \"debian:12\""], 0),
+    (
+        "ARG as var",
+        "ARG VER=1.2\nRUN curl -L https://x.example/v${VER}/t -o /t\n",
+        &["\"VER\" = \"1.2\"", "https://x.example/v${var.VER}/t"],
+        0,
+    ),
+    (
+        "ARG plain $",
+        "ARG V=3\nRUN curl -L https://x.example/$V/t -o /t\n",
+        &["https://x.example/${var.V}/t"],
+        0,
+    ),
+    (
+        "ENV both forms",
+        "ENV A=1 B=\"two words\"\nENV C 3\n",
+        &["\"A\" = \"1\"", "\"B\" = \"two words\"", "\"C\" = \"3\""],
+        0,
+    ),
+    (
+        "ENV PATH folded",
+        "ENV PATH $PATH:/a\nENV PATH $PATH:/b\n",
+        &["\"PATH\" = \"$PATH:/a:/b\""],
+        0,
+    ),
+    (
+        "ln -s",
+        "RUN ln -s /usr/bin/python3 /usr/bin/python\n",
+        &["path = \"/usr/bin/python\"\ntarget = \"/usr/bin/python3\""],
+        0,
+    ),
+    (
+        "ln -sf",
+        "RUN ln -sf /a /b\n",
+        &["path = \"/b\"\ntarget = \"/a\""],
+        0,
+    ),
+    (
+        "useradd with flags",
+        "RUN useradd -m -s /bin/zsh -G wheel,docker dev\n",
+        &["name = \"dev\"\nshell = \"/bin/zsh\"\ngroups = [\"wheel\", \"docker\"]"],
+        0,
+    ),
+    (
+        "adduser",
+        "RUN adduser --disabled-password --gecos '' app\n",
+        &["name = \"app\""],
+        0,
+    ),
+    (
+        "sudoers",
+        "RUN useradd u && echo \"u ALL=(ALL) NOPASSWD:ALL\" >> /etc/sudoers.d/u\n",
+        &["name = \"u\"\nsudo = \"nopasswd\""],
+        0,
+    ),
+    (
+        "systemctl enable",
+        "RUN systemctl enable ssh nginx\n",
+        &["enable = [\"ssh\", \"nginx\"]"],
+        0,
+    ),
+    (
+        "pip",
+        "RUN pip3 install --upgrade pip; pip3 install requests flask\n",
+        &["upgrade_pip = true\npackages = [\"requests\", \"flask\"]"],
+        0,
+    ),
+    (
+        "python -m pip",
+        "RUN python3 -m pip install black\n",
+        &["packages = [\"black\"]"],
+        0,
+    ),
+    (
+        "unknown command",
+        "RUN make install\n",
+        &["command = \"make install\""],
+        1,
+    ),
+    (
+        "mixed known and unknown",
+        "RUN apt-get install -y a && ./configure && make\n",
+        &["packages = [\"a\"]", "command = \"./configure && make\""],
+        1,
+    ),
+    (
+        "exec form RUN",
+        "RUN [\"/bin/echo\", \"hi\"]\n",
+        &["command = \"/bin/echo hi\""],
+        1,
+    ),
+    (
+        "heredoc RUN",
+        "RUN <<EOF\napt-get install -y tree\ntouch /x\nEOF\n",
+        &["packages = [\"tree\"]", "command = \"touch /x\""],
+        1,
+    ),
+    (
+        "USER WORKDIR",
+        "USER app\nWORKDIR /srv\n",
+        &["user = \"app\"", "workdir = \"/srv\""],
+        0,
+    ),
+    (
+        "SHELL",
+        "SHELL [\"/bin/bash\", \"-o\", \"pipefail\", \"-c\"]\n",
+        &["shell = [\"/bin/bash\", \"-o\", \"pipefail\", \"-c\"]"],
+        0,
+    ),
+    (
+        "ENTRYPOINT and CMD json",
+        "ENTRYPOINT [\"/tini\", \"--\"]\nCMD [\"app\"]\n",
+        &["entrypoint = [\"/tini\", \"--\"]", "cmd = [\"app\"]"],
+        0,
+    ),
+    (
+        "CMD shell form",
+        "CMD echo hi\n",
+        &["cmd = [\"/bin/sh\", \"-c\", \"echo hi\"]"],
+        0,
+    ),
+    (
+        "LABEL",
+        "LABEL org.opencontainers.image.title=\"x\"\n",
+        &["\"org.opencontainers.image.title\" = \"x\""],
+        0,
+    ),
+    (
+        "COPY file",
+        "COPY motd /etc/motd\n",
+        &["src = \"motd\"\ndest = \"/etc/motd\""],
+        0,
+    ),
+    (
+        "COPY into dir",
+        "COPY a.sh b.sh /usr/local/bin/\n",
+        &[
+            "dest = \"/usr/local/bin/a.sh\"",
+            "dest = \"/usr/local/bin/b.sh\"",
+        ],
+        0,
+    ),
+    (
+        "ADD url",
+        "ADD https://x.example/f.txt /opt/f.txt\n",
+        &["url = \"https://x.example/f.txt\"\ndest = \"/opt/f.txt\""],
+        0,
+    ),
+    (
+        "multi-stage",
+        "RUN true\nFROM alpine:3\nRUN apk add curl\n",
+        &["base = \"alpine:3\"", "command = \"apk add curl\""],
+        1,
+    ),
+];
+
+#[test]
+fn snippets_map_to_recipe_fragments() {
+    assert!(SNIPPETS.len() >= 30);
+    let w = Work::setup();
+    for (case, body, want, runs) in SNIPPETS {
+        let text = if *case == "ARG before FROM" {
+            "ARG IMG=debian:12\nFROM ${IMG}\n".replace("${IMG}", "debian:12")
+        } else {
+            format!("FROM debian:12\n{body}")
+        };
+        let df = w.path("Dockerfile");
+        fs::write(&df, &text).unwrap();
+        let o = w.cmd().arg("import").arg(&df).output().unwrap();
+        assert_ok(&o);
+        let recipe = stdout(&o);
+        for f in *want {
+            assert!(recipe.contains(f), "{case}: recipe lacks {f}:\n{recipe}");
+        }
+        assert_eq!(
+            recipe.matches("[[run]]").count(),
+            *runs,
+            "{case}: [[run]] steps in\n{recipe}"
+        );
+        if *runs > 0 {
+            assert!(stderr(&o).contains("Dockerfile:"), "{case}: {}", stderr(&o));
+        }
     }
 }
