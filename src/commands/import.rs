@@ -12,7 +12,8 @@ use crate::cli::Global;
 pub fn run(g: &Global, dockerfile: &Path, output: Option<&Path>) -> Result<()> {
     let text = std::fs::read_to_string(dockerfile)
         .with_context(|| format!("cannot read {}", dockerfile.display()))?;
-    let imported = import::import(&text, &dockerfile.display().to_string())
+    let context = dockerfile.parent().filter(|p| !p.as_os_str().is_empty());
+    let imported = import::import(&text, &dockerfile.display().to_string(), context)
         .map_err(|e| UsageError(e.to_string()))?;
     let progress = super::progress::Progress::new(g);
     for w in &imported.warnings {

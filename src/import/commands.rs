@@ -40,6 +40,16 @@ pub enum Fragment {
         packages: Vec<String>,
         upgrade_pip: bool,
     },
+    /// `curl URL | gpg --dearmor -o DEST`: a repository key fetched at build time.
+    Key {
+        url: String,
+        dest: String,
+    },
+    /// `echo "deb ..." | tee /etc/apt/sources.list.d/F.list` (or `>` into it).
+    SourceLine {
+        line: String,
+        file: String,
+    },
     /// `chmod +x PATH` (or an octal mode).
     Chmod {
         mode: u32,
@@ -230,6 +240,29 @@ pub fn recognize(cmd: &Command) -> Fragment {
                 (curl_or_wget(pa, p == "wget"), tar_extract(pb))
         {
             return Fragment::Extract { url, dir, strip };
+        }
+        if let (Some(p), Some(g)) = (pa.first(), pb.first())
+            && (p == "curl" || p == "wget")
+            && g == "gpg"
+            && pb.iter().any(|a| a == "--dearmor")
+            && let (Some((url, None)), Some(dest)) = (
+                curl_or_wget(pa, p == "wget"),
+                opt_value(&pb[1..], "-o", "--output"),
+            )
+        {
+            return Fragment::Key { url, dest };
+        }
+        if let (Some(e), Some(t)) = (pa.first(), pb.first())
+            && e == "echo"
+            && t == "tee"
+            && let ([line], [file]) = (&pa[1..], operands(&pb[1..]).as_slice())
+            && line.starts_with("deb ")
+            && file.starts_with("/etc/apt/sources.list.d/")
+        {
+            return Fragment::SourceLine {
+                line: line.clone(),
+                file: file.clone(),
+            };
         }
         return Fragment::Unknown;
     }

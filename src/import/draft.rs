@@ -42,6 +42,19 @@ pub struct Draft {
     pub services: Vec<String>,
     pub files: Vec<(String, String)>,
     pub runs: Vec<String>,
+    /// Keys fetched by the Dockerfile: image path -> URL.
+    pub keys: Vec<(String, String)>,
+    pub sources: Vec<Source>,
+}
+
+/// An apt source from a `deb` line; `key` is a file next to the recipe.
+#[derive(Debug, Clone, Default)]
+pub struct Source {
+    pub name: String,
+    pub uri: String,
+    pub suite: String,
+    pub components: Vec<String>,
+    pub key: Option<String>,
 }
 
 /// A TOML string.
@@ -62,6 +75,17 @@ impl Draft {
     pub fn apply(&mut self, f: Fragment, args: &[(String, String)]) -> Result<(), String> {
         match f {
             Fragment::Drop(_) | Fragment::Unknown => {}
+            Fragment::Key { url, dest } => self.keys.push((dest, url)),
+            Fragment::SourceLine { line, file } => {
+                let name = file
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(&file)
+                    .trim_end_matches(".list")
+                    .to_string();
+                let src = self.deb_line(&name, &line)?;
+                self.sources.push(src);
+            }
             Fragment::AptInstall(p) => {
                 for p in p {
                     if !self.packages.contains(&p) {
@@ -129,6 +153,52 @@ impl Draft {
         Ok(())
     }
 
+    /// Reads `deb [opts] URI SUITE COMPONENTS...`; a `signed-by` key the Dockerfile fetched
+    /// becomes `keys/NAME` next to the recipe (the report says where to get it).
+    pub fn deb_line(&self, name: &str, line: &str) -> Result<Source, String> {
+        let line = line.replace("$(lsb_release -cs)", "${var.codename}");
+        let mut rest = line
+            .trim()
+            .strip_prefix("deb")
+            .ok_or("not a deb line")?
+            .trim();
+        let mut key = None;
+        if let Some(opts) = rest.strip_prefix('[') {
+            let (opts, tail) = opts.split_once(']').ok_or("unclosed [ in a deb line")?;
+            for o in opts.split_whitespace() {
+                if let Some(k) = o.strip_prefix("signed-by=") {
+                    let file = k.rsplit('/').next().unwrap_or(k);
+                    key = Some(format!("keys/{file}"));
+                }
+            }
+            rest = tail.trim();
+        }
+        let mut words = rest.split_whitespace();
+        let uri = words.next().ok_or("no URI in a deb line")?.to_string();
+        let suite = words.next().ok_or("no suite in a deb line")?;
+        Ok(Source {
+            name: name.to_string(),
+            uri,
+            suite: suite.to_string(),
+            components: words.map(str::to_string).collect(),
+            key,
+        })
+    }
+
+    /// The release codename a base tag means, for `$(lsb_release -cs)`.
+    pub fn codename(&self) -> Option<&'static str> {
+        let tag = self.base.rsplit(':').next()?;
+        Some(match (self.base.split(':').next()?, tag) {
+            ("ubuntu", "22.04" | "jammy") => "jammy",
+            ("ubuntu", "24.04" | "noble") => "noble",
+            ("ubuntu", "20.04" | "focal") => "focal",
+            ("debian", "12" | "bookworm") => "bookworm",
+            ("debian", "11" | "bullseye") => "bullseye",
+            ("debian", "13" | "trixie") => "trixie",
+            _ => return None,
+        })
+    }
+
     /// The recipe text, sections in the reference's order.
     pub fn to_toml(&self) -> String {
         let mut o = String::from("# Imported from a Dockerfile by `imgbuild import`.\n\n[image]\n");
@@ -189,12 +259,28 @@ impl Draft {
         };
         table(&mut o, "vars", &self.vars);
         table(&mut o, "env", &self.env);
-        if !self.packages.is_empty() || self.upgrade || !self.ppas.is_empty() {
+        if !self.packages.is_empty()
+            || self.upgrade
+            || !self.ppas.is_empty()
+            || !self.sources.is_empty()
+        {
             o.push_str("\n[apt]\n");
             if self.upgrade {
                 o.push_str("upgrade = true\n");
             }
             o.push_str(&format!("packages = {}\n", arr(&self.packages)));
+            for src in &self.sources {
+                o.push_str(&format!(
+                    "\n[[apt.sources]]\nname = {}\nuri = {}\nsuite = {}\ncomponents = {}\n",
+                    q(&src.name),
+                    q(&src.uri),
+                    q(&src.suite),
+                    arr(&src.components)
+                ));
+                if let Some(k) = &src.key {
+                    o.push_str(&format!("key = {}\n", q(k)));
+                }
+            }
             for p in &self.ppas {
                 let name = p.trim_start_matches("ppa:").replace('/', "-");
                 o.push_str(&format!(

@@ -4,7 +4,7 @@
 //! `[[run]]` step, with a warning naming the Dockerfile line: nothing is dropped silently.
 //!
 //! ```
-//! let r = imgbuild::import::import("FROM ubuntu:22.04\nRUN apt-get update && apt-get install -y curl\n", "Dockerfile").unwrap();
+//! let r = imgbuild::import::import("FROM ubuntu:22.04\nRUN apt-get update && apt-get install -y curl\n", "Dockerfile", None).unwrap();
 //! assert!(r.recipe.contains("packages = [\"curl\"]"));
 //! ```
 
@@ -67,8 +67,13 @@ fn subst(s: &str, args: &[(String, String)]) -> String {
     out
 }
 
-/// Converts `text` (the Dockerfile called `file`, for messages) into a recipe.
-pub fn import(text: &str, file: &str) -> Result<Imported, ImportError> {
+/// Converts `text` (the Dockerfile called `file`, for messages) into a recipe. `context` is
+/// the build context: apt `.list` files the Dockerfile copies are read from it.
+pub fn import(
+    text: &str,
+    file: &str,
+    context: Option<&std::path::Path>,
+) -> Result<Imported, ImportError> {
     let err = |line: usize, message: String| ImportError {
         file: file.to_string(),
         line,
@@ -182,6 +187,35 @@ pub fn import(text: &str, file: &str) -> Result<Imported, ImportError> {
                 }
                 for src in &c.sources {
                     let dest = &c.destination.content;
+                    // A sources list from the context becomes apt sources.
+                    if dest.starts_with("/etc/apt/sources.list.d")
+                        && src.content.ends_with(".list")
+                        && let Some(list) =
+                            context.and_then(|c| std::fs::read_to_string(c.join(&src.content)).ok())
+                    {
+                        let name = src.content.rsplit('/').next().unwrap_or(&src.content);
+                        let name = name.trim_end_matches(".list");
+                        for l in list
+                            .lines()
+                            .map(str::trim)
+                            .filter(|l| l.starts_with("deb "))
+                        {
+                            let mut s = d.deb_line(name, l).map_err(|m| err(line, m))?;
+                            // The key is a file the Dockerfile copied from the context.
+                            if let Some(k) = &s.key {
+                                let keyname = k.trim_start_matches("keys/");
+                                if let Some(pos) = d
+                                    .files
+                                    .iter()
+                                    .position(|(_, dst)| dst.rsplit('/').next() == Some(keyname))
+                                {
+                                    s.key = Some(d.files.remove(pos).0);
+                                }
+                            }
+                            d.sources.push(s);
+                        }
+                        continue;
+                    }
                     let dest = if dest.ends_with('/') {
                         format!(
                             "{dest}{}",
@@ -231,6 +265,29 @@ pub fn import(text: &str, file: &str) -> Result<Imported, ImportError> {
     }
     for (name, value) in &args {
         d.vars.push((name.clone(), value.clone()));
+    }
+    if d.sources
+        .iter()
+        .any(|s| s.suite.contains("${var.codename}"))
+    {
+        let c = d.codename().unwrap_or_default();
+        d.vars.push(("codename".into(), c.to_string()));
+        if c.is_empty() {
+            warnings.push(format!(
+                "{file}: set [vars] codename to the base image's release ($(lsb_release -cs))"
+            ));
+        }
+    }
+    for (path, url) in &d.keys {
+        let name = path.rsplit('/').next().unwrap_or(path);
+        if d.sources
+            .iter()
+            .any(|s| s.key.as_deref() == Some(&format!("keys/{name}")))
+        {
+            warnings.push(format!(
+                "{file}: the key the Dockerfile fetches from {url} must be saved as keys/{name} next to the recipe (curl -fsSL {url} | gpg --dearmor > keys/{name}); check its fingerprint"
+            ));
+        }
     }
     Ok(Imported {
         recipe: d.to_toml(),
