@@ -12,6 +12,8 @@ pub mod commands;
 mod draft;
 pub mod shell;
 
+use std::path::Path;
+
 use dockerfile_parser::{Dockerfile, Instruction, ShellOrExecExpr};
 
 use self::commands::{Fragment, recognize};
@@ -69,11 +71,7 @@ fn subst(s: &str, args: &[(String, String)]) -> String {
 
 /// Converts `text` (the Dockerfile called `file`, for messages) into a recipe. `context` is
 /// the build context: apt `.list` files the Dockerfile copies are read from it.
-pub fn import(
-    text: &str,
-    file: &str,
-    context: Option<&std::path::Path>,
-) -> Result<Imported, ImportError> {
+pub fn import(text: &str, file: &str, context: Option<&Path>) -> Result<Imported, ImportError> {
     let err = |line: usize, message: String| ImportError {
         file: file.to_string(),
         line,
@@ -213,6 +211,27 @@ pub fn import(
                                 }
                             }
                             d.sources.push(s);
+                        }
+                        continue;
+                    }
+                    // A directory of the context: one file entry per file in it.
+                    if let Some(ctx) = context
+                        && ctx.join(&src.content).is_dir()
+                    {
+                        let root = ctx.join(&src.content);
+                        let mut entries: Vec<_> = walkdir::WalkDir::new(&root)
+                            .sort_by_file_name()
+                            .into_iter()
+                            .flatten()
+                            .filter(|e| e.file_type().is_file())
+                            .collect();
+                        entries.sort_by(|a, b| a.path().cmp(b.path()));
+                        for e in entries {
+                            let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
+                            let from = Path::new(&src.content).join(rel);
+                            let to = Path::new(dest).join(rel);
+                            d.files
+                                .push((from.display().to_string(), to.display().to_string()));
                         }
                         continue;
                     }

@@ -219,7 +219,12 @@ const SNIPPETS: &[(&str, &str, &[&str], usize)] = &[
         &["t_${arch}"],
         0,
     ),
-    ("ARG before FROM", "", &["base = \"debian:12\""], 0),
+    (
+        "ARG before FROM",
+        "",
+        &["base = \"${var.IMG}\"", "\"IMG\" = \"debian:12\""],
+        0,
+    ),
     (
         "ARG as var",
         "ARG VER=1.2\nRUN curl -L https://x.example/v${VER}/t -o /t\n",
@@ -381,7 +386,7 @@ fn snippets_map_to_recipe_fragments() {
     let w = Work::setup();
     for (case, body, want, runs) in SNIPPETS {
         let text = if *case == "ARG before FROM" {
-            "ARG IMG=debian:12\nFROM ${IMG}\n".replace("${IMG}", "debian:12")
+            "ARG IMG=debian:12\nFROM ${IMG}\n".to_string()
         } else {
             format!("FROM debian:12\n{body}")
         };
@@ -402,4 +407,38 @@ fn snippets_map_to_recipe_fragments() {
             assert!(stderr(&o).contains("Dockerfile:"), "{case}: {}", stderr(&o));
         }
     }
+}
+
+#[test]
+fn copied_directories_become_one_file_entry_each() {
+    let w = Work::setup();
+    let ctx = w.path("ctx");
+    fs::create_dir_all(ctx.join("conf/sub")).unwrap();
+    fs::write(ctx.join("conf/a.conf"), "a").unwrap();
+    fs::write(ctx.join("conf/sub/b.conf"), "b").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM debian:12\nCOPY conf /etc/app\n",
+    )
+    .unwrap();
+    let out = ctx.join("r.toml");
+    let o = w
+        .cmd()
+        .arg("import")
+        .arg(ctx.join("Dockerfile"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let r = fs::read_to_string(&out).unwrap();
+    assert!(
+        r.contains("src = \"conf/a.conf\"\ndest = \"/etc/app/a.conf\""),
+        "{r}"
+    );
+    assert!(
+        r.contains("src = \"conf/sub/b.conf\"\ndest = \"/etc/app/sub/b.conf\""),
+        "{r}"
+    );
+    assert_ok(&w.cmd().arg("check").arg(&out).output().unwrap());
 }
