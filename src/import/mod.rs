@@ -285,6 +285,14 @@ pub fn import(text: &str, file: &str, context: Option<&Path>) -> Result<Imported
     for (name, value) in &args {
         d.vars.push((name.clone(), value.clone()));
     }
+    for (i, l) in text.lines().enumerate() {
+        if l.contains("$(uname -s)") {
+            warnings.push(format!(
+                "{file}:{}: $(uname -s) became ${{os}}, which is lowercase (`linux`, not `Linux`): check the URL",
+                i + 1
+            ));
+        }
+    }
     if d.sources
         .iter()
         .any(|s| s.suite.contains("${var.codename}"))

@@ -49,6 +49,7 @@ fn the_seed_dockerfile_becomes_the_expected_recipe() {
     assert_eq!(recipe.matches("[[run]]").count(), 0);
     let e = stderr(&o);
     assert!(e.contains("keys/hashicorp-archive-keyring.gpg"), "{e}");
+    assert!(e.contains("Dockerfile:43: $(uname -s) became ${os}"), "{e}");
     let o = w.cmd().arg("check").arg(&out).output().unwrap();
     assert_ok(&o);
     assert!(stdout(&o).contains(": ok"));
