@@ -129,7 +129,7 @@ pub fn obtain_lock(
     if !lock::needed(loaded) {
         return Ok(None);
     }
-    let path = lock::path_for(&loaded.path);
+    let path = loaded.lock_path.clone();
     let existing = lock::read(&path)?;
     let inputs = lock::inputs(loaded, base)?;
     match existing {

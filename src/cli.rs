@@ -66,6 +66,27 @@ fn parse_var(s: &str) -> Result<(String, String), String> {
 pub enum Command {
     /// Build a recipe into an OCI image layout
     Build(BuildArgs),
+    /// Write the recipe's cloud-init user-data, meta-data, network-config and NoCloud seed.iso
+    CloudInit {
+        /// The recipe file
+        recipe: PathBuf,
+        /// Output directory [default: out/NAME/cloud-init]
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// The small snippet for VMs cloned from imgbuild's disk, not the install-at-boot one
+        #[arg(long)]
+        clone: bool,
+    },
+    /// Make the built proxmox target (out/NAME/proxmox) a VM template over the Proxmox API
+    Deploy {
+        /// The recipe file
+        recipe: PathBuf,
+        /// The proxmox output directory [default: out/NAME/proxmox]
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        proxmox: ProxmoxArgs,
+    },
     /// Validate a recipe without building
     Check {
         /// The recipe file
@@ -174,6 +195,39 @@ pub struct BuildArgs {
     /// Leave apt packages unpacked: do not run `dpkg --configure -a` in a sandbox
     #[arg(long)]
     pub no_configure: bool,
+    /// After building the proxmox target, make it a template over the Proxmox API
+    #[arg(long)]
+    pub deploy: bool,
+    #[command(flatten)]
+    pub proxmox: ProxmoxArgs,
+}
+
+/// Where and how to reach the Proxmox VE API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProxmoxArgs {
+    /// The node's API address, e.g. https://pve.lan:8006
+    #[arg(long, env = "PROXMOX_URL", value_name = "URL")]
+    pub proxmox_url: Option<String>,
+    /// The API token, USER@REALM!TOKENID=SECRET (prefer the environment variable)
+    #[arg(
+        long,
+        env = "PROXMOX_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub proxmox_token: Option<String>,
+    /// The node's CA certificate (/etc/pve/pve-root-ca.pem on the node)
+    #[arg(long, value_name = "PEM")]
+    pub proxmox_ca: Option<PathBuf>,
+    /// Accept any certificate from the node (its default one is self-signed)
+    #[arg(long)]
+    pub proxmox_insecure: bool,
+    /// Replace an existing template of the same name and id
+    #[arg(long)]
+    pub force: bool,
+    /// user@host for `snippets_via = "ssh"` [default: root@ the API's host]
+    #[arg(long, value_name = "USER@HOST")]
+    pub ssh: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,17 +1,27 @@
-//! `imgbuild build RECIPE`: build the OCI image layout; the manifest digest on stdout.
+//! `imgbuild build RECIPE`: build the OCI image layout (the manifest digest on stdout) and/or
+//! the proxmox target (the disk's path on stdout), then push or deploy them if asked.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use imgbuild::build::{self, BuildOutput};
 use imgbuild::fsutil;
+use imgbuild::proxmox::target;
 use serde_json::json;
 
+use super::UsageError;
 use super::progress::Progress;
-use crate::cli::{BuildArgs, Global};
+use crate::cli::{BuildArgs, Global, Target};
 
 pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
-    super::require_oci(args.target)?;
+    let oci = super::wants(args.target, Target::Oci);
+    let proxmox = super::wants(args.target, Target::Proxmox);
+    if args.deploy && !proxmox {
+        return Err(UsageError("--deploy needs --target proxmox (or all)".into()).into());
+    }
+    if args.push.is_some() && !oci {
+        return Err(UsageError("--push needs --target oci (or all)".into()).into());
+    }
     let loaded = super::load(g, &args.recipe)?;
     let progress = Progress::new(g);
     for w in &loaded.warnings {
@@ -23,43 +33,79 @@ pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("out").join(&loaded.recipe.image.name));
-    let started = std::time::Instant::now();
     let opts = super::client_options(g);
     let push_ref = args
         .push
         .as_deref()
         .map(imgbuild::registry::Reference::parse)
         .transpose()?;
-    let result = build::build(
-        &loaded,
-        &cache,
-        &out,
-        mtime,
-        &super::build_options(g, args),
-        &progress,
-    )
-    .with_context(|| format!("building {}", args.recipe.display()))?;
-    let hits = result.layers.iter().filter(|l| l.hit).count();
-    progress.line(&format!(
-        "==> {} in {:.2?}: {} layers ({hits} cached, {} built), tags {}",
-        out.display(),
-        started.elapsed(),
-        result.layers.len(),
-        result.layers.len() - hits,
-        result.tags.join(", ")
-    ));
+    let mut meta = serde_json::Map::new();
+    if oci {
+        let started = std::time::Instant::now();
+        let result = build::build(
+            &loaded,
+            &cache,
+            &out,
+            mtime,
+            &super::build_options(g, args),
+            &progress,
+        )
+        .with_context(|| format!("building {}", args.recipe.display()))?;
+        let hits = result.layers.iter().filter(|l| l.hit).count();
+        progress.line(&format!(
+            "==> {} in {:.2?}: {} layers ({hits} cached, {} built), tags {}",
+            out.display(),
+            started.elapsed(),
+            result.layers.len(),
+            result.layers.len() - hits,
+            result.tags.join(", ")
+        ));
+        meta = metadata(&result);
+        if let Some(dest) = &push_ref {
+            let tag = result.tags.first().map(String::as_str);
+            super::push::push_layout(&progress, &out, tag, dest, &opts, Some(&cache))?;
+        }
+        println!("{}", result.manifest);
+    }
+    if proxmox {
+        let started = std::time::Instant::now();
+        let dir = out.join("proxmox");
+        let result = target::build(
+            &loaded,
+            &cache,
+            &dir,
+            mtime,
+            &super::build_options(g, args),
+            &progress,
+        )
+        .with_context(|| format!("building the proxmox target of {}", args.recipe.display()))?;
+        progress.line(&format!(
+            "==> {} in {:.2?}: {} ({} bytes, kernel {}), seed.iso, user-data",
+            dir.display(),
+            started.elapsed(),
+            result.manifest.disk.file,
+            result.manifest.disk.size,
+            result.manifest.kernel,
+        ));
+        meta.insert(
+            "proxmox".into(),
+            serde_json::to_value(&result.manifest).context("serializing the manifest")?,
+        );
+        println!("{}", result.disk.path.display());
+        if args.deploy {
+            super::deploy::deploy_dir(g, &loaded, &dir, &args.proxmox, &progress)?;
+        }
+    }
     if let Some(path) = &args.metadata_file {
-        write_metadata(path, &result)?;
+        let bytes = serde_json::to_vec_pretty(&serde_json::Value::Object(meta))
+            .context("serializing build metadata")?;
+        fsutil::write_atomic(path, &bytes)
+            .with_context(|| format!("writing metadata file {}", path.display()))?;
     }
-    if let Some(dest) = &push_ref {
-        let tag = result.tags.first().map(String::as_str);
-        super::push::push_layout(&progress, &out, tag, dest, &opts, Some(&cache))?;
-    }
-    println!("{}", result.manifest);
     Ok(())
 }
 
-fn write_metadata(path: &Path, r: &BuildOutput) -> Result<()> {
+fn metadata(r: &BuildOutput) -> serde_json::Map<String, serde_json::Value> {
     let hits = r.layers.iter().filter(|l| l.hit).count();
     let doc = json!({
         "manifest": r.manifest,
@@ -80,7 +126,8 @@ fn write_metadata(path: &Path, r: &BuildOutput) -> Result<()> {
         "cache": { "hits": hits, "misses": r.layers.len() - hits },
         "packages": r.lock.as_ref().map(|l| l.packages.iter().map(|p| json!({"name": p.name, "version": p.version, "arch": p.arch, "sha256": p.sha256})).collect::<Vec<_>>()),
     });
-    let bytes = serde_json::to_vec_pretty(&doc).context("serializing build metadata")?;
-    fsutil::write_atomic(path, &bytes)
-        .with_context(|| format!("writing metadata file {}", path.display()))
+    match doc {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    }
 }

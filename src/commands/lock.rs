@@ -14,7 +14,7 @@ pub fn run(g: &Global, recipe: &Path) -> Result<()> {
     let progress = super::progress::Progress::new(g);
     let base = build::resolve_base(&loaded, &cache, &super::client_options(g), &progress)
         .with_context(|| format!("locking {}", recipe.display()))?;
-    let path = lock::path_for(&loaded.path);
+    let path = loaded.lock_path.clone();
     let old = lock::read(&path).ok().flatten();
     let fresh = build::resolve_lock(
         &loaded,

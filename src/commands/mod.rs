@@ -2,6 +2,8 @@
 
 mod build;
 mod check;
+mod cloud_init;
+mod deploy;
 mod import;
 mod layer;
 mod lock;
@@ -24,6 +26,14 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => build::run(g, &args),
         Command::Check { recipe } => check::run(g, &recipe),
+        Command::CloudInit { recipe, out, clone } => {
+            cloud_init::run(g, &recipe, out.as_deref(), clone)
+        }
+        Command::Deploy {
+            recipe,
+            dir,
+            proxmox,
+        } => deploy::run(g, &recipe, dir.as_deref(), &proxmox),
         Command::Plan { recipe } => plan::run(g, &recipe),
         Command::Lock { recipe } => lock::run(g, &recipe),
         Command::Import { dockerfile, output } => import::run(g, &dockerfile, output.as_deref()),
@@ -70,10 +80,8 @@ pub struct UsageError(pub String);
 /// Prints an error chain; bad input (recipes, usage) exits 2, everything else 1.
 pub fn report_error(e: &anyhow::Error) -> ExitCode {
     let recipe = e.chain().find_map(|c| {
-        c.downcast_ref::<RecipeError>().or_else(|| {
-            c.downcast_ref::<imgbuild::build::BuildError>()
-                .and_then(|b| b.recipe())
-        })
+        c.downcast_ref::<RecipeError>()
+            .or_else(|| build_error(c).and_then(|b| b.recipe()))
     });
     if let Some(r) = recipe
         && matches!(r, RecipeError::Invalid(_))
@@ -85,7 +93,7 @@ pub fn report_error(e: &anyhow::Error) -> ExitCode {
     eprintln!("error: {e:#}");
     let stale_lock = |c: &(dyn std::error::Error + 'static)| {
         matches!(
-            c.downcast_ref::<imgbuild::build::BuildError>(),
+            build_error(c),
             Some(imgbuild::build::BuildError::Locked { .. })
         )
     };
@@ -136,12 +144,19 @@ fn source_date_epoch() -> Result<u64> {
     }
 }
 
-fn require_oci(target: Target) -> Result<()> {
-    match target {
-        Target::Oci => Ok(()),
-        Target::Proxmox | Target::All => Err(UsageError(
-            "--target proxmox is not supported yet: only the oci target builds for now".into(),
-        )
-        .into()),
-    }
+/// The build error inside an error chain link, also when a proxmox target error wraps it
+/// (transparently, so it is not a link of its own).
+fn build_error<'a>(
+    c: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a imgbuild::build::BuildError> {
+    c.downcast_ref::<imgbuild::build::BuildError>().or_else(|| {
+        match c.downcast_ref::<imgbuild::proxmox::target::TargetError>() {
+            Some(imgbuild::proxmox::target::TargetError::Build(b)) => Some(b),
+            _ => None,
+        }
+    })
+}
+
+fn wants(target: Target, which: Target) -> bool {
+    target == which || target == Target::All
 }

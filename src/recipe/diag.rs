@@ -65,7 +65,7 @@ impl fmt::Display for FieldPath {
 }
 
 /// Byte spans of every key and value of a TOML document, by field path.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct SpanIndex {
     entries: Vec<(FieldPath, Range<usize>)>,
 }

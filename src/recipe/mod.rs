@@ -21,9 +21,12 @@ pub use model::*;
 pub use validate::archive_format as validate_archive_format;
 
 /// A recipe read from disk, interpolated and validated.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Loaded {
     pub path: PathBuf,
+    /// Where its resolved inputs are locked (`NAME.lock` next to it; `NAME.vm.lock` for the
+    /// proxmox target's variant, see [`Loaded::vm_variant`]).
+    pub lock_path: PathBuf,
     /// The recipe's directory: `src` and `key` paths are relative to it.
     pub dir: PathBuf,
     pub source: String,
@@ -92,6 +95,27 @@ impl Loaded {
     /// An error about `field`, as a [`RecipeError`] (exit code 2 at the command line).
     pub fn error_at(&self, field: &FieldPath, message: impl Into<String>) -> RecipeError {
         RecipeError::Invalid(vec![self.diagnostic(Severity::Error, field, message)])
+    }
+
+    /// The recipe as the proxmox target builds it: the same, plus `packages` (a kernel,
+    /// systemd, cloud-init... ) in `[apt]`, locked in its own `NAME.vm.lock`.
+    pub fn vm_variant(&self, packages: &[String]) -> Loaded {
+        let mut v = self.clone();
+        let apt = v.recipe.apt.get_or_insert_with(|| Apt {
+            sources: Vec::new(),
+            packages: Vec::new(),
+            upgrade: false,
+            bootstrap: None,
+            install_recommends: false,
+            ppa_base: None,
+        });
+        for p in packages {
+            if !apt.packages.contains(p) {
+                apt.packages.push(p.clone());
+            }
+        }
+        v.lock_path = self.path.with_extension("vm.lock");
+        v
     }
 
     /// Resolves a recipe-relative path.
@@ -204,6 +228,7 @@ pub fn parse(
     };
     let mut loaded = Loaded {
         path: path.to_path_buf(),
+        lock_path: crate::lock::path_for(path),
         dir,
         source,
         base: BaseRef::Scratch,

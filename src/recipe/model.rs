@@ -252,11 +252,14 @@ impl Compression {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxmoxTarget {
     pub node: Option<String>,
+    /// A file storage with `import`, `iso` (and `snippets`) content (default `local`).
     pub storage: Option<String>,
+    /// Where the template's disks live (default: `storage`; `local-lvm` on a stock node).
+    pub disk_storage: Option<String>,
     pub vmid: Option<u32>,
     pub disk_size: Option<String>,
     pub format: Option<String>,
@@ -265,7 +268,53 @@ pub struct ProxmoxTarget {
     pub memory: Option<u32>,
     pub cores: Option<u32>,
     pub snippets_via: Option<String>,
-    pub cloud_init: Option<toml::Table>,
+    /// The name of the template VM on the node (default: the image name).
+    pub name: Option<String>,
+    /// The network bridge of the template's NIC (default `vmbr0`).
+    pub bridge: Option<String>,
+    #[serde(default)]
+    pub cloud_init: CloudInit,
+}
+
+/// `[target.proxmox.cloud_init]`: what the cloud-init user-data adds to the recipe.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudInit {
+    pub hostname: Option<String>,
+    /// Keys installed for every user of the recipe (and in Proxmox's `sshkeys`).
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+    /// Commands run at the end of first boot, after everything the recipe declares.
+    #[serde(default)]
+    pub runcmd: Vec<String>,
+    /// `poweroff` or `reboot` once cloud-init has finished.
+    pub power_state: Option<String>,
+    /// Run the shell-script parts at every boot, not only the first (the seed's
+    /// `cloud_final_modules: [[scripts-user, always]]`, for an agent that must start each time).
+    #[serde(default)]
+    pub scripts_every_boot: bool,
+    /// Variables exported at the top of every shell-script part (`export NAME='value'`).
+    #[serde(default, deserialize_with = "ordered_map")]
+    pub vars: Vec<(String, String)>,
+    /// Extra MIME parts of the user-data, after the cloud-config.
+    #[serde(default)]
+    pub parts: Vec<CloudInitPart>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloudInitPart {
+    pub filename: String,
+    /// A MIME type cloud-init reads: `text/x-shellscript`, `text/cloud-config`,
+    /// `text/cloud-boothook`, `text/jinja2`, `text/x-include-url`, `text/part-handler`.
+    #[serde(default = "default_part_type")]
+    pub content_type: String,
+    pub content: Option<String>,
+    pub src: Option<String>,
+}
+
+fn default_part_type() -> String {
+    "text/x-shellscript".into()
 }
 
 /// Deserializes a TOML table into `(key, string value)` pairs in document order.

@@ -463,12 +463,59 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
             );
         }
         if let Some(s) = &px.snippets_via
-            && !["api", "ssh"].contains(&s.as_str())
+            && !["none", "ssh"].contains(&s.as_str())
         {
             c.error(
                 &p.key("snippets_via"),
-                format!("snippets_via `{s}` is not api or ssh"),
+                format!(
+                    "snippets_via `{s}` is not none or ssh (the Proxmox API cannot upload snippets)"
+                ),
             );
+        }
+        if let Some(size) = &px.disk_size
+            && crate::disk::parse_size(size).is_none()
+        {
+            c.error(
+                &p.key("disk_size"),
+                format!("disk_size `{size}` is not a size such as 4G or 8192M"),
+            );
+        }
+        let ci = p.key("cloud_init");
+        if let Some(s) = &px.cloud_init.power_state
+            && !["poweroff", "reboot"].contains(&s.as_str())
+        {
+            c.error(
+                &ci.key("power_state"),
+                format!("power_state `{s}` is not poweroff or reboot"),
+            );
+        }
+        for (i, part) in px.cloud_init.parts.iter().enumerate() {
+            let f = ci.key("parts").index(i);
+            match (&part.content, &part.src) {
+                (Some(_), Some(_)) | (None, None) => {
+                    c.error(&f, "a part needs exactly one of `content` and `src`")
+                }
+                (None, Some(src)) => c.recipe_file(&f.key("src"), src),
+                _ => {}
+            }
+            if !crate::cloudinit::PART_TYPES.contains(&part.content_type.as_str()) {
+                c.error(
+                    &f.key("content_type"),
+                    format!(
+                        "content_type `{}` is not one cloud-init reads ({})",
+                        part.content_type,
+                        crate::cloudinit::PART_TYPES.join(", ")
+                    ),
+                );
+            }
+        }
+        for (k, _) in &px.cloud_init.vars {
+            if k.is_empty() || !k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
+                c.error(
+                    &ci.key("vars").key(k),
+                    format!("`{k}` is not a shell variable name"),
+                );
+            }
         }
     }
     (base, c.diags)

@@ -1,6 +1,8 @@
 //! The integration tests: every test drives the real `imgbuild` executable, as a user would,
 //! and reads what it wrote with the real tools (skopeo, umoci, GNU tar).
 
+#[path = "../support/fake_proxmox.rs"]
+mod fake_proxmox;
 #[path = "../support/http.rs"]
 mod http;
 
@@ -10,6 +12,7 @@ mod errors;
 mod import;
 mod layer;
 mod layout;
+mod proxmox;
 mod registry;
 mod servers;
 

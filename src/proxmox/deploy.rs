@@ -1,0 +1,450 @@
+//! Turning a built proxmox target into a VM template over the API: upload the disk (`import`
+//! content, PVE 8.3+) and the seed ISO (`iso`), create the VM importing the disk
+//! (`scsi0: STORAGE:0,import-from=...`) with an EFI disk, a cloud-init drive, a serial console
+//! and the guest agent, convert it to a template. Every task is polled to its end; a failure
+//! after the VM exists removes the half-made VM. Uploads are named by their digest, so a
+//! second deploy of the same disk uploads nothing.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::api::{self, Api, ApiError};
+use super::target::Manifest;
+use crate::recipe::{Loaded, ProxmoxTarget};
+use crate::report::{Event, Reporter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("[target.proxmox] {0} is not set: the node to deploy to must be named")]
+    Missing(&'static str),
+    #[error(
+        "VM {vmid} already exists on {node}: pass --force to replace it (it will be destroyed)"
+    )]
+    Exists { vmid: u64, node: String },
+    #[error(
+        "VM {vmid} on {node} is `{found}`, not `{name}`: refusing to replace another VM, even \
+         with --force (set [target.proxmox] vmid to a free id)"
+    )]
+    Foreign {
+        vmid: u64,
+        node: String,
+        found: String,
+        name: String,
+    },
+    #[error("{step}")]
+    Api {
+        step: String,
+        #[source]
+        source: ApiError,
+    },
+    #[error("{step} failed, and removing the half-made VM {vmid} failed too ({cleanup})")]
+    CleanupFailed {
+        step: String,
+        vmid: u64,
+        cleanup: String,
+        #[source]
+        source: ApiError,
+    },
+    #[error("copying the user-data snippet over ssh to {target}: {message}")]
+    Ssh { target: String, message: String },
+}
+
+/// Where the deploy went.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Deployed {
+    pub node: String,
+    pub vmid: u64,
+    pub name: String,
+    pub disk_volid: String,
+    pub seed_volid: String,
+    pub cicustom: Option<String>,
+    pub replaced: bool,
+}
+
+/// Deploy settings beyond the recipe's `[target.proxmox]`.
+#[derive(Debug, Clone, Default)]
+pub struct DeployOptions {
+    /// Replace an existing template with the same id.
+    pub force: bool,
+    /// `user@host` for `snippets_via = "ssh"` (default: `root@` the API's host).
+    pub ssh_target: Option<String>,
+}
+
+struct Ctx<'a> {
+    api: &'a Api,
+    reporter: &'a dyn Reporter,
+}
+
+impl Ctx<'_> {
+    /// Runs one API call, reporting it and its outcome.
+    fn call<T>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> Result<T, ApiError>,
+    ) -> Result<T, DeployError> {
+        self.reporter
+            .report(Event::Stage(&format!("proxmox: {what}")));
+        match f() {
+            Ok(v) => {
+                self.reporter
+                    .report(Event::Stage(&format!("proxmox: {what}: ok")));
+                Ok(v)
+            }
+            Err(source) => {
+                self.reporter
+                    .report(Event::Stage(&format!("proxmox: {what}: failed: {source}")));
+                Err(DeployError::Api {
+                    step: what.to_string(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Deploys the target built in `dir` (with `manifest`) as a template.
+pub fn deploy(
+    api: &Api,
+    loaded: &Loaded,
+    dir: &Path,
+    manifest: &Manifest,
+    opts: &DeployOptions,
+    api_host: &str,
+    reporter: &dyn Reporter,
+) -> Result<Deployed, DeployError> {
+    let px = loaded.recipe.target.proxmox.clone().unwrap_or_default();
+    let node = px.node.clone().ok_or(DeployError::Missing("node"))?;
+    let storage = px.storage.clone().unwrap_or_else(|| "local".into());
+    let disk_storage = px.disk_storage.clone().unwrap_or_else(|| storage.clone());
+    let name = manifest.name.clone();
+    let c = Ctx { api, reporter };
+
+    // Which VM id: the recipe's, else the template of that name, else the next free one.
+    let vms = c.call(&format!("GET /nodes/{node}/qemu (list VMs)"), || {
+        api.get(&format!("/nodes/{node}/qemu"))
+    })?;
+    let vms = vms.as_array().cloned().unwrap_or_default();
+    let by_id = |id: u64| {
+        vms.iter()
+            .find(|v| v.get("vmid").and_then(as_u64) == Some(id))
+    };
+    let vmid = match px.vmid {
+        Some(id) => u64::from(id),
+        None => match vms
+            .iter()
+            .find(|v| v.get("name").and_then(|n| n.as_str()) == Some(name.as_str()))
+            .and_then(|v| v.get("vmid").and_then(as_u64))
+        {
+            Some(id) => id,
+            None => {
+                let v = c.call("GET /cluster/nextid (next free VM id)", || {
+                    api.get("/cluster/nextid")
+                })?;
+                as_u64(&v).ok_or_else(|| DeployError::Api {
+                    step: "GET /cluster/nextid".into(),
+                    source: ApiError::Body {
+                        method: "GET",
+                        path: "/cluster/nextid".into(),
+                        message: format!("expected a number, got {v}"),
+                    },
+                })?
+            }
+        },
+    };
+    let mut replaced = false;
+    if let Some(existing) = by_id(vmid) {
+        let found = existing
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("")
+            .to_string();
+        if found != name {
+            return Err(DeployError::Foreign {
+                vmid,
+                node,
+                found,
+                name,
+            });
+        }
+        if !opts.force {
+            return Err(DeployError::Exists { vmid, node });
+        }
+        destroy(&c, &node, vmid)?;
+        replaced = true;
+    }
+
+    // The files, named by content so that an unchanged disk is not sent again.
+    let content = c.call(
+        &format!("GET /nodes/{node}/storage/{storage}/content (what is there)"),
+        || api.get(&format!("/nodes/{node}/storage/{storage}/content")),
+    )?;
+    let have: Vec<String> = content
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.get("volid").and_then(|s| s.as_str()).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let disk_file = format!(
+        "{name}-{}.{}",
+        &manifest.disk.sha256[..12],
+        manifest.disk_format
+    );
+    let seed_file = format!("{name}-seed-{}.iso", &manifest.seed.sha256[..12]);
+    let disk_volid = format!("{storage}:import/{disk_file}");
+    let seed_volid = format!("{storage}:iso/{seed_file}");
+    for (kind, file, volid, local, sha) in [
+        (
+            "import",
+            &disk_file,
+            &disk_volid,
+            dir.join(&manifest.disk.file),
+            &manifest.disk.sha256,
+        ),
+        (
+            "iso",
+            &seed_file,
+            &seed_volid,
+            dir.join(&manifest.seed.file),
+            &manifest.seed.sha256,
+        ),
+    ] {
+        if have.contains(volid) {
+            reporter.report(Event::Stage(&format!(
+                "proxmox: {volid} is already on {storage}: not uploading"
+            )));
+            continue;
+        }
+        let what = format!("POST /nodes/{node}/storage/{storage}/upload ({kind}: {file})");
+        let upid = c.call(&what, || {
+            api.upload(&node, &storage, kind, &local, file, sha)
+        })?;
+        c.call(&format!("waiting for the upload of {file}"), || {
+            api.wait(&node, &upid)
+        })?;
+    }
+
+    let cicustom = match px.snippets_via.as_deref() {
+        Some("ssh") => Some(copy_snippet(
+            &c, &node, &storage, &name, dir, opts, api_host,
+        )?),
+        _ => None,
+    };
+
+    // The VM, then the template; from here on a failure removes the VM.
+    let form = create_form(
+        loaded,
+        &px,
+        vmid,
+        &name,
+        &disk_storage,
+        &disk_volid,
+        &cicustom,
+    );
+    // A refused create made nothing; once the task runs, the VM exists (perhaps half-made).
+    let upid = c.call(
+        &format!("POST /nodes/{node}/qemu (create VM {vmid})"),
+        || {
+            api.post(&format!("/nodes/{node}/qemu"), &form)
+                .and_then(|v| api::upid(&v, "POST", &format!("/nodes/{node}/qemu")))
+        },
+    )?;
+    let created = (|| {
+        c.call(
+            &format!("waiting for VM {vmid} to be created (disk import)"),
+            || api.wait(&node, &upid),
+        )?;
+        let path = format!("/nodes/{node}/qemu/{vmid}/template");
+        let v = c.call(&format!("POST {path} (convert to template)"), || {
+            api.post(&path, &[])
+        })?;
+        if let Some(upid) = v.as_str() {
+            c.call(
+                &format!("waiting for VM {vmid} to become a template"),
+                || api.wait(&node, upid),
+            )?;
+        }
+        Ok::<(), DeployError>(())
+    })();
+    if let Err(e) = created {
+        let DeployError::Api { step, source } = e else {
+            return Err(e);
+        };
+        reporter.report(Event::Stage(&format!(
+            "proxmox: removing the half-made VM {vmid}"
+        )));
+        return match destroy(&c, &node, vmid) {
+            Ok(()) => Err(DeployError::Api { step, source }),
+            Err(cleanup) => Err(DeployError::CleanupFailed {
+                step,
+                vmid,
+                cleanup: cleanup.to_string(),
+                source,
+            }),
+        };
+    }
+    Ok(Deployed {
+        node,
+        vmid,
+        name,
+        disk_volid,
+        seed_volid,
+        cicustom,
+        replaced,
+    })
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+/// Destroys VM `vmid` with its disks and waits for it.
+fn destroy(c: &Ctx, node: &str, vmid: u64) -> Result<(), DeployError> {
+    let path = format!("/nodes/{node}/qemu/{vmid}");
+    let v = c.call(&format!("DELETE {path} (destroy VM {vmid})"), || {
+        c.api.delete(
+            &path,
+            &[("purge", "1"), ("destroy-unreferenced-disks", "1")],
+        )
+    })?;
+    if let Some(upid) = v.as_str() {
+        c.call(&format!("waiting for VM {vmid} to be destroyed"), || {
+            c.api.wait(node, upid)
+        })?;
+    }
+    Ok(())
+}
+
+/// The form of `POST /nodes/{node}/qemu`.
+fn create_form(
+    loaded: &Loaded,
+    px: &ProxmoxTarget,
+    vmid: u64,
+    name: &str,
+    disk_storage: &str,
+    disk_volid: &str,
+    cicustom: &Option<String>,
+) -> Vec<(&'static str, String)> {
+    let mut f = vec![
+        ("vmid", vmid.to_string()),
+        ("name", name.to_string()),
+        ("ostype", "l26".into()),
+        ("machine", "q35".into()),
+        ("bios", "ovmf".into()),
+        (
+            "efidisk0",
+            format!("{disk_storage}:1,efitype=4m,pre-enrolled-keys=0"),
+        ),
+        ("scsihw", "virtio-scsi-single".into()),
+        (
+            "scsi0",
+            format!("{disk_storage}:0,import-from={disk_volid},discard=on"),
+        ),
+        ("ide2", format!("{disk_storage}:cloudinit")),
+        ("boot", "order=scsi0".into()),
+        ("serial0", "socket".into()),
+        ("vga", "serial0".into()),
+        ("agent", "enabled=1".into()),
+        ("memory", px.memory.unwrap_or(2048).to_string()),
+        ("cores", px.cores.unwrap_or(2).to_string()),
+        (
+            "net0",
+            format!(
+                "virtio,bridge={}",
+                px.bridge.clone().unwrap_or_else(|| "vmbr0".into())
+            ),
+        ),
+        ("ipconfig0", "ip=dhcp".into()),
+        (
+            "description",
+            format!("Built by imgbuild from {}", loaded.path.display()),
+        ),
+    ];
+    if let Some(u) = loaded.recipe.user.first() {
+        f.push(("ciuser", u.name.clone()));
+    }
+    let keys = &px.cloud_init.ssh_authorized_keys;
+    if !keys.is_empty() {
+        // The API wants the keys URL-encoded inside the (itself encoded) form value.
+        f.push(("sshkeys", pve_encode(&keys.join("\n"))));
+    }
+    if let Some(ci) = cicustom {
+        f.push(("cicustom", ci.clone()));
+    }
+    f
+}
+
+/// Percent-encoding as Proxmox's `sshkeys` expects it (`%20` for spaces, not `+`).
+fn pve_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `snippets_via = "ssh"`: the seed's way. The API cannot upload snippets, so the user-data
+/// is copied with `scp` into the storage's `snippets/` directory; returns the `cicustom` value.
+fn copy_snippet(
+    c: &Ctx,
+    node: &str,
+    storage: &str,
+    name: &str,
+    dir: &Path,
+    opts: &DeployOptions,
+    api_host: &str,
+) -> Result<String, DeployError> {
+    let cfg = c.call(
+        &format!("GET /storage/{storage} (where snippets go)"),
+        || c.api.get(&format!("/storage/{storage}")),
+    )?;
+    let base = cfg
+        .get("path")
+        .and_then(|p| p.as_str())
+        .unwrap_or("/var/lib/vz")
+        .to_string();
+    let file = format!("{name}-user-data.yaml");
+    let remote = PathBuf::from(base).join("snippets").join(&file);
+    let target = opts
+        .ssh_target
+        .clone()
+        .unwrap_or_else(|| format!("root@{api_host}"));
+    c.reporter.report(Event::Stage(&format!(
+        "proxmox: scp user-data {target}:{} (node {node})",
+        remote.display()
+    )));
+    let out = std::process::Command::new("scp")
+        .args(["-q", "-o", "BatchMode=yes"])
+        .arg(dir.join("user-data"))
+        .arg(format!("{target}:{}", remote.display()))
+        .output()
+        .map_err(|e| DeployError::Ssh {
+            target: target.clone(),
+            message: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(DeployError::Ssh {
+            target,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(format!("user={storage}:snippets/{file}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sshkeys_encoding() {
+        assert_eq!(
+            super::pve_encode("ssh-ed25519 AAAA+/= me@x\nk2"),
+            "ssh-ed25519%20AAAA%2B%2F%3D%20me%40x%0Ak2"
+        );
+    }
+}

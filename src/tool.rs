@@ -1,0 +1,128 @@
+//! Running the host tools imgbuild leans on (`xorriso`, `mke2fs`, `sgdisk`, `mtools`,
+//! `objcopy`, `qemu-img`): one place that finds them, runs them, and turns a failure into an
+//! error naming the command, its exit status, its stderr and the Debian package to install.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("`{tool}` was not found on PATH: install the Debian package `{package}`")]
+    Missing {
+        tool: &'static str,
+        package: &'static str,
+    },
+    #[error("running `{command}`")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+}
+
+/// A host tool and the Debian package that ships it.
+#[derive(Debug, Clone, Copy)]
+pub struct Tool {
+    pub name: &'static str,
+    pub package: &'static str,
+}
+
+pub const XORRISO: Tool = Tool {
+    name: "xorriso",
+    package: "xorriso",
+};
+pub const MKE2FS: Tool = Tool {
+    name: "mke2fs",
+    package: "e2fsprogs",
+};
+pub const DEBUGFS: Tool = Tool {
+    name: "debugfs",
+    package: "e2fsprogs",
+};
+pub const SGDISK: Tool = Tool {
+    name: "sgdisk",
+    package: "gdisk",
+};
+pub const MKFS_FAT: Tool = Tool {
+    name: "mkfs.fat",
+    package: "dosfstools",
+};
+pub const MMD: Tool = Tool {
+    name: "mmd",
+    package: "mtools",
+};
+pub const MCOPY: Tool = Tool {
+    name: "mcopy",
+    package: "mtools",
+};
+pub const OBJCOPY: Tool = Tool {
+    name: "objcopy",
+    package: "binutils",
+};
+pub const OBJDUMP: Tool = Tool {
+    name: "objdump",
+    package: "binutils",
+};
+pub const QEMU_IMG: Tool = Tool {
+    name: "qemu-img",
+    package: "qemu-utils",
+};
+
+impl Tool {
+    /// A command for the tool, found on PATH (or in /usr/sbin, which a non-root PATH lacks).
+    pub fn command(&self) -> Result<Command, ToolError> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let dirs = std::env::split_paths(&path)
+            .chain(["/usr/sbin", "/sbin"].iter().map(Into::into))
+            .collect::<Vec<std::path::PathBuf>>();
+        let found = dirs
+            .iter()
+            .map(|d| d.join(self.name))
+            .find(|p| p.is_file())
+            .ok_or(ToolError::Missing {
+                tool: self.name,
+                package: self.package,
+            })?;
+        let mut c = Command::new(found);
+        // Tools print localized messages and dates otherwise.
+        c.env("LC_ALL", "C.UTF-8");
+        Ok(c)
+    }
+}
+
+/// Runs `cmd` to the end; stdout is returned, stderr goes into the error.
+pub fn run(cmd: &mut Command) -> Result<Vec<u8>, ToolError> {
+    let command = describe(cmd);
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| ToolError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(ToolError::Failed {
+            command,
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(out.stdout)
+}
+
+fn describe(cmd: &Command) -> String {
+    let prog = Path::new(cmd.get_program())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    std::iter::once(prog)
+        .chain(cmd.get_args().map(|a| a.to_string_lossy().into_owned()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

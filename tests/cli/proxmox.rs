@@ -1,0 +1,631 @@
+//! The proxmox target through the CLI: cloud-init output checked by `cloud-init schema` and read
+//! back from the seed ISO with `xorriso`; a VM disk built from Debian packages (the machine's
+//! own apt mirror, read from its apt configuration) booted under qemu-system-x86_64 (TCG, OVMF)
+//! to a cloud-init runcmd marker and a power-off, built twice to the same bytes; and the
+//! template flow against a FAKE Proxmox API server (tests/support/fake_proxmox.rs), with every
+//! call's failure cleaned up.
+
+use std::path::{Path, PathBuf};
+use std::process::Command as Std;
+use std::sync::OnceLock;
+
+use crate::fake_proxmox::{self, FakeProxmox};
+use crate::{Work, assert_ok, repo, stderr, stdout, tool};
+
+/// Required variables of the mirror recipes, for commands that do not fetch anything.
+const VARS: [&str; 4] = [
+    "--var",
+    "mirror=http://127.0.0.1:9/debian",
+    "--var",
+    "security_mirror=http://127.0.0.1:9/debian-security",
+];
+
+/// Splits user-data into its parts `(content type, body)` with Python's `email` (what
+/// cloud-init itself uses); plain `#cloud-config` is one part.
+fn mime_parts(user_data: &Path) -> Vec<(String, String)> {
+    let script = r##"
+import email, json, sys
+raw = open(sys.argv[1]).read()
+if raw.startswith("#cloud-config"):
+    print(json.dumps([["text/cloud-config", raw]]))
+else:
+    msg = email.message_from_string(raw)
+    assert msg.is_multipart(), "not multipart"
+    print(json.dumps([[p.get_content_type(), p.get_payload(decode=True).decode()] for p in msg.walk() if not p.is_multipart()]))
+"##;
+    let out = tool("python3", &["-c", script, user_data.to_str().unwrap()]);
+    serde_json::from_str::<Vec<(String, String)>>(&out).unwrap()
+}
+
+/// `cloud-init schema -c` on one cloud-config document.
+fn schema_ok(doc: &str, dir: &Path, label: &str) {
+    let f = dir.join(format!("{label}.cloud-config"));
+    std::fs::write(&f, doc).unwrap();
+    let o = Std::new("cloud-init")
+        .args(["schema", "-c"])
+        .arg(&f)
+        .output()
+        .expect("cloud-init (Debian package cloud-init) is needed: .ci/run installs it");
+    assert!(
+        o.status.success(),
+        "{label}: cloud-init schema rejects it:\n{}\n{}\n{doc}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Reads a file back out of a seed ISO with xorriso.
+fn iso_file(iso: &Path, name: &str, into: &Path) -> String {
+    let dest = into.join(format!("extracted-{name}"));
+    let o = Std::new("xorriso")
+        .args(["-osirrox", "on", "-indev"])
+        .arg(iso)
+        .args(["-extract", &format!("/{name}")])
+        .arg(&dest)
+        .output()
+        .expect("xorriso");
+    assert_ok(&o);
+    std::fs::read_to_string(&dest).unwrap()
+}
+
+#[test]
+fn every_recipe_compiles_to_cloud_config_that_cloud_init_accepts() {
+    let w = Work::setup();
+    let mut checked = 0;
+    let mut recipes: Vec<PathBuf> = std::fs::read_dir(w.path("recipes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    recipes.sort();
+    assert!(recipes.len() >= 4, "{recipes:?}");
+    for recipe in &recipes {
+        let stem = recipe.file_stem().unwrap().to_string_lossy().into_owned();
+        for flavor in ["install", "clone"] {
+            let out = w.path(&format!("ci/{stem}-{flavor}"));
+            let mut cmd = w.cmd();
+            cmd.args(VARS)
+                .arg("cloud-init")
+                .arg(recipe)
+                .arg("--out")
+                .arg(&out);
+            if flavor == "clone" {
+                cmd.arg("--clone");
+            }
+            let o = cmd.output().unwrap();
+            assert_ok(&o);
+            let listed: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+            assert_eq!(listed.len(), 4, "{listed:?}");
+            for (i, part) in mime_parts(&out.join("user-data")).iter().enumerate() {
+                if part.0 == "text/cloud-config" {
+                    schema_ok(&part.1, &out, &format!("{stem}-{flavor}-{i}"));
+                    checked += 1;
+                }
+            }
+            // The seed ISO is a NoCloud seed: label cidata, the three files as written.
+            let iso = out.join("seed.iso");
+            let pvd = tool("xorriso", &["-indev", iso.to_str().unwrap(), "-pvd_info"]);
+            assert!(pvd.contains("Volume Id    : cidata"), "{pvd}");
+            for name in ["user-data", "meta-data", "network-config"] {
+                assert_eq!(
+                    iso_file(&iso, name, &out),
+                    std::fs::read_to_string(out.join(name)).unwrap(),
+                    "{stem}-{flavor}: {name} in the seed"
+                );
+            }
+        }
+    }
+    assert_eq!(checked, recipes.len() * 2);
+}
+
+#[test]
+fn cloud_config_carries_the_recipe() {
+    let w = Work::setup();
+    let out = w.path("ci-hello");
+    let o = w
+        .cmd()
+        .arg("cloud-init")
+        .arg(w.recipe())
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    // Parsed back as YAML by Python (cloud-init's own parser): exact strings survive.
+    let script = r#"
+import json, sys, yaml
+print(json.dumps(yaml.safe_load(open(sys.argv[1]))))
+"#;
+    let user_data = out.join("user-data");
+    let v: serde_json::Value = serde_json::from_str(&tool(
+        "python3",
+        &["-c", script, user_data.to_str().unwrap()],
+    ))
+    .unwrap();
+    assert_eq!(v["hostname"], "hello");
+    let eric = &v["users"][0];
+    assert_eq!(eric["name"], "eric");
+    assert_eq!(eric["sudo"], "ALL=(ALL) NOPASSWD:ALL");
+    assert_eq!(eric["groups"], "docker");
+    let files = v["write_files"].as_array().unwrap();
+    let motd = files.iter().find(|f| f["path"] == "/etc/motd").unwrap();
+    assert_eq!(motd["content"], "hello from imgbuild\n");
+    let env = files
+        .iter()
+        .find(|f| f["path"] == "/etc/profile.d/imgbuild-env.sh")
+        .unwrap();
+    // [env] values as the image has them: Docker ENV expansion applied.
+    assert!(
+        env["content"]
+            .as_str()
+            .unwrap()
+            .contains("export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/go/bin\n"),
+        "{env}"
+    );
+    let notes = files.iter().find(|f| f["owner"] == "eric:docker").unwrap();
+    assert_eq!(notes["defer"], true);
+    assert_eq!(notes["permissions"], "0600");
+    let runcmd: Vec<&str> = v["runcmd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    let fixtures = &w.server.url;
+    assert!(
+        runcmd[0].starts_with("curl -fsSL --retry 3 -o /var/tmp/imgbuild-")
+            && runcmd[0].contains(&format!("{fixtures}/tool-amd64.tar.gz"))
+            && runcmd[0].contains("| sha256sum -c -")
+            && runcmd[0].contains("--strip-components=1"),
+        "{}",
+        runcmd[0]
+    );
+    assert!(
+        runcmd.contains(&"systemctl enable --now hello"),
+        "{runcmd:?}"
+    );
+    let meta = std::fs::read_to_string(out.join("meta-data")).unwrap();
+    assert!(meta.starts_with("instance-id: imgbuild-") && meta.contains("local-hostname: hello"));
+
+    // The coderall recipe's clone snippet: multipart, the agent script with its variable
+    // exported after the shebang, the Terraform placeholders left for templatefile().
+    let out = w.path("ci-coderall");
+    let o = w
+        .cmd()
+        .arg("cloud-init")
+        .arg(w.path("recipes/coderall.toml"))
+        .args(["--clone", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let parts = mime_parts(&out.join("user-data"));
+    assert_eq!(parts.len(), 2, "{parts:?}");
+    assert_eq!(parts[1].0, "text/x-shellscript");
+    assert!(
+        parts[1].1.starts_with(
+            "#!/bin/bash\nexport CODER_AGENT_TOKEN='${agent_token}'\nsudo --preserve-env=CODER_AGENT_TOKEN -u coder "
+        ),
+        "{}",
+        parts[1].1
+    );
+    assert!(
+        parts[0].1.contains("- - scripts-user\n  - always\n"),
+        "{}",
+        parts[0].1
+    );
+}
+
+#[test]
+fn bad_cloud_init_settings_exit_2_with_their_line() {
+    let w = Work::setup();
+    let recipe = w.path("recipes/bad-ci.toml");
+    std::fs::write(
+        &recipe,
+        r#"[image]
+name = "bad"
+
+[target.proxmox]
+disk_size = "lots"
+
+[target.proxmox.cloud_init]
+power_state = "halt"
+
+[[target.proxmox.cloud_init.parts]]
+filename = "x.sh"
+content_type = "text/x-unknown"
+content = "echo"
+src = "x.sh"
+"#,
+    )
+    .unwrap();
+    let o = w.cmd().arg("cloud-init").arg(&recipe).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    for want in [
+        "bad-ci.toml:5:13: `target.proxmox.disk_size`",
+        "bad-ci.toml:8:15: `target.proxmox.cloud_init.power_state`",
+        "`target.proxmox.cloud_init.parts[0]`: a part needs exactly one of `content` and `src`",
+        "`target.proxmox.cloud_init.parts[0].content_type`",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+}
+
+/// The VM recipe of the live tests: Debian bookworm minbase from the machine's mirror, a user,
+/// and a first boot that prints a marker on the serial console and powers off.
+const VM_RECIPE: &str = r#"
+[image]
+name = "bootvm"
+base = "scratch"
+platform = "linux/amd64"
+
+[apt]
+bootstrap = "minbase"
+
+[[apt.sources]]
+name = "debian"
+uri = "${var.mirror}"
+suite = "bookworm"
+components = ["main"]
+key = "keys/debian-archive-keyring.gpg"
+
+[[user]]
+name = "coder"
+groups = ["sudo"]
+shell = "/bin/bash"
+sudo = "nopasswd"
+
+[target.oci]
+compression = "zstd"
+
+[target.proxmox]
+node = "pve"
+storage = "local"
+disk_storage = "local-lvm"
+vmid = 9000
+disk_size = "2G"
+memory = 2048
+
+[target.proxmox.cloud_init]
+ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1kJ3n4Gd5BLVhBD5Cx0i0kqN8pq1C5G8c1bV0o3Y5b test@imgbuild"]
+runcmd = ["echo IMGBUILD-BOOT-MARKER-$(hostname) > /dev/ttyS0"]
+power_state = "poweroff"
+"#;
+
+struct VmBuild {
+    work: Work,
+    dir: PathBuf,
+}
+
+/// The machine's Debian mirror, from its own apt configuration.
+fn mirror() -> String {
+    let o = Std::new(repo().join("scripts/mirror")).output().unwrap();
+    assert_ok(&o);
+    stdout(&o).trim().to_string()
+}
+
+/// The VM variant built once for the live tests (the first test to ask builds it).
+fn vm_build() -> &'static VmBuild {
+    static BUILD: OnceLock<VmBuild> = OnceLock::new();
+    BUILD.get_or_init(|| {
+        let work = Work::setup();
+        std::fs::write(work.path("recipes/bootvm.toml"), VM_RECIPE).unwrap();
+        let o = work
+            .cmd()
+            .args(["--var", &format!("mirror={}", mirror())])
+            .arg("build")
+            .arg(work.path("recipes/bootvm.toml"))
+            .args(["--target", "proxmox", "--out"])
+            .arg(work.path("out/bootvm"))
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        let dir = work.path("out/bootvm/proxmox");
+        assert_eq!(
+            stdout(&o).trim(),
+            dir.join("bootvm.qcow2").display().to_string()
+        );
+        VmBuild { work, dir }
+    })
+}
+
+#[test]
+fn vm_disk_boots_to_cloud_init_and_is_reproducible() {
+    let vm = vm_build();
+    let disk = vm.dir.join("bootvm.qcow2");
+    let info = tool(
+        "qemu-img",
+        &["info", "--output=json", disk.to_str().unwrap()],
+    );
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"], 2u64 << 30);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vm.dir.join("manifest.json")).unwrap()).unwrap();
+    assert!(
+        manifest["kernel"]
+            .as_str()
+            .unwrap()
+            .ends_with("-cloud-amd64"),
+        "{manifest}"
+    );
+
+    // Boot it: UEFI firmware, the UKI from the ESP, systemd, cloud-init from the NoCloud seed.
+    let serial = vm.work.path("serial.log");
+    let started = std::time::Instant::now();
+    let o = Std::new("timeout")
+        .args([
+            "300",
+            "qemu-system-x86_64",
+            "-machine",
+            "q35",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+        ])
+        .args(["-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
+        .args(["-nic", "user,model=virtio-net-pci,restrict=on"])
+        .args(["-bios", "/usr/share/ovmf/OVMF.fd"])
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,snapshot=on", disk.display()))
+        .arg("-drive")
+        .arg(format!(
+            "file={},if=virtio,format=raw,readonly=on",
+            vm.dir.join("seed.iso").display()
+        ))
+        .stdout(std::fs::File::create(&serial).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("qemu-system-x86_64 (Debian package qemu-system-x86): .ci/run installs it");
+    let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap()).into_owned();
+    let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().join("\n");
+    assert!(
+        o.status.success(),
+        "qemu did not power off by itself within 300 s ({:?}, {:?}):\n{}\n{tail}",
+        o.status,
+        started.elapsed(),
+        stderr(&o)
+    );
+    assert!(
+        log.contains("IMGBUILD-BOOT-MARKER-bootvm"),
+        "no runcmd marker on the serial console:\n{tail}"
+    );
+    assert!(log.contains("reboot: Power down"), "{tail}");
+    eprintln!(
+        "booted to the marker and powered off in {:?}",
+        started.elapsed()
+    );
+
+    // Built again into another directory: the same bytes.
+    let o = vm
+        .work
+        .cmd()
+        .args(["--var", &format!("mirror={}", mirror())])
+        .arg("build")
+        .arg(vm.work.path("recipes/bootvm.toml"))
+        .args(["--target", "proxmox", "--out"])
+        .arg(vm.work.path("out/again"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    for f in ["bootvm.qcow2", "seed.iso", "user-data", "manifest.json"] {
+        let a = std::fs::read(vm.dir.join(f)).unwrap();
+        let b = std::fs::read(vm.work.path("out/again/proxmox").join(f)).unwrap();
+        assert!(a == b, "{f} differs between two builds");
+    }
+}
+
+fn deploy(vm: &VmBuild, api: &FakeProxmox, token: &str, extra: &[&str]) -> std::process::Output {
+    vm.work
+        .cmd()
+        .env("PROXMOX_URL", &api.url)
+        .env("PROXMOX_TOKEN", token)
+        .env("IMGBUILD_PROXMOX_POLL_MS", "10")
+        .args(["--var", "mirror=http://127.0.0.1:9/unused"])
+        .arg("deploy")
+        .arg(vm.work.path("recipes/bootvm.toml"))
+        .arg("--dir")
+        .arg(&vm.dir)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn deploy_makes_a_template_through_the_api() {
+    let vm = vm_build();
+    let api = FakeProxmox::start();
+    let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
+    assert_ok(&o);
+    assert_eq!(stdout(&o).trim(), "9000");
+    let log = stderr(&o);
+    assert!(
+        log.contains("proxmox: POST /nodes/pve/qemu (create VM 9000): ok"),
+        "{log}"
+    );
+
+    let reqs = api.requests();
+    let auth = format!("PVEAPIToken={}", fake_proxmox::TOKEN);
+    assert!(
+        reqs.iter()
+            .all(|r| r.auth.as_deref() == Some(auth.as_str()))
+    );
+    assert!(reqs.iter().all(|r| r.status == 200), "{reqs:#?}");
+    let calls: Vec<String> = reqs
+        .iter()
+        .filter(|r| !r.path.contains("/tasks/"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "GET /api2/json/nodes/pve/qemu",
+            "GET /api2/json/nodes/pve/storage/local/content",
+            "POST /api2/json/nodes/pve/storage/local/upload",
+            "POST /api2/json/nodes/pve/storage/local/upload",
+            "POST /api2/json/nodes/pve/qemu",
+            "POST /api2/json/nodes/pve/qemu/9000/template",
+        ]
+    );
+    // Every task was polled to its end.
+    let polls = reqs.iter().filter(|r| r.path.ends_with("/status")).count();
+    assert_eq!(polls, 8, "two polls for each of four tasks");
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vm.dir.join("manifest.json")).unwrap()).unwrap();
+    let disk_sha = manifest["disk"]["sha256"].as_str().unwrap();
+    let uploads: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.path.ends_with("/upload"))
+        .collect();
+    assert_eq!(uploads[0].form["content"], "import");
+    assert_eq!(uploads[0].form["checksum-algorithm"], "sha256");
+    assert_eq!(uploads[0].form["checksum"], disk_sha);
+    assert_eq!(
+        uploads[0].form["filename"],
+        format!("bootvm-{}.qcow2", &disk_sha[..12])
+    );
+    assert_eq!(uploads[1].form["content"], "iso");
+
+    let vms = api.vms();
+    let t = &vms[&9000];
+    assert!(t.template);
+    assert_eq!(t.name, "bootvm");
+    let c = &t.config;
+    assert_eq!(
+        c["scsi0"],
+        format!(
+            "local-lvm:0,import-from=local:import/bootvm-{}.qcow2,discard=on",
+            &disk_sha[..12]
+        )
+    );
+    assert_eq!(c["efidisk0"], "local-lvm:1,efitype=4m,pre-enrolled-keys=0");
+    assert_eq!(c["ide2"], "local-lvm:cloudinit");
+    assert_eq!(c["bios"], "ovmf");
+    assert_eq!(c["serial0"], "socket");
+    assert_eq!(c["agent"], "enabled=1");
+    assert_eq!(c["memory"], "2048");
+    assert_eq!(c["ciuser"], "coder");
+    assert!(
+        c["sshkeys"].starts_with("ssh-ed25519%20AAAA"),
+        "{}",
+        c["sshkeys"]
+    );
+    assert!(
+        !c.contains_key("cicustom"),
+        "no snippets unless snippets_via = ssh"
+    );
+
+    // Again: the template exists, so --force is needed; the files are not sent twice.
+    let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("VM 9000 already exists on pve: pass --force to replace it"),
+        "{}",
+        stderr(&o)
+    );
+    let before = api.requests().len();
+    let o = deploy(vm, &api, fake_proxmox::TOKEN, &["--force"]);
+    assert_ok(&o);
+    let again: Vec<String> = api.requests()[before..]
+        .iter()
+        .filter(|r| !r.path.contains("/tasks/"))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert_eq!(
+        again,
+        [
+            "GET /api2/json/nodes/pve/qemu",
+            "DELETE /api2/json/nodes/pve/qemu/9000",
+            "GET /api2/json/nodes/pve/storage/local/content",
+            "POST /api2/json/nodes/pve/qemu",
+            "POST /api2/json/nodes/pve/qemu/9000/template",
+        ]
+    );
+    let del = api
+        .requests()
+        .into_iter()
+        .find(|r| r.method == "DELETE")
+        .unwrap();
+    assert_eq!(del.query["purge"], "1");
+    assert_eq!(del.query["destroy-unreferenced-disks"], "1");
+    assert!(api.vms()[&9000].template);
+}
+
+#[test]
+fn deploy_failures_are_clear_and_leave_no_half_made_vm() {
+    let vm = vm_build();
+
+    // A wrong token: 401, nothing made.
+    let api = FakeProxmox::start();
+    let o = deploy(vm, &api, "root@pam!imgbuild=wrong", &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("GET /nodes/pve/qemu: HTTP 401") && e.contains("authentication failure"),
+        "{e}"
+    );
+    assert!(!e.contains("wrong"), "the secret is never printed: {e}");
+    assert!(api.vms().is_empty());
+
+    // A malformed token is a usage error.
+    let o = deploy(vm, &api, "not-a-token", &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+    // Each failing call: the error names it; a VM that was created is removed again.
+    let cases: [(&str, &str, Option<u16>, Option<&str>, bool); 5] = [
+        ("upload", "POST", Some(500), None, false),
+        ("create refused", "POST", Some(500), None, false),
+        ("create task fails", "", None, Some("qmcreate"), true),
+        ("template refused", "POST", Some(500), None, true),
+        ("template task fails", "", None, Some("qmtemplate"), true),
+    ];
+    for (label, method, status, task, cleaned) in cases {
+        let api = FakeProxmox::start();
+        {
+            let mut s = api.state.lock().unwrap();
+            let suffix = match label {
+                "upload" => "/upload",
+                "create refused" => "/nodes/pve/qemu",
+                _ => "/template",
+            };
+            if let Some(code) = status {
+                s.fail_http.push((
+                    method.into(),
+                    suffix.into(),
+                    code,
+                    "injected failure".into(),
+                ));
+            }
+            if let Some(kind) = task {
+                s.fail_task = Some((kind.into(), "command 'qm' failed: exit code 255".into()));
+            }
+        }
+        let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
+        assert_eq!(o.status.code(), Some(1), "{label}: {}", stderr(&o));
+        let e = stderr(&o);
+        if status.is_some() {
+            assert!(
+                e.contains("HTTP 500") && e.contains("injected failure"),
+                "{label}: {e}"
+            );
+        } else {
+            assert!(
+                e.contains("ended with `command 'qm' failed: exit code 255`"),
+                "{label}: {e}"
+            );
+            assert!(
+                e.contains("TASK ERROR"),
+                "{label}: the task log is quoted: {e}"
+            );
+        }
+        let deleted = api.requests().iter().any(|r| r.method == "DELETE");
+        assert_eq!(deleted, cleaned, "{label}: cleanup DELETE issued?\n{e}");
+        assert!(api.vms().is_empty(), "{label}: a VM was left behind");
+        if cleaned {
+            assert!(e.contains("removing the half-made VM 9000"), "{label}: {e}");
+        }
+    }
+}
