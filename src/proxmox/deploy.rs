@@ -36,7 +36,7 @@ pub enum DeployError {
     Api {
         step: String,
         #[source]
-        source: ApiError,
+        source: Box<ApiError>,
     },
     #[error("{step} failed, and removing the half-made VM {vmid} failed too ({cleanup})")]
     CleanupFailed {
@@ -44,7 +44,7 @@ pub enum DeployError {
         vmid: u64,
         cleanup: String,
         #[source]
-        source: ApiError,
+        source: Box<ApiError>,
     },
     #[error("copying the user-data snippet over ssh to {target}: {message}")]
     Ssh { target: String, message: String },
@@ -96,7 +96,7 @@ impl Ctx<'_> {
                     .report(Event::Stage(&format!("proxmox: {what}: failed: {source}")));
                 Err(DeployError::Api {
                     step: what.to_string(),
-                    source,
+                    source: Box::new(source),
                 })
             }
         }
@@ -143,11 +143,11 @@ pub fn deploy(
                 })?;
                 as_u64(&v).ok_or_else(|| DeployError::Api {
                     step: "GET /cluster/nextid".into(),
-                    source: ApiError::Body {
+                    source: Box::new(ApiError::Body {
                         method: "GET",
                         path: "/cluster/nextid".into(),
                         message: format!("expected a number, got {v}"),
-                    },
+                    }),
                 })?
             }
         },

@@ -575,29 +575,58 @@ fn deploy_failures_are_clear_and_leave_no_half_made_vm() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 
     // Each failing call: the error names it; a VM that was created is removed again.
-    let cases: [(&str, &str, Option<u16>, Option<&str>, bool); 5] = [
-        ("upload", "POST", Some(500), None, false),
-        ("create refused", "POST", Some(500), None, false),
-        ("create task fails", "", None, Some("qmcreate"), true),
-        ("template refused", "POST", Some(500), None, true),
-        ("template task fails", "", None, Some("qmtemplate"), true),
+    /// A failing call: injected as an HTTP 500 on a POST path, or as a task ending in error.
+    struct Case {
+        label: &'static str,
+        post_500: Option<&'static str>,
+        task: Option<&'static str>,
+        cleaned: bool,
+    }
+    let cases = [
+        Case {
+            label: "upload",
+            post_500: Some("/upload"),
+            task: None,
+            cleaned: false,
+        },
+        Case {
+            label: "create refused",
+            post_500: Some("/nodes/pve/qemu"),
+            task: None,
+            cleaned: false,
+        },
+        Case {
+            label: "create task fails",
+            post_500: None,
+            task: Some("qmcreate"),
+            cleaned: true,
+        },
+        Case {
+            label: "template refused",
+            post_500: Some("/template"),
+            task: None,
+            cleaned: true,
+        },
+        Case {
+            label: "template task fails",
+            post_500: None,
+            task: Some("qmtemplate"),
+            cleaned: true,
+        },
     ];
-    for (label, method, status, task, cleaned) in cases {
+    for Case {
+        label,
+        post_500,
+        task,
+        cleaned,
+    } in cases
+    {
         let api = FakeProxmox::start();
         {
             let mut s = api.state.lock().unwrap();
-            let suffix = match label {
-                "upload" => "/upload",
-                "create refused" => "/nodes/pve/qemu",
-                _ => "/template",
-            };
-            if let Some(code) = status {
-                s.fail_http.push((
-                    method.into(),
-                    suffix.into(),
-                    code,
-                    "injected failure".into(),
-                ));
+            if let Some(suffix) = post_500 {
+                s.fail_http
+                    .push(("POST".into(), suffix.into(), 500, "injected failure".into()));
             }
             if let Some(kind) = task {
                 s.fail_task = Some((kind.into(), "command 'qm' failed: exit code 255".into()));
@@ -606,7 +635,7 @@ fn deploy_failures_are_clear_and_leave_no_half_made_vm() {
         let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
         assert_eq!(o.status.code(), Some(1), "{label}: {}", stderr(&o));
         let e = stderr(&o);
-        if status.is_some() {
+        if post_500.is_some() {
             assert!(
                 e.contains("HTTP 500") && e.contains("injected failure"),
                 "{label}: {e}"
