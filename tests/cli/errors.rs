@@ -298,14 +298,44 @@ fn unknown_var_override_is_a_warning() {
 }
 
 #[test]
-fn features_of_later_issues_fail_clearly_at_build() {
+fn proxmox_target_mistakes_fail_clearly() {
     let w = Work::setup();
+    // --deploy and --push belong to their targets: usage errors.
+    for (args, want) in [
+        (vec!["build", "--deploy"], "--deploy needs --target proxmox"),
+        (
+            vec!["build", "--target", "proxmox", "--push", "127.0.0.1:9/x"],
+            "--push needs --target oci",
+        ),
+    ] {
+        let o = w.cmd().args(args).arg(w.recipe()).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{}", stderr(&o));
+    }
+    // No API address or token: usage errors, before anything is read.
+    let o = w
+        .cmd()
+        .env_remove("PROXMOX_URL")
+        .env_remove("PROXMOX_TOKEN")
+        .arg("deploy")
+        .arg(w.recipe())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("set PROXMOX_URL"), "{}", stderr(&o));
+    // The example's base has no Debian archive: the VM packages cannot be found, and the
+    // error says which.
     let o = w
         .cmd()
         .args(["build", "--target", "proxmox"])
         .arg(w.recipe())
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("not supported yet"), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("building the proxmox target of")
+            && stderr(&o).contains("is not in any source"),
+        "{}",
+        stderr(&o)
+    );
 }
