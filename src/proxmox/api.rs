@@ -355,8 +355,9 @@ pub fn upid(v: &Value, method: &'static str, path: &str) -> Result<String, ApiEr
         })
 }
 
-/// Percent-encodes a path segment (UPIDs carry `:`, `@` and `!`).
-fn encode(s: &str) -> String {
+/// Percent-encodes everything but unreserved characters: a path segment (UPIDs carry `:`,
+/// `@` and `!`), or the `sshkeys` value, which the API wants encoded inside the form.
+pub fn encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -369,25 +369,12 @@ fn create_form(
     let keys = &px.cloud_init.ssh_authorized_keys;
     if !keys.is_empty() {
         // The API wants the keys URL-encoded inside the (itself encoded) form value.
-        f.push(("sshkeys", pve_encode(&keys.join("\n"))));
+        f.push(("sshkeys", api::encode(&keys.join("\n"))));
     }
     if let Some(ci) = cicustom {
         f.push(("cicustom", ci.clone()));
     }
     f
-}
-
-/// Percent-encoding as Proxmox's `sshkeys` expects it (`%20` for spaces, not `+`).
-fn pve_encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// `snippets_via = "ssh"`: the seed's way. The API cannot upload snippets, so the user-data
@@ -443,7 +430,7 @@ mod tests {
     #[test]
     fn sshkeys_encoding() {
         assert_eq!(
-            super::pve_encode("ssh-ed25519 AAAA+/= me@x\nk2"),
+            super::api::encode("ssh-ed25519 AAAA+/= me@x\nk2"),
             "ssh-ed25519%20AAAA%2B%2F%3D%20me%40x%0Ak2"
         );
     }
