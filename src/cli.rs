@@ -87,6 +87,8 @@ pub enum Command {
         #[command(flatten)]
         proxmox: ProxmoxArgs,
     },
+    /// Nightly job: re-resolve the lock, rebuild what changed, push if the image changed, report
+    Rebuild(RebuildArgs),
     /// Validate a recipe without building
     Check {
         /// The recipe file
@@ -200,6 +202,27 @@ pub struct BuildArgs {
     pub deploy: bool,
     #[command(flatten)]
     pub proxmox: ProxmoxArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RebuildArgs {
+    /// The recipe file
+    pub recipe: PathBuf,
+    /// Where the image lives: HOST[:PORT]/REPO:TAG (compared, and pushed when it changed)
+    #[arg(long, value_name = "REF")]
+    pub push: String,
+    /// Output directory for the OCI image layout [default: out/NAME]
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Also tag a pushed image with today's date (UTC), as TAG-YYYYMMDD
+    #[arg(long)]
+    pub tag_date: bool,
+    /// Write a JSON report: changes, digests, steps, timings, bytes moved
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+    /// Exit 3 when an update was pushed (0 when nothing changed), like `git diff --exit-code`
+    #[arg(long)]
+    pub exit_code: bool,
 }
 
 /// Where and how to reach the Proxmox VE API.

@@ -73,3 +73,59 @@ pub struct Silent;
 impl Reporter for Silent {
     fn report(&self, _: Event<'_>) {}
 }
+
+/// Forwards events to another reporter and counts the bytes moved each way (for reports).
+pub struct Counting<'a> {
+    inner: &'a dyn Reporter,
+    down: std::sync::atomic::AtomicU64,
+    up: std::sync::atomic::AtomicU64,
+    built: std::sync::atomic::AtomicU64,
+}
+
+impl<'a> Counting<'a> {
+    pub fn new(inner: &'a dyn Reporter) -> Self {
+        Counting {
+            inner,
+            down: Default::default(),
+            up: Default::default(),
+            built: Default::default(),
+        }
+    }
+
+    /// Bytes downloaded and uploaded so far, and steps built (not from the cache).
+    pub fn totals(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.down.load(Relaxed),
+            self.up.load(Relaxed),
+            self.built.load(Relaxed),
+        )
+    }
+}
+
+impl Reporter for Counting<'_> {
+    fn report(&self, event: Event<'_>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match &event {
+            Event::TransferDone {
+                dir: Dir::Down,
+                bytes,
+                ..
+            } => {
+                self.down.fetch_add(*bytes, Relaxed);
+            }
+            Event::TransferDone {
+                dir: Dir::Up,
+                bytes,
+                ..
+            } => {
+                self.up.fetch_add(*bytes, Relaxed);
+            }
+            Event::StepDone { hit: false, .. } => {
+                self.built.fetch_add(1, Relaxed);
+            }
+            _ => {}
+        }
+        self.inner.report(event);
+    }
+}

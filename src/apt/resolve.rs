@@ -384,6 +384,24 @@ Filename: h
     }
 
     #[test]
+    fn a_providers_newest_version_is_preferred() {
+        let idx = "Package: want\nVersion: 1\nArchitecture: all\nDepends: virt\nFilename: a\n\n\
+Package: prov\nVersion: 3\nArchitecture: all\nProvides: virt\nFilename: b\n\n\
+Package: prov\nVersion: 4\nArchitecture: all\nProvides: virt\nFilename: c\n";
+        let u = universe(idx);
+        let r = resolve(
+            &u,
+            &[],
+            &Request {
+                packages: vec!["want".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(names(&r), ["prov=4", "want=1"]);
+    }
+
+    #[test]
     fn explicit_alternative_wins_when_requested() {
         let u = universe(IDX);
         let r = resolve(

@@ -165,12 +165,29 @@ impl Universe {
         v
     }
 
-    /// Packages that provide `name` (virtual), in index order.
+    /// Packages that provide `name` (virtual): providing packages in index order of their
+    /// first appearance, each one's versions in candidate order (as [`Universe::versions`]),
+    /// so a newer version of a provider is preferred as apt prefers its candidate.
     pub fn providers(&self, name: &str) -> Vec<&Package> {
-        self.providers
+        let all: Vec<&Package> = self
+            .providers
             .get(name)
             .map(|ix| ix.iter().map(|i| &self.packages[*i]).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let mut names: Vec<&str> = Vec::new();
+        for p in &all {
+            if !names.contains(&p.name.as_str()) {
+                names.push(&p.name);
+            }
+        }
+        names
+            .into_iter()
+            .flat_map(|n| {
+                self.versions(n)
+                    .into_iter()
+                    .filter(|v| all.iter().any(|a| std::ptr::eq(*a, *v)))
+            })
+            .collect()
     }
 
     /// Names of all packages, sorted.

@@ -63,7 +63,7 @@ pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
         meta = metadata(&result);
         if let Some(dest) = &push_ref {
             let tag = result.tags.first().map(String::as_str);
-            super::push::push_layout(&progress, &out, tag, dest, &opts, Some(&cache))?;
+            super::push::push_layout(&progress, &progress, &out, tag, dest, &opts, Some(&cache))?;
         }
         println!("{}", result.manifest);
     }

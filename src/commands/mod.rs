@@ -11,6 +11,7 @@ mod login;
 mod plan;
 mod progress;
 mod push;
+mod rebuild;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,9 +22,18 @@ use imgbuild::recipe::{self, Loaded, RecipeError};
 
 use crate::cli::{BuildArgs, Cli, Command, Global, Target};
 
-pub fn run(cli: Cli) -> Result<()> {
+/// Runs the command; most exit 0 on success, `rebuild --exit-code` tells more.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Rebuild(args) => rebuild::run(&cli.global, args),
+        _ => run_simple(cli).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn run_simple(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match cli.command {
+        Command::Rebuild(args) => rebuild::run(g, &args).map(drop),
         Command::Build(args) => build::run(g, &args),
         Command::Check { recipe } => check::run(g, &recipe),
         Command::CloudInit { recipe, out, clone } => {

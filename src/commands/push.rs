@@ -16,6 +16,7 @@ pub fn run(g: &Global, layout: &Path, reference: &str, tag: Option<&str>) -> Res
     let cache = super::cache(g)?;
     let digest = push_layout(
         &progress,
+        &progress,
         layout,
         tag,
         &dest,
@@ -29,6 +30,7 @@ pub fn run(g: &Global, layout: &Path, reference: &str, tag: Option<&str>) -> Res
 /// Pushes and reports; returns the manifest digest.
 pub fn push_layout(
     progress: &Progress,
+    reporter: &dyn imgbuild::report::Reporter,
     layout: &Path,
     tag: Option<&str>,
     dest: &Reference,
@@ -37,7 +39,7 @@ pub fn push_layout(
 ) -> Result<String> {
     let started = Instant::now();
     progress.line(&format!("==> pushing {} to {dest}", layout.display()));
-    let o = registry::push::push(layout, tag, dest, opts, cache, progress)
+    let o = registry::push::push(layout, tag, dest, opts, cache, reporter)
         .with_context(|| format!("pushing to {dest}"))?;
     let digest = o.manifest.map(|d| d.to_string()).unwrap_or_default();
     progress.line(&format!(

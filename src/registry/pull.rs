@@ -108,6 +108,36 @@ fn fetch_blob(
     Ok(())
 }
 
+/// The digest of the manifest `r` names in its registry, or `None` when it has none (404):
+/// what a rebuild compares its result with before pushing.
+pub fn remote_digest(r: &Reference, opts: &ClientOptions) -> Result<Option<Digest>, RegistryError> {
+    let client = RegistryClient::new(r, opts, false, &[])?;
+    let url = client.url(&format!(
+        "/v2/{}/manifests/{}",
+        r.repository,
+        r.manifest_ref()
+    ));
+    let resp = client.send("look up manifest", Method::HEAD, &url, &|rb| {
+        Ok(rb.header(header::ACCEPT, ACCEPT))
+    })?;
+    match resp.status() {
+        StatusCode::NOT_FOUND => Ok(None),
+        StatusCode::OK => {
+            let header = resp
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| Digest::parse(v).ok());
+            match header {
+                Some(d) => Ok(Some(d)),
+                // No digest header: fetch the manifest and hash it.
+                None => get_manifest(&client, r, &r.manifest_ref()).map(|(_, _, d)| Some(d)),
+            }
+        }
+        _ => Err(status_error("look up manifest", &url, resp)),
+    }
+}
+
 /// Pulls `r` for `platform` (`os/arch`) into the cache.
 pub fn pull(
     r: &Reference,

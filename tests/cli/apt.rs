@@ -13,7 +13,7 @@ use tempfile::TempDir;
 use super::{FileServer, Work, assert_ok, stderr, stdout, tool};
 
 /// A throwaway GnuPG home with one signing key.
-struct Signer {
+pub(crate) struct Signer {
     home: TempDir,
 }
 
@@ -32,7 +32,7 @@ impl Signer {
         Signer { home }
     }
 
-    fn export(&self, to: &Path, armor: bool) {
+    pub(crate) fn export(&self, to: &Path, armor: bool) {
         let mut c = Std::new("gpg");
         c.arg("--homedir").arg(self.home.path()).arg("--batch");
         if armor {
@@ -65,15 +65,15 @@ impl Signer {
 }
 
 /// A package to build: control fields, files (path, content, mode), maintainer scripts.
-struct Pkg {
+pub(crate) struct Pkg {
     control: String,
-    files: Vec<(String, Vec<u8>, u32)>,
+    pub(crate) files: Vec<(String, Vec<u8>, u32)>,
     scripts: Vec<(&'static str, String)>,
     conffiles: Vec<String>,
     compression: &'static str,
 }
 
-fn pkg(name: &str, version: &str, extra: &str) -> Pkg {
+pub(crate) fn pkg(name: &str, version: &str, extra: &str) -> Pkg {
     Pkg {
         control: format!(
             "Package: {name}\nVersion: {version}\nArchitecture: amd64\nMaintainer: Tests <t@example.invalid>\n{extra}Description: fixture package {name}\n A package built by the imgbuild tests.\n"
@@ -166,9 +166,9 @@ fn host_tools() -> Vec<(String, Vec<u8>, u32)> {
 }
 
 /// A repository under `root`: `dists/test/{InRelease,Release}`, `main/binary-amd64/Packages.gz`.
-struct Repo {
-    root: TempDir,
-    signer: Signer,
+pub(crate) struct Repo {
+    pub(crate) root: TempDir,
+    pub(crate) signer: Signer,
     debs: Vec<(String, String)>, // (pool path, control)
 }
 
@@ -181,7 +181,7 @@ impl Repo {
         }
     }
 
-    fn add(&mut self, p: Pkg) {
+    pub(crate) fn add(&mut self, p: Pkg) {
         let name = p.control.lines().next().unwrap()["Package: ".len()..].to_string();
         let version = p.control.lines().nth(1).unwrap()["Version: ".len()..].to_string();
         let build = tempfile::tempdir().unwrap();
@@ -221,7 +221,7 @@ impl Repo {
     }
 
     /// Writes Packages, Release and InRelease (signed by `signer`, default: the repo's key).
-    fn publish(&self, signer: Option<&Signer>) {
+    pub(crate) fn publish(&self, signer: Option<&Signer>) {
         let mut index = String::new();
         for (rel, control) in &self.debs {
             let data = fs::read(self.root.path().join(rel)).unwrap();
@@ -258,7 +258,7 @@ impl Repo {
     }
 }
 
-fn fixture_repo() -> Repo {
+pub(crate) fn fixture_repo() -> Repo {
     let mut r = Repo::new();
     let mut base = pkg(
         "fixture-base",
@@ -313,7 +313,7 @@ fn fixture_repo() -> Repo {
     r
 }
 
-fn recipe(work: &Work, repo: &FileServer, key: &str) -> PathBuf {
+pub(crate) fn recipe(work: &Work, repo: &FileServer, key: &str) -> PathBuf {
     let path = work.path("recipes/fixture-apt.toml");
     fs::write(
         &path,

@@ -13,6 +13,7 @@ mod import;
 mod layer;
 mod layout;
 mod proxmox;
+mod rebuild;
 mod registry;
 mod servers;
 

@@ -1,0 +1,167 @@
+//! `imgbuild rebuild RECIPE --push REF`: the nightly job. Re-resolves the lock (apt indexes,
+//! pip, downloads, the base image), shows what changed, builds (only steps whose keys changed
+//! are built), pushes only when the manifest digest differs from the one the registry has,
+//! optionally under a date tag too, and writes a JSON report. The new manifest digest (or the
+//! unchanged one) on stdout.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use imgbuild::registry::{self, Reference};
+use imgbuild::report::Counting;
+use imgbuild::{build, fsutil, lock};
+use serde_json::json;
+
+use super::UsageError;
+use super::progress::Progress;
+use crate::cli::{Global, RebuildArgs};
+
+/// `--exit-code`: an update was pushed.
+const EXIT_PUSHED: u8 = 3;
+
+pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let dest = Reference::parse(&args.push).map_err(|e| UsageError(e.to_string()))?;
+    let loaded = super::load(g, &args.recipe)?;
+    let progress = Progress::new(g);
+    for w in &loaded.warnings {
+        progress.line(&w.to_string());
+    }
+    let counting = Counting::new(&progress);
+    let cache = super::cache(g)?;
+    let mtime = super::source_date_epoch()?;
+    let client = super::client_options(g);
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("out").join(&loaded.recipe.image.name));
+    let context = || format!("rebuilding {}", args.recipe.display());
+
+    // 1. What the recipe resolves to today.
+    let base = build::resolve_base(&loaded, &cache, &client, &counting).with_context(context)?;
+    let mut changes = Vec::new();
+    if lock::needed(&loaded) {
+        let old = lock::read(&loaded.lock_path).ok().flatten();
+        let fresh = build::resolve_lock(&loaded, &base, &cache, mtime, true, &counting)
+            .with_context(context)?;
+        changes = match &old {
+            Some(o) => o.diff(&fresh),
+            None => vec!["(no lock before: everything is new)".to_string()],
+        };
+        lock::write(&loaded.lock_path, &fresh)?;
+    }
+    for c in &changes {
+        progress.line(&format!("==> changed: {c}"));
+    }
+    let resolved_in = started.elapsed();
+
+    // 2. The build: unchanged steps come from the cache.
+    let opts = build::Options {
+        client: client.clone(),
+        locked: true,
+        configure: true,
+    };
+    let result =
+        build::build(&loaded, &cache, &out, mtime, &opts, &counting).with_context(context)?;
+    let built: Vec<&str> = result
+        .layers
+        .iter()
+        .filter(|l| !l.hit)
+        .map(|l| l.name.as_str())
+        .collect();
+    let built_in = started.elapsed() - resolved_in;
+
+    // 3. Push only what the registry does not have yet.
+    let previous = registry::pull::remote_digest(&dest, &client)
+        .with_context(|| format!("looking up {dest}"))?;
+    let changed = previous.as_ref() != Some(&result.manifest);
+    let mut tags = Vec::new();
+    if changed {
+        let tag = result.tags.first().map(String::as_str);
+        super::push::push_layout(
+            &progress,
+            &counting,
+            &out,
+            tag,
+            &dest,
+            &client,
+            Some(&cache),
+        )?;
+        tags.push(dest.to_string());
+        if args.tag_date {
+            let dated = date_tagged(&dest);
+            super::push::push_layout(
+                &progress,
+                &counting,
+                &out,
+                tag,
+                &dated,
+                &client,
+                Some(&cache),
+            )?;
+            tags.push(dated.to_string());
+        }
+    }
+    let pushed_in = started.elapsed() - resolved_in - built_in;
+    let (down, up, _) = counting.totals();
+    let status = if changed { "pushed" } else { "unchanged" };
+    progress.line(&format!(
+        "==> {status}: {} ({} of {} steps built, {} changes) in {:.1?}; {:.1} MB down, {:.1} MB up",
+        result.manifest,
+        built.len(),
+        result.layers.len(),
+        changes.len(),
+        started.elapsed(),
+        down as f64 / 1e6,
+        up as f64 / 1e6
+    ));
+    if let Some(path) = &args.report {
+        let report = json!({
+            "recipe": args.recipe,
+            "reference": dest.to_string(),
+            "status": status,
+            "changes": changes,
+            "previous_digest": previous.map(|d| d.to_string()),
+            "digest": result.manifest.to_string(),
+            "pushed_tags": tags,
+            "steps": {
+                "total": result.layers.len(),
+                "built": built,
+                "cached": result.layers.len() - built.len(),
+            },
+            "timings_s": {
+                "resolve": resolved_in.as_secs_f64(),
+                "build": built_in.as_secs_f64(),
+                "push": pushed_in.as_secs_f64(),
+                "total": started.elapsed().as_secs_f64(),
+            },
+            "bytes": { "downloaded": down, "uploaded": up },
+        });
+        let bytes = serde_json::to_vec_pretty(&report).context("serializing the report")?;
+        fsutil::write_atomic(path, &bytes)
+            .with_context(|| format!("writing the report {}", path.display()))?;
+    }
+    println!("{}", result.manifest);
+    Ok(if changed && args.exit_code {
+        ExitCode::from(EXIT_PUSHED)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `HOST/REPO:TAG` -> `HOST/REPO:TAG-YYYYMMDD` (today, UTC).
+fn date_tagged(dest: &Reference) -> Reference {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let day: String = imgbuild::oci::image::rfc3339(now)[..10]
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let mut d = dest.clone();
+    let base = d.tag.clone().unwrap_or_else(|| "latest".into());
+    d.tag = Some(format!("{base}-{day}"));
+    d
+}

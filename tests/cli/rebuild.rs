@@ -1,0 +1,104 @@
+//! `imgbuild rebuild`, the nightly job, against the fixture apt repository and the real
+//! registry: the first run pushes, a run with nothing new builds and uploads nothing, and a
+//! new package version rebuilds only the layers that hold it, is pushed, and is reported.
+
+use serde_json::Value;
+
+use crate::apt::{fixture_repo, pkg, recipe};
+use crate::servers::{Mode, Registry};
+use crate::{FileServer, Work, stderr, stdout, tool};
+
+fn report(path: &std::path::Path) -> Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn rebuild_builds_and_pushes_only_what_changed() {
+    let mut repo = fixture_repo();
+    repo.publish(None);
+    let server = FileServer::start(repo.root.path());
+    let work = Work::setup();
+    repo.signer.export(&work.path("recipes/fixture.asc"), true);
+    let r = recipe(&work, &server, "fixture.asc");
+    let reg = Registry::start(Mode::Plain);
+    let dest = format!("{}/nightly/fixture:latest", reg.host);
+    let rebuild = |n: u32, extra: &[&str]| {
+        let o = work
+            .cmd()
+            .args(reg.imgbuild_flags())
+            .arg("rebuild")
+            .arg(&r)
+            .args(["--push", &dest, "--exit-code", "--report"])
+            .arg(work.path(&format!("report{n}.json")))
+            .args(extra)
+            .output()
+            .unwrap();
+        (o, report(&work.path(&format!("report{n}.json"))))
+    };
+
+    // First night: no lock, nothing in the registry: everything is built and pushed.
+    let (o, first) = rebuild(1, &[]);
+    assert_eq!(o.status.code(), Some(3), "pushed: {}", stderr(&o));
+    assert_eq!(first["status"], "pushed");
+    assert_eq!(first["previous_digest"], Value::Null);
+    assert!(first["bytes"]["uploaded"].as_u64().unwrap() > 0);
+    let digest1 = stdout(&o).trim().to_string();
+    assert_eq!(first["digest"], digest1.as_str());
+
+    // Second night, nothing new: no step built, nothing uploaded, exit 0.
+    let (o, second) = rebuild(2, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(second["status"], "unchanged");
+    assert_eq!(second["changes"], serde_json::json!([]));
+    assert_eq!(second["steps"]["built"], serde_json::json!([]));
+    assert_eq!(second["bytes"]["uploaded"], 0);
+    assert_eq!(second["digest"], digest1.as_str());
+    assert_eq!(second["previous_digest"], digest1.as_str());
+
+    // A new version of one package: only its layer, the dpkg database and the configure
+    // step are built; the new image is pushed, also under a date tag; the report says why.
+    let mut lib = pkg("fixture-lib", "1.3", "Multi-Arch: same\n");
+    lib.files
+        .push(("usr/lib/fixture/version".into(), b"1.3\n".to_vec(), 0o644));
+    repo.add(lib);
+    repo.publish(None);
+    let (o, third) = rebuild(3, &["--tag-date"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(third["status"], "pushed");
+    assert_eq!(
+        third["changes"],
+        serde_json::json!(["fixture-lib: 1.2~rc1 -> 1.3"])
+    );
+    let built: Vec<&str> = third["steps"]["built"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(built.len(), 3, "{built:?}");
+    assert!(
+        built[0].starts_with("apt layer ") && built[0].contains("fixture-lib"),
+        "{built:?}"
+    );
+    assert!(built[1].starts_with("dpkg database"), "{built:?}");
+    assert!(built[2].starts_with("dpkg --configure"), "{built:?}");
+    assert!(third["steps"]["cached"].as_u64().unwrap() >= 2, "{third}");
+    let digest3 = stdout(&o).trim().to_string();
+    assert_ne!(digest3, digest1);
+    assert_eq!(third["previous_digest"], digest1.as_str());
+    // The registry serves the new image, under both tags.
+    let mut args = vec!["inspect".to_string()];
+    args.extend(reg.skopeo_flags(""));
+    args.push(format!("docker://{dest}"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let v: Value = serde_json::from_str(&tool("skopeo", &args)).unwrap();
+    assert_eq!(v["Digest"], digest3.as_str());
+    let tags: Vec<&str> = third["pushed_tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tags.len(), 2);
+    assert!(tags[1].starts_with(&format!("{dest}-20")), "{tags:?}");
+}
