@@ -89,6 +89,9 @@ pub enum Command {
     },
     /// Nightly job: re-resolve the lock, rebuild what changed, push if the image changed, report
     Rebuild(RebuildArgs),
+    /// Show the cache, or shrink it: ls | gc --max-size SIZE | prune --older-than DUR
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Validate a recipe without building
     Check {
         /// The recipe file
@@ -202,6 +205,27 @@ pub struct BuildArgs {
     pub deploy: bool,
     #[command(flatten)]
     pub proxmox: ProxmoxArgs,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum CacheCommand {
+    /// List step keys and blobs, least recently used first, and the total size
+    Ls {
+        /// JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove least recently used keys and blobs until the cache is at most SIZE (e.g. 20G);
+    /// waits for running builds, never removes a blob a kept key needs
+    Gc {
+        #[arg(long, value_name = "SIZE")]
+        max_size: String,
+    },
+    /// Remove what was not used for DUR (e.g. 30d, 12h); waits for running builds
+    Prune {
+        #[arg(long, value_name = "DUR")]
+        older_than: String,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]

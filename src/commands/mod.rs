@@ -1,6 +1,7 @@
 //! One module per subcommand, plus what they share: the reporter and error exit codes.
 
 mod build;
+mod cache_cmd;
 mod check;
 mod cloud_init;
 mod deploy;
@@ -35,6 +36,7 @@ fn run_simple(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Rebuild(args) => rebuild::run(g, &args).map(drop),
         Command::Build(args) => build::run(g, &args),
+        Command::Cache(c) => cache_cmd::run(g, &c),
         Command::Check { recipe } => check::run(g, &recipe),
         Command::CloudInit { recipe, out, clone } => {
             cloud_init::run(g, &recipe, out.as_deref(), clone)

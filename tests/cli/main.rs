@@ -8,6 +8,7 @@ mod http;
 
 mod apt;
 mod build;
+mod cache;
 mod errors;
 mod import;
 mod layer;
@@ -60,6 +61,22 @@ impl Work {
 
     pub fn cmd_with_cache(&self, cache: &Path) -> Command {
         let mut c = Command::cargo_bin("imgbuild").unwrap();
+        c.current_dir(self.dir.path())
+            .env("IMGBUILD_CACHE", cache)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .args([
+                "--progress",
+                "plain",
+                "--var",
+                &format!("fixtures={}", self.server.url),
+            ]);
+        c
+    }
+
+    /// Like [`Work::cmd_with_cache`], as a std `Command` (to spawn several at once).
+    pub fn spawnable(&self, cache: &Path) -> std::process::Command {
+        #[allow(deprecated)]
+        let mut c = std::process::Command::new(assert_cmd::cargo::cargo_bin("imgbuild"));
         c.current_dir(self.dir.path())
             .env("IMGBUILD_CACHE", cache)
             .env_remove("SOURCE_DATE_EPOCH")

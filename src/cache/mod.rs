@@ -8,6 +8,7 @@
 //! | `keys/<hex>.json`       | a [`LayerRecord`] per step cache key                           |
 //! | `hashes/<hex>`          | sha256 of an input file, keyed by its path, inode, size, times |
 //! | `tmp/`                  | temp files, renamed into the buckets above when complete       |
+//! | `lock`                  | builds hold it shared, `cache gc`/`prune` exclusively ([`gc`]) |
 //!
 //! Every write is a temp file plus a rename, so a reader never sees a partial blob and two
 //! builds sharing one cache only ever race to rename identical content into place. Blobs are
@@ -22,6 +23,8 @@ use tempfile::NamedTempFile;
 
 use crate::digest::{Digest, HashingWriter, digest_reader};
 use crate::fsutil;
+
+pub mod gc;
 
 /// What the cache stores for a step key: the layer it produced.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -61,21 +64,43 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CacheE
     }
 }
 
-/// Handle on a cache directory.
+/// Handle on a cache directory. While any handle from [`Cache::open`] lives, the cache is
+/// locked shared: `gc` and `prune` ([`Cache::open_exclusive`]) wait for running builds, and
+/// builds wait for them.
 #[derive(Debug, Clone)]
 pub struct Cache {
     root: PathBuf,
+    _lock: std::sync::Arc<File>,
 }
 
 impl Cache {
-    /// Opens (creating if needed) the cache at `root`.
+    /// Opens (creating if needed) the cache at `root`, locked shared.
     pub fn open(root: &Path) -> Result<Self, CacheError> {
+        Self::open_locked(root, false)
+    }
+
+    /// Opens the cache at `root` for `gc` and `prune`: locked exclusively, so no build runs
+    /// while blobs are removed (this waits for running builds to finish).
+    pub fn open_exclusive(root: &Path) -> Result<Self, CacheError> {
+        Self::open_locked(root, true)
+    }
+
+    fn open_locked(root: &Path, exclusive: bool) -> Result<Self, CacheError> {
         for sub in ["blobs/sha256", "keys", "hashes", "tmp"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("create cache directory", &p))?;
         }
+        let path = root.join("lock");
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open the cache lock", &path))?;
+        if exclusive { f.lock() } else { f.lock_shared() }.map_err(io_err("lock", &path))?;
         Ok(Cache {
             root: root.to_path_buf(),
+            _lock: std::sync::Arc::new(f),
         })
     }
 
@@ -95,8 +120,14 @@ impl Cache {
         self.root.join("blobs/sha256").join(digest.hex())
     }
 
+    /// Whether the blob is here; if so it is marked as used now (for `gc` and `prune`).
     pub fn has_blob(&self, digest: &Digest) -> bool {
-        self.blob_path(digest).is_file()
+        let path = self.blob_path(digest);
+        let here = path.is_file();
+        if here {
+            gc::touch(&path);
+        }
+        here
     }
 
     /// Hashes a cached blob and compares it with its name. A blob that fails is removed, so
@@ -202,11 +233,17 @@ impl Cache {
         self.root.join("keys").join(format!("{}.json", key.hex()))
     }
 
-    /// Looks a step key up. A record whose blob is gone counts as a miss.
+    /// Looks a step key up. A record whose blob is gone counts as a miss. A hit marks the key
+    /// as used now (its file's mtime), which is what `gc` and `prune` go by.
     pub fn get_key(&self, key: &Digest) -> Option<LayerRecord> {
-        let bytes = fs::read(self.key_path(key)).ok()?;
+        let path = self.key_path(key);
+        let bytes = fs::read(&path).ok()?;
         let rec: LayerRecord = serde_json::from_slice(&bytes).ok()?;
-        self.has_blob(&rec.digest).then_some(rec)
+        let hit = self.has_blob(&rec.digest);
+        if hit {
+            gc::touch(&path);
+        }
+        hit.then_some(rec)
     }
 
     pub fn put_key(&self, key: &Digest, rec: &LayerRecord) -> Result<(), CacheError> {
