@@ -203,6 +203,14 @@ pub struct BuildArgs {
     /// After building the proxmox target, make it a template over the Proxmox API
     #[arg(long)]
     pub deploy: bool,
+    /// Before building, import step results from this registry cache artifact
+    /// (HOST[:PORT]/REPO:TAG, as written by --cache-to)
+    #[arg(long, value_name = "REF")]
+    pub cache_from: Option<String>,
+    /// After building, store this build's step results (keys and layers) as a registry
+    /// artifact that --cache-from on another machine reuses
+    #[arg(long, value_name = "REF")]
+    pub cache_to: Option<String>,
     #[command(flatten)]
     pub proxmox: ProxmoxArgs,
 }

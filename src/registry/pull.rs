@@ -138,6 +138,40 @@ pub fn remote_digest(r: &Reference, opts: &ClientOptions) -> Result<Option<Diges
     }
 }
 
+/// Fetches the image manifest `r` names and its config blob (into the cache, verified):
+/// for artifacts such as the remote build cache, where no platform is chosen.
+pub fn manifest_and_config(
+    r: &Reference,
+    opts: &ClientOptions,
+    cache: &Cache,
+    reporter: &dyn Reporter,
+) -> Result<(Manifest, Vec<u8>), RegistryError> {
+    let client = RegistryClient::new(r, opts, false, &[])?;
+    let (bytes, _, _) = get_manifest(&client, r, &r.manifest_ref())?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| RegistryError::Other(format!("{r}: bad manifest: {e}")))?;
+    fetch_blob(&client, cache, r, &manifest.config.digest, reporter)?;
+    let path = cache.blob_path(&manifest.config.digest);
+    let config = std::fs::read(&path).map_err(|source| RegistryError::Io {
+        action: "read",
+        path,
+        source,
+    })?;
+    Ok((manifest, config))
+}
+
+/// Fetches blobs of repository `r` into the cache (verified, in parallel, each once).
+pub fn blobs(
+    r: &Reference,
+    opts: &ClientOptions,
+    cache: &Cache,
+    digests: &[Digest],
+    reporter: &dyn Reporter,
+) -> Result<(), RegistryError> {
+    let client = RegistryClient::new(r, opts, false, &[])?;
+    crate::parallel::try_for_each(digests, 4, |d| fetch_blob(&client, cache, r, d, reporter))
+}
+
 /// Pulls `r` for `platform` (`os/arch`) into the cache.
 pub fn pull(
     r: &Reference,

@@ -145,3 +145,74 @@ fn concurrent_builds_and_a_gc_share_one_cache() {
         assert_eq!(v["Digest"], reference.as_str());
     }
 }
+
+#[test]
+fn a_registry_cache_lets_another_machine_build_nothing() {
+    let reg = crate::servers::Registry::start(crate::servers::Mode::Plain);
+    let w = Work::setup();
+    let cache_ref = format!("{}/cache/hello:buildcache", reg.host);
+
+    // Machine A: the first export; nothing to import yet.
+    let o = w
+        .cmd_with_cache(&w.path("machine-a"))
+        .args(reg.imgbuild_flags())
+        .arg("build")
+        .arg(w.recipe())
+        .arg("--out")
+        .arg(w.path("out/a"))
+        .args(["--cache-from", &cache_ref, "--cache-to", &cache_ref])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let digest = stdout(&o).trim().to_string();
+    let log = crate::stderr(&o);
+    assert!(log.contains("imported 0 cached steps"), "{log}");
+    assert!(log.contains("exported "), "{log}");
+
+    // Machine B, empty cache: every step comes from the registry cache.
+    let meta = w.path("b.json");
+    let o = w
+        .cmd_with_cache(&w.path("machine-b"))
+        .args(reg.imgbuild_flags())
+        .arg("build")
+        .arg(w.recipe())
+        .arg("--out")
+        .arg(w.path("out/b"))
+        .args(["--cache-from", &cache_ref, "--metadata-file"])
+        .arg(&meta)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert_eq!(stdout(&o).trim(), digest, "the same image");
+    let m: Value = serde_json::from_slice(&std::fs::read(&meta).unwrap()).unwrap();
+    assert_eq!(m["cache"]["misses"], 0, "no step rebuilt: {m}");
+    assert!(m["cache"]["hits"].as_u64().unwrap() >= 5, "{m}");
+
+    // An ordinary image is not a cache.
+    let image = format!("{}/cache/plain:1", reg.host);
+    assert_ok(
+        &w.cmd()
+            .args(reg.imgbuild_flags())
+            .arg("build")
+            .arg(w.recipe())
+            .arg("--out")
+            .arg(w.path("out/p"))
+            .args(["--push", &image])
+            .output()
+            .unwrap(),
+    );
+    let o = w
+        .cmd_with_cache(&w.path("machine-c"))
+        .args(reg.imgbuild_flags())
+        .arg("build")
+        .arg(w.recipe())
+        .args(["--cache-from", &image])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        crate::stderr(&o).contains("is not an imgbuild build cache"),
+        "{}",
+        crate::stderr(&o)
+    );
+}

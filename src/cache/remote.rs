@@ -1,0 +1,137 @@
+//! The build cache shared through a registry (`--cache-to REF`, `--cache-from REF`): step key ->
+//! layer records stored as an OCI artifact in image-manifest form (so any registry takes it),
+//! whose config is the record table and whose layers are the layer blobs themselves. A
+//! machine with an empty cache imports the records and their blobs and builds nothing that
+//! another machine built with the same inputs.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Cache, LayerRecord};
+use crate::digest::Digest;
+use crate::oci::image;
+use crate::oci::layout::{Desc, Layout};
+use crate::registry::{self, ClientOptions, Reference, RegistryError};
+use crate::report::Reporter;
+
+/// The config media type that marks an imgbuild cache artifact.
+pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.imgbuild.cache.config.v1+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteCacheError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("writing the cache artifact")]
+    Layout(#[from] crate::oci::OciError),
+    #[error("{reference} is not an imgbuild build cache (its config is `{media_type}`)")]
+    NotACache {
+        reference: String,
+        media_type: String,
+    },
+    #[error("{reference}: the cache table cannot be read: {message}")]
+    BadTable { reference: String, message: String },
+    #[error(transparent)]
+    Cache(#[from] super::CacheError),
+    #[error("a temporary directory for the cache artifact")]
+    Temp(#[source] std::io::Error),
+}
+
+/// The artifact's config: which layer each step key made.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Table {
+    pub version: u32,
+    /// Step key (hex) -> layer.
+    pub keys: BTreeMap<String, LayerRecord>,
+}
+
+/// Pushes `keys` (and their layer blobs, which must be in `cache`) to `dest` as one artifact.
+/// Returns the artifact's manifest digest.
+pub fn export(
+    cache: &Cache,
+    keys: &[(Digest, LayerRecord)],
+    dest: &Reference,
+    opts: &ClientOptions,
+    reporter: &dyn Reporter,
+) -> Result<Digest, RemoteCacheError> {
+    let dir = tempfile::Builder::new()
+        .prefix("cache-artifact-")
+        .tempdir_in(cache.root().join("tmp"))
+        .map_err(RemoteCacheError::Temp)?;
+    let layout = Layout::create(dir.path())?;
+    let mut table = Table {
+        version: 1,
+        keys: BTreeMap::new(),
+    };
+    let mut layers = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (key, rec) in keys {
+        table.keys.insert(key.hex().to_string(), rec.clone());
+        if seen.insert(rec.digest.clone()) {
+            layout.put_file(&cache.blob_path(&rec.digest), &rec.digest)?;
+            layers.push(Desc {
+                media_type: rec.media_type.clone(),
+                digest: rec.digest.clone(),
+                size: rec.size,
+                annotations: Default::default(),
+                platform: None,
+            });
+        }
+    }
+    let config = layout.put_json(CONFIG_MEDIA_TYPE, &table)?;
+    let manifest = image::manifest(config.clone(), layers);
+    let desc = layout.put_json(crate::oci::MEDIA_TYPE_MANIFEST, &manifest)?;
+    let mut keep: BTreeSet<Digest> = seen;
+    keep.insert(config.digest.clone());
+    keep.insert(desc.digest.clone());
+    let tag = dest.tag.clone().unwrap_or_else(|| "buildcache".into());
+    layout.finish(&desc, std::slice::from_ref(&tag), &keep)?;
+    let out = registry::push::push(dir.path(), Some(&tag), dest, opts, Some(cache), reporter)?;
+    Ok(out.manifest.unwrap_or(desc.digest))
+}
+
+/// Imports the records of the artifact at `src` that this cache lacks, with their blobs.
+/// Returns how many keys were imported. A missing artifact (nothing exported yet) imports
+/// nothing.
+pub fn import(
+    cache: &Cache,
+    src: &Reference,
+    opts: &ClientOptions,
+    reporter: &dyn Reporter,
+) -> Result<usize, RemoteCacheError> {
+    if registry::pull::remote_digest(src, opts)?.is_none() {
+        return Ok(0);
+    }
+    let (manifest, config) = registry::pull::manifest_and_config(src, opts, cache, reporter)?;
+    if manifest.config.media_type != CONFIG_MEDIA_TYPE {
+        return Err(RemoteCacheError::NotACache {
+            reference: src.to_string(),
+            media_type: manifest.config.media_type,
+        });
+    }
+    let table: Table = serde_json::from_slice(&config).map_err(|e| RemoteCacheError::BadTable {
+        reference: src.to_string(),
+        message: e.to_string(),
+    })?;
+    let mut wanted: Vec<(Digest, LayerRecord)> = Vec::new();
+    for (k, rec) in table.keys {
+        let key =
+            Digest::parse(&format!("sha256:{k}")).map_err(|e| RemoteCacheError::BadTable {
+                reference: src.to_string(),
+                message: e.to_string(),
+            })?;
+        // Only what the artifact itself carries can be trusted to be fetchable.
+        if cache.get_key(&key).is_none() && manifest.layers.iter().any(|l| l.digest == rec.digest) {
+            wanted.push((key, rec));
+        }
+    }
+    let mut digests: Vec<Digest> = wanted.iter().map(|(_, r)| r.digest.clone()).collect();
+    digests.sort();
+    digests.dedup();
+    registry::pull::blobs(src, opts, cache, &digests, reporter)?;
+    for (key, rec) in &wanted {
+        cache.put_key(key, rec)?;
+    }
+    Ok(wanted.len())
+}
