@@ -23,6 +23,10 @@ use crate::realize::{self, LayerOutcome, RealizeError};
 use crate::recipe::{BaseRef, FieldPath, Loaded, RecipeError};
 use crate::registry::{self, ClientOptions, Reference, RegistryError};
 use crate::report::{Event, Reporter};
+use crate::sbom;
+
+/// The SPDX document of the image, next to its layout's `index.json`.
+pub const SBOM_FILE: &str = "sbom.spdx.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -246,8 +250,46 @@ pub fn build(
         // The build records what it used, next to the layout.
         lock::write(&out.join("imgbuild.lock"), l)?;
     }
+    // And what the image holds: its SPDX document.
+    let doc = sbom::document(
+        &loaded.recipe.image.name,
+        &output.manifest,
+        &image::rfc3339(mtime),
+        lock.as_ref(),
+        &sbom::base_packages(cache, &base),
+        &downloads(loaded, lock.as_ref()),
+    );
+    let path = out.join(SBOM_FILE);
+    let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+    crate::fsutil::write_atomic(&path, &bytes).map_err(|source| BuildError::Output {
+        path: path.clone(),
+        source: OciError::Io {
+            action: "write",
+            path,
+            source,
+        },
+    })?;
     output.lock = lock;
     Ok(output)
+}
+
+/// The recipe's downloads as fetched: URL (platform expanded) and sha256 (the recipe's, else
+/// the lock's).
+fn downloads(loaded: &Loaded, lock: Option<&Lock>) -> Vec<(String, Digest)> {
+    let r = &loaded.recipe;
+    r.download
+        .iter()
+        .filter_map(|d| {
+            let url = crate::recipe::interp::expand_platform(&d.url, &r.image.platform).ok()?;
+            let sha = match &d.sha256 {
+                Some(h) => Digest::parse(h)
+                    .or_else(|_| Digest::parse(&format!("sha256:{h}")))
+                    .ok(),
+                None => lock.and_then(|l| l.download(&url)).cloned(),
+            }?;
+            Some((url, sha))
+        })
+        .collect()
 }
 
 fn write_layout(

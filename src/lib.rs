@@ -34,4 +34,5 @@ pub mod realize;
 pub mod recipe;
 pub mod registry;
 pub mod report;
+pub mod sbom;
 pub mod tool;

@@ -444,7 +444,7 @@ fn install_config(
     for d in &r.download {
         let url = interp::expand_platform(&d.url, platform).unwrap_or_else(|_| d.url.clone());
         let sha = d.sha256.clone().or_else(|| {
-            lock.and_then(|l| l.download(&d.url))
+            lock.and_then(|l| l.download(&url))
                 .map(|d| d.hex().to_string())
         });
         let tmp = format!("/var/tmp/imgbuild-{}", short_hash(&url));

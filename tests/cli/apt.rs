@@ -339,7 +339,7 @@ key = "{key}"
     path
 }
 
-fn dpkg_list(rootfs: &Path) -> String {
+pub(crate) fn dpkg_list(rootfs: &Path) -> String {
     tool(
         "dpkg-query",
         &[
@@ -352,7 +352,7 @@ fn dpkg_list(rootfs: &Path) -> String {
     )
 }
 
-fn unpack(work: &Work, out: &str) -> PathBuf {
+pub(crate) fn unpack(work: &Work, out: &str) -> PathBuf {
     let bundle = work.path(&format!("{out}-bundle"));
     tool(
         "umoci",

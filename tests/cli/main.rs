@@ -16,6 +16,7 @@ mod layout;
 mod proxmox;
 mod rebuild;
 mod registry;
+mod sbom;
 mod servers;
 
 use std::path::{Path, PathBuf};
