@@ -90,6 +90,15 @@ fn spdx_url(url: &str) -> bool {
         && tld.chars().all(|c| c.is_ascii_lowercase())
 }
 
+fn deb_purl(name: &str, version: &str, arch: &str) -> String {
+    format!(
+        "pkg:deb/debian/{}@{}?arch={}",
+        purl_part(name),
+        purl_part(version),
+        purl_part(arch)
+    )
+}
+
 fn package(
     id: String,
     name: &str,
@@ -156,12 +165,7 @@ pub fn document(
     // Debian packages: the lock's (what imgbuild installed or upgraded) over the base's.
     let mut debs: BTreeMap<String, Value> = BTreeMap::new();
     for b in base {
-        let purl = format!(
-            "pkg:deb/debian/{}@{}?arch={}",
-            purl_part(&b.name),
-            purl_part(&b.version),
-            purl_part(&b.arch)
-        );
+        let purl = deb_purl(&b.name, &b.version, &b.arch);
         debs.insert(
             b.name.clone(),
             package(
@@ -176,12 +180,7 @@ pub fn document(
     }
     if let Some(l) = lock {
         for p in &l.packages {
-            let purl = format!(
-                "pkg:deb/debian/{}@{}?arch={}",
-                purl_part(&p.name),
-                purl_part(&p.version),
-                purl_part(&p.arch)
-            );
+            let purl = deb_purl(&p.name, &p.version, &p.arch);
             debs.insert(
                 p.name.clone(),
                 package(

@@ -41,7 +41,39 @@ pub fn push_layout(
     progress.line(&format!("==> pushing {} to {dest}", layout.display()));
     let o = registry::push::push(layout, tag, dest, opts, cache, reporter)
         .with_context(|| format!("pushing to {dest}"))?;
-    let digest = o.manifest.map(|d| d.to_string()).unwrap_or_default();
+    let digest = o
+        .manifest
+        .clone()
+        .map(|d| d.to_string())
+        .unwrap_or_default();
+    // The image's SBOM goes with it, as a referrer.
+    let sbom = layout.join(imgbuild::build::SBOM_FILE);
+    if let (Some(manifest), Ok(doc)) = (&o.manifest, std::fs::read(&sbom)) {
+        let size = std::fs::metadata(layout.join("blobs/sha256").join(manifest.hex()))
+            .map(|m| m.len())
+            .with_context(|| format!("reading the manifest {manifest} in {}", layout.display()))?;
+        let subject = imgbuild::oci::layout::Desc {
+            media_type: imgbuild::oci::MEDIA_TYPE_MANIFEST.into(),
+            digest: manifest.clone(),
+            size,
+            annotations: Default::default(),
+            platform: None,
+        };
+        let r = registry::referrers::push(
+            dest,
+            &subject,
+            imgbuild::sbom::MEDIA_TYPE,
+            &doc,
+            opts,
+            cache,
+            reporter,
+        )
+        .with_context(|| format!("pushing the SBOM of {dest} as a referrer"))?;
+        progress.line(&format!(
+            "==> SBOM pushed as {dest}@{} (referrer of {manifest}, listed under tag {})",
+            r.manifest, r.tag
+        ));
+    }
     progress.line(&format!(
         "==> pushed {dest}@{digest} in {:.2?}: {} uploaded ({:.1} MB), {} mounted, {} already there",
         started.elapsed(),

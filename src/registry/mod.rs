@@ -9,6 +9,7 @@ pub mod client;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod referrers;
 
 use std::path::PathBuf;
 

@@ -61,17 +61,7 @@ impl Work {
     }
 
     pub fn cmd_with_cache(&self, cache: &Path) -> Command {
-        let mut c = Command::cargo_bin("imgbuild").unwrap();
-        c.current_dir(self.dir.path())
-            .env("IMGBUILD_CACHE", cache)
-            .env_remove("SOURCE_DATE_EPOCH")
-            .args([
-                "--progress",
-                "plain",
-                "--var",
-                &format!("fixtures={}", self.server.url),
-            ]);
-        c
+        Command::from_std(self.spawnable(cache))
     }
 
     /// Like [`Work::cmd_with_cache`], as a std `Command` (to spawn several at once).

@@ -1,7 +1,8 @@
 //! The SPDX document written next to every layout (and pushed as a referrer of the image):
-//! valid SPDX 2.3 by the SPDX project's own validator (`pyspdxtools`, which scripts/deps
-//! installs in target/spdx-tools), listing every package dpkg says the image holds, with the
-//! .deb sha256 and a package URL; downloads with their sha256.
+//! valid against the SPDX 2.3 JSON schema (checked by Python's jsonschema) and by the SPDX
+//! project's own validator (`pyspdxtools`, which scripts/deps installs in target/spdx-tools),
+//! listing every package dpkg says the image holds, with the .deb sha256 and a package URL;
+//! downloads with their sha256.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -20,6 +21,64 @@ fn validate(doc: &Path) {
         .output()
         .unwrap_or_else(|e| panic!("{} (scripts/deps installs it): {e}", tool.display()));
     assert_ok(&o);
+}
+
+/// The SPDX 2.3 JSON schema, as the `serde-spdx` crate (a dev-dependency, so cargo fetches
+/// it from the crate registry) ships it.
+fn spdx_schema() -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let o = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--locked"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let meta: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let manifest = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "serde-spdx")
+        .expect("serde-spdx in cargo metadata")["manifest_path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    Path::new(&manifest)
+        .parent()
+        .unwrap()
+        .join("schemas/spdx_2_3.json")
+}
+
+/// The schema's errors for `doc`, by Python's jsonschema (draft 2019-09).
+fn schema_errors(doc: &Value) -> Vec<String> {
+    let script = r#"
+import json, sys, jsonschema
+schema = json.load(open(sys.argv[1]))
+doc = json.load(sys.stdin)
+v = jsonschema.validators.validator_for(schema)(schema)
+print(json.dumps([e.message for e in v.iter_errors(doc)]))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(spdx_schema())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(doc.to_string().as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_ok(&o);
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn packages_len(doc: &Value) -> usize {
+    doc["packages"].as_array().map_or(0, Vec::len)
 }
 
 fn read(doc: &Path) -> Value {
@@ -50,6 +109,20 @@ fn the_sbom_is_valid_spdx_and_lists_every_installed_package() {
     validate(&doc_path);
     let doc = read(&doc_path);
     assert_eq!(doc["spdxVersion"], "SPDX-2.3");
+    // The SPDX 2.3 JSON schema accepts it, and would refuse a broken one; the types
+    // serde-spdx generates from that schema read it.
+    assert_eq!(schema_errors(&doc), Vec::<String>::new());
+    let typed: serde_spdx::spdx::v_2_3::Spdx = serde_json::from_value(doc.clone()).unwrap();
+    assert_eq!(typed.packages.map(|p| p.len()), Some(packages_len(&doc)));
+    let mut broken = doc.clone();
+    broken["packages"][1]["checksums"][0]["algorithm"] = "CRC99".into();
+    broken.as_object_mut().unwrap().remove("creationInfo");
+    assert_eq!(
+        schema_errors(&broken).len(),
+        2,
+        "{:?}",
+        schema_errors(&broken)
+    );
     let packages = doc["packages"].as_array().unwrap();
     assert_eq!(packages[0]["versionInfo"], manifest.as_str());
     assert_eq!(packages[0]["primaryPackagePurpose"], "CONTAINER");
@@ -103,6 +176,7 @@ fn downloads_are_in_the_sbom_too() {
     let doc_path = w.path("out/hello/sbom.spdx.json");
     validate(&doc_path);
     let doc = read(&doc_path);
+    assert_eq!(schema_errors(&doc), Vec::<String>::new());
     let names: Vec<&str> = doc["packages"]
         .as_array()
         .unwrap()
@@ -111,4 +185,65 @@ fn downloads_are_in_the_sbom_too() {
         .collect();
     assert!(names.contains(&"tool-amd64.tar.gz"), "{names:?}");
     assert!(names.contains(&"compose-linux-x86_64"), "{names:?}");
+}
+
+#[test]
+fn the_sbom_is_pushed_as_a_referrer_of_the_image() {
+    let reg = crate::servers::Registry::start(crate::servers::Mode::Plain);
+    let w = Work::setup();
+    let dest = format!("{}/sbom/hello:1", reg.host);
+    let o = w
+        .cmd()
+        .arg("build")
+        .arg(w.recipe())
+        .arg("--out")
+        .arg(w.path("out/hello"))
+        .args(["--push", &dest])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let image = crate::stdout(&o).trim().to_string();
+    let hex = image.trim_start_matches("sha256:");
+    let raw = |r: &str| -> Value {
+        let out = crate::tool(
+            "skopeo",
+            &[
+                "inspect",
+                "--tls-verify=false",
+                "--raw",
+                &format!("docker://{}/sbom/hello{r}", reg.host),
+            ],
+        );
+        serde_json::from_str(&out).unwrap()
+    };
+    // The referrers tag schema: the index tagged sha256-<hex> lists the SBOM.
+    let index = raw(&format!(":sha256-{hex}"));
+    let entry = &index["manifests"][0];
+    assert_eq!(entry["artifactType"], "application/spdx+json", "{index}");
+    let artifact = raw(&format!("@{}", entry["digest"].as_str().unwrap()));
+    assert_eq!(artifact["subject"]["digest"], image.as_str());
+    assert_eq!(
+        artifact["config"]["mediaType"],
+        "application/vnd.oci.empty.v1+json"
+    );
+    let layer = &artifact["layers"][0];
+    assert_eq!(layer["mediaType"], "application/spdx+json");
+    // Its one blob is the document next to the layout, byte for byte.
+    let url = format!(
+        "http://{}/v2/sbom/hello/blobs/{}",
+        reg.host,
+        layer["digest"].as_str().unwrap()
+    );
+    let fetched = crate::tool(
+        "python3",
+        &[
+            "-c",
+            "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())",
+            &url,
+        ],
+    );
+    assert_eq!(
+        fetched,
+        std::fs::read_to_string(w.path("out/hello/sbom.spdx.json")).unwrap()
+    );
 }
