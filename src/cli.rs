@@ -255,6 +255,12 @@ pub struct RebuildArgs {
     /// Exit 3 when an update was pushed (0 when nothing changed), like `git diff --exit-code`
     #[arg(long)]
     pub exit_code: bool,
+    /// Before building, import step results from this registry cache artifact
+    #[arg(long, value_name = "REF")]
+    pub cache_from: Option<String>,
+    /// After building, store this build's step results as a registry cache artifact
+    #[arg(long, value_name = "REF")]
+    pub cache_to: Option<String>,
 }
 
 /// Where and how to reach the Proxmox VE API.

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use imgbuild::build::{self, BuildOutput};
-use imgbuild::cache::remote;
 use imgbuild::fsutil;
 use imgbuild::proxmox::target;
 use serde_json::json;
 
 use super::UsageError;
 use super::progress::Progress;
+use super::shared_cache::Shared;
 use crate::cli::{BuildArgs, Global, Target};
 
 pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
@@ -40,18 +40,8 @@ pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
         .as_deref()
         .map(imgbuild::registry::Reference::parse)
         .transpose()?;
-    let parse = |r: &Option<String>| -> Result<Option<imgbuild::registry::Reference>> {
-        Ok(r.as_deref()
-            .map(imgbuild::registry::Reference::parse)
-            .transpose()
-            .map_err(|e| UsageError(e.to_string()))?)
-    };
-    let (cache_from, cache_to) = (parse(&args.cache_from)?, parse(&args.cache_to)?);
-    if let Some(src) = &cache_from {
-        let n = remote::import(&cache, src, &opts, &progress)
-            .with_context(|| format!("importing the build cache from {src}"))?;
-        progress.line(&format!("==> imported {n} cached steps from {src}"));
-    }
+    let shared = Shared::parse(args.cache_from.as_deref(), args.cache_to.as_deref())?;
+    shared.import(&cache, &opts, &progress)?;
     let mut meta = serde_json::Map::new();
     if oci {
         let started = std::time::Instant::now();
@@ -74,19 +64,7 @@ pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
             result.tags.join(", ")
         ));
         meta = metadata(&result);
-        if let Some(dest) = &cache_to {
-            let keys: Vec<_> = result
-                .layers
-                .iter()
-                .map(|l| (l.key.clone(), l.record.clone()))
-                .collect();
-            let d = remote::export(&cache, &keys, dest, &opts, &progress)
-                .with_context(|| format!("exporting the build cache to {dest}"))?;
-            progress.line(&format!(
-                "==> exported {} cached steps to {dest}@{d}",
-                keys.len()
-            ));
-        }
+        shared.export(&cache, &result, &opts, &progress)?;
         if let Some(dest) = &push_ref {
             let tag = result.tags.first().map(String::as_str);
             super::push::push_layout(&progress, &progress, &out, tag, dest, &opts, Some(&cache))?;

@@ -13,6 +13,7 @@ mod plan;
 mod progress;
 mod push;
 mod rebuild;
+mod shared_cache;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

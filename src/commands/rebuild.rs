@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::UsageError;
 use super::progress::Progress;
+use super::shared_cache::Shared;
 use crate::cli::{Global, RebuildArgs};
 
 /// `--exit-code`: an update was pushed.
@@ -38,6 +39,8 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("out").join(&loaded.recipe.image.name));
     let context = || format!("rebuilding {}", args.recipe.display());
+    let shared = Shared::parse(args.cache_from.as_deref(), args.cache_to.as_deref())?;
+    shared.import(&cache, &client, &progress)?;
 
     // 1. What the recipe resolves to today.
     let base = build::resolve_base(&loaded, &cache, &client, &counting).with_context(context)?;
@@ -71,6 +74,7 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
         .filter(|l| !l.hit)
         .map(|l| l.name.as_str())
         .collect();
+    shared.export(&cache, &result, &client, &progress)?;
     let built_in = started.elapsed() - resolved_in;
 
     // 3. Push only what the registry does not have yet.

@@ -85,8 +85,14 @@ fn rebuild_builds_and_pushes_only_what_changed() {
         .push(("usr/lib/fixture/version".into(), b"1.3\n".to_vec(), 0o644));
     repo.add(lib);
     repo.publish(None);
-    let (o, third) = rebuild(3, &["--tag-date"]);
+    let shared = format!("{}/nightly/cache:fixture", reg.host);
+    let (o, third) = rebuild(3, &["--tag-date", "--cache-to", &shared]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!("exported 7 cached steps to {shared}@sha256:")),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(third["status"], "pushed");
     assert_eq!(
         third["changes"],
