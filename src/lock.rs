@@ -469,18 +469,7 @@ fn pin(
     reporter: &dyn Reporter,
 ) -> Result<Digest, LockError> {
     let shown = redact(url);
-    let http = |source| DownloadError::Http {
-        url: shown.clone(),
-        source,
-    };
-    let mut resp = client.get(url).send().map_err(http)?;
-    if !resp.status().is_success() {
-        return Err(DownloadError::Status {
-            url: shown,
-            status: resp.status(),
-        }
-        .into());
-    }
+    let mut resp = crate::realize::get(client, url)?;
     reporter.report(Event::TransferStart {
         dir: Dir::Down,
         url: &shown,

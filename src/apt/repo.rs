@@ -157,22 +157,12 @@ fn listed(release: &str) -> Result<(Vec<Listed>, String, bool), String> {
 }
 
 fn get_text(client: &reqwest::blocking::Client, url: &str) -> Result<String, DownloadError> {
-    let shown = redact(url);
-    let resp = client
-        .get(url)
-        .send()
+    crate::realize::get(client, url)?
+        .text()
         .map_err(|source| DownloadError::Http {
-            url: shown.clone(),
+            url: redact(url),
             source,
-        })?;
-    if !resp.status().is_success() {
-        return Err(DownloadError::Status {
-            url: shown,
-            status: resp.status(),
-        });
-    }
-    resp.text()
-        .map_err(|source| DownloadError::Http { url: shown, source })
+        })
 }
 
 /// Fetches and verifies the indexes of `src` for `arch` into `universe` (as repository number

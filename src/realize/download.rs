@@ -59,6 +59,28 @@ pub fn client() -> Result<reqwest::blocking::Client, reqwest::Error> {
         .build()
 }
 
+/// `GET url`, with the status checked: the one way imgbuild starts a download (downloads,
+/// lock pins, apt indexes). Errors name the URL with any credentials redacted.
+pub fn get(
+    client: &reqwest::blocking::Client,
+    url: &str,
+) -> Result<reqwest::blocking::Response, DownloadError> {
+    let resp = client
+        .get(url)
+        .send()
+        .map_err(|source| DownloadError::Http {
+            url: redact(url),
+            source,
+        })?;
+    if !resp.status().is_success() {
+        return Err(DownloadError::Status {
+            url: redact(url),
+            status: resp.status(),
+        });
+    }
+    Ok(resp)
+}
+
 /// Makes sure the cache holds `sha256`, downloading `url` if not. Nothing is stored unless
 /// the content matches.
 pub fn fetch(
@@ -75,17 +97,7 @@ pub fn fetch(
             Err(e) => reporter.report(Event::Warning(&format!("{e}; downloading again"))),
         }
     }
-    let http = |source| DownloadError::Http {
-        url: shown.clone(),
-        source,
-    };
-    let mut resp = client.get(url).send().map_err(http)?;
-    if !resp.status().is_success() {
-        return Err(DownloadError::Status {
-            url: shown,
-            status: resp.status(),
-        });
-    }
+    let mut resp = get(client, url)?;
     reporter.report(Event::TransferStart {
         dir: Dir::Down,
         url: &shown,

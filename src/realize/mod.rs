@@ -14,7 +14,7 @@ mod users;
 use std::collections::BTreeMap;
 use std::io;
 
-pub use download::{DownloadError, ExtractError, client, fetch, redact};
+pub use download::{DownloadError, ExtractError, client, fetch, get, redact};
 pub use run::pip_report;
 
 use self::lower::LowerFs;
