@@ -34,5 +34,6 @@ pub mod realize;
 pub mod recipe;
 pub mod registry;
 pub mod report;
+pub mod rootfs;
 pub mod sbom;
 pub mod tool;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::rootfs::{Attrs, Root};
 use crate::tool::{self, DEBUGFS, MCOPY, MKE2FS, MKFS_FAT, MMD, QEMU_IMG, SGDISK, ToolError};
 
 /// What a VM needs on top of the recipe: a kernel (the cloud flavour: virtio drivers, small),
@@ -173,8 +174,13 @@ pub fn assemble(
     let fs_uuid = uuid(&opts.name, "root-filesystem");
     let hash_seed = uuid(&opts.name, "root-hash-seed");
 
+    // Every read and write inside the image goes through the root-confined view: the image
+    // may hold `etc -> /etc` or `boot/vmlinuz-x -> /etc/shadow`, meant for the host.
+    let confined = Root::open(root).map_err(io_err("opening", root))?;
+    let r = &confined;
+
     // The kernel and its command line.
-    let (version, vmlinuz, initrd) = kernel(root)?;
+    let (version, vmlinuz, initrd) = kernel(r, work)?;
     let cmdline = format!(
         "root=PARTUUID={root_partuuid} rw net.ifnames=0 console=tty0 console=ttyS0,115200{}{}",
         if opts.extra_cmdline.is_empty() {
@@ -189,19 +195,21 @@ pub fn assemble(
          PARTUUID={root_partuuid} / ext4 rw,discard,errors=remount-ro 0 1\n\
          PARTUUID={esp_partuuid} /boot/efi vfat umask=0077,nofail 0 2\n"
     );
-    let etc = root.join("etc");
-    fs::write(etc.join("fstab"), fstab).map_err(io_err("writing", &etc.join("fstab")))?;
-    let kdir = etc.join("kernel");
-    fs::create_dir_all(&kdir).map_err(io_err("creating", &kdir))?;
-    fs::write(kdir.join("cmdline"), format!("{cmdline}\n"))
-        .map_err(io_err("writing", &kdir.join("cmdline")))?;
-    mask_networkd(root)?;
-    let efi = root.join("boot/efi");
-    fs::create_dir_all(&efi).map_err(io_err("creating", &efi))?;
+    r.write(b"etc/fstab", Attrs::FILE, fstab.as_bytes())
+        .map_err(io_err("writing", &r.display(b"etc/fstab")))?;
+    r.write(
+        b"etc/kernel/cmdline",
+        Attrs::FILE,
+        format!("{cmdline}\n").as_bytes(),
+    )
+    .map_err(io_err("writing", &r.display(b"etc/kernel/cmdline")))?;
+    mask_networkd(r)?;
+    r.dir(b"boot/efi", true)
+        .map_err(io_err("creating", &r.display(b"boot/efi")))?;
 
     // The unified kernel image and the ESP that holds it.
     let uki_path = work.join("BOOTX64.EFI");
-    uki::build(root, &vmlinuz, &initrd, &cmdline, &uki_path, opts.mtime)?;
+    uki::build(r, &vmlinuz, &initrd, &cmdline, &uki_path, opts.mtime)?;
     let uki_len = fs::metadata(&uki_path)
         .map_err(io_err("reading", &uki_path))?
         .len();
@@ -310,23 +318,22 @@ pub fn assemble(
 /// With ifupdown in the image (cloud-init's first choice of network renderer, and the default
 /// VM packages), systemd-networkd would only add a `wait-online` job that waits two minutes for
 /// links it does not manage: mask it, as `systemctl mask` would.
-fn mask_networkd(root: &Path) -> Result<(), DiskError> {
-    let has_ifupdown = ["usr/sbin/ifup", "sbin/ifup"]
+fn mask_networkd(r: &Root) -> Result<(), DiskError> {
+    let has_ifupdown = [&b"usr/sbin/ifup"[..], b"sbin/ifup"]
         .iter()
-        .any(|p| root.join(p).exists());
+        .any(|p| r.kind(p).ok().flatten().is_some());
     if !has_ifupdown {
         return Ok(());
     }
-    let dir = root.join("etc/systemd/system");
-    fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
     for unit in [
         "systemd-networkd.service",
         "systemd-networkd.socket",
         "systemd-networkd-wait-online.service",
     ] {
-        let link = dir.join(unit);
-        if fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink("/dev/null", &link).map_err(io_err("masking", &link))?;
+        let link = format!("etc/systemd/system/{unit}");
+        if r.kind(link.as_bytes()).ok().flatten().is_none() {
+            r.symlink(link.as_bytes(), b"/dev/null", 0, 0)
+                .map_err(io_err("masking", &r.display(link.as_bytes())))?;
         }
     }
     Ok(())
@@ -336,15 +343,16 @@ fn round_up(n: u64, to: u64) -> u64 {
     n.div_ceil(to) * to
 }
 
-/// The newest kernel in `/boot` and its initrd.
-fn kernel(root: &Path) -> Result<(String, PathBuf, PathBuf), DiskError> {
-    let boot = root.join("boot");
-    let mut versions: Vec<String> = fs::read_dir(&boot)
+/// The newest kernel in `/boot` and its initrd, copied out of the image into `work` (read
+/// inside the root: the image's `/boot` may hold links meant for the host's files).
+fn kernel(r: &Root, work: &Path) -> Result<(String, PathBuf, PathBuf), DiskError> {
+    let mut versions: Vec<String> = r
+        .read_dir(b"boot")
         .map_err(|_| DiskError::NoKernel)?
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
+        .into_iter()
+        .filter_map(|n| {
+            String::from_utf8(n)
+                .ok()?
                 .strip_prefix("vmlinuz-")
                 .map(str::to_string)
         })
@@ -358,15 +366,16 @@ fn kernel(root: &Path) -> Result<(String, PathBuf, PathBuf), DiskError> {
         }
     });
     let version = versions.pop().ok_or(DiskError::NoKernel)?;
-    let initrd = boot.join(format!("initrd.img-{version}"));
-    if !initrd.is_file() {
-        return Err(DiskError::NoInitrd { version });
-    }
-    Ok((
-        version.clone(),
-        boot.join(format!("vmlinuz-{version}")),
-        initrd,
-    ))
+    let initrd = work.join("initrd.img");
+    r.copy_out(format!("boot/initrd.img-{version}").as_bytes(), &initrd)
+        .map_err(|_| DiskError::NoInitrd {
+            version: version.clone(),
+        })?;
+    let vmlinuz = work.join("vmlinuz");
+    let rel = format!("boot/vmlinuz-{version}");
+    r.copy_out(rel.as_bytes(), &vmlinuz)
+        .map_err(io_err("reading", &r.display(rel.as_bytes())))?;
+    Ok((version, vmlinuz, initrd))
 }
 
 fn make_esp(

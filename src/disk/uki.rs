@@ -13,23 +13,25 @@ const STUB: &str = "usr/lib/systemd/boot/efi/linuxx64.efi.stub";
 const ALIGN: u64 = 0x1000;
 
 pub fn build(
-    root: &Path,
+    root: &crate::rootfs::Root,
     vmlinuz: &Path,
     initrd: &Path,
     cmdline: &str,
     out: &Path,
     mtime: u64,
 ) -> Result<(), DiskError> {
-    let stub = root.join(STUB);
-    if !stub.is_file() {
-        return Err(DiskError::NoStub(stub));
-    }
+    // The stub and os-release are copied out of the image through the root-confined view.
     let work = out.parent().unwrap_or(Path::new("."));
-    let osrel = ["usr/lib/os-release", "etc/os-release"]
+    let stub = work.join("linuxx64.efi.stub");
+    root.copy_out(STUB.as_bytes(), &stub)
+        .map_err(|_| DiskError::NoStub(root.display(STUB.as_bytes())))?;
+    let osrel = work.join("os-release");
+    let found = ["usr/lib/os-release", "etc/os-release"]
         .iter()
-        .map(|p| root.join(p))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| root.join("usr/lib/os-release"));
+        .any(|p| root.copy_out(p.as_bytes(), &osrel).is_ok());
+    if !found {
+        fs::write(&osrel, b"").map_err(io_err("writing", &osrel))?;
+    }
     let cmdline_file = work.join("cmdline.txt");
     fs::write(&cmdline_file, format!("{cmdline}\0")).map_err(io_err("writing", &cmdline_file))?;
 

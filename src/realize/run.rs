@@ -12,6 +12,7 @@ use crate::layer::LayerWriter;
 use crate::lock::{LockedPackage, LockedPip};
 use crate::plan::{Plan, Step};
 use crate::report::Reporter;
+use crate::rootfs::{Attrs, Root};
 
 /// How many wheels are downloaded at once.
 const PARALLEL_WHEELS: usize = 6;
@@ -83,7 +84,17 @@ pub fn configure(
         for p in packages {
             for info in [p.name.clone(), format!("{}:{}", p.name, p.arch)] {
                 let script = format!("/var/lib/dpkg/info/{info}.preinst");
-                if !root.join(script.trim_start_matches('/')).exists() {
+                let confined = Root::open(root).map_err(|source| {
+                    RealizeError::Sandbox(SandboxError::Io {
+                        action: "open",
+                        path: root.to_path_buf(),
+                        source,
+                    })
+                })?;
+                if !confined
+                    .kind(script.as_bytes())
+                    .is_ok_and(|k| k.is_some())
+                {
                     continue;
                 }
                 run(
@@ -149,12 +160,17 @@ pub fn pip(
                 source,
             })
         };
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        let confined = Root::open(root).map_err(io)?;
+        confined.dir(WHEELS.as_bytes(), true).map_err(io)?;
         let mut req = String::new();
         for p in pins {
             let file = p.url.rsplit('/').next().unwrap_or(&p.name);
             let file = file.split(['#', '?']).next().unwrap_or(file);
-            std::fs::copy(cache.blob_path(&p.sha256), dir.join(file)).map_err(io)?;
+            let mut blob = std::fs::File::open(cache.blob_path(&p.sha256)).map_err(io)?;
+            let rel = format!("{WHEELS}/{file}");
+            confined
+                .write_file(rel.as_bytes(), Attrs::FILE, None, &mut blob)
+                .map_err(io)?;
             req.push_str(&format!(
                 "{}=={} --hash=sha256:{}\n",
                 p.name,
@@ -268,11 +284,16 @@ pub fn pip_report(
         mtime,
     )?;
     let path = root.join(".imgbuild-pip-report.json");
-    std::fs::read_to_string(&path).map_err(|source| {
+    let io = |source| {
         RealizeError::Sandbox(SandboxError::Io {
             action: "read pip's report",
-            path,
+            path: path.clone(),
             source,
         })
-    })
+    };
+    let bytes = Root::open(root)
+        .and_then(|r| r.read_followed(b".imgbuild-pip-report.json", 64 << 20))
+        .map_err(io)?;
+    String::from_utf8(bytes)
+        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
 }

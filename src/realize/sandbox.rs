@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -20,6 +20,7 @@ use tar::EntryType;
 use crate::cache::{Cache, LayerRecord};
 use crate::layer::{LayerWriter, MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD, Meta};
 use crate::realize::lower::norm;
+use crate::rootfs::{Attrs, Root};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -64,64 +65,10 @@ pub fn work_dir(cache: &Cache) -> PathBuf {
     }
 }
 
-/// Resolves `rel` (relative, normalized) inside `root`, following symlinks of every
-/// component but the last as the image would (absolute targets are relative to `root`).
-fn resolve_in(root: &Path, rel: &[u8]) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt;
-    let parts: Vec<&[u8]> = rel
-        .split(|b| *b == b'/')
-        .filter(|c| !c.is_empty())
-        .collect();
-    let mut out: Vec<Vec<u8>> = Vec::new();
-    let mut todo: Vec<Vec<u8>> = parts.iter().rev().map(|p| p.to_vec()).collect();
-    let last = parts.len();
-    let mut consumed = 0;
-    let mut hops = 0;
-    while let Some(c) = todo.pop() {
-        match c.as_slice() {
-            b"." => continue,
-            b".." => {
-                out.pop();
-                continue;
-            }
-            _ => {}
-        }
-        out.push(c);
-        let is_last = todo.is_empty() && consumed + 1 >= last;
-        consumed += 1;
-        if is_last {
-            break;
-        }
-        let cur = root.join(std::ffi::OsStr::from_bytes(&out.join(&b'/')));
-        if let Ok(t) = fs::read_link(&cur)
-            && hops < 40
-        {
-            hops += 1;
-            out.pop();
-            let t = t.as_os_str().as_bytes().to_vec();
-            if t.starts_with(b"/") {
-                out.clear();
-            }
-            for p in t.split(|b| *b == b'/').filter(|c| !c.is_empty()).rev() {
-                todo.push(p.to_vec());
-                consumed = consumed.saturating_sub(1);
-            }
-        }
-    }
-    root.join(std::ffi::OsStr::from_bytes(&out.join(&b'/')))
-}
-
-fn remove_any(p: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
-        Ok(_) => fs::remove_file(p),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-fn unpack_layer(root: &Path, blob: &Path, media_type: &str, mtime: u64) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
+/// Applies one layer to `root`: every entry is written through the root-confined
+/// [`Root`], so a hostile layer (a symlink to a host directory and entries under it, whiteouts
+/// or hard links through such a link) lands inside the root, where the image would see it.
+fn unpack_layer(root: &Root, blob: &Path, media_type: &str, mtime: u64) -> io::Result<()> {
     let f = BufReader::with_capacity(1 << 20, File::open(blob)?);
     let reader: Box<dyn Read> = match media_type {
         MEDIA_TYPE_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
@@ -142,73 +89,41 @@ fn unpack_layer(root: &Path, blob: &Path, media_type: &str, mtime: u64) -> io::R
             Some(i) => (&path[..i], &path[i + 1..]),
             None => (&b""[..], &path[..]),
         };
-        let parent = resolve_in(root, dir);
         if name == b".wh..wh..opq" {
-            if let Ok(rd) = fs::read_dir(&parent) {
-                for c in rd.flatten() {
-                    remove_any(&c.path())?;
-                }
-            }
+            root.clear(dir)?;
             continue;
         }
         if let Some(hidden) = name.strip_prefix(b".wh.") {
-            remove_any(&parent.join(std::ffi::OsStr::from_bytes(hidden)))?;
+            let mut p = dir.to_vec();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(hidden);
+            root.remove(&p)?;
             continue;
         }
-        fs::create_dir_all(&parent)?;
-        let dest = parent.join(std::ffi::OsStr::from_bytes(name));
         let h = e.header();
-        let (mode, uid, gid) = (h.mode()? & 0o7777, h.uid()?, h.gid()?);
-        let kind = h.entry_type();
-        if kind == EntryType::Directory {
-            match fs::symlink_metadata(&dest) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m)
-                    if m.file_type().is_symlink()
-                        && fs::metadata(&dest).is_ok_and(|m| m.is_dir()) =>
-                {
-                    continue;
-                }
-                Ok(_) => {
-                    remove_any(&dest)?;
-                    fs::create_dir(&dest)?;
-                }
-                Err(_) => match fs::create_dir(&dest) {
-                    // Another layer being unpacked at the same time made it.
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                    other => other?,
-                },
+        let attrs = Attrs {
+            mode: h.mode()? & 0o7777,
+            uid: u32::try_from(h.uid()?).unwrap_or(u32::MAX),
+            gid: u32::try_from(h.gid()?).unwrap_or(u32::MAX),
+        };
+        match h.entry_type() {
+            EntryType::Directory => root.mkdir(&path, attrs)?,
+            EntryType::Regular | EntryType::Continuous => {
+                root.write_file(&path, attrs, Some(time), &mut e)?;
             }
-        } else {
-            remove_any(&dest)?;
-            match kind {
-                EntryType::Regular | EntryType::Continuous => {
-                    let mut out = File::create(&dest)?;
-                    io::copy(&mut e, &mut out)?;
-                    out.set_modified(time)?;
-                }
-                EntryType::Symlink => {
-                    let t = e.link_name_bytes().unwrap_or_default();
-                    symlink(std::ffi::OsStr::from_bytes(&t), &dest)?;
-                    lchown(&dest, Some(uid as u32), Some(gid as u32))?;
-                    continue;
-                }
-                EntryType::Link => {
-                    let t = norm(&e.link_name_bytes().unwrap_or_default());
-                    let (td, tn) = match t.iter().rposition(|b| *b == b'/') {
-                        Some(i) => (&t[..i], &t[i + 1..]),
-                        None => (&b""[..], &t[..]),
-                    };
-                    let target = resolve_in(root, td).join(std::ffi::OsStr::from_bytes(tn));
-                    fs::hard_link(&target, &dest)?;
-                    continue;
-                }
-                // Device nodes and FIFOs are not needed to run maintainer scripts.
-                _ => continue,
+            EntryType::Symlink => {
+                let t = e.link_name_bytes().unwrap_or_default();
+                root.symlink(&path, &t, attrs.uid, attrs.gid)?;
             }
+            EntryType::Link => {
+                let t = norm(&e.link_name_bytes().unwrap_or_default());
+                root.hard_link(&t, &path)?;
+            }
+            // Device nodes and FIFOs are not needed to run maintainer scripts.
+            _ => {}
         }
-        lchown(&dest, Some(uid as u32), Some(gid as u32))?;
-        fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
     }
     Ok(())
 }
@@ -233,8 +148,13 @@ pub fn materialize_with(
     root: &Path,
     mtime: u64,
 ) -> Result<(), SandboxError> {
+    let confined = Root::open(root).map_err(|source| SandboxError::Io {
+        action: "open the unpack root",
+        path: root.to_path_buf(),
+        source,
+    })?;
     let one = |l: &LayerRecord| {
-        unpack_layer(root, &cache.blob_path(&l.digest), &l.media_type, mtime).map_err(|source| {
+        unpack_layer(&confined, &cache.blob_path(&l.digest), &l.media_type, mtime).map_err(|source| {
             SandboxError::Unpack {
                 layer: l.digest.to_string(),
                 dir: root.to_path_buf(),
@@ -415,81 +335,90 @@ const LEFTOVERS: &[&str] = &[
     "root/.bash_history",
 ];
 
-/// Removes non-reproducible leftovers, and blanks a machine id generated by the run.
+/// Removes non-reproducible leftovers, and blanks a machine id generated by the run. Every
+/// path is resolved inside the root: what ran in the sandbox may have made `etc/ssh` or
+/// `tmp` a symlink to a host directory.
 pub fn clean(root: &Path, before: &HashMap<Vec<u8>, Stamp>) -> Result<(), SandboxError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
+    let r = Root::open(root).map_err(|source| SandboxError::Io {
+        action: "open",
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let io = |rel: &[u8]| {
+        let path = r.display(rel);
         move |source| SandboxError::Io {
             action: "clean",
             path,
             source,
         }
     };
+    let join = |d: &[u8], n: &[u8]| [d, b"/", n].concat();
     for rel in LEFTOVERS {
-        let p = root.join(rel);
-        if before.get(rel.as_bytes()) != stamp(&p).as_ref() {
-            remove_any(&p).map_err(io(&p))?;
+        let rel = rel.as_bytes();
+        if before.get(rel) != stamp(&r, rel).as_ref() {
+            r.remove(rel).map_err(io(rel))?;
         }
     }
-    if let Ok(rd) = fs::read_dir(root.join("etc/ssh")) {
-        for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
-                remove_any(&e.path()).map_err(io(&e.path()))?;
-            }
+    for n in r.read_dir(b"etc/ssh").unwrap_or_default() {
+        if n.starts_with(b"ssh_host_") {
+            let rel = join(b"etc/ssh", &n);
+            r.remove(&rel).map_err(io(&rel))?;
         }
     }
     // The mount point bwrap made for the host's resolv.conf.
-    let resolv = root.join("etc/resolv.conf");
-    if !before.contains_key(&b"etc/resolv.conf"[..])
-        && fs::symlink_metadata(&resolv).is_ok_and(|m| m.is_file() && m.len() == 0)
+    let resolv = &b"etc/resolv.conf"[..];
+    if !before.contains_key(resolv)
+        && r.stat(resolv).ok().flatten().is_some_and(|st| {
+            st.st_size == 0 && rustix::fs::FileType::from_raw_mode(st.st_mode).is_file()
+        })
     {
-        remove_any(&resolv).map_err(io(&resolv))?;
+        r.remove(resolv).map_err(io(resolv))?;
     }
-    let mid = root.join("etc/machine-id");
-    if before.get(&b"etc/machine-id"[..]) != stamp(&mid).as_ref() && mid.exists() {
-        fs::write(&mid, b"uninitialized\n").map_err(io(&mid))?;
+    let mid = &b"etc/machine-id"[..];
+    let now = stamp(&r, mid);
+    if now.is_some() && before.get(mid) != now.as_ref() {
+        r.write(mid, Attrs::FILE, b"uninitialized\n")
+            .map_err(io(mid))?;
     }
     // Caches regenerated on demand, whose files embed the time they were made (man-db's
     // index.db) or are plain scratch (apt's pkgcache.bin).
-    for d in ["var/cache/man", "var/cache/apt"] {
-        for e in walkdir::WalkDir::new(root.join(d))
-            .min_depth(1)
-            .into_iter()
-            .flatten()
-        {
-            use std::os::unix::ffi::OsStrExt;
-            if !e.file_type().is_file() {
-                continue;
-            }
-            let rel = e.path().strip_prefix(root).unwrap_or(e.path());
-            let key = rel.as_os_str().as_bytes();
-            if before.get(key) != stamp(e.path()).as_ref() {
-                remove_any(e.path()).map_err(io(e.path()))?;
+    for d in [&b"var/cache/man"[..], b"var/cache/apt"] {
+        let mut todo = vec![d.to_vec()];
+        while let Some(dir) = todo.pop() {
+            for n in r.read_dir(&dir).unwrap_or_default() {
+                let rel = join(&dir, &n);
+                match r.kind(&rel).map_err(io(&rel))? {
+                    Some(crate::rootfs::Kind::Dir) => todo.push(rel),
+                    Some(crate::rootfs::Kind::File) => {
+                        if before.get(&rel) != stamp(&r, &rel).as_ref() {
+                            r.remove(&rel).map_err(io(&rel))?;
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
     }
-    for d in ["tmp", "var/tmp", "run"] {
-        if let Ok(rd) = fs::read_dir(root.join(d)) {
-            for e in rd.flatten() {
-                let rel = e
-                    .path()
-                    .strip_prefix(root)
-                    .map(Path::to_path_buf)
-                    .unwrap_or_default();
-                use std::os::unix::ffi::OsStrExt;
-                if !before.contains_key(rel.as_os_str().as_bytes()) {
-                    remove_any(&e.path()).map_err(io(&e.path()))?;
-                }
+    for d in [&b"tmp"[..], b"var/tmp", b"run"] {
+        for n in r.read_dir(d).unwrap_or_default() {
+            let rel = join(d, &n);
+            if !before.contains_key(&rel) {
+                r.remove(&rel).map_err(io(&rel))?;
             }
         }
     }
     Ok(())
 }
 
-fn stamp(p: &Path) -> Option<Stamp> {
-    fs::symlink_metadata(p)
-        .ok()
-        .map(|m| (m.ino(), m.ctime(), m.ctime_nsec(), m.size()))
+fn stamp(r: &Root, rel: &[u8]) -> Option<Stamp> {
+    r.stat(rel).ok().flatten().map(|m| {
+        (
+            m.st_ino,
+            m.st_ctime as i64,
+            m.st_ctime_nsec as i64,
+            m.st_size as u64,
+        )
+    })
 }
 
 /// Writes what changed under `root` since `before` into `w`: new and changed entries with
@@ -519,6 +448,11 @@ pub fn diff(
             }
         }
     }
+    let r = Root::open(root).map_err(|source| SandboxError::Io {
+        action: "open",
+        path: root.to_path_buf(),
+        source,
+    })?;
     let mut links: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
     let n = changes.len();
     for (rel, removed) in changes {
@@ -531,29 +465,34 @@ pub fn diff(
             w.whiteout(rel).map_err(io)?;
             continue;
         }
-        let full = root.join(std::ffi::OsStr::from_bytes(rel));
-        let m = fs::symlink_metadata(&full).map_err(io)?;
-        let meta = Meta {
-            mode: m.mode() & 0o7777,
-            uid: m.uid() as u64,
-            gid: m.gid() as u64,
+        let Some(m) = r.stat(rel).map_err(io)? else {
+            continue;
         };
-        let ft = m.file_type();
+        let meta = Meta {
+            mode: m.st_mode & 0o7777,
+            uid: m.st_uid as u64,
+            gid: m.st_gid as u64,
+        };
+        let ft = rustix::fs::FileType::from_raw_mode(m.st_mode);
         if ft.is_dir() {
             w.dir(rel, meta).map_err(io)?;
         } else if ft.is_symlink() {
-            let t = fs::read_link(&full).map_err(io)?;
-            w.symlink(rel, t.as_os_str().as_bytes(), meta).map_err(io)?;
+            let t = r.read_link(rel).map_err(io)?;
+            w.symlink(rel, &t, meta).map_err(io)?;
         } else if ft.is_file() {
-            if m.nlink() > 1 {
-                if let Some(first) = links.get(&(m.dev(), m.ino())) {
+            if m.st_nlink > 1 {
+                let id = (m.st_dev, m.st_ino);
+                if let Some(first) = links.get(&id) {
                     w.hardlink(rel, first, meta).map_err(io)?;
                     continue;
                 }
-                links.insert((m.dev(), m.ino()), rel.to_vec());
+                links.insert(id, rel.to_vec());
             }
-            let f = File::open(&full).map_err(io)?;
-            w.file(rel, meta, m.len(), BufReader::with_capacity(1 << 20, f))
+            // Opened without following anything outside the root; the size is the opened
+            // file's own.
+            let f = r.open_file(rel).map_err(io)?;
+            let len = f.metadata().map_err(io)?.len();
+            w.file(rel, meta, len, BufReader::with_capacity(1 << 20, f))
                 .map_err(io)?;
         }
     }
@@ -629,20 +568,5 @@ mod tests {
         assert_eq!(link.1, tar::EntryType::Link);
         let changed = got.iter().find(|(p, _, _)| p == "etc/change").unwrap();
         assert_eq!(changed.2, b"new");
-    }
-
-    #[test]
-    fn resolve_in_follows_links_inside_the_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path();
-        fs::create_dir_all(root.join("usr/bin")).unwrap();
-        symlink("usr/bin", root.join("bin")).unwrap();
-        fs::create_dir_all(root.join("run")).unwrap();
-        fs::create_dir_all(root.join("var")).unwrap();
-        symlink("/run", root.join("var/run")).unwrap();
-        assert_eq!(resolve_in(root, b"bin/x"), root.join("usr/bin/x"));
-        // An absolute target is taken inside the root, never on the host.
-        assert_eq!(resolve_in(root, b"var/run/lock"), root.join("run/lock"));
-        assert_eq!(resolve_in(root, b"a/../../etc"), root.join("etc"));
     }
 }
