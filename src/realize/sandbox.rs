@@ -22,6 +22,7 @@ use crate::layer::{LayerWriter, MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD, Meta};
 use crate::realize::lower::norm;
 use crate::rootfs::{Attrs, Root};
 
+
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error(
@@ -65,9 +66,7 @@ pub fn work_dir(cache: &Cache) -> PathBuf {
     }
 }
 
-/// Applies one layer to `root`: every entry is written through the root-confined
-/// [`Root`], so a hostile layer (a symlink to a host directory and entries under it, whiteouts
-/// or hard links through such a link) lands inside the root, where the image would see it.
+/// Decompresses one layer blob and applies it to `root` (see [`crate::rootfs::apply`]).
 fn unpack_layer(root: &Root, blob: &Path, media_type: &str, mtime: u64) -> io::Result<()> {
     let f = BufReader::with_capacity(1 << 20, File::open(blob)?);
     let reader: Box<dyn Read> = match media_type {
@@ -77,55 +76,7 @@ fn unpack_layer(root: &Root, blob: &Path, media_type: &str, mtime: u64) -> io::R
         MEDIA_TYPE_ZSTD => Box::new(zstd::Decoder::with_buffer(f)?),
         _ => Box::new(f),
     };
-    let mut ar = tar::Archive::new(reader);
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
-    for entry in ar.entries()? {
-        let mut e = entry?;
-        let path = norm(&e.path_bytes());
-        if path.is_empty() || path.split(|b| *b == b'/').any(|c| c == b"..") {
-            continue;
-        }
-        let (dir, name) = match path.iter().rposition(|b| *b == b'/') {
-            Some(i) => (&path[..i], &path[i + 1..]),
-            None => (&b""[..], &path[..]),
-        };
-        if name == b".wh..wh..opq" {
-            root.clear(dir)?;
-            continue;
-        }
-        if let Some(hidden) = name.strip_prefix(b".wh.") {
-            let mut p = dir.to_vec();
-            if !p.is_empty() {
-                p.push(b'/');
-            }
-            p.extend_from_slice(hidden);
-            root.remove(&p)?;
-            continue;
-        }
-        let h = e.header();
-        let attrs = Attrs {
-            mode: h.mode()? & 0o7777,
-            uid: u32::try_from(h.uid()?).unwrap_or(u32::MAX),
-            gid: u32::try_from(h.gid()?).unwrap_or(u32::MAX),
-        };
-        match h.entry_type() {
-            EntryType::Directory => root.mkdir(&path, attrs)?,
-            EntryType::Regular | EntryType::Continuous => {
-                root.write_file(&path, attrs, Some(time), &mut e)?;
-            }
-            EntryType::Symlink => {
-                let t = e.link_name_bytes().unwrap_or_default();
-                root.symlink(&path, &t, attrs.uid, attrs.gid)?;
-            }
-            EntryType::Link => {
-                let t = norm(&e.link_name_bytes().unwrap_or_default());
-                root.hard_link(&t, &path)?;
-            }
-            // Device nodes and FIFOs are not needed to run maintainer scripts.
-            _ => {}
-        }
-    }
-    Ok(())
+    crate::rootfs::apply(root, reader, mtime)
 }
 
 /// Unpacks `layers` (in order, whiteouts applied) into `root`.

@@ -16,6 +16,12 @@
 //! `RESOLVE_IN_ROOT` gives chroot-like resolution without a chroot, atomically in the kernel
 //! (no check-then-use race). It needs Linux 5.6; older kernels get a clear error.
 
+mod apply;
+#[cfg(test)]
+mod proptests;
+
+pub use apply::apply;
+
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
