@@ -142,8 +142,12 @@ pub enum ExtractError {
         url: String,
         source: zip::result::ZipError,
     },
-    #[error("archive {url} has an unsafe entry `{entry}` (absolute or with `..`)")]
-    Unsafe { url: String, entry: String },
+    #[error("archive {url} has an unsafe entry `{entry}`: {why}")]
+    Unsafe {
+        url: String,
+        entry: String,
+        why: String,
+    },
 }
 
 /// Maps an archive path below `dir` after stripping components; `None` to skip the entry.
@@ -177,6 +181,10 @@ pub struct Extractor<'a> {
     pub strip: u32,
     pub owner: (u64, u64),
     emitted: BTreeSet<Vec<u8>>,
+    /// Symlinks this archive made: nothing may be extracted through them.
+    links: BTreeSet<Vec<u8>>,
+    /// Regular files this archive made: the only targets a hard link may have.
+    files: BTreeSet<Vec<u8>>,
 }
 
 impl<'a> Extractor<'a> {
@@ -197,6 +205,8 @@ impl<'a> Extractor<'a> {
             strip,
             owner,
             emitted: BTreeSet::new(),
+            links: BTreeSet::new(),
+            files: BTreeSet::new(),
         }
     }
 
@@ -241,15 +251,33 @@ impl<'a> Extractor<'a> {
         mode: u32,
         size: u64,
         link: Option<&[u8]>,
+        dev: (u32, u32),
         data: &mut dyn Read,
     ) -> Result<(), ExtractError> {
-        let unsafe_entry = |entry: String| ExtractError::Unsafe {
-            url: self.url.to_string(),
-            entry,
+        let refuse = |why: String| ExtractError::Unsafe {
+            url: crate::realize::download::redact(self.url),
+            entry: String::from_utf8_lossy(raw).into_owned(),
+            why,
         };
+        let unsafe_entry = |_: String| refuse("absolute or with `..`".into());
         let Some(path) = map_path(raw, self.strip, &self.dir).map_err(unsafe_entry)? else {
             return Ok(());
         };
+        // An entry under a symlink the archive itself made would be written wherever that
+        // link points (GNU tar refuses this too, with --keep-directory-symlink off).
+        let mut prefix = Vec::new();
+        for c in path.split(|b| *b == b'/') {
+            if !prefix.is_empty() && self.links.contains(&prefix) {
+                return Err(refuse(format!(
+                    "it is under `{}`, a symlink earlier in the archive",
+                    String::from_utf8_lossy(&prefix)
+                )));
+            }
+            if !prefix.is_empty() {
+                prefix.push(b'/');
+            }
+            prefix.extend_from_slice(c);
+        }
         let meta = Meta {
             mode: mode & 0o7777,
             uid: self.owner.0,
@@ -273,21 +301,33 @@ impl<'a> Extractor<'a> {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 self.w.file(&path, meta, size, data).map_err(&io)?;
                 self.lower.insert(&path, Kind::File, meta, None);
+                self.links.remove(&path);
+                self.files.insert(path.clone());
             }
             EntryType::Symlink => {
                 let target = link.unwrap_or_default().to_vec();
                 self.w.symlink(&path, &target, meta).map_err(&io)?;
                 self.lower.insert(&path, Kind::Symlink(target), meta, None);
+                self.links.insert(path.clone());
+                self.files.remove(&path);
             }
             EntryType::Link => {
-                let target = map_path(link.unwrap_or_default(), self.strip, &self.dir)
+                let raw_target = link.unwrap_or_default();
+                let target = map_path(raw_target, self.strip, &self.dir)
                     .map_err(unsafe_entry)?
-                    .ok_or_else(|| unsafe_entry(String::from_utf8_lossy(raw).into_owned()))?;
+                    .filter(|t| self.files.contains(t))
+                    .ok_or_else(|| {
+                        refuse(format!(
+                            "a hard link to `{}`, which is not a file earlier in the archive",
+                            String::from_utf8_lossy(raw_target)
+                        ))
+                    })?;
                 self.w.hardlink(&path, &target, meta).map_err(&io)?;
                 self.lower.insert(&path, Kind::File, meta, None);
+                self.files.insert(path.clone());
             }
             EntryType::Fifo | EntryType::Char | EntryType::Block => {
-                self.w.special(&path, kind, meta, (0, 0)).map_err(&io)?;
+                self.w.special(&path, kind, meta, dev).map_err(&io)?;
                 self.lower.insert(&path, Kind::Other, meta, None);
             }
             _ => {}
@@ -326,7 +366,11 @@ impl<'a> Extractor<'a> {
             let link = e.link_name_bytes().map(|l| l.into_owned());
             let h = e.header();
             let (kind, mode, size) = (h.entry_type(), h.mode().map_err(self.io())?, e.size());
-            self.entry(&raw, kind, mode, size, link.as_deref(), &mut e)?;
+            let dev = (
+                h.device_major().ok().flatten().unwrap_or(0),
+                h.device_minor().ok().flatten().unwrap_or(0),
+            );
+            self.entry(&raw, kind, mode, size, link.as_deref(), dev, &mut e)?;
         }
         Ok(())
     }
@@ -351,6 +395,7 @@ impl<'a> Extractor<'a> {
                     mode.unwrap_or(0o755),
                     0,
                     None,
+                    (0, 0),
                     &mut io::empty(),
                 )?;
             } else if e.is_symlink() {
@@ -362,6 +407,7 @@ impl<'a> Extractor<'a> {
                     0o777,
                     0,
                     Some(&target),
+                    (0, 0),
                     &mut io::empty(),
                 )?;
             } else {
@@ -372,6 +418,7 @@ impl<'a> Extractor<'a> {
                     mode.unwrap_or(0o644),
                     size,
                     None,
+                    (0, 0),
                     &mut e,
                 )?;
             }

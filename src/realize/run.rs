@@ -91,10 +91,7 @@ pub fn configure(
                         source,
                     })
                 })?;
-                if !confined
-                    .kind(script.as_bytes())
-                    .is_ok_and(|k| k.is_some())
-                {
+                if !confined.kind(script.as_bytes()).is_ok_and(|k| k.is_some()) {
                     continue;
                 }
                 run(

@@ -15,13 +15,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tar::EntryType;
-
 use crate::cache::{Cache, LayerRecord};
 use crate::layer::{LayerWriter, MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD, Meta};
-use crate::realize::lower::norm;
 use crate::rootfs::{Attrs, Root};
-
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -105,13 +101,13 @@ pub fn materialize_with(
         source,
     })?;
     let one = |l: &LayerRecord| {
-        unpack_layer(&confined, &cache.blob_path(&l.digest), &l.media_type, mtime).map_err(|source| {
-            SandboxError::Unpack {
+        unpack_layer(&confined, &cache.blob_path(&l.digest), &l.media_type, mtime).map_err(
+            |source| SandboxError::Unpack {
                 layer: l.digest.to_string(),
                 dir: root.to_path_buf(),
                 source,
-            }
-        })
+            },
+        )
     };
     let independent = independent.start.min(layers.len())..independent.end.min(layers.len());
     for l in &layers[..independent.start] {

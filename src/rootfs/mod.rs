@@ -377,9 +377,7 @@ impl Root {
     /// Reads the file `rel` (symlinks followed inside the root), at most `limit` bytes.
     pub fn read_followed(&self, rel: &[u8], limit: u64) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
-        self.open_followed(rel)?
-            .take(limit)
-            .read_to_end(&mut out)?;
+        self.open_followed(rel)?.take(limit).read_to_end(&mut out)?;
         Ok(out)
     }
 
@@ -447,11 +445,7 @@ fn mkdir_at(pfd: &OwnedFd, name: &OsStr) -> io::Result<()> {
 
 /// `fchown` then `fchmod` (in that order: a chown clears set-id bits).
 fn set_attrs(fd: impl AsFd, a: Attrs) -> io::Result<()> {
-    rustix::fs::fchown(
-        &fd,
-        Some(Uid::from_raw(a.uid)),
-        Some(Gid::from_raw(a.gid)),
-    )?;
+    rustix::fs::fchown(&fd, Some(Uid::from_raw(a.uid)), Some(Gid::from_raw(a.gid)))?;
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(a.mode & 0o7777))?;
     Ok(())
 }
@@ -543,7 +537,8 @@ mod tests {
     fn last_component_is_never_followed() {
         let (t, _root, r) = tree();
         let canary = t.path().join("canary/keep");
-        r.symlink(b"x", canary.as_os_str().as_bytes(), 0, 0).unwrap();
+        r.symlink(b"x", canary.as_os_str().as_bytes(), 0, 0)
+            .unwrap();
         r.write(b"x", Attrs::FILE, b"replaced").unwrap();
         assert_eq!(std::fs::read(&canary).unwrap(), b"x");
         r.symlink(b"d", b"/", 0, 0).unwrap();

@@ -109,7 +109,11 @@ impl Model {
                     Err(f) => return Err(f),
                 };
                 if name.is_empty() {
-                    let prefix = if d.is_empty() { String::new() } else { format!("{d}/") };
+                    let prefix = if d.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{d}/")
+                    };
                     self.nodes
                         .retain(|k, _| !(k.starts_with(&prefix) && k.len() > prefix.len()));
                 } else {
@@ -218,12 +222,23 @@ fn read_tree(dir: &Path) -> BTreeMap<String, Node> {
     let mut out = BTreeMap::new();
     for e in walkdir::WalkDir::new(dir).min_depth(1) {
         let e = e.unwrap();
-        let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+        let rel = e
+            .path()
+            .strip_prefix(dir)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let ft = e.file_type();
         let node = if ft.is_symlink() {
             Node::Link(
-                String::from_utf8(std::fs::read_link(e.path()).unwrap().as_os_str().as_bytes().to_vec())
-                    .unwrap(),
+                String::from_utf8(
+                    std::fs::read_link(e.path())
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec(),
+                )
+                .unwrap(),
             )
         } else if ft.is_dir() {
             Node::Dir

@@ -10,6 +10,7 @@ mod apt;
 mod build;
 mod cache;
 mod errors;
+mod hostile;
 mod import;
 mod layer;
 mod layout;
