@@ -40,6 +40,16 @@ pub struct Global {
     /// Reach this registry over plain HTTP (repeatable); localhost is plain unless a CA is given
     #[arg(long, global = true, value_name = "HOST[:PORT]")]
     pub insecure_registry: Vec<String>,
+    /// Give up on a server that sends nothing for this long: connect, answer, each read
+    #[arg(
+        long,
+        global = true,
+        env = "IMGBUILD_NETWORK_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=86400)
+    )]
+    pub network_timeout: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

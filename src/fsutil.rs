@@ -8,14 +8,20 @@ use tempfile::NamedTempFile;
 
 /// Writes `bytes` to `path` atomically: a temp file in the same directory, fsynced, renamed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    // Temp files are created 0600; what we write is for reading (0644).
+    write_atomic_mode(path, bytes, 0o644)
+}
+
+/// [`write_atomic`] with the file's mode: the temp file is created 0600 and given `mode`
+/// before it is renamed, so a secret (0600) is never readable by others, not even briefly.
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let mut tmp = NamedTempFile::new_in(dir)?;
     tmp.write_all(bytes)?;
-    // Temp files are created 0600; what we write is for reading (0644, less the umask).
     use std::os::unix::fs::PermissionsExt;
     tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o644))?;
+        .set_permissions(fs::Permissions::from_mode(mode))?;
     tmp.as_file().sync_data()?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
@@ -25,6 +31,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 pub fn temp_in(dir: &Path) -> io::Result<NamedTempFile<File>> {
     fs::create_dir_all(dir)?;
     NamedTempFile::new_in(dir)
+}
+
+/// Reads at most `limit` bytes of `path`; a longer file is an error (`InvalidData`), so a
+/// hostile or mistaken path (`/dev/zero`) cannot exhaust memory.
+pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    File::open(path)?.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes"),
+        ));
+    }
+    Ok(out)
 }
 
 /// `$HOME`, or the current directory when it is unset.

@@ -23,6 +23,7 @@ pub mod cloudinit;
 pub mod digest;
 pub mod disk;
 pub mod fsutil;
+pub mod http;
 pub mod import;
 pub mod layer;
 pub mod lock;

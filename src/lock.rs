@@ -20,8 +20,8 @@ use crate::base::BaseImage;
 use crate::cache::{Cache, CacheError};
 use crate::canonical;
 use crate::digest::Digest;
+use crate::http::{HttpError as DownloadError, redact};
 use crate::realize::lower::LowerFs;
-use crate::realize::{DownloadError, redact};
 use crate::recipe::interp::expand_platform;
 use crate::recipe::{FieldPath, Loaded, RecipeError};
 use crate::report::{Dir, Event, Reporter};
@@ -385,7 +385,7 @@ pub fn resolve(
     reporter: &dyn Reporter,
 ) -> Result<Lock, LockError> {
     let r = &loaded.recipe;
-    let client = crate::realize::client().map_err(|source| DownloadError::Http {
+    let client = crate::http::client().map_err(|source| DownloadError::Http {
         url: "(client)".into(),
         source,
     })?;
@@ -469,7 +469,7 @@ fn pin(
     reporter: &dyn Reporter,
 ) -> Result<Digest, LockError> {
     let shown = redact(url);
-    let mut resp = crate::realize::get(client, url)?;
+    let mut resp = crate::http::get(client, url)?;
     reporter.report(Event::TransferStart {
         dir: Dir::Down,
         url: &shown,

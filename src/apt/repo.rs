@@ -12,7 +12,7 @@ use super::control;
 use super::universe::Universe;
 use crate::cache::Cache;
 use crate::digest::Digest;
-use crate::realize::{DownloadError, redact};
+use crate::http::{HttpError as DownloadError, redact};
 use crate::report::{Event, Reporter};
 
 /// One `deb` line: `uri suite components...` with the key that signs it.
@@ -157,12 +157,18 @@ fn listed(release: &str) -> Result<(Vec<Listed>, String, bool), String> {
 }
 
 fn get_text(client: &reqwest::blocking::Client, url: &str) -> Result<String, DownloadError> {
-    crate::realize::get(client, url)?
-        .text()
-        .map_err(|source| DownloadError::Http {
-            url: redact(url),
-            source,
-        })
+    // Fetched again when the body stalls, like every idempotent read.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match crate::http::get(client, url)?.text() {
+            Ok(t) => return Ok(t),
+            Err(e) if e.is_timeout() && attempt < crate::http::ATTEMPTS => {
+                crate::http::backoff(attempt)
+            }
+            Err(e) => return Err(crate::http::error(url, "no data", e)),
+        }
+    }
 }
 
 /// Fetches and verifies the indexes of `src` for `arch` into `universe` (as repository number
@@ -206,7 +212,7 @@ pub fn fetch(
             ));
         };
         let purl = format!("{}/{}", src.dists(), entry.path);
-        crate::realize::fetch(client, cache, &purl, &entry.sha256, reporter).map_err(|e| {
+        crate::http::fetch(client, cache, &purl, &entry.sha256, reporter).map_err(|e| {
             match e {
                 DownloadError::Mismatch {
                     url,

@@ -83,10 +83,24 @@ impl Cache {
     /// Opens the cache at `root` for `gc` and `prune`: locked exclusively, so no build runs
     /// while blobs are removed (this waits for running builds to finish).
     pub fn open_exclusive(root: &Path) -> Result<Self, CacheError> {
-        Self::open_locked(root, true)
+        Self::open_exclusive_with(root, &|| {})
+    }
+
+    /// Like [`Cache::open_exclusive`], calling `waiting` once if a build holds the cache, so
+    /// the caller can say why nothing happens.
+    pub fn open_exclusive_with(root: &Path, waiting: &dyn Fn()) -> Result<Self, CacheError> {
+        Self::open_locked_with(root, true, waiting)
     }
 
     fn open_locked(root: &Path, exclusive: bool) -> Result<Self, CacheError> {
+        Self::open_locked_with(root, exclusive, &|| {})
+    }
+
+    fn open_locked_with(
+        root: &Path,
+        exclusive: bool,
+        waiting: &dyn Fn(),
+    ) -> Result<Self, CacheError> {
         for sub in ["blobs/sha256", "keys", "hashes", "tmp"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("create cache directory", &p))?;
@@ -98,7 +112,20 @@ impl Cache {
             .write(true)
             .open(&path)
             .map_err(io_err("open the cache lock", &path))?;
-        if exclusive { f.lock() } else { f.lock_shared() }.map_err(io_err("lock", &path))?;
+        let tried = if exclusive {
+            f.try_lock()
+        } else {
+            f.try_lock_shared()
+        };
+        match tried {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                waiting();
+                if exclusive { f.lock() } else { f.lock_shared() }
+                    .map_err(io_err("lock", &path))?;
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_err("lock", &path)(e)),
+        }
         Ok(Cache {
             root: root.to_path_buf(),
             _lock: std::sync::Arc::new(f),

@@ -42,8 +42,7 @@ pub fn run(g: &Global, cmd: &CacheCommand) -> Result<()> {
                 .ok_or_else(|| {
                     UsageError(format!("--max-size `{max_size}` is not a size such as 20G"))
                 })?;
-            let cache = Cache::open_exclusive(&root)
-                .with_context(|| format!("locking the cache at {}", root.display()))?;
+            let cache = open_exclusive(g, &root)?;
             let r = gc::gc(&cache, max).context("collecting the cache")?;
             report("gc", &r);
         }
@@ -53,13 +52,26 @@ pub fn run(g: &Global, cmd: &CacheCommand) -> Result<()> {
                     "--older-than `{older_than}` is not a duration such as 30d or 12h: {e}"
                 ))
             })?;
-            let cache = Cache::open_exclusive(&root)
-                .with_context(|| format!("locking the cache at {}", root.display()))?;
+            let cache = open_exclusive(g, &root)?;
             let r = gc::prune(&cache, dur).context("pruning the cache")?;
             report("prune", &r);
         }
     }
     Ok(())
+}
+
+/// The cache, locked exclusively; says on stderr (unless --quiet) when a build holds it.
+fn open_exclusive(g: &Global, root: &std::path::Path) -> Result<Cache> {
+    let quiet = g.quiet;
+    Cache::open_exclusive_with(root, &|| {
+        if !quiet {
+            eprintln!(
+                "==> waiting for running builds to release the cache lock {}",
+                root.join("lock").display()
+            );
+        }
+    })
+    .with_context(|| format!("locking the cache at {}", root.display()))
 }
 
 fn report(what: &str, r: &gc::Removed) {

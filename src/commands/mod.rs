@@ -26,6 +26,7 @@ use crate::cli::{BuildArgs, Cli, Command, Global, Target};
 
 /// Runs the command; most exit 0 on success, `rebuild --exit-code` tells more.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    imgbuild::http::set_timeout(std::time::Duration::from_secs(cli.global.network_timeout));
     match &cli.command {
         Command::Rebuild(args) => rebuild::run(&cli.global, args),
         _ => run_simple(cli).map(|()| ExitCode::SUCCESS),
@@ -110,8 +111,15 @@ pub fn report_error(e: &anyhow::Error) -> ExitCode {
             Some(imgbuild::build::BuildError::Locked { .. })
         )
     };
+    let bad_reference = |c: &(dyn std::error::Error + 'static)| {
+        c.is::<imgbuild::registry::reference::BadReference>()
+            || matches!(
+                c.downcast_ref::<imgbuild::registry::RegistryError>(),
+                Some(imgbuild::registry::RegistryError::Reference(_))
+            )
+    };
     if e.chain()
-        .any(|c| c.is::<UsageError>() || c.is::<RecipeError>() || stale_lock(c))
+        .any(|c| c.is::<UsageError>() || c.is::<RecipeError>() || stale_lock(c) || bad_reference(c))
     {
         ExitCode::from(2)
     } else {

@@ -39,6 +39,14 @@ pub enum ApiError {
         #[source]
         source: reqwest::Error,
     },
+    #[error(
+        "{method} {path}: the node stalled (no answer or no data for {secs} s, --network-timeout)"
+    )]
+    Stalled {
+        method: &'static str,
+        path: String,
+        secs: u64,
+    },
     #[error("{method} {path}: HTTP {status}: {message}")]
     Status {
         method: &'static str,
@@ -151,11 +159,8 @@ impl Api {
         } else {
             format!("{url}/api2/json")
         };
-        let mut b = Client::builder()
-            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            // Uploads of multi-GiB disks take as long as they take.
-            .timeout(None::<Duration>);
+        // Uploads of multi-GiB disks get their own timeout (`http::upload_timeout`).
+        let mut b = crate::http::builder();
         if let Some(path) = ca {
             let pem = std::fs::read(path).map_err(|source| ApiError::Ca {
                 path: path.to_path_buf(),
@@ -186,14 +191,47 @@ impl Api {
         path: &str,
         rb: RequestBuilder,
     ) -> Result<Value, ApiError> {
-        let resp = rb
-            .header("Authorization", &self.auth)
-            .send()
-            .map_err(|source| ApiError::Transport {
-                method,
-                path: path.to_string(),
-                source,
-            })?;
+        let mut rb = Some(rb.header("Authorization", &self.auth));
+        let mut attempt = 0;
+        let resp = loop {
+            attempt += 1;
+            // Reads are idempotent: retried after a connection error or a stall.
+            let Some(current) = rb.take() else {
+                return Err(ApiError::Stalled {
+                    method,
+                    path: path.to_string(),
+                    secs: crate::http::timeout().as_secs(),
+                });
+            };
+            if method == "GET" && attempt < crate::http::ATTEMPTS {
+                rb = current.try_clone();
+            }
+            match current.send() {
+                Ok(r) => break r,
+                Err(e)
+                    if method == "GET"
+                        && attempt < crate::http::ATTEMPTS
+                        && (e.is_connect() || e.is_timeout()) =>
+                {
+                    crate::http::backoff(attempt);
+                    continue;
+                }
+                Err(source) if source.is_timeout() => {
+                    return Err(ApiError::Stalled {
+                        method,
+                        path: path.to_string(),
+                        secs: crate::http::timeout().as_secs(),
+                    });
+                }
+                Err(source) => {
+                    return Err(ApiError::Transport {
+                        method,
+                        path: path.to_string(),
+                        source,
+                    });
+                }
+            }
+        };
         let status = resp.status();
         // Proxmox puts the reason in the status line; some errors also carry a JSON body.
         let reason = status.canonical_reason().unwrap_or("").to_string();
@@ -287,7 +325,10 @@ impl Api {
         let v = self.send(
             "POST",
             &path,
-            self.client.post(self.url(&path)).multipart(form),
+            self.client
+                .post(self.url(&path))
+                .timeout(crate::http::upload_timeout(len))
+                .multipart(form),
         )?;
         upid(&v, "POST", &path)
     }

@@ -49,9 +49,9 @@ pub fn prefetch(
     if missing.is_empty() {
         return Ok(());
     }
-    let client = super::download::client().map_err(RealizeError::Client)?;
+    let client = crate::http::client().map_err(RealizeError::Client)?;
     crate::parallel::try_for_each(&missing, PARALLEL_DEBS, |p| {
-        super::download::fetch(&client, cache, &p.url, &p.sha256, reporter)
+        crate::http::fetch(&client, cache, &p.url, &p.sha256, reporter)
     })
     .map_err(RealizeError::from)
 }

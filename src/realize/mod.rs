@@ -3,7 +3,7 @@
 //! first, in parallel.
 
 pub mod apt;
-mod download;
+mod extract;
 pub mod lower;
 mod run;
 pub mod sandbox;
@@ -14,7 +14,8 @@ mod users;
 use std::collections::BTreeMap;
 use std::io;
 
-pub use download::{DownloadError, ExtractError, client, fetch, get, redact};
+pub use crate::http::{HttpError as DownloadError, redact};
+pub use extract::ExtractError;
 pub use run::pip_report;
 
 use self::lower::LowerFs;
@@ -271,9 +272,9 @@ fn prefetch(
     if downloads.is_empty() {
         return Ok(());
     }
-    let client = download::client().map_err(RealizeError::Client)?;
+    let client = crate::http::client().map_err(RealizeError::Client)?;
     crate::parallel::try_for_each(downloads, PARALLEL_DOWNLOADS, |d| {
-        download::fetch(&client, cache, &d.url, &d.sha256, reporter)
+        crate::http::fetch(&client, cache, &d.url, &d.sha256, reporter)
     })
     .map_err(RealizeError::from)
 }
@@ -334,7 +335,7 @@ fn build_step(
                     format,
                 } => {
                     let url = redact(&d.url);
-                    download::Extractor::new(
+                    extract::Extractor::new(
                         &mut w,
                         lower,
                         &url,

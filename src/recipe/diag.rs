@@ -195,10 +195,37 @@ impl Diagnostic {
             column,
             field,
             message,
-            source_line: src[line_start..line_end].to_string(),
+            source_line: mask_userinfo(&src[line_start..line_end]),
             width,
         }
     }
+}
+
+/// `line` with the credentials of any `scheme://user:password@host` replaced by `***`, so an
+/// error about them never prints them.
+fn mask_userinfo(line: &str) -> String {
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let end = tail
+            .find(|c: char| {
+                c == '/' || c == '"' || c == '\'' || c == '?' || c == '#' || c.is_whitespace()
+            })
+            .unwrap_or(tail.len());
+        let authority = &tail[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl fmt::Display for Diagnostic {

@@ -156,6 +156,12 @@ pub fn archive_format(url: &str, format: Option<&str>) -> Option<&'static str> {
     }
 }
 
+/// Why a URL with `user:password@` is refused, and where credentials go instead.
+const CREDENTIALS: &str = "the URL holds credentials (`user:password@`), which would be \
+    published with the image (its history, SBOM, lock and logs); remove them and put them in \
+    ~/.netrc (or the file $IMGBUILD_NETRC names) as `machine HOST login USER password PASS`: \
+    imgbuild sends them to that host only";
+
 pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
     let r = &loaded.recipe;
     let mut c = Checker {
@@ -237,6 +243,7 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
         let p = root.key("download").index(i);
         match super::interp::expand_platform(&d.url, &r.image.platform) {
             Err(e) => c.error(&p.key("url"), e),
+            Ok(u) if crate::http::has_userinfo(&u) => c.error(&p.key("url"), CREDENTIALS),
             Ok(u) if !(u.starts_with("http://") || u.starts_with("https://")) => c.error(
                 &p.key("url"),
                 format!("`{u}` must be an http:// or https:// URL"),
@@ -352,6 +359,13 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
 
     if let Some(apt) = &r.apt {
         let p = root.key("apt");
+        if apt
+            .ppa_base
+            .as_deref()
+            .is_some_and(crate::http::has_userinfo)
+        {
+            c.error(&p.key("ppa_base"), CREDENTIALS);
+        }
         for (i, s) in apt.sources.iter().enumerate() {
             let sp = p.key("sources").index(i);
             if let Some(ppa) = s.uri.strip_prefix("ppa:") {
@@ -367,6 +381,8 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
                         "a `ppa:` source needs `[apt] ppa_base` (the PPA archive's URL) to be locked",
                     );
                 }
+            } else if crate::http::has_userinfo(&s.uri) {
+                c.error(&sp.key("uri"), CREDENTIALS);
             } else {
                 if !(s.uri.starts_with("http://") || s.uri.starts_with("https://")) {
                     c.error(

@@ -39,10 +39,20 @@ pub struct RegistryClient {
 
 fn http_err(action: &str, url: &str) -> impl FnOnce(reqwest::Error) -> RegistryError {
     let (action, url) = (action.to_string(), url.to_string());
-    move |source| RegistryError::Http {
-        action,
-        url,
-        source,
+    move |source| {
+        if source.is_timeout() {
+            RegistryError::Stalled {
+                action,
+                url: crate::http::redact(&url),
+                secs: crate::http::timeout().as_secs(),
+            }
+        } else {
+            RegistryError::Http {
+                action,
+                url: crate::http::redact(&url),
+                source,
+            }
+        }
     }
 }
 
@@ -55,11 +65,7 @@ impl RegistryClient {
         also: &[String],
     ) -> Result<Self, RegistryError> {
         let host = r.api_host().to_string();
-        let mut builder = Client::builder()
-            .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(30))
-            .timeout(None)
-            .pool_max_idle_per_host(8);
+        let mut builder = crate::http::builder().pool_max_idle_per_host(8);
         let certs_d = opts
             .certs_d
             .clone()
@@ -124,6 +130,22 @@ impl RegistryClient {
             auth: Mutex::new(None),
             scope,
         })
+    }
+
+    /// Checks `creds` against `registry`'s `/v2/`, answering its challenge (basic, or a
+    /// bearer token from its token service) as a push would: `login` stores nothing else.
+    pub fn check_login(
+        registry: &str,
+        creds: &Credentials,
+        opts: &ClientOptions,
+    ) -> Result<(), RegistryError> {
+        let r = Reference::parse(&format!("{registry}/imgbuild-login-check"))?;
+        let mut client = RegistryClient::new(&r, opts, false, &[])?;
+        client.creds = Some(creds.clone());
+        client.scope = String::new();
+        let url = client.url("/v2/");
+        client.send("log in to", Method::GET, &url, &|rb| Ok(rb))?;
+        Ok(())
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -20,6 +20,14 @@ use crate::digest::Digest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
+    #[error(
+        "cannot {action} {url}: the registry stalled (no answer or no data for {secs} s, --network-timeout)"
+    )]
+    Stalled {
+        action: String,
+        url: String,
+        secs: u64,
+    },
     #[error("cannot {action} {url}")]
     Http {
         action: String,

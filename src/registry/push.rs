@@ -133,6 +133,7 @@ fn push_blob(
                 Ok(rb
                     .header(header::CONTENT_TYPE, "application/octet-stream")
                     .header(header::CONTENT_RANGE, range.clone())
+                    .timeout(crate::http::upload_timeout(len))
                     .body(RegistryClient::file_body(&path, offset, len)?))
             });
             match result {
@@ -184,7 +185,8 @@ fn push_blob(
         let result = client.send("finish upload to", Method::PUT, &put_url, &|rb| {
             let rb = rb.header(header::CONTENT_TYPE, "application/octet-stream");
             Ok(if rest > 0 {
-                rb.body(RegistryClient::file_body(&path, offset, rest)?)
+                rb.timeout(crate::http::upload_timeout(rest))
+                    .body(RegistryClient::file_body(&path, offset, rest)?)
             } else {
                 rb.header(header::CONTENT_LENGTH, 0)
             })

@@ -24,6 +24,20 @@ pub struct BadReference {
 
 impl Reference {
     pub fn parse(s: &str) -> Result<Self, BadReference> {
+        // `user:password@host/repo`: refused without echoing what came before the `@`.
+        let first = s.split('/').next().unwrap_or(s);
+        if let Some((_, after)) = first.rsplit_once('@')
+            && (s.contains("://")
+                || !(after.starts_with("sha256:") || after.starts_with("sha512:")))
+        {
+            let shown = s.rsplit_once("@").map_or("", |(_, h)| h);
+            return Err(BadReference {
+                reference: format!("***@{shown}"),
+                why: "it holds credentials, which would end up in logs and shell history; \
+                      run `imgbuild login HOST` (stored in ~/.docker/config.json) instead"
+                    .into(),
+            });
+        }
         let bad = |why: &str| BadReference {
             reference: s.to_string(),
             why: why.to_string(),

@@ -14,6 +14,7 @@ mod hostile;
 mod import;
 mod layer;
 mod layout;
+mod network;
 mod proxmox;
 mod rebuild;
 mod registry;

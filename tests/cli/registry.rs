@@ -323,6 +323,103 @@ fn login_stores_credentials_that_push_then_uses() {
     assert!(!stderr(&o).contains("s3cret"));
 }
 
+fn login(w: &Work, home: &std::path::Path, host: &str, password: &str) -> std::process::Output {
+    w.cmd()
+        .env("HOME", home)
+        .args(["login", host, "-u", "tester", "--password-stdin"])
+        .write_stdin(format!("{password}\n"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn login_checks_the_password_and_never_loses_or_exposes_a_config() {
+    use std::os::unix::fs::PermissionsExt;
+    let reg = Registry::start(Mode::Basic);
+    let w = Work::setup();
+    let home = w.path("home");
+    fs::create_dir(&home).unwrap();
+    let cfg = home.join(".docker/config.json");
+    // A wrong password is refused by the registry: nothing is stored.
+    let o = login(&w, &home, &reg.host, "wrong");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("access denied"), "{}", stderr(&o));
+    assert!(!cfg.exists());
+    // The right one: stored, and the file is 0600.
+    assert_ok(&login(&w, &home, &reg.host, "s3cret"));
+    assert_eq!(
+        fs::metadata(&cfg).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // A config that does not parse is never rewritten.
+    fs::write(
+        &cfg,
+        "{ not json, \"auths\": {\"other\": {\"auth\": \"eDp5\"}}",
+    )
+    .unwrap();
+    let before = fs::read(&cfg).unwrap();
+    let o = login(&w, &home, &reg.host, "s3cret");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not rewrite"), "{}", stderr(&o));
+    assert_eq!(fs::read(&cfg).unwrap(), before);
+}
+
+#[test]
+fn credential_helpers_are_used_to_store_and_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let reg = Registry::start(Mode::Basic);
+    let w = Work::setup();
+    w.build("out/hello");
+    let home = w.path("home");
+    fs::create_dir_all(home.join(".docker")).unwrap();
+    let bin = w.path("bin");
+    fs::create_dir(&bin).unwrap();
+    let store = w.path("helper-store");
+    // A credential helper as Docker defines them: `store` reads JSON, `get` reads the server.
+    let helper = bin.join("docker-credential-test");
+    fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\ncase \"$1\" in\n store) cat > {s} ;;\n get) cat >/dev/null; sed 's/ServerURL/X/' {s} ;;\nesac\n",
+            s = store.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    let cfg = home.join(".docker/config.json");
+    fs::write(&cfg, r#"{"credsStore": "test", "other": 1}"#).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let o = w
+        .cmd()
+        .env("HOME", &home)
+        .env("PATH", &path)
+        .args(["login", &reg.host, "-u", "tester", "--password-stdin"])
+        .write_stdin("s3cret\n")
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert!(
+        fs::read_to_string(&store)
+            .unwrap()
+            .contains("\"Secret\":\"s3cret\"")
+    );
+    assert_eq!(
+        fs::read_to_string(&cfg).unwrap(),
+        r#"{"credsStore": "test", "other": 1}"#,
+        "the config is left alone"
+    );
+    let o = w
+        .cmd()
+        .env("HOME", &home)
+        .env("PATH", &path)
+        .arg("push")
+        .arg(w.path("out/hello"))
+        .arg(format!("{}/hello:1", reg.host))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+}
+
 #[test]
 fn a_ca_in_docker_certs_d_is_trusted() {
     let reg = Registry::start(Mode::Tls);

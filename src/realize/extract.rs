@@ -1,5 +1,5 @@
-//! Downloads: fetched over HTTP(S) into the cache, verified against their sha256, and, for
-//! `extract`, streamed from the cached archive (tar, tar.gz, tar.xz, zip) into the layer.
+//! Archive extraction for `[[download]] extract`: the cached archive (fetched and verified by
+//! [`crate::http::fetch`]; tar, tar.gz, tar.xz, zip) streamed into the layer.
 //!
 //! Archive entries keep the archive's order (hard links must follow their targets, and the
 //! archive is pinned by its sha256, so the order is as reproducible as a sort), with modes
@@ -9,129 +9,12 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
-use std::time::Duration;
 
 use tar::EntryType;
 
 use super::lower::{Kind, LowerFs};
-use crate::cache::{Cache, CacheError};
-use crate::digest::Digest;
+
 use crate::layer::{LayerWriter, Meta};
-use crate::report::{Dir, Event, Reporter};
-
-#[derive(Debug, thiserror::Error)]
-pub enum DownloadError {
-    #[error("cannot download {url}")]
-    Http { url: String, source: reqwest::Error },
-    #[error("cannot download {url}: server answered {status}")]
-    Status {
-        url: String,
-        status: reqwest::StatusCode,
-    },
-    #[error("download {url} does not match its sha256: expected {expected}, found {found}")]
-    Mismatch {
-        url: String,
-        expected: Digest,
-        found: Digest,
-    },
-    #[error("cannot store download {url} in the cache")]
-    Cache { url: String, source: CacheError },
-}
-
-/// `url` with any `user:password@` removed, for messages.
-pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => {
-            let (auth, tail) = rest.split_once('/').map_or((rest, ""), |(a, t)| (a, t));
-            let host = auth.rsplit_once('@').map_or(auth, |(_, h)| h);
-            let sep = if rest.contains('/') { "/" } else { "" };
-            format!("{scheme}://{host}{sep}{tail}")
-        }
-        None => url.to_string(),
-    }
-}
-
-pub fn client() -> Result<reqwest::blocking::Client, reqwest::Error> {
-    reqwest::blocking::Client::builder()
-        .user_agent(concat!("imgbuild/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(30))
-        .timeout(None)
-        .build()
-}
-
-/// `GET url`, with the status checked: the one way imgbuild starts a download (downloads,
-/// lock pins, apt indexes). Errors name the URL with any credentials redacted.
-pub fn get(
-    client: &reqwest::blocking::Client,
-    url: &str,
-) -> Result<reqwest::blocking::Response, DownloadError> {
-    let resp = client
-        .get(url)
-        .send()
-        .map_err(|source| DownloadError::Http {
-            url: redact(url),
-            source,
-        })?;
-    if !resp.status().is_success() {
-        return Err(DownloadError::Status {
-            url: redact(url),
-            status: resp.status(),
-        });
-    }
-    Ok(resp)
-}
-
-/// Makes sure the cache holds `sha256`, downloading `url` if not. Nothing is stored unless
-/// the content matches.
-pub fn fetch(
-    client: &reqwest::blocking::Client,
-    cache: &Cache,
-    url: &str,
-    sha256: &Digest,
-    reporter: &dyn Reporter,
-) -> Result<(), DownloadError> {
-    let shown = redact(url);
-    if cache.has_blob(sha256) {
-        match cache.verify_blob(sha256) {
-            Ok(_) => return Ok(()),
-            Err(e) => reporter.report(Event::Warning(&format!("{e}; downloading again"))),
-        }
-    }
-    let mut resp = get(client, url)?;
-    reporter.report(Event::TransferStart {
-        dir: Dir::Down,
-        url: &shown,
-        total: resp.content_length(),
-    });
-    let store = |source| DownloadError::Cache {
-        url: shown.clone(),
-        source,
-    };
-    let mut progress = |bytes| {
-        reporter.report(Event::TransferProgress {
-            dir: Dir::Down,
-            url: &shown,
-            bytes,
-        })
-    };
-    let total = match cache.store_stream(&mut resp, sha256, &shown, &mut progress) {
-        Ok(n) => n,
-        Err(CacheError::DigestMismatch { found, .. }) => {
-            return Err(DownloadError::Mismatch {
-                url: shown,
-                expected: sha256.clone(),
-                found,
-            });
-        }
-        Err(e) => return Err(store(e)),
-    };
-    reporter.report(Event::TransferDone {
-        dir: Dir::Down,
-        url: &shown,
-        bytes: total,
-    });
-    Ok(())
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
@@ -255,7 +138,7 @@ impl<'a> Extractor<'a> {
         data: &mut dyn Read,
     ) -> Result<(), ExtractError> {
         let refuse = |why: String| ExtractError::Unsafe {
-            url: crate::realize::download::redact(self.url),
+            url: crate::http::redact(self.url),
             entry: String::from_utf8_lossy(raw).into_owned(),
             why,
         };
@@ -439,11 +322,5 @@ mod tests {
         );
         assert_eq!(map_path(b"go/", 1, b"usr/local/go").unwrap(), None);
         assert!(map_path(b"a/../../etc", 0, b"x").is_err());
-    }
-
-    #[test]
-    fn redacts_credentials() {
-        assert_eq!(redact("https://u:p@h.example/x?y"), "https://h.example/x?y");
-        assert_eq!(redact("http://h:1/a"), "http://h:1/a");
     }
 }
