@@ -42,9 +42,13 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
     let shared = Shared::parse(args.cache_from.as_deref(), args.cache_to.as_deref())?;
     shared.import(&cache, &client, &progress)?;
 
-    // 1. What the recipe resolves to today.
+    // 1. What the recipe resolves to today. The new lock is written next to the old one
+    //    under another name and only replaces it once the image is built and pushed: a failed
+    //    night keeps the lock of the last pushed image, so the next report lists every change.
     let base = build::resolve_base(&loaded, &cache, &client, &counting).with_context(context)?;
     let mut changes = Vec::new();
+    let mut pending = None;
+    let mut staged = loaded.clone();
     if lock::needed(&loaded) {
         let old = lock::read(&loaded.lock_path).ok().flatten();
         let fresh = build::resolve_lock(&loaded, &base, &cache, mtime, true, &counting)
@@ -53,61 +57,99 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
             Some(o) => o.diff(&fresh),
             None => vec!["(no lock before: everything is new)".to_string()],
         };
-        lock::write(&loaded.lock_path, &fresh)?;
+        let tmp = loaded.lock_path.with_extension("lock.rebuild");
+        lock::write(&tmp, &fresh)?;
+        staged.lock_path = tmp.clone();
+        pending = Some((tmp, fresh));
     }
     for c in &changes {
         progress.line(&format!("==> changed: {c}"));
     }
     let resolved_in = started.elapsed();
-
-    // 2. The build: unchanged steps come from the cache.
-    let opts = build::Options {
-        client: client.clone(),
-        locked: true,
-        configure: true,
+    let write_report = |report: serde_json::Value| -> Result<()> {
+        if let Some(path) = &args.report {
+            let bytes = serde_json::to_vec_pretty(&report).context("serializing the report")?;
+            fsutil::write_atomic(path, &bytes)
+                .with_context(|| format!("writing the report {}", path.display()))?;
+        }
+        Ok(())
     };
-    let result =
-        build::build(&loaded, &cache, &out, mtime, &opts, &counting).with_context(context)?;
+
+    let night = || -> Result<_> {
+        // 2. The build: unchanged steps come from the cache.
+        let opts = build::Options {
+            client: client.clone(),
+            locked: true,
+            configure: true,
+        };
+        let result =
+            build::build(&staged, &cache, &out, mtime, &opts, &counting).with_context(context)?;
+        shared.export(&cache, &result, &client, &progress)?;
+        let built_in = started.elapsed() - resolved_in;
+
+        // 3. Push only what the registry does not have yet.
+        let previous = registry::pull::remote_digest(&dest, &client)
+            .with_context(|| format!("looking up {dest}"))?;
+        let changed = previous.as_ref() != Some(&result.manifest);
+        let mut tags = Vec::new();
+        if changed {
+            let tag = result.tags.first().map(String::as_str);
+            super::push::push_layout(
+                &progress,
+                &counting,
+                &out,
+                tag,
+                &dest,
+                &client,
+                Some(&cache),
+            )?;
+            tags.push(dest.to_string());
+            if args.tag_date {
+                let dated = date_tagged(&dest);
+                super::push::push_layout(
+                    &progress,
+                    &counting,
+                    &out,
+                    tag,
+                    &dated,
+                    &client,
+                    Some(&cache),
+                )?;
+                tags.push(dated.to_string());
+            }
+        }
+        Ok((result, previous, changed, tags, built_in))
+    };
+    let (result, previous, changed, tags, built_in) = match night() {
+        Ok(v) => v,
+        Err(e) => {
+            if let Some((tmp, _)) = &pending {
+                let _ = std::fs::remove_file(tmp);
+            }
+            let (down, up, _) = counting.totals();
+            write_report(json!({
+                "recipe": args.recipe,
+                "reference": dest.to_string(),
+                "status": "failed",
+                "error": format!("{e:#}"),
+                "changes": changes,
+                "timings_s": { "total": started.elapsed().as_secs_f64() },
+                "bytes": { "downloaded": down, "uploaded": up },
+            }))?;
+            return Err(e);
+        }
+    };
+    // Built and pushed: the new lock is now the recipe's.
+    if let Some((tmp, fresh)) = &pending {
+        lock::write(&loaded.lock_path, fresh)?;
+        let _ = std::fs::remove_file(tmp);
+    }
     let built: Vec<&str> = result
         .layers
         .iter()
         .filter(|l| !l.hit)
         .map(|l| l.name.as_str())
         .collect();
-    shared.export(&cache, &result, &client, &progress)?;
-    let built_in = started.elapsed() - resolved_in;
-
-    // 3. Push only what the registry does not have yet.
-    let previous = registry::pull::remote_digest(&dest, &client)
-        .with_context(|| format!("looking up {dest}"))?;
-    let changed = previous.as_ref() != Some(&result.manifest);
-    let mut tags = Vec::new();
-    if changed {
-        let tag = result.tags.first().map(String::as_str);
-        super::push::push_layout(
-            &progress,
-            &counting,
-            &out,
-            tag,
-            &dest,
-            &client,
-            Some(&cache),
-        )?;
-        tags.push(dest.to_string());
-        if args.tag_date {
-            let dated = date_tagged(&dest);
-            super::push::push_layout(
-                &progress,
-                &counting,
-                &out,
-                tag,
-                &dated,
-                &client,
-                Some(&cache),
-            )?;
-            tags.push(dated.to_string());
-        }
-    }
     let pushed_in = started.elapsed() - resolved_in - built_in;
     let (down, up, _) = counting.totals();
     let status = if changed { "pushed" } else { "unchanged" };
@@ -121,32 +163,27 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
         down as f64 / 1e6,
         up as f64 / 1e6
     ));
-    if let Some(path) = &args.report {
-        let report = json!({
-            "recipe": args.recipe,
-            "reference": dest.to_string(),
-            "status": status,
-            "changes": changes,
-            "previous_digest": previous.map(|d| d.to_string()),
-            "digest": result.manifest.to_string(),
-            "pushed_tags": tags,
-            "steps": {
-                "total": result.layers.len(),
-                "built": built,
-                "cached": result.layers.len() - built.len(),
-            },
-            "timings_s": {
-                "resolve": resolved_in.as_secs_f64(),
-                "build": built_in.as_secs_f64(),
-                "push": pushed_in.as_secs_f64(),
-                "total": started.elapsed().as_secs_f64(),
-            },
-            "bytes": { "downloaded": down, "uploaded": up },
-        });
-        let bytes = serde_json::to_vec_pretty(&report).context("serializing the report")?;
-        fsutil::write_atomic(path, &bytes)
-            .with_context(|| format!("writing the report {}", path.display()))?;
-    }
+    write_report(json!({
+        "recipe": args.recipe,
+        "reference": dest.to_string(),
+        "status": status,
+        "changes": changes,
+        "previous_digest": previous.map(|d| d.to_string()),
+        "digest": result.manifest.to_string(),
+        "pushed_tags": tags,
+        "steps": {
+            "total": result.layers.len(),
+            "built": built,
+            "cached": result.layers.len() - built.len(),
+        },
+        "timings_s": {
+            "resolve": resolved_in.as_secs_f64(),
+            "build": built_in.as_secs_f64(),
+            "push": pushed_in.as_secs_f64(),
+            "total": started.elapsed().as_secs_f64(),
+        },
+        "bytes": { "downloaded": down, "uploaded": up },
+    }))?;
     println!("{}", result.manifest);
     Ok(if changed && args.exit_code {
         ExitCode::from(EXIT_PUSHED)

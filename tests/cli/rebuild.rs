@@ -85,6 +85,29 @@ fn rebuild_builds_and_pushes_only_what_changed() {
         .push(("usr/lib/fixture/version".into(), b"1.3\n".to_vec(), 0o644));
     repo.add(lib);
     repo.publish(None);
+    // A night whose push fails (the registry is down) changes nothing on disk: the lock stays
+    // that of the last pushed image, and the report says what would have changed.
+    let lock_path = r.with_extension("lock");
+    let lock_before = std::fs::read(&lock_path).unwrap();
+    // (Its own cache, so the next night still shows which steps an update builds.)
+    let o = work
+        .cmd_with_cache(&work.path("cache-failed"))
+        .args(["--insecure-registry", "127.0.0.1:9", "rebuild"])
+        .arg(&r)
+        .args(["--push", "127.0.0.1:9/nightly/fixture:latest", "--report"])
+        .arg(work.path("report-failed.json"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let failed = report(&work.path("report-failed.json"));
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(
+        failed["changes"],
+        serde_json::json!(["fixture-lib: 1.2~rc1 -> 1.3"])
+    );
+    assert!(failed["error"].as_str().unwrap().contains("127.0.0.1:9"), "{failed}");
+    assert_eq!(std::fs::read(&lock_path).unwrap(), lock_before, "lock untouched");
+    assert!(!r.with_extension("lock.rebuild").exists());
     let shared = format!("{}/nightly/cache:fixture", reg.host);
     let (o, third) = rebuild(3, &["--tag-date", "--cache-to", &shared]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
