@@ -25,7 +25,6 @@ use crate::digest::{Digest, HashingWriter, digest_reader};
 use crate::fsutil;
 
 pub mod gc;
-pub mod remote;
 
 /// What the cache stores for a step key: the layer it produced.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -1,9 +1,10 @@
 //! `--cache-from REF` / `--cache-to REF` for `build` and `rebuild`: the registry-backed build
-//! cache ([`imgbuild::cache::remote`]) around a build, with progress lines.
+//! cache ([`imgbuild::registry::build_cache`]) around a build, with progress lines.
 
 use anyhow::{Context, Result};
 use imgbuild::build::BuildOutput;
-use imgbuild::cache::{Cache, remote};
+use imgbuild::cache::Cache;
+use imgbuild::registry::build_cache;
 use imgbuild::registry::{ClientOptions, Reference};
 
 use super::UsageError;
@@ -31,7 +32,7 @@ impl Shared {
     /// Before the build: import what `--cache-from` has that this cache lacks.
     pub fn import(&self, cache: &Cache, opts: &ClientOptions, progress: &Progress) -> Result<()> {
         if let Some(src) = &self.from {
-            let n = remote::import(cache, src, opts, progress)
+            let n = build_cache::import(cache, src, opts, progress)
                 .with_context(|| format!("importing the build cache from {src}"))?;
             progress.line(&format!("==> imported {n} cached steps from {src}"));
         }
@@ -52,7 +53,7 @@ impl Shared {
                 .iter()
                 .map(|l| (l.key.clone(), l.record.clone()))
                 .collect();
-            let d = remote::export(cache, &keys, dest, opts, progress)
+            let d = build_cache::export(cache, &keys, dest, opts, progress)
                 .with_context(|| format!("exporting the build cache to {dest}"))?;
             progress.line(&format!(
                 "==> exported {} cached steps to {dest}@{d}",

@@ -30,6 +30,27 @@ pub const MEDIA_TYPE_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const MEDIA_TYPE_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
+/// The tar stream inside a layer blob of `media_type` (OCI and Docker gzip, zstd, plain).
+pub fn decompressed<'a>(
+    blob: impl std::io::Read + 'a,
+    media_type: &str,
+) -> std::io::Result<Box<dyn std::io::Read + 'a>> {
+    let r = std::io::BufReader::with_capacity(1 << 20, blob);
+    Ok(match media_type {
+        MEDIA_TYPE_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+            Box::new(flate2::read::MultiGzDecoder::new(r))
+        }
+        MEDIA_TYPE_ZSTD => Box::new(zstd::Decoder::with_buffer(r)?),
+        MEDIA_TYPE_TAR | "application/vnd.docker.image.rootfs.diff.tar" => Box::new(r),
+        other => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("unknown layer media type `{other}`"),
+            ));
+        }
+    })
+}
+
 /// Ownership and permission bits of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Meta {

@@ -10,13 +10,13 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::cache::{Cache, LayerRecord};
-use crate::layer::{LayerWriter, MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD, Meta};
+use crate::layer::{LayerWriter, Meta};
 use crate::rootfs::{Attrs, Root};
 
 #[derive(Debug, thiserror::Error)]
@@ -64,14 +64,7 @@ pub fn work_dir(cache: &Cache) -> PathBuf {
 
 /// Decompresses one layer blob and applies it to `root` (see [`crate::rootfs::apply`]).
 fn unpack_layer(root: &Root, blob: &Path, media_type: &str, mtime: u64) -> io::Result<()> {
-    let f = BufReader::with_capacity(1 << 20, File::open(blob)?);
-    let reader: Box<dyn Read> = match media_type {
-        MEDIA_TYPE_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
-            Box::new(flate2::read::MultiGzDecoder::new(f))
-        }
-        MEDIA_TYPE_ZSTD => Box::new(zstd::Decoder::with_buffer(f)?),
-        _ => Box::new(f),
-    };
+    let reader = crate::layer::decompressed(File::open(blob)?, media_type)?;
     crate::rootfs::apply(root, reader, mtime)
 }
 

@@ -5,6 +5,7 @@
 //! images.
 
 pub mod auth;
+pub mod build_cache;
 pub mod client;
 pub mod pull;
 pub mod push;

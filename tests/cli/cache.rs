@@ -216,3 +216,117 @@ fn a_registry_cache_lets_another_machine_build_nothing() {
         crate::stderr(&o)
     );
 }
+
+/// A cache artifact made by hand from machine A's key records, with `edit` applied to its
+/// table, pushed to `dest` as an OCI layout.
+fn tampered_artifact(w: &Work, dest: &str, flags: &[String], edit: &dyn Fn(&mut Value)) {
+    use sha2::Digest as _;
+    let sha = |b: &[u8]| format!("sha256:{}", hex::encode(sha2::Sha256::digest(b)));
+    let keys = w.path("machine-a/keys");
+    let first = std::fs::read_dir(&keys)
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let key = first.file_stem().unwrap().to_string_lossy().into_owned();
+    let rec: Value = serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
+    let mut table = serde_json::json!({"version": 1, "keys": {key: rec.clone()}});
+    edit(&mut table);
+    let dir = w.path(&format!("artifact-{}", dest.len()));
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    let put = |b: &[u8]| {
+        let d = sha(b);
+        std::fs::write(dir.join("blobs/sha256").join(&d[7..]), b).unwrap();
+        d
+    };
+    let digest = rec["digest"].as_str().unwrap();
+    let blob = std::fs::read(w.path("machine-a/blobs/sha256").join(&digest[7..])).unwrap();
+    put(&blob);
+    let config = serde_json::to_vec(&table).unwrap();
+    let cd = put(&config);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.imgbuild.cache.config.v1+json", "digest": cd, "size": config.len()},
+        "layers": [{"mediaType": rec["media_type"], "digest": digest, "size": blob.len()}]
+    }))
+    .unwrap();
+    let md = put(&manifest);
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md,
+            "size": manifest.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "buildcache"}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_ok(
+        &w.cmd()
+            .args(flags)
+            .arg("push")
+            .arg(&dir)
+            .arg(dest)
+            .output()
+            .unwrap(),
+    );
+}
+
+#[test]
+fn a_registry_cache_that_lies_about_a_layer_is_refused() {
+    let reg = crate::servers::Registry::start(crate::servers::Mode::Plain);
+    let w = Work::setup();
+    let cache_ref = format!("{}/cache/hello:buildcache", reg.host);
+    assert_ok(
+        &w.cmd_with_cache(&w.path("machine-a"))
+            .args(reg.imgbuild_flags())
+            .arg("build")
+            .arg(w.recipe())
+            .args(["--cache-to", &cache_ref])
+            .output()
+            .unwrap(),
+    );
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        (
+            "lying",
+            Box::new(|t: &mut Value| {
+                let k = t["keys"]
+                    .as_object_mut()
+                    .unwrap()
+                    .values_mut()
+                    .next()
+                    .unwrap();
+                k["diff_id"] = format!("sha256:{}", "ab".repeat(32)).into();
+            }),
+            "does not hold what its record says",
+        ),
+        (
+            "future",
+            Box::new(|t: &mut Value| t["version"] = 2.into()),
+            "written by another version of imgbuild",
+        ),
+    ];
+    for (name, edit, expected) in cases {
+        let dest = format!("{}/cache/{name}:buildcache", reg.host);
+        tampered_artifact(&w, &dest, &reg.imgbuild_flags(), &*edit);
+        let fresh = w.path(&format!("machine-{name}"));
+        let o = w
+            .cmd_with_cache(&fresh)
+            .args(reg.imgbuild_flags())
+            .arg("build")
+            .arg(w.recipe())
+            .args(["--cache-from", &dest])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{name}: {}", crate::stderr(&o));
+        assert!(
+            crate::stderr(&o).contains(expected),
+            "{name}: {}",
+            crate::stderr(&o)
+        );
+        let keys = std::fs::read_dir(fresh.join("keys")).unwrap().count();
+        assert_eq!(keys, 0, "{name}: no key imported");
+    }
+}

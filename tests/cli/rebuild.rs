@@ -105,8 +105,15 @@ fn rebuild_builds_and_pushes_only_what_changed() {
         failed["changes"],
         serde_json::json!(["fixture-lib: 1.2~rc1 -> 1.3"])
     );
-    assert!(failed["error"].as_str().unwrap().contains("127.0.0.1:9"), "{failed}");
-    assert_eq!(std::fs::read(&lock_path).unwrap(), lock_before, "lock untouched");
+    assert!(
+        failed["error"].as_str().unwrap().contains("127.0.0.1:9"),
+        "{failed}"
+    );
+    assert_eq!(
+        std::fs::read(&lock_path).unwrap(),
+        lock_before,
+        "lock untouched"
+    );
     assert!(!r.with_extension("lock.rebuild").exists());
     let shared = format!("{}/nightly/cache:fixture", reg.host);
     let (o, third) = rebuild(3, &["--tag-date", "--cache-to", &shared]);

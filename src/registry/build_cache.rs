@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Cache, LayerRecord};
-use crate::digest::Digest;
+use crate::cache::{Cache, LayerRecord};
+use crate::digest::{Digest, HashingWriter};
 use crate::oci::image;
 use crate::oci::layout::{Desc, Layout};
 use crate::registry::{self, ClientOptions, Reference, RegistryError};
@@ -18,6 +18,9 @@ use crate::report::Reporter;
 
 /// The config media type that marks an imgbuild cache artifact.
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.imgbuild.cache.config.v1+json";
+
+/// The table format this version writes and the only one it reads.
+pub const TABLE_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteCacheError {
@@ -32,8 +35,30 @@ pub enum RemoteCacheError {
     },
     #[error("{reference}: the cache table cannot be read: {message}")]
     BadTable { reference: String, message: String },
+    #[error(
+        "{reference}: the layer for step {key} does not hold what its record says: diff_id \
+         expected {expected}, found {found}; nothing was imported"
+    )]
+    DiffIdMismatch {
+        reference: String,
+        key: String,
+        expected: Digest,
+        found: Digest,
+    },
+    #[error("{reference}: cannot read the layer {digest} for step {key}; nothing was imported")]
+    BadLayer {
+        reference: String,
+        key: String,
+        digest: Digest,
+        source: std::io::Error,
+    },
+    #[error(
+        "{reference} was written by another version of imgbuild (cache table version {found}, \
+         this one reads {TABLE_VERSION}): export it again with this version"
+    )]
+    Version { reference: String, found: u32 },
     #[error(transparent)]
-    Cache(#[from] super::CacheError),
+    Cache(#[from] crate::cache::CacheError),
     #[error("a temporary directory for the cache artifact")]
     Temp(#[source] std::io::Error),
 }
@@ -61,7 +86,7 @@ pub fn export(
         .map_err(RemoteCacheError::Temp)?;
     let layout = Layout::create(dir.path())?;
     let mut table = Table {
-        version: 1,
+        version: TABLE_VERSION,
         keys: BTreeMap::new(),
     };
     let mut layers = Vec::new();
@@ -114,6 +139,12 @@ pub fn import(
         reference: src.to_string(),
         message: e.to_string(),
     })?;
+    if table.version != TABLE_VERSION {
+        return Err(RemoteCacheError::Version {
+            reference: src.to_string(),
+            found: table.version,
+        });
+    }
     let mut wanted: Vec<(Digest, LayerRecord)> = Vec::new();
     for (k, rec) in table.keys {
         let key =
@@ -130,6 +161,38 @@ pub fn import(
     digests.sort();
     digests.dedup();
     registry::pull::blobs(src, opts, cache, &digests, reporter)?;
+    // Whoever can push to the cache reference chooses the layer for a key (as with BuildKit's
+    // registry cache), but a record that lies about its layer's content is refused: each
+    // layer is decompressed and hashed against the diff_id it claims, before any key is kept.
+    let mut checked: BTreeMap<Digest, Digest> = BTreeMap::new();
+    for (key, rec) in &wanted {
+        let found = match checked.get(&rec.digest) {
+            Some(d) => d.clone(),
+            None => {
+                let bad = |source| RemoteCacheError::BadLayer {
+                    reference: src.to_string(),
+                    key: key.hex().to_string(),
+                    digest: rec.digest.clone(),
+                    source,
+                };
+                let f = std::fs::File::open(cache.blob_path(&rec.digest)).map_err(bad)?;
+                let mut tar = crate::layer::decompressed(f, &rec.media_type).map_err(bad)?;
+                let mut w = HashingWriter::new(std::io::sink());
+                std::io::copy(&mut tar, &mut w).map_err(bad)?;
+                let (_, d, _) = w.finish();
+                checked.insert(rec.digest.clone(), d.clone());
+                d
+            }
+        };
+        if found != rec.diff_id {
+            return Err(RemoteCacheError::DiffIdMismatch {
+                reference: src.to_string(),
+                key: key.hex().to_string(),
+                expected: rec.diff_id.clone(),
+                found,
+            });
+        }
+    }
     for (key, rec) in &wanted {
         cache.put_key(key, rec)?;
     }
