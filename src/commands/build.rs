@@ -69,7 +69,7 @@ pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
             let tag = result.tags.first().map(String::as_str);
             super::push::push_layout(&progress, &progress, &out, tag, dest, &opts, Some(&cache))?;
         }
-        println!("{}", result.manifest);
+        outln!("{}", result.manifest);
     }
     if proxmox {
         let started = std::time::Instant::now();
@@ -95,7 +95,7 @@ pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
             "proxmox".into(),
             serde_json::to_value(&result.manifest).context("serializing the manifest")?,
         );
-        println!("{}", result.disk.path.display());
+        outln!("{}", result.disk.path.display());
         if args.deploy {
             super::deploy::deploy_dir(g, &loaded, &dir, &args.proxmox, &progress)?;
         }

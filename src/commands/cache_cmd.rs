@@ -14,11 +14,11 @@ pub fn run(g: &Global, cmd: &CacheCommand) -> Result<()> {
             let cache = super::cache(g)?;
             let inv = gc::inventory(&cache).context("listing the cache")?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&inv)?);
+                outln!("{}", serde_json::to_string_pretty(&inv)?);
                 return Ok(());
             }
             for k in &inv.keys {
-                println!(
+                outln!(
                     "key {}  layer {}  {:>10}  used {} ago",
                     &k.key[..12.min(k.key.len())],
                     k.record.digest.short(),
@@ -27,7 +27,7 @@ pub fn run(g: &Global, cmd: &CacheCommand) -> Result<()> {
                 );
             }
             let loose: Vec<_> = inv.blobs.iter().filter(|b| !b.layer).collect();
-            println!(
+            outln!(
                 "{}: {} keys, {} blobs ({} not layers: downloads, packages, base images), {}",
                 root.display(),
                 inv.keys.len(),
@@ -44,7 +44,7 @@ pub fn run(g: &Global, cmd: &CacheCommand) -> Result<()> {
                 })?;
             let cache = open_exclusive(g, &root)?;
             let r = gc::gc(&cache, max).context("collecting the cache")?;
-            report("gc", &r);
+            report("gc", &r)?;
         }
         CacheCommand::Prune { older_than } => {
             let dur = humantime::parse_duration(older_than).map_err(|e| {
@@ -54,7 +54,7 @@ pub fn run(g: &Global, cmd: &CacheCommand) -> Result<()> {
             })?;
             let cache = open_exclusive(g, &root)?;
             let r = gc::prune(&cache, dur).context("pruning the cache")?;
-            report("prune", &r);
+            report("prune", &r)?;
         }
     }
     Ok(())
@@ -65,7 +65,7 @@ fn open_exclusive(g: &Global, root: &std::path::Path) -> Result<Cache> {
     let quiet = g.quiet;
     Cache::open_exclusive_with(root, &|| {
         if !quiet {
-            eprintln!(
+            errln!(
                 "==> waiting for running builds to release the cache lock {}",
                 root.join("lock").display()
             );
@@ -74,8 +74,8 @@ fn open_exclusive(g: &Global, root: &std::path::Path) -> Result<Cache> {
     .with_context(|| format!("locking the cache at {}", root.display()))
 }
 
-fn report(what: &str, r: &gc::Removed) {
-    println!(
+fn report(what: &str, r: &gc::Removed) -> Result<()> {
+    outln!(
         "{what}: removed {} keys and {} blobs ({}); {} -> {}",
         r.keys,
         r.blobs,
@@ -83,6 +83,7 @@ fn report(what: &str, r: &gc::Removed) {
         human(r.size_before),
         human(r.size_after)
     );
+    Ok(())
 }
 
 fn human(bytes: u64) -> String {

@@ -17,6 +17,6 @@ pub fn run(g: &Global, recipe: &Path) -> Result<()> {
         0 => String::new(),
         n => format!(" ({n} warning{})", if n == 1 { "" } else { "s" }),
     };
-    println!("{}: ok{warnings}", recipe.display());
+    outln!("{}: ok{warnings}", recipe.display());
     Ok(())
 }

@@ -35,8 +35,8 @@ pub fn run(g: &Global, recipe: &Path, out: Option<&Path>, clone: bool) -> Result
     cloudinit::seed::write(&snippets, &dir, &iso, super::source_date_epoch()?)
         .with_context(|| format!("writing the NoCloud seed in {}", dir.display()))?;
     for (name, _) in snippets.files() {
-        println!("{}", dir.join(name).display());
+        outln!("{}", dir.join(name).display());
     }
-    println!("{}", iso.display());
+    outln!("{}", iso.display());
     Ok(())
 }

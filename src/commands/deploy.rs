@@ -77,6 +77,6 @@ pub fn deploy_dir(
         done.disk_volid,
         done.seed_volid
     ));
-    println!("{}", done.vmid);
+    outln!("{}", done.vmid);
     Ok(())
 }

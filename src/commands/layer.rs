@@ -34,11 +34,11 @@ pub fn run(g: &Global, args: &LayerArgs) -> Result<()> {
         .finish(format!("layer {}", args.dir.display()))
         .context("finishing the layer")?;
     let secs = started.elapsed().as_secs_f64();
-    println!("diff_id    {}", rec.diff_id);
-    println!("digest     {}", rec.digest);
-    println!("media_type {}", rec.media_type);
-    println!("tar_size   {}", rec.tar_size);
-    println!("size       {}", rec.size);
+    outln!("diff_id    {}", rec.diff_id);
+    outln!("digest     {}", rec.digest);
+    outln!("media_type {}", rec.media_type);
+    outln!("tar_size   {}", rec.tar_size);
+    outln!("size       {}", rec.size);
     Progress::new(g).line(&format!(
         "{} entries, {:.1} MB tar -> {:.1} MB in {secs:.2}s ({:.0} MB/s, {} threads)",
         stats.entries,

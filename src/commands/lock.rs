@@ -35,7 +35,7 @@ pub fn run(g: &Global, recipe: &Path) -> Result<()> {
             .collect(),
     };
     for c in &changes {
-        println!("{c}");
+        outln!("{c}");
     }
     progress.line(&format!(
         "==> {}: {} packages from {} sources, {} downloads and {} pip files pinned, {} changes",

@@ -1,5 +1,21 @@
 //! One module per subcommand, plus what they share: the reporter and error exit codes.
 
+/// Writes a result line to stdout: `outln!(...)` is `println!` that returns an error instead of
+/// panicking when stdout is closed (`| head -0`) or full (`> /dev/full`).
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::commands::out(&format!("{}\n", format_args!($($t)*)))?
+    };
+}
+
+/// A chatter line to stderr; a closed stderr is ignored rather than a panic.
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($t)*);
+    }};
+}
+
 mod build;
 mod cache_cmd;
 mod check;
@@ -86,6 +102,20 @@ struct BuildArgsParser {
     args: BuildArgs,
 }
 
+/// Stdout could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error("writing to stdout")]
+pub struct StdoutError(#[source] pub std::io::Error);
+
+/// Writes `text` to stdout and flushes it.
+pub fn out(text: &str) -> std::result::Result<(), StdoutError> {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())
+        .and_then(|()| o.flush())
+        .map_err(StdoutError)
+}
+
 /// A command-line mistake: exit code 2, like clap's own.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -93,6 +123,12 @@ pub struct UsageError(pub String);
 
 /// Prints an error chain; bad input (recipes, usage) exits 2, everything else 1.
 pub fn report_error(e: &anyhow::Error) -> ExitCode {
+    // A reader that went away (`imgbuild plan R | head -1`) is not an error worth a message.
+    if let Some(StdoutError(io)) = e.chain().find_map(|c| c.downcast_ref::<StdoutError>())
+        && io.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        return ExitCode::SUCCESS;
+    }
     let recipe = e.chain().find_map(|c| {
         c.downcast_ref::<RecipeError>()
             .or_else(|| build_error(c).and_then(|b| b.recipe()))
@@ -100,11 +136,11 @@ pub fn report_error(e: &anyhow::Error) -> ExitCode {
     if let Some(r) = recipe
         && matches!(r, RecipeError::Invalid(_))
     {
-        eprintln!("{r}");
+        errln!("{r}");
         return ExitCode::from(2);
     }
     // One line: the context chain, outermost first (greppable in cron logs).
-    eprintln!("error: {e:#}");
+    errln!("error: {e:#}");
     let stale_lock = |c: &(dyn std::error::Error + 'static)| {
         matches!(
             build_error(c),

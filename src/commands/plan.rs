@@ -23,17 +23,17 @@ pub fn run(g: &Global, recipe: &Path) -> Result<()> {
         &progress,
     )?;
     match &base.digest {
-        Some(d) => println!("base  {d} ({} layers)", base.layers.len()),
-        None => println!("base  scratch"),
+        Some(d) => outln!("base  {d} ({} layers)", base.layers.len()),
+        None => outln!("base  scratch"),
     }
-    println!("root  {}", plan.root_key);
+    outln!("root  {}", plan.root_key);
     for (i, step) in plan.steps.iter().enumerate() {
         let state = if cache.get_key(&step.key).is_some() {
             "hit "
         } else {
             "miss"
         };
-        println!("{:>4}  {}  {state}  {}", i + 1, step.key, step.name);
+        outln!("{:>4}  {}  {state}  {}", i + 1, step.key, step.name);
     }
     Ok(())
 }

@@ -63,7 +63,7 @@ impl Mode {
     fn line(&self, s: &str) {
         match self {
             Mode::Quiet => {}
-            Mode::Plain => eprintln!("{s}"),
+            Mode::Plain => errln!("{s}"),
             Mode::Bars { multi, .. } => {
                 let _ = multi.println(s);
             }
@@ -119,10 +119,10 @@ impl Mode {
                 let size = total
                     .map(|t| format!(" ({})", HumanBytes(t)))
                     .unwrap_or_default();
-                eprintln!("{} {url}{size}", dir.verb(false));
+                errln!("{} {url}{size}", dir.verb(false));
             }
             (Mode::Plain, Event::TransferDone { dir, url, bytes }) => {
-                eprintln!("{} {url} ({})", dir.verb(true), HumanBytes(bytes))
+                errln!("{} {url} ({})", dir.verb(true), HumanBytes(bytes))
             }
             (Mode::Plain, Event::TransferProgress { .. }) => {}
             (Mode::Bars { multi, downloads }, Event::TransferStart { url, total, .. }) => {

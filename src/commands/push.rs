@@ -23,7 +23,7 @@ pub fn run(g: &Global, layout: &Path, reference: &str, tag: Option<&str>) -> Res
         &super::client_options(g),
         Some(&cache),
     )?;
-    println!("{digest}");
+    outln!("{digest}");
     Ok(())
 }
 

@@ -184,7 +184,7 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
         },
         "bytes": { "downloaded": down, "uploaded": up },
     }))?;
-    println!("{}", result.manifest);
+    outln!("{}", result.manifest);
     Ok(if changed && args.exit_code {
         ExitCode::from(EXIT_PUSHED)
     } else {

@@ -95,6 +95,15 @@ impl Layout {
     pub fn create(root: &Path) -> Result<Self, OciError> {
         let blobs = root.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(io_err("create", &blobs))?;
+        // Temp files of a write that was killed (`kill -9`, power loss) never become part of
+        // the layout: the next writer removes them.
+        for dir in [root, blobs.as_path()] {
+            for e in fs::read_dir(dir).map_err(io_err("list", dir))?.flatten() {
+                if e.file_name().as_encoded_bytes().starts_with(b".tmp") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
         let marker = root.join("oci-layout");
         fsutil::write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)
             .map_err(io_err("write", &marker))?;
@@ -247,6 +256,11 @@ impl Layout {
                 found,
             });
         }
+        // Blobs are as readable as index.json (temp files start 0600).
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o644))
+            .map_err(io_err("set the mode of a blob in", &dir))?;
         tmp.as_file().sync_data().map_err(io_err("sync", &dir))?;
         tmp.persist(&dest).map_err(|e| OciError::Io {
             action: "store blob",

@@ -222,9 +222,44 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, TargetError> {
         path: path.clone(),
         source,
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| TargetError::Io {
+    let bad = |path: &Path, msg: String| TargetError::Io {
         action: "parsing",
-        path,
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-    })
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, msg),
+    };
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(&path, e.to_string()))?;
+    // A hand-edited manifest must not name files outside the directory or carry a digest
+    // the deploy would slice or send as is.
+    for (field, f) in [
+        ("disk", &m.disk),
+        ("seed", &m.seed),
+        ("user_data", &m.user_data),
+    ] {
+        let plain =
+            !f.file.is_empty() && f.file != "." && f.file != ".." && !f.file.contains(['/', '\0']);
+        if !plain {
+            return Err(bad(
+                &path,
+                format!(
+                    "`{field}.file` = `{}` is not a file name in this directory",
+                    f.file
+                ),
+            ));
+        }
+        if f.sha256.len() != 64
+            || !f
+                .sha256
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(bad(
+                &path,
+                format!(
+                    "`{field}.sha256` = `{}` is not 64 lowercase hex digits",
+                    f.sha256
+                ),
+            ));
+        }
+    }
+    Ok(m)
 }

@@ -42,6 +42,64 @@ pub fn vars_in_value(
     }
 }
 
+/// Expands `${var.X}` inside `[vars]` values themselves (a variable may be built from
+/// others); a reference to an unknown variable or a cycle (`a = "${var.a}"`, `a -> b -> a`) is
+/// an error at `vars.NAME`. Values without `${var.` are left exactly as written.
+pub fn resolve_vars(vars: &mut BTreeMap<String, String>) -> Vec<InterpError> {
+    fn resolve(
+        name: &str,
+        raw: &BTreeMap<String, String>,
+        done: &mut BTreeMap<String, Result<String, String>>,
+        stack: &mut Vec<String>,
+    ) -> Result<String, String> {
+        if let Some(r) = done.get(name) {
+            return r.clone();
+        }
+        if let Some(i) = stack.iter().position(|s| s == name) {
+            let mut cycle: Vec<String> = stack[i..].to_vec();
+            cycle.push(name.to_string());
+            return Err(format!(
+                "the variables refer to each other in a cycle: {}",
+                cycle.join(" -> ")
+            ));
+        }
+        let Some(value) = raw.get(name) else {
+            return Err(format!(
+                "unknown variable `${{var.{name}}}` (declare it in [vars] or pass --var {name}=...)"
+            ));
+        };
+        if !value.contains("${var.") {
+            return Ok(value.clone());
+        }
+        stack.push(name.to_string());
+        let r = expand(value, |n| match n.strip_prefix("var.") {
+            Some(v) => match resolve(v, raw, done, stack) {
+                Ok(val) => Lookup::Value(val),
+                Err(e) => Lookup::Error(e),
+            },
+            None => Lookup::Keep,
+        });
+        stack.pop();
+        done.insert(name.to_string(), r.clone());
+        r
+    }
+    let raw = vars.clone();
+    let mut done = BTreeMap::new();
+    let mut errs = Vec::new();
+    for name in raw.keys() {
+        match resolve(name, &raw, &mut done, &mut Vec::new()) {
+            Ok(v) => {
+                vars.insert(name.clone(), v);
+            }
+            Err(message) => errs.push(InterpError {
+                path: FieldPath::root().key("vars").key(name),
+                message,
+            }),
+        }
+    }
+    errs
+}
+
 fn lookup_var(name: &str, vars: &BTreeMap<String, String>) -> Lookup {
     match name.strip_prefix("var.") {
         Some(v) => match vars.get(v) {
@@ -122,7 +180,7 @@ enum Lookup {
     Error(String),
 }
 
-fn expand(s: &str, lookup: impl Fn(&str) -> Lookup) -> Result<String, String> {
+fn expand(s: &str, mut lookup: impl FnMut(&str) -> Lookup) -> Result<String, String> {
     if !s.contains("${") {
         return Ok(s.to_string());
     }

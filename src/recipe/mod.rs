@@ -56,6 +56,12 @@ pub enum RecipeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("recipe {path}:{line}: not UTF-8 (invalid byte at offset {offset}); TOML is UTF-8")]
+    NotUtf8 {
+        path: PathBuf,
+        offset: usize,
+        line: usize,
+    },
     #[error("{}", Diagnostics(.0))]
     Invalid(Vec<Diagnostic>),
 }
@@ -124,11 +130,29 @@ impl Loaded {
     }
 }
 
+/// The largest recipe file read (a recipe is text written by hand; lockfiles are separate).
+pub const MAX_RECIPE: u64 = 16 << 20;
+
 /// Reads, interpolates and validates the recipe at `path`. `overrides` are `--var` values.
 pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Loaded, RecipeError> {
-    let source = std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
-        path: path.to_path_buf(),
-        source,
+    // Bounded: `imgbuild check /dev/zero` must not read until memory runs out.
+    let bytes =
+        crate::fsutil::read_bounded(path, MAX_RECIPE).map_err(|source| RecipeError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let source = String::from_utf8(bytes).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..offset]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
+        RecipeError::NotUtf8 {
+            path: path.to_path_buf(),
+            offset,
+            line,
+        }
     })?;
     parse(path, source, overrides)
 }
@@ -198,7 +222,7 @@ pub fn parse(
         }
         vars.insert(k.clone(), v.clone());
     }
-    let mut ierrs = Vec::new();
+    let mut ierrs = interp::resolve_vars(&mut vars);
     if let toml::Value::Table(t) = &mut value {
         for (k, v) in t.iter_mut().filter(|(k, _)| k.as_str() != "vars") {
             interp::vars_in_value(v, &vars, &FieldPath::root().key(k), &mut ierrs);

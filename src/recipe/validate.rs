@@ -31,6 +31,31 @@ impl Checker<'_> {
             self.error(p, format!("`{v}` must not contain `..`"));
         } else if v.contains('\0') {
             self.error(p, "path contains a NUL byte");
+        } else if v.len() > 4096 {
+            self.error(
+                p,
+                format!("the path is {} bytes long; Linux allows 4096", v.len()),
+            );
+        } else if let Some(c) = v.split('/').find(|c| c.len() > 255) {
+            self.error(
+                p,
+                format!(
+                    "the name `{}...` is {} bytes long; Linux allows 255",
+                    c.chars().take(16).collect::<String>(),
+                    c.len()
+                ),
+            );
+        }
+    }
+
+    /// A path that names one entry (a file or a symlink): an image path, not the root.
+    fn entry_path(&mut self, p: &FieldPath, v: &str) {
+        self.image_path(p, v);
+        if v.split('/').all(|c| c.is_empty() || c == ".") {
+            self.error(
+                p,
+                "`/` is the image's root directory, not a file or symlink",
+            );
         }
     }
 
@@ -216,7 +241,15 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
     }
 
     let mut dests: BTreeSet<String> = BTreeSet::new();
+    // Every file or symlink the recipe makes, to find one made under another.
+    let mut leaves: Vec<(String, FieldPath)> = Vec::new();
     let mut claim = |c: &mut Checker, p: &FieldPath, dest: &str| {
+        let norm: String = dest
+            .split('/')
+            .filter(|x| !x.is_empty() && *x != ".")
+            .collect::<Vec<_>>()
+            .join("/");
+        leaves.push((norm, p.clone()));
         if !dests.insert(dest.trim_end_matches('/').to_string()) {
             c.error(p, format!("`{dest}` is written by more than one entry"));
         }
@@ -224,7 +257,7 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
 
     for (i, f) in r.file.iter().enumerate() {
         let p = root.key("file").index(i);
-        c.image_path(&p.key("dest"), &f.dest);
+        c.entry_path(&p.key("dest"), &f.dest);
         claim(&mut c, &p.key("dest"), &f.dest);
         match (&f.content, &f.src) {
             (Some(_), Some(_)) => {
@@ -271,7 +304,7 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
                 "a download needs `dest` (a file) or `extract` (a directory)",
             ),
             (Some(dest), None) => {
-                c.image_path(&p.key("dest"), dest);
+                c.entry_path(&p.key("dest"), dest);
                 claim(&mut c, &p.key("dest"), dest);
                 if d.strip_components > 0 {
                     c.error(
@@ -301,10 +334,37 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
 
     for (i, s) in r.symlink.iter().enumerate() {
         let p = root.key("symlink").index(i);
-        c.image_path(&p.key("path"), &s.path);
+        c.entry_path(&p.key("path"), &s.path);
         claim(&mut c, &p.key("path"), &s.path);
         if s.target.is_empty() {
             c.error(&p.key("target"), "symlink target is empty");
+        }
+    }
+    // A file or symlink cannot also be a directory of another entry (`/etc/a` and `/etc/a/b`):
+    // the layer would hold both and tools would reject or silently white one out.
+    let mut under: Vec<(String, FieldPath)> = leaves.clone();
+    for (i, d) in r.download.iter().enumerate() {
+        if let Some(dir) = &d.extract {
+            let norm: String = dir
+                .split('/')
+                .filter(|x| !x.is_empty() && *x != ".")
+                .collect::<Vec<_>>()
+                .join("/");
+            under.push((norm, root.key("download").index(i).key("extract")));
+        }
+    }
+    for (leaf, lp) in &leaves {
+        if leaf.is_empty() {
+            continue;
+        }
+        let prefix = format!("{leaf}/");
+        for (other, op) in &under {
+            if other.starts_with(&prefix) {
+                c.error(
+                    op,
+                    format!("`/{other}` is under `/{leaf}`, which `{lp}` makes a file or symlink"),
+                );
+            }
         }
     }
 

@@ -228,6 +228,41 @@ const CASES: &[(&str, &str, &str, &str, &str)] = &[
         "ppa:OWNER/NAME",
     ),
     (
+        "root as a file",
+        "[[file]]\ndest = \"/\"\ncontent = \"x\"\n",
+        "4:8",
+        "file[0].dest",
+        "root directory",
+    ),
+    (
+        "file under a file",
+        "[[file]]\ndest = \"/etc/a\"\ncontent = \"x\"\n[[file]]\ndest = \"/etc/a/b\"\ncontent = \"y\"\n",
+        "7:8",
+        "file[1].dest",
+        "`/etc/a/b` is under `/etc/a`, which `file[0].dest` makes",
+    ),
+    (
+        "file under a symlink",
+        "[[symlink]]\npath = \"/etc/x\"\ntarget = \"/tmp\"\n[[file]]\ndest = \"/etc/x/y\"\ncontent = \"y\"\n",
+        "7:8",
+        "file[0].dest",
+        "`/etc/x/y` is under `/etc/x`, which `symlink[0].path` makes",
+    ),
+    (
+        "var refers to itself",
+        "[vars]\na = \"${var.a}\"\n",
+        "4:5",
+        "vars.a",
+        "cycle: a -> a",
+    ),
+    (
+        "vars in a cycle",
+        "[vars]\na = \"x${var.b}\"\nb = \"${var.a}\"\n",
+        "4:5",
+        "vars.a",
+        "cycle: a -> b -> a",
+    ),
+    (
         "bad bootstrap",
         "[apt]\nbootstrap = \"fat\"\n",
         "4:13",
@@ -338,4 +373,137 @@ fn proxmox_target_mistakes_fail_clearly() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn names_and_paths_longer_than_linux_allows_are_refused() {
+    let w = Work::setup();
+    let long_name = format!("/opt/{}", "n".repeat(256));
+    let long_path = format!("/{}", format!("{}/", "p".repeat(200)).repeat(21));
+    for (dest, words) in [
+        (long_name, "Linux allows 255"),
+        (long_path, "Linux allows 4096"),
+    ] {
+        let path = w.path("recipes/long.toml");
+        std::fs::write(
+            &path,
+            format!("{HEAD}[[file]]\ndest = \"{dest}\"\ncontent = \"x\"\n"),
+        )
+        .unwrap();
+        let o = w.cmd().arg("check").arg(&path).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("long.toml:4:8: `file[0].dest`"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(stderr(&o).contains(words), "{}", stderr(&o));
+    }
+}
+
+#[test]
+fn unreadable_input_files_are_bad_input_with_a_place() {
+    let w = Work::setup();
+    // A recipe that is not UTF-8: its line and byte offset.
+    let path = w.path("recipes/latin1.toml");
+    std::fs::write(&path, b"[image]\nname = \"caf\xe9\"\n").unwrap();
+    let o = w.cmd().arg("check").arg(&path).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("latin1.toml:2: not UTF-8 (invalid byte at offset 19)"),
+        "{}",
+        stderr(&o)
+    );
+    // An endless file is read no further than the limit.
+    let o = w
+        .cmd()
+        .arg("check")
+        .arg("/dev/zero")
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("larger than 16777216 bytes"),
+        "{}",
+        stderr(&o)
+    );
+    // A Dockerfile that is not UTF-8.
+    let df = w.path("Dockerfile");
+    std::fs::write(&df, b"FROM debian:12\nRUN echo \xff\n").unwrap();
+    let o = w.cmd().arg("import").arg(&df).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Dockerfile:2: not UTF-8"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_closed_or_full_stdout_is_not_a_panic() {
+    let w = Work::setup();
+    #[allow(deprecated)]
+    let bin = assert_cmd::cargo::cargo_bin("imgbuild");
+    let recipe = w.recipe();
+    let run = |redirect: &str| {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "\"{}\" --var fixtures=http://127.0.0.1:9 plan \"{}\" {redirect}; echo \"rc=$?\" >&2",
+                bin.display(),
+                recipe.display()
+            ))
+            .env("IMGBUILD_CACHE", w.path("cache"))
+            .output()
+            .unwrap()
+    };
+    let o = run("| head -c 0");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("rc=0"), "a closed pipe ends quietly: {err}");
+    let o = run("> /dev/full");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("writing to stdout: No space left on device"),
+        "{err}"
+    );
+    assert!(err.contains("rc=1"), "{err}");
+}
+
+#[test]
+fn a_bad_push_reference_is_bad_input_for_build_too() {
+    let w = Work::setup();
+    let o = w
+        .cmd()
+        .arg("build")
+        .arg(w.recipe())
+        .args(["--push", "bad ref!!"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}
+
+#[test]
+fn a_killed_write_leaves_nothing_behind_and_blobs_are_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let w = Work::setup();
+    w.build("out/hello");
+    let out = w.path("out/hello");
+    // What a `kill -9` in the middle of writing index.json or a blob leaves.
+    std::fs::write(out.join(".tmpAbC123"), b"half").unwrap();
+    std::fs::write(out.join("blobs/sha256/.tmpXyZ789"), b"half a blob").unwrap();
+    w.build("out/hello");
+    let mut names = Vec::new();
+    for d in [out.clone(), out.join("blobs/sha256")] {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            names.push(e.file_name().to_string_lossy().into_owned());
+            if d.ends_with("sha256") {
+                let mode = e.metadata().unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o644, "{:?}", e.path());
+            }
+        }
+    }
+    assert!(!names.iter().any(|n| n.starts_with(".tmp")), "{names:?}");
 }
