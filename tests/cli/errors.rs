@@ -507,3 +507,37 @@ fn a_killed_write_leaves_nothing_behind_and_blobs_are_readable() {
     }
     assert!(!names.iter().any(|n| n.starts_with(".tmp")), "{names:?}");
 }
+
+#[test]
+fn a_hand_edited_proxmox_manifest_is_refused_clearly() {
+    let w = Work::setup();
+    let dir = w.path("out/pve");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, sha: &str| serde_json::json!({"file": name, "sha256": sha, "size": 1});
+    let good = "a".repeat(64);
+    for (disk, seed, words) in [
+        (file("d.qcow2", "abc"), file("s.iso", &good), "`disk.sha256` = `abc` is not 64 lowercase hex digits"),
+        (file("d.qcow2", &good), file("../../etc/shadow", &good), "`seed.file` = `../../etc/shadow` is not a file name"),
+    ] {
+        let manifest = serde_json::json!({
+            "name": "t", "disk": disk, "disk_format": "qcow2", "disk_size": 1,
+            "kernel": "6.1", "cmdline": "", "root_partuuid": "x", "esp_partuuid": "y",
+            "seed": seed, "user_data": file("user-data", &good),
+            "vm_packages": [], "layers": []
+        });
+        std::fs::write(dir.join("manifest.json"), manifest.to_string()).unwrap();
+        let o = w
+            .cmd()
+            .env("PROXMOX_URL", "http://127.0.0.1:9")
+            .env("PROXMOX_TOKEN", "root@pam!t=00000000-0000-0000-0000-000000000000")
+            .arg("deploy")
+            .arg(w.recipe())
+            .arg("--dir")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+        assert!(stderr(&o).contains(words), "{}", stderr(&o));
+    }
+}
