@@ -293,9 +293,6 @@ pub struct ProxmoxArgs {
     /// Accept any certificate from the node (its default one is self-signed)
     #[arg(long)]
     pub proxmox_insecure: bool,
-    /// Replace an existing template of the same name and id
-    #[arg(long)]
-    pub force: bool,
     /// user@host for `snippets_via = "ssh"` [default: root@ the API's host]
     #[arg(long, value_name = "USER@HOST")]
     pub ssh: Option<String>,

@@ -59,23 +59,20 @@ pub fn deploy_dir(
     }
     let manifest = target::read_manifest(dir)?;
     let opts = DeployOptions {
-        force: args.force,
         ssh_target: args.ssh.clone(),
     };
     let done = deploy::deploy(&api, loaded, dir, &manifest, &opts, &host, progress)
         .with_context(|| format!("deploying {} to {url}", dir.display()))?;
+    let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
     progress.line(&format!(
-        "==> template {} ({}) on node {}{}: disk {}, seed {}",
+        "==> template {} ({}) on node {}: disk {}, seed {}; older templates kept: [{}], removed: [{}]",
         done.vmid,
         done.name,
         done.node,
-        if done.replaced {
-            ", replacing the old one"
-        } else {
-            ""
-        },
         done.disk_volid,
-        done.seed_volid
+        done.seed_volid,
+        ids(&done.kept),
+        ids(&done.removed)
     ));
     outln!("{}", done.vmid);
     Ok(())

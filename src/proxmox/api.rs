@@ -133,6 +133,8 @@ fn redact(s: &str) -> String {
 pub struct Api {
     base: String,
     auth: String,
+    /// `USER@REALM!TOKENID`, for messages (never the secret).
+    pub token_id: String,
     client: Client,
     /// How often a running task is polled.
     pub poll: Duration,
@@ -175,6 +177,7 @@ impl Api {
         Ok(Api {
             base,
             auth: token.header(),
+            token_id: token.id.clone(),
             client: b.build().map_err(ApiError::Client)?,
             poll: Duration::from_secs(1),
             task_timeout: Duration::from_secs(30 * 60),
@@ -273,6 +276,16 @@ impl Api {
     /// `GET path` (relative to `/api2/json`): the `data` of the answer.
     pub fn get(&self, path: &str) -> Result<Value, ApiError> {
         self.send("GET", path, self.client.get(self.url(path)))
+    }
+
+    /// `GET path?query`.
+    pub fn get_query(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, ApiError> {
+        self.send("GET", path, self.client.get(self.url(path)).query(query))
+    }
+
+    /// `PUT path` with form fields (synchronous config changes).
+    pub fn put(&self, path: &str, form: &[(&str, String)]) -> Result<Value, ApiError> {
+        self.send("PUT", path, self.client.put(self.url(path)).form(form))
     }
 
     /// `POST path` with form fields.

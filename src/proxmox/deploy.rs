@@ -1,9 +1,17 @@
-//! Turning a built proxmox target into a VM template over the API: upload the disk (`import`
-//! content, PVE 8.3+) and the seed ISO (`iso`), create the VM importing the disk
-//! (`scsi0: STORAGE:0,import-from=...`) with an EFI disk, a cloud-init drive, a serial console
-//! and the guest agent, convert it to a template. Every task is polled to its end; a failure
-//! after the VM exists removes the half-made VM. Uploads are named by their digest, so a
-//! second deploy of the same disk uploads nothing.
+//! Turning a built proxmox target into a VM template over the API: check the token's
+//! privileges ([`super::permissions`]), upload the disk (`import` content, PVE 8.3+) and the
+//! seed ISO (`iso`), create a VM with a new id importing the disk (`scsi0:
+//! STORAGE:0,import-from=...`) with an EFI disk, a cloud-init drive, a serial console and the
+//! guest agent, convert it to a template, then give it the image's name and retire older
+//! templates beyond `[target.proxmox] keep`.
+//!
+//! Replacement is atomic: the new template is built beside the old ones under a temporary
+//! name, and only once it is a template does it take the name (older ones become
+//! `NAME-VMID`) and are templates beyond `keep` removed, oldest first (by the `ctime` Proxmox
+//! records in each VM's `meta`). imgbuild only ever renames or removes templates carrying its
+//! tags (`imgbuild` and `imgbuild-NAME`); a failure at any call leaves the previous template
+//! intact, and a VM half-made by this deploy is removed. Uploads are named by their digest,
+//! so a second deploy of the same disk uploads nothing.
 
 use std::path::{Path, PathBuf};
 
@@ -19,18 +27,26 @@ pub enum DeployError {
     #[error("[target.proxmox] {0} is not set: the node to deploy to must be named")]
     Missing(&'static str),
     #[error(
-        "VM {vmid} already exists on {node}: pass --force to replace it (it will be destroyed)"
-    )]
-    Exists { vmid: u64, node: String },
-    #[error(
-        "VM {vmid} on {node} is `{found}`, not `{name}`: refusing to replace another VM, even \
-         with --force (set [target.proxmox] vmid to a free id)"
+        "VM {vmid} on {node} is named `{name}` but imgbuild did not make it (no `{TAG}` tag on \
+         a template): refusing to deploy beside it under the same name (rename it, or set \
+         [target.proxmox] name)"
     )]
     Foreign {
         vmid: u64,
         node: String,
-        found: String,
         name: String,
+    },
+    #[error(transparent)]
+    Permissions(#[from] super::permissions::PermissionError),
+    #[error(
+        "the new template {vmid} (`{name}`) is ready, but retiring the older ones failed: {step}"
+    )]
+    Retire {
+        vmid: u64,
+        name: String,
+        step: String,
+        #[source]
+        source: Box<DeployError>,
     },
     #[error("{step}")]
     Api {
@@ -59,14 +75,34 @@ pub struct Deployed {
     pub disk_volid: String,
     pub seed_volid: String,
     pub cicustom: Option<String>,
-    pub replaced: bool,
+    /// Older templates of this image that were kept (renamed `NAME-VMID`).
+    pub kept: Vec<u64>,
+    /// Older templates removed beyond `keep`.
+    pub removed: Vec<u64>,
+}
+
+/// The tag on every template imgbuild makes; with [`name_tag`], what marks a VM as ours.
+pub const TAG: &str = "imgbuild";
+
+/// The tag naming the image (Proxmox tags: lowercase letters, digits, `_ - + .`).
+pub fn name_tag(name: &str) -> String {
+    let slug: String = name
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || "_-+.".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{TAG}-{slug}")
 }
 
 /// Deploy settings beyond the recipe's `[target.proxmox]`.
 #[derive(Debug, Clone, Default)]
 pub struct DeployOptions {
-    /// Replace an existing template with the same id.
-    pub force: bool,
     /// `user@host` for `snippets_via = "ssh"` (default: `root@` the API's host).
     pub ssh_target: Option<String>,
 }
@@ -119,60 +155,65 @@ pub fn deploy(
     let disk_storage = px.disk_storage.clone().unwrap_or_else(|| storage.clone());
     let name = manifest.name.clone();
     let c = Ctx { api, reporter };
+    let keep = px.keep.unwrap_or(2).max(1) as usize;
+    let tag = name_tag(&name);
 
-    // Which VM id: the recipe's, else the template of that name, else the next free one.
-    let vms = c.call(&format!("GET /nodes/{node}/qemu (list VMs)"), || {
-        api.get(&format!("/nodes/{node}/qemu"))
-    })?;
-    let vms = vms.as_array().cloned().unwrap_or_default();
-    let by_id = |id: u64| {
-        vms.iter()
-            .find(|v| v.get("vmid").and_then(as_u64) == Some(id))
+    // Before anything is sent: can this token do it all?
+    reporter.report(Event::Stage("proxmox: checking the token's privileges"));
+    super::permissions::check(api, &storage, &disk_storage)?;
+
+    // What is there: our older templates of this image, and anything else in the way.
+    let vms = list_vms(&c, &node)?;
+    let is_ours = |v: &Value| {
+        v.get("template").and_then(as_u64) == Some(1) && {
+            let tags = v.get("tags").and_then(|t| t.as_str()).unwrap_or("");
+            let tags: Vec<&str> = tags.split([';', ',', ' ']).collect();
+            tags.contains(&TAG) && tags.contains(&tag.as_str())
+        }
     };
-    let vmid = match px.vmid {
-        Some(id) => u64::from(id),
-        None => match vms
-            .iter()
-            .find(|v| v.get("name").and_then(|n| n.as_str()) == Some(name.as_str()))
-            .and_then(|v| v.get("vmid").and_then(as_u64))
-        {
-            Some(id) => id,
-            None => {
-                let v = c.call("GET /cluster/nextid (next free VM id)", || {
-                    api.get("/cluster/nextid")
-                })?;
-                as_u64(&v).ok_or_else(|| DeployError::Api {
-                    step: "GET /cluster/nextid".into(),
-                    source: Box::new(ApiError::Body {
-                        method: "GET",
-                        path: "/cluster/nextid".into(),
-                        message: format!("expected a number, got {v}"),
-                    }),
-                })?
-            }
-        },
-    };
-    let mut replaced = false;
-    if let Some(existing) = by_id(vmid) {
-        let found = existing
-            .get("name")
+    let vm_name = |v: &Value| {
+        v.get("name")
             .and_then(|n| n.as_str())
             .unwrap_or("")
-            .to_string();
-        if found != name {
-            return Err(DeployError::Foreign {
-                vmid,
-                node,
-                found,
-                name,
-            });
-        }
-        if !opts.force {
-            return Err(DeployError::Exists { vmid, node });
-        }
-        destroy(&c, &node, vmid)?;
-        replaced = true;
+            .to_string()
+    };
+    let building = format!("{name}-building");
+    if let Some(v) = vms
+        .iter()
+        .find(|v| !is_ours(v) && (vm_name(v) == name || vm_name(v) == building))
+    {
+        return Err(DeployError::Foreign {
+            vmid: v.get("vmid").and_then(as_u64).unwrap_or(0),
+            node,
+            name: vm_name(v),
+        });
     }
+    let older: Vec<u64> = vms
+        .iter()
+        .filter(|v| is_ours(v))
+        .filter_map(|v| v.get("vmid").and_then(as_u64))
+        .collect();
+    // A new id every time: the recipe's if it is free, else the next free one.
+    let taken = |id: u64| {
+        vms.iter()
+            .any(|v| v.get("vmid").and_then(as_u64) == Some(id))
+    };
+    let vmid = match px.vmid.map(u64::from).filter(|id| !taken(*id)) {
+        Some(id) => id,
+        None => {
+            let v = c.call("GET /cluster/nextid (next free VM id)", || {
+                api.get("/cluster/nextid")
+            })?;
+            as_u64(&v).ok_or_else(|| DeployError::Api {
+                step: "GET /cluster/nextid".into(),
+                source: Box::new(ApiError::Body {
+                    method: "GET",
+                    path: "/cluster/nextid".into(),
+                    message: format!("expected a number, got {v}"),
+                }),
+            })?
+        }
+    };
 
     // The files, named by content so that an unchanged disk is not sent again.
     let content = c.call(
@@ -234,15 +275,16 @@ pub fn deploy(
     };
 
     // The VM, then the template; from here on a failure removes the VM.
-    let form = create_form(
+    let mut form = create_form(
         loaded,
         &px,
         vmid,
-        &name,
+        &building,
         &disk_storage,
         &disk_volid,
         &cicustom,
     );
+    form.push(("tags", format!("{TAG};{tag}")));
     // A refused create made nothing; once the task runs, the VM exists (perhaps half-made).
     let upid = c.call(
         &format!("POST /nodes/{node}/qemu (create VM {vmid})"),
@@ -285,6 +327,51 @@ pub fn deploy(
             }),
         };
     }
+
+    // The new template is complete: it takes the name, older ones step aside, and those beyond
+    // `keep` go. From here on the new template stays whatever fails.
+    let retire = || -> Result<(Vec<u64>, Vec<u64>), DeployError> {
+        rename(&c, &node, vmid, &name)?;
+        let mut dated = Vec::new();
+        for id in &older {
+            let path = format!("/nodes/{node}/qemu/{id}/config");
+            let cfg = c.call(&format!("GET {path} (its creation time)"), || {
+                api.get(&path)
+            })?;
+            let ctime = cfg
+                .get("meta")
+                .and_then(|m| m.as_str())
+                .and_then(|m| m.split(',').find_map(|kv| kv.strip_prefix("ctime=")))
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0);
+            dated.push((
+                ctime,
+                *id,
+                cfg.get("name").and_then(|n| n.as_str()).map(str::to_string),
+            ));
+        }
+        dated.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+        let (mut kept, mut removed) = (Vec::new(), Vec::new());
+        for (i, (_, id, old_name)) in dated.iter().enumerate() {
+            if i + 1 < keep {
+                let aside = format!("{name}-{id}");
+                if old_name.as_deref() != Some(aside.as_str()) {
+                    rename(&c, &node, *id, &aside)?;
+                }
+                kept.push(*id);
+            } else {
+                destroy(&c, &node, *id)?;
+                removed.push(*id);
+            }
+        }
+        Ok((kept, removed))
+    };
+    let (kept, removed) = retire().map_err(|e| DeployError::Retire {
+        vmid,
+        name: name.clone(),
+        step: e.to_string(),
+        source: Box::new(e),
+    })?;
     Ok(Deployed {
         node,
         vmid,
@@ -292,8 +379,26 @@ pub fn deploy(
         disk_volid,
         seed_volid,
         cicustom,
-        replaced,
+        kept,
+        removed,
     })
+}
+
+/// The VMs on `node`.
+fn list_vms(c: &Ctx, node: &str) -> Result<Vec<Value>, DeployError> {
+    let vms = c.call(&format!("GET /nodes/{node}/qemu (list VMs)"), || {
+        c.api.get(&format!("/nodes/{node}/qemu"))
+    })?;
+    Ok(vms.as_array().cloned().unwrap_or_default())
+}
+
+/// Renames VM `vmid` (a synchronous config change).
+fn rename(c: &Ctx, node: &str, vmid: u64, to: &str) -> Result<(), DeployError> {
+    let path = format!("/nodes/{node}/qemu/{vmid}/config");
+    c.call(&format!("PUT {path} (name it {to})"), || {
+        c.api.put(&path, &[("name", to.to_string())])
+    })?;
+    Ok(())
 }
 
 fn as_u64(v: &Value) -> Option<u64> {

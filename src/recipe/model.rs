@@ -272,6 +272,8 @@ pub struct ProxmoxTarget {
     pub name: Option<String>,
     /// The network bridge of the template's NIC (default `vmbr0`).
     pub bridge: Option<String>,
+    /// How many templates of this image to keep, newest first (default 2; at least 1).
+    pub keep: Option<u32>,
     #[serde(default)]
     pub cloud_init: CloudInit,
 }

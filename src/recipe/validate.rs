@@ -538,6 +538,12 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
                 format!("format `{f}` is not qcow2 or raw"),
             );
         }
+        if px.keep == Some(0) {
+            c.error(
+                &p.key("keep"),
+                "keep = 0 would remove the template just made: keep at least 1",
+            );
+        }
         if let Some(s) = &px.snippets_via
             && !["none", "ssh"].contains(&s.as_str())
         {

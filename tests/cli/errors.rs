@@ -516,8 +516,16 @@ fn a_hand_edited_proxmox_manifest_is_refused_clearly() {
     let file = |name: &str, sha: &str| serde_json::json!({"file": name, "sha256": sha, "size": 1});
     let good = "a".repeat(64);
     for (disk, seed, words) in [
-        (file("d.qcow2", "abc"), file("s.iso", &good), "`disk.sha256` = `abc` is not 64 lowercase hex digits"),
-        (file("d.qcow2", &good), file("../../etc/shadow", &good), "`seed.file` = `../../etc/shadow` is not a file name"),
+        (
+            file("d.qcow2", "abc"),
+            file("s.iso", &good),
+            "`disk.sha256` = `abc` is not 64 lowercase hex digits",
+        ),
+        (
+            file("d.qcow2", &good),
+            file("../../etc/shadow", &good),
+            "`seed.file` = `../../etc/shadow` is not a file name",
+        ),
     ] {
         let manifest = serde_json::json!({
             "name": "t", "disk": disk, "disk_format": "qcow2", "disk_size": 1,
@@ -529,7 +537,10 @@ fn a_hand_edited_proxmox_manifest_is_refused_clearly() {
         let o = w
             .cmd()
             .env("PROXMOX_URL", "http://127.0.0.1:9")
-            .env("PROXMOX_TOKEN", "root@pam!t=00000000-0000-0000-0000-000000000000")
+            .env(
+                "PROXMOX_TOKEN",
+                "root@pam!t=00000000-0000-0000-0000-000000000000",
+            )
             .arg("deploy")
             .arg(w.recipe())
             .arg("--dir")

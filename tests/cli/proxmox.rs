@@ -433,6 +433,21 @@ fn deploy(vm: &VmBuild, api: &FakeProxmox, token: &str, extra: &[&str]) -> std::
         .unwrap()
 }
 
+fn calls(api: &FakeProxmox, from: usize) -> Vec<String> {
+    api.requests()[from..]
+        .iter()
+        .filter(|r| !r.path.contains("/tasks/"))
+        .map(|r| format!("{} {}", r.method, r.path.trim_start_matches("/api2/json")))
+        .collect()
+}
+
+fn names(api: &FakeProxmox) -> Vec<(u64, String, bool)> {
+    api.vms()
+        .into_iter()
+        .map(|(id, vm)| (id, vm.name, vm.template))
+        .collect()
+}
+
 #[test]
 fn deploy_makes_a_template_through_the_api() {
     let vm = vm_build();
@@ -453,22 +468,27 @@ fn deploy_makes_a_template_through_the_api() {
             .all(|r| r.auth.as_deref() == Some(auth.as_str()))
     );
     assert!(reqs.iter().all(|r| r.status == 200), "{reqs:#?}");
-    let calls: Vec<String> = reqs
-        .iter()
-        .filter(|r| !r.path.contains("/tasks/"))
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
     assert_eq!(
-        calls,
+        calls(&api, 0),
         [
-            "GET /api2/json/nodes/pve/qemu",
-            "GET /api2/json/nodes/pve/storage/local/content",
-            "POST /api2/json/nodes/pve/storage/local/upload",
-            "POST /api2/json/nodes/pve/storage/local/upload",
-            "POST /api2/json/nodes/pve/qemu",
-            "POST /api2/json/nodes/pve/qemu/9000/template",
+            "GET /access/permissions",
+            "GET /access/permissions",
+            "GET /access/permissions",
+            "GET /nodes/pve/qemu",
+            "GET /nodes/pve/storage/local/content",
+            "POST /nodes/pve/storage/local/upload",
+            "POST /nodes/pve/storage/local/upload",
+            "POST /nodes/pve/qemu",
+            "POST /nodes/pve/qemu/9000/template",
+            "PUT /nodes/pve/qemu/9000/config",
         ]
     );
+    let perm_paths: Vec<String> = reqs
+        .iter()
+        .filter(|r| r.path.ends_with("/access/permissions"))
+        .map(|r| r.query["path"].clone())
+        .collect();
+    assert_eq!(perm_paths, ["/storage/local", "/storage/local-lvm", "/vms"]);
     // Every task was polled to its end.
     let polls = reqs.iter().filter(|r| r.path.ends_with("/status")).count();
     assert_eq!(polls, 8, "two polls for each of four tasks");
@@ -494,6 +514,8 @@ fn deploy_makes_a_template_through_the_api() {
     assert!(t.template);
     assert_eq!(t.name, "bootvm");
     let c = &t.config;
+    assert_eq!(c["name"], "bootvm-building", "made under a temporary name");
+    assert_eq!(c["tags"], "imgbuild;imgbuild-bootvm");
     assert_eq!(
         c["scsi0"],
         format!(
@@ -518,30 +540,49 @@ fn deploy_makes_a_template_through_the_api() {
         "no snippets unless snippets_via = ssh"
     );
 
-    // Again: the template exists, so --force is needed; the files are not sent twice.
+    // Again: a new template with a new id; the files are not sent twice; the old one steps
+    // aside under NAME-VMID (keep = 2 by default).
+    let before = api.requests().len();
     let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_ok(&o);
+    assert_eq!(stdout(&o).trim(), "100");
+    assert_eq!(
+        calls(&api, before),
+        [
+            "GET /access/permissions",
+            "GET /access/permissions",
+            "GET /access/permissions",
+            "GET /nodes/pve/qemu",
+            "GET /cluster/nextid",
+            "GET /nodes/pve/storage/local/content",
+            "POST /nodes/pve/qemu",
+            "POST /nodes/pve/qemu/100/template",
+            "PUT /nodes/pve/qemu/100/config",
+            "GET /nodes/pve/qemu/9000/config",
+            "PUT /nodes/pve/qemu/9000/config",
+        ]
+    );
+    assert_eq!(
+        names(&api),
+        [
+            (100, "bootvm".into(), true),
+            (9000, "bootvm-9000".into(), true)
+        ]
+    );
+
+    // A third time: the oldest (by creation time, not id) goes.
+    let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
+    assert_ok(&o);
     assert!(
-        stderr(&o).contains("VM 9000 already exists on pve: pass --force to replace it"),
+        stderr(&o).contains("older templates kept: [100], removed: [9000]"),
         "{}",
         stderr(&o)
     );
-    let before = api.requests().len();
-    let o = deploy(vm, &api, fake_proxmox::TOKEN, &["--force"]);
-    assert_ok(&o);
-    let again: Vec<String> = api.requests()[before..]
-        .iter()
-        .filter(|r| !r.path.contains("/tasks/"))
-        .map(|r| format!("{} {}", r.method, r.path))
-        .collect();
     assert_eq!(
-        again,
+        names(&api),
         [
-            "GET /api2/json/nodes/pve/qemu",
-            "DELETE /api2/json/nodes/pve/qemu/9000",
-            "GET /api2/json/nodes/pve/storage/local/content",
-            "POST /api2/json/nodes/pve/qemu",
-            "POST /api2/json/nodes/pve/qemu/9000/template",
+            (100, "bootvm-100".into(), true),
+            (101, "bootvm".into(), true)
         ]
     );
     let del = api
@@ -549,13 +590,94 @@ fn deploy_makes_a_template_through_the_api() {
         .into_iter()
         .find(|r| r.method == "DELETE")
         .unwrap();
+    assert!(del.path.ends_with("/qemu/9000"));
     assert_eq!(del.query["purge"], "1");
     assert_eq!(del.query["destroy-unreferenced-disks"], "1");
-    assert!(api.vms()[&9000].template);
+
+    // A VM of that name that imgbuild did not make is never touched.
+    api.state.lock().unwrap().vms.insert(
+        555,
+        fake_proxmox::Vm {
+            name: "bootvm".into(),
+            template: false,
+            config: Default::default(),
+        },
+    );
+    let before = api.requests().len();
+    let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("VM 555 on pve is named `bootvm` but imgbuild did not make it"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        calls(&api, before).iter().all(|c| c.starts_with("GET ")),
+        "nothing changed: {:?}",
+        calls(&api, before)
+    );
 }
 
 #[test]
-fn deploy_failures_are_clear_and_leave_no_half_made_vm() {
+fn deploy_checks_the_token_privileges_first() {
+    let vm = vm_build();
+    let api = FakeProxmox::start();
+    let mut all_vms: Vec<String> = [
+        "VM.Audit",
+        "VM.Config.CDROM",
+        "VM.Config.CPU",
+        "VM.Config.Cloudinit",
+        "VM.Config.Disk",
+        "VM.Config.HWType",
+        "VM.Config.Memory",
+        "VM.Config.Network",
+        "VM.Config.Options",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    all_vms.sort();
+    api.state.lock().unwrap().permissions = Some(
+        [
+            (
+                "/storage/local".to_string(),
+                vec!["Datastore.Audit".to_string()],
+            ),
+            (
+                "/storage/local-lvm".to_string(),
+                vec!["Datastore.AllocateSpace".to_string()],
+            ),
+            ("/vms".to_string(), all_vms),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("/storage/local: Datastore.AllocateTemplate"),
+        "{e}"
+    );
+    assert!(e.contains("/vms: VM.Allocate"), "{e}");
+    assert!(
+        !e.contains("/storage/local-lvm:"),
+        "that one is granted: {e}"
+    );
+    assert!(e.contains("pveum role add ImgbuildDeploy --privs '"), "{e}");
+    assert!(
+        e.contains("pveum acl modify /vms --tokens 'root@pam!imgbuild' --roles ImgbuildDeploy"),
+        "{e}"
+    );
+    assert!(!e.contains("5ecr3t"), "the secret is never printed: {e}");
+    assert!(
+        api.requests().iter().all(|r| r.method == "GET"),
+        "nothing sent before the check"
+    );
+}
+
+#[test]
+fn deploy_failures_are_clear_and_leave_the_previous_template_intact() {
     let vm = vm_build();
 
     // A wrong token: 401, nothing made.
@@ -564,7 +686,7 @@ fn deploy_failures_are_clear_and_leave_no_half_made_vm() {
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(
-        e.contains("GET /nodes/pve/qemu: HTTP 401") && e.contains("authentication failure"),
+        e.contains("GET /access/permissions: HTTP 401") && e.contains("authentication failure"),
         "{e}"
     );
     assert!(!e.contains("wrong"), "the secret is never printed: {e}");
@@ -574,59 +696,75 @@ fn deploy_failures_are_clear_and_leave_no_half_made_vm() {
     let o = deploy(vm, &api, "not-a-token", &[]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 
-    // Each failing call: the error names it; a VM that was created is removed again.
-    /// A failing call: injected as an HTTP 500 on a POST path, or as a task ending in error.
-    struct Case {
-        label: &'static str,
-        post_500: Option<&'static str>,
-        task: Option<&'static str>,
-        cleaned: bool,
-    }
-    let cases = [
-        Case {
-            label: "upload",
-            post_500: Some("/upload"),
-            task: None,
-            cleaned: false,
-        },
-        Case {
-            label: "create refused",
-            post_500: Some("/nodes/pve/qemu"),
-            task: None,
-            cleaned: false,
-        },
-        Case {
-            label: "create task fails",
-            post_500: None,
-            task: Some("qmcreate"),
-            cleaned: true,
-        },
-        Case {
-            label: "template refused",
-            post_500: Some("/template"),
-            task: None,
-            cleaned: true,
-        },
-        Case {
-            label: "template task fails",
-            post_500: None,
-            task: Some("qmtemplate"),
-            cleaned: true,
-        },
+    // Each failing call of a second deploy: the error names it, a VM this deploy made is
+    // removed again unless it is already a complete template, and the previous template
+    // (9000, `bootvm`) is untouched.
+    /// (label, (method, path suffix) answered 500, task type that fails, what is left)
+    type Left = &'static [(u64, &'static str)];
+    let cases: [(&str, Option<(&str, &str)>, Option<&str>, Left); 9] = [
+        (
+            "permissions",
+            Some(("GET", "/access/permissions")),
+            None,
+            &[(9000, "bootvm")],
+        ),
+        (
+            "list",
+            Some(("GET", "/nodes/pve/qemu")),
+            None,
+            &[(9000, "bootvm")],
+        ),
+        (
+            "next id",
+            Some(("GET", "/cluster/nextid")),
+            None,
+            &[(9000, "bootvm")],
+        ),
+        (
+            "create refused",
+            Some(("POST", "/nodes/pve/qemu")),
+            None,
+            &[(9000, "bootvm")],
+        ),
+        (
+            "create task fails",
+            None,
+            Some("qmcreate"),
+            &[(9000, "bootvm")],
+        ),
+        (
+            "template refused",
+            Some(("POST", "/template")),
+            None,
+            &[(9000, "bootvm")],
+        ),
+        (
+            "template task fails",
+            None,
+            Some("qmtemplate"),
+            &[(9000, "bootvm")],
+        ),
+        (
+            "naming the new one",
+            Some(("PUT", "/qemu/100/config")),
+            None,
+            &[(100, "bootvm-building"), (9000, "bootvm")],
+        ),
+        (
+            "reading the old one",
+            Some(("GET", "/qemu/9000/config")),
+            None,
+            &[(100, "bootvm"), (9000, "bootvm")],
+        ),
     ];
-    for Case {
-        label,
-        post_500,
-        task,
-        cleaned,
-    } in cases
-    {
+    for (label, http, task, left) in cases {
         let api = FakeProxmox::start();
+        assert_ok(&deploy(vm, &api, fake_proxmox::TOKEN, &[]));
         {
             let mut s = api.state.lock().unwrap();
-            if let Some(suffix) = post_500 {
+            if let Some((method, suffix)) = http {
                 s.fail_http
-                    .push(("POST".into(), suffix.into(), 500, "injected failure".into()));
+                    .push((method.into(), suffix.into(), 500, "injected failure".into()));
             }
             if let Some(kind) = task {
                 s.fail_task = Some((kind.into(), "command 'qm' failed: exit code 255".into()));
@@ -635,7 +773,7 @@ fn deploy_failures_are_clear_and_leave_no_half_made_vm() {
         let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
         assert_eq!(o.status.code(), Some(1), "{label}: {}", stderr(&o));
         let e = stderr(&o);
-        if post_500.is_some() {
+        if http.is_some() {
             assert!(
                 e.contains("HTTP 500") && e.contains("injected failure"),
                 "{label}: {e}"
@@ -649,12 +787,52 @@ fn deploy_failures_are_clear_and_leave_no_half_made_vm() {
                 e.contains("TASK ERROR"),
                 "{label}: the task log is quoted: {e}"
             );
+            assert!(e.contains("removing the half-made VM 100"), "{label}: {e}");
         }
-        let deleted = api.requests().iter().any(|r| r.method == "DELETE");
-        assert_eq!(deleted, cleaned, "{label}: cleanup DELETE issued?\n{e}");
-        assert!(api.vms().is_empty(), "{label}: a VM was left behind");
-        if cleaned {
-            assert!(e.contains("removing the half-made VM 9000"), "{label}: {e}");
-        }
+        let got: Vec<(u64, String)> = names(&api).into_iter().map(|(id, n, _)| (id, n)).collect();
+        let want: Vec<(u64, String)> = left.iter().map(|(id, n)| (*id, n.to_string())).collect();
+        assert_eq!(got, want, "{label}: what is left on the node");
+        assert!(
+            api.vms()[&9000].template,
+            "{label}: the previous template stays one"
+        );
     }
+}
+
+#[test]
+fn a_proxmox_node_that_stalls_fails_the_deploy() {
+    let vm = vm_build();
+    let server = crate::network::Staller::start(crate::network::Stall::Silent);
+    let started = std::time::Instant::now();
+    let o = vm
+        .work
+        .cmd()
+        .env("PROXMOX_URL", &server.url)
+        .env("PROXMOX_TOKEN", fake_proxmox::TOKEN)
+        .args([
+            "--network-timeout",
+            "1",
+            "--var",
+            "mirror=http://127.0.0.1:9/unused",
+        ])
+        .arg("deploy")
+        .arg(vm.work.path("recipes/bootvm.toml"))
+        .arg("--dir")
+        .arg(&vm.dir)
+        .timeout(std::time::Duration::from_secs(60))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("GET /access/permissions: the node stalled (no answer or no data for 1 s"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        server.connections.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "GETs are tried three times"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
 }

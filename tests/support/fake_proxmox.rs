@@ -61,6 +61,10 @@ pub struct State {
     /// Tasks of this type (`qmcreate`, `qmtemplate`, `imgcopy`) end with this exit status.
     pub fail_task: Option<(String, String)>,
     task_seq: u64,
+    /// The token's privileges by ACL path (`GET /access/permissions`); `None`: every one.
+    pub permissions: Option<BTreeMap<String, Vec<String>>>,
+    /// Creation times handed out (`meta: ctime=`), increasing.
+    clock: u64,
 }
 
 pub struct FakeProxmox {
@@ -282,6 +286,53 @@ fn route(
     let parts: Vec<&str> = rest.split('/').collect();
     let m = method.as_str();
     match (m, parts.as_slice()) {
+        ("GET", ["access", "permissions"]) => {
+            // `path`: only that path's effective privileges, as `{path: {priv: 1}}`.
+            let Some(p) = query.get("path") else {
+                return ok(json!({}));
+            };
+            let privs: Vec<String> = match &s.permissions {
+                None => ["Datastore.Audit", "Datastore.AllocateTemplate", "Datastore.AllocateSpace", "VM.Allocate", "VM.Audit", "VM.Config.CDROM", "VM.Config.CPU", "VM.Config.Cloudinit", "VM.Config.Disk", "VM.Config.HWType", "VM.Config.Memory", "VM.Config.Network", "VM.Config.Options", "Sys.Audit"].iter().map(|x| x.to_string()).collect(),
+                Some(m) => m.get(p).cloned().unwrap_or_default(),
+            };
+            let map: serde_json::Map<String, Value> = privs.into_iter().map(|x| (x, json!(1))).collect();
+            ok(json!({ p.clone(): map }))
+        }
+        ("GET", ["nodes", _, "qemu", vmid, "config"]) => {
+            let Some(vm) = vmid.parse::<u64>().ok().and_then(|id| s.vms.get(&id)) else {
+                return err(StatusCode::INTERNAL_SERVER_ERROR, &format!("Configuration file 'nodes/{NODE}/qemu-server/{vmid}.conf' does not exist"));
+            };
+            let mut c: serde_json::Map<String, Value> = vm.config.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+            c.remove("vmid");
+            c.insert("name".into(), json!(vm.name));
+            if vm.template {
+                c.insert("template".into(), json!(1));
+            }
+            ok(Value::Object(c))
+        }
+        ("PUT", ["nodes", _, "qemu", vmid, "config"]) => {
+            let mut errors = BTreeMap::new();
+            for k in form.keys() {
+                if !["name", "description", "tags"].contains(&k.as_str()) {
+                    errors.insert(k.clone(), "not supported by this fake".to_string());
+                }
+            }
+            if let Some(n) = form.get("name")
+                && !(n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') && !n.is_empty())
+            {
+                errors.insert("name".into(), format!("invalid format - value '{n}' does not look like a valid DNS name"));
+            }
+            if !errors.is_empty() {
+                return param_err(errors);
+            }
+            let Some(vm) = vmid.parse::<u64>().ok().and_then(|id| s.vms.get_mut(&id)) else {
+                return err(StatusCode::INTERNAL_SERVER_ERROR, &format!("Configuration file 'nodes/{NODE}/qemu-server/{vmid}.conf' does not exist"));
+            };
+            if let Some(n) = form.get("name") {
+                vm.name = n.clone();
+            }
+            ok(Value::Null)
+        }
         ("GET", ["cluster", "nextid"]) => {
             let id = (100u64..).find(|i| !s.vms.contains_key(i)).unwrap_or(100);
             // The API returns the id as a string.
@@ -300,7 +351,11 @@ fn route(
             s.vms
                 .iter()
                 .map(|(id, vm)| {
-                    json!({"vmid": id, "name": vm.name, "status": "stopped", "template": if vm.template { 1 } else { 0 }})
+                    let mut v = json!({"vmid": id, "name": vm.name, "status": "stopped", "template": if vm.template { 1 } else { 0 }});
+                    if let Some(t) = vm.config.get("tags") {
+                        v["tags"] = json!(t);
+                    }
+                    v
                 })
                 .collect(),
         )),
@@ -444,6 +499,7 @@ fn create_vm(s: &mut State, node: &str, form: &BTreeMap<String, String>) -> Resp
         "sshkeys",
         "cicustom",
         "description",
+        "tags",
     ];
     let mut errors = BTreeMap::new();
     for k in form.keys() {
@@ -593,13 +649,20 @@ fn create_vm(s: &mut State, node: &str, form: &BTreeMap<String, String>) -> Resp
         }
         log.push(format!("importing disk '{import}' to VM {vmid} ..."));
     }
-    // The VM's config exists from here on, even if the task then fails.
+    // The VM's config exists from here on, even if the task then fails; Proxmox records
+    // when it was made in `meta`.
+    s.clock += 1;
+    let mut config = form.clone();
+    config.insert(
+        "meta".into(),
+        format!("creation-qemu=8.1.2,ctime={}", 1_700_000_000 + s.clock),
+    );
     s.vms.insert(
         vmid,
         Vm {
             name: form.get("name").cloned().unwrap_or_default(),
             template: false,
-            config: form.clone(),
+            config,
         },
     );
     log.push("TASK OK".into());
