@@ -253,6 +253,20 @@ pub fn get(
     }
 }
 
+/// Reads a whole answer body of at most `limit` bytes: a server that sends more (an endless
+/// manifest, a huge error page) gets an error, not our memory.
+pub fn read_limited(body: impl Read, limit: u64) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    body.take(limit + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the answer is larger than {limit} bytes"),
+        ));
+    }
+    Ok(out)
+}
+
 /// A body reader that remembers whether a read timed out (the server stopped sending).
 pub struct StallReader<R> {
     inner: R,

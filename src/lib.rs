@@ -25,6 +25,8 @@ pub mod disk;
 pub mod fsutil;
 pub mod http;
 pub mod import;
+#[cfg(test)]
+mod input_proptests;
 pub mod layer;
 pub mod lock;
 pub mod oci;

@@ -161,12 +161,30 @@ fn get_text(client: &reqwest::blocking::Client, url: &str) -> Result<String, Dow
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match crate::http::get(client, url)?.text() {
-            Ok(t) => return Ok(t),
-            Err(e) if e.is_timeout() && attempt < crate::http::ATTEMPTS => {
+        let resp = crate::http::get(client, url)?;
+        let mut body = crate::http::StallReader::new(resp);
+        match crate::http::read_limited(&mut body, 256 << 20) {
+            Ok(b) => return Ok(String::from_utf8_lossy(&b).into_owned()),
+            Err(_) if body.stalled && attempt < crate::http::ATTEMPTS => {
                 crate::http::backoff(attempt)
             }
-            Err(e) => return Err(crate::http::error(url, "no data", e)),
+            Err(_) if body.stalled => {
+                return Err(DownloadError::Stalled {
+                    url: redact(url),
+                    what: "no data",
+                    secs: crate::http::timeout().as_secs(),
+                });
+            }
+            Err(source) => {
+                return Err(DownloadError::Cache {
+                    url: redact(url),
+                    source: crate::cache::CacheError::Io {
+                        action: "read",
+                        path: redact(url).into(),
+                        source,
+                    },
+                });
+            }
         }
     }
 }

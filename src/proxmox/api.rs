@@ -238,7 +238,9 @@ impl Api {
         let status = resp.status();
         // Proxmox puts the reason in the status line; some errors also carry a JSON body.
         let reason = status.canonical_reason().unwrap_or("").to_string();
-        let text = resp.text().unwrap_or_default();
+        let text =
+            String::from_utf8_lossy(&crate::http::read_limited(resp, 16 << 20).unwrap_or_default())
+                .into_owned();
         if !status.is_success() {
             let detail = serde_json::from_str::<Value>(&text)
                 .ok()

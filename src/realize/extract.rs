@@ -323,4 +323,29 @@ mod tests {
         assert_eq!(map_path(b"go/", 1, b"usr/local/go").unwrap(), None);
         assert!(map_path(b"a/../../etc", 0, b"x").is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(96))]
+
+        /// Arbitrary bytes as every archive format: an error or a layer, never a panic.
+        #[test]
+        fn arbitrary_archives_never_panic(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            strip in 0u32..3,
+        ) {
+            let t = tempfile::tempdir().unwrap();
+            let blob = t.path().join("archive");
+            std::fs::write(&blob, &raw).unwrap();
+            for format in ["tar", "tar.gz", "tar.xz", "zip"] {
+                let out = crate::cache::BlobWriter::create(t.path(), t.path()).unwrap();
+                let spec = crate::layer::CompressionSpec::new(crate::recipe::Compression::Gzip, None);
+                let mut w = LayerWriter::to_blob(out, spec, 0).unwrap();
+                let mut lower = LowerFs::default();
+                let started = std::time::Instant::now();
+                let _ = Extractor::new(&mut w, &mut lower, "http://127.0.0.1:9/a", "/opt/x", strip, (0, 0))
+                    .run(&blob, format);
+                proptest::prop_assert!(started.elapsed() < std::time::Duration::from_secs(5));
+            }
+        }
+    }
 }

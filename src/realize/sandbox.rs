@@ -444,6 +444,7 @@ mod tests {
     use super::*;
     use crate::layer::CompressionSpec;
     use crate::recipe::Compression;
+    use std::io::Read;
 
     fn entries(cache: &Cache, rec: &LayerRecord) -> Vec<(String, tar::EntryType, Vec<u8>)> {
         let f = File::open(cache.blob_path(&rec.digest)).unwrap();

@@ -275,10 +275,14 @@ impl RegistryClient {
                 if !resp.status().is_success() {
                     return Err(denied());
                 }
-                let text = resp
-                    .text()
-                    .map_err(http_err("read the token from", &realm))?;
-                let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| denied())?;
+                let text = crate::http::read_limited(resp, 1 << 20).map_err(|source| {
+                    RegistryError::Io {
+                        action: "read the token from",
+                        path: realm.clone().into(),
+                        source,
+                    }
+                })?;
+                let v: serde_json::Value = serde_json::from_slice(&text).map_err(|_| denied())?;
                 let token = v
                     .get("token")
                     .or_else(|| v.get("access_token"))
@@ -350,7 +354,9 @@ fn urlencode(s: &str) -> String {
 /// The first `errors[].message` of a registry error body, for messages.
 pub fn error_message(resp: Response) -> String {
     let status = resp.status();
-    let text = resp.text().unwrap_or_default();
+    let text =
+        String::from_utf8_lossy(&crate::http::read_limited(resp, 64 << 10).unwrap_or_default())
+            .into_owned();
     serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_string))

@@ -38,14 +38,12 @@ fn get_manifest(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let bytes = resp
-        .bytes()
-        .map_err(|source| RegistryError::Http {
-            action: "read manifest".into(),
-            url: url.clone(),
-            source,
-        })?
-        .to_vec();
+    // Registries need not take manifests over 4 MiB (distribution spec): neither do we.
+    let bytes = crate::http::read_limited(resp, 4 << 20).map_err(|source| RegistryError::Io {
+        action: "read manifest",
+        path: url.clone().into(),
+        source,
+    })?;
     let digest = Digest::of(&bytes);
     if let Ok(expected) = Digest::parse(reference)
         && expected != digest

@@ -97,11 +97,12 @@ pub fn push(
             "manifests": [],
         }),
         StatusCode::OK => {
-            let bytes = resp.bytes().map_err(|source| RegistryError::Http {
-                action: "read referrers index".into(),
-                url: url.clone(),
-                source,
-            })?;
+            let bytes =
+                crate::http::read_limited(resp, 4 << 20).map_err(|source| RegistryError::Io {
+                    action: "read referrers index",
+                    path: url.clone().into(),
+                    source,
+                })?;
             serde_json::from_slice(&bytes).map_err(|e| {
                 RegistryError::Other(format!("{url}: the referrers index is not JSON: {e}"))
             })?
