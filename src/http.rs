@@ -132,8 +132,7 @@ pub fn netrc_lookup(text: &str, host: &str) -> Option<(String, String)> {
     // Tokens, with `macdef` skipping to the next empty line.
     let mut tokens: Vec<String> = Vec::new();
     while let Some(line) = lines.next() {
-        let mut it = line.split_whitespace();
-        while let Some(t) = it.next() {
+        for t in line.split_whitespace() {
             if t == "macdef" {
                 for l in lines.by_ref() {
                     if l.trim().is_empty() {

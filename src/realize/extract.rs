@@ -127,6 +127,8 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
+    // One archive entry's header fields, as tar and zip give them.
+    #[allow(clippy::too_many_arguments)]
     fn entry(
         &mut self,
         raw: &[u8],

@@ -190,6 +190,57 @@ pub fn run(
     network: bool,
     mtime: u64,
 ) -> Result<String, SandboxError> {
+    // bwrap makes its mount points (and opens bind targets) before it enters the root, so a
+    // symlink at one of them would be followed on the host: they must be real directories
+    // and files inside the root. A hostile image's symlink there is replaced.
+    let confined = Root::open(root).map_err(|source| SandboxError::Io {
+        action: "open",
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let io = |rel: &str| {
+        let path = root.join(rel);
+        move |source| SandboxError::Io {
+            action: "prepare the mount point",
+            path,
+            source,
+        }
+    };
+    for d in ["dev", "proc", "tmp"] {
+        if confined.kind(d.as_bytes()).map_err(io(d))? != Some(crate::rootfs::Kind::Dir) {
+            confined
+                .mkdir(
+                    d.as_bytes(),
+                    Attrs {
+                        mode: 0o755,
+                        uid: 0,
+                        gid: 0,
+                    },
+                )
+                .map_err(io(d))?;
+        }
+    }
+    // Only a real directory chain and a regular (or absent) file may receive a bind.
+    let bindable = |rel: &str| {
+        let mut prefix = String::new();
+        let parts: Vec<&str> = rel.split('/').collect();
+        for c in &parts[..parts.len() - 1] {
+            if !prefix.is_empty() {
+                prefix.push('/');
+            }
+            prefix.push_str(c);
+            if !matches!(
+                confined.kind(prefix.as_bytes()),
+                Ok(Some(crate::rootfs::Kind::Dir))
+            ) {
+                return false;
+            }
+        }
+        matches!(
+            confined.kind(rel.as_bytes()),
+            Ok(None) | Ok(Some(crate::rootfs::Kind::File))
+        )
+    };
     let mut cmd = Command::new(bwrap);
     cmd.arg("--bind").arg(root).arg("/");
     cmd.args([
@@ -208,9 +259,14 @@ pub fn run(
     if network {
         // The host's resolver and CA bundle (the build machine's network may need its own
         // CA), over files the image already has, so nothing new appears in the layer.
-        cmd.args(["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]);
+        if bindable("etc/resolv.conf") {
+            cmd.args(["--ro-bind", "/etc/resolv.conf", "/etc/resolv.conf"]);
+        }
         let ca = "/etc/ssl/certs/ca-certificates.crt";
-        if Path::new(ca).exists() && root.join(&ca[1..]).exists() {
+        if Path::new(ca).exists()
+            && bindable(&ca[1..])
+            && confined.kind(&ca.as_bytes()[1..]).ok().flatten().is_some()
+        {
             cmd.args(["--ro-bind", ca, ca]);
         }
     } else {
@@ -329,10 +385,10 @@ pub fn clean(root: &Path, before: &HashMap<Vec<u8>, Stamp>) -> Result<(), Sandbo
                 let rel = join(&dir, &n);
                 match r.kind(&rel).map_err(io(&rel))? {
                     Some(crate::rootfs::Kind::Dir) => todo.push(rel),
-                    Some(crate::rootfs::Kind::File) => {
-                        if before.get(&rel) != stamp(&r, &rel).as_ref() {
-                            r.remove(&rel).map_err(io(&rel))?;
-                        }
+                    Some(crate::rootfs::Kind::File)
+                        if before.get(&rel) != stamp(&r, &rel).as_ref() =>
+                    {
+                        r.remove(&rel).map_err(io(&rel))?;
                     }
                     _ => {}
                 }
@@ -354,7 +410,7 @@ fn stamp(r: &Root, rel: &[u8]) -> Option<Stamp> {
     r.stat(rel).ok().flatten().map(|m| {
         (
             m.st_ino,
-            m.st_ctime as i64,
+            m.st_ctime,
             m.st_ctime_nsec as i64,
             m.st_size as u64,
         )

@@ -288,7 +288,8 @@ fn a_registry_cache_that_lies_about_a_layer_is_refused() {
             .output()
             .unwrap(),
     );
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "lying",
             Box::new(|t: &mut Value| {

@@ -216,13 +216,44 @@ fn hostile_base_layers_stay_inside_the_root() {
 }
 
 #[test]
+fn sandbox_mount_points_that_link_to_the_host_are_replaced() {
+    let work = Work::setup();
+    let (c, before) = canary(&work);
+    let cs = c.to_str().unwrap();
+    // bwrap makes its mount points before it enters the root: as links, on the host.
+    let layers = vec![
+        shell_layer(),
+        tar(&[
+            E::Sym("tmp", &format!("{cs}/made-by-bwrap")),
+            E::Sym("proc", &format!("{cs}/proc-by-bwrap")),
+            E::Dir("etc"),
+            E::Sym("etc/resolv.conf", &format!("{cs}/resolv-by-bwrap")),
+        ]),
+    ];
+    layout(&work.path("base"), &layers);
+    let r = recipe(
+        &work,
+        "mounts",
+        &format!(
+            "base = \"oci:{}:1\"\n\n[[run]]\ncommand = \"echo ran > /ran\"\n",
+            work.path("base").display()
+        ),
+    );
+    assert_ok(&build(&work, &r, "out/mounts"));
+    assert_eq!(listing(&c), before, "the canary outside the root changed");
+    let rootfs = crate::layout::unpack(&work, "out/mounts", "latest");
+    assert!(rootfs.join("tmp").is_dir() && !rootfs.join("tmp").is_symlink());
+    assert_eq!(fs::read(rootfs.join("ran")).unwrap(), b"ran\n");
+}
+
+#[test]
 fn a_hard_link_through_a_symlink_to_a_host_file_is_refused() {
     let work = Work::setup();
     let (c, before) = canary(&work);
     let cs = c.to_str().unwrap();
     let layers = vec![
         shell_layer(),
-        tar(&[E::Sym("h", cs), E::Hard("leak", &format!("h/secret"))]),
+        tar(&[E::Sym("h", cs), E::Hard("leak", "h/secret")]),
     ];
     layout(&work.path("base"), &layers);
     let r = recipe(

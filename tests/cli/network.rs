@@ -319,7 +319,7 @@ fn credentials_in_urls_are_refused_and_netrc_is_used_instead() {
     let netrc = work.path("netrc");
     std::fs::write(
         &netrc,
-        format!("machine 127.0.0.1 login builder password s3cret-pw\n"),
+        "machine 127.0.0.1 login builder password s3cret-pw\n",
     )
     .unwrap();
     let sha = {

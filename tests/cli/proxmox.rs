@@ -701,7 +701,13 @@ fn deploy_failures_are_clear_and_leave_the_previous_template_intact() {
     // (9000, `bootvm`) is untouched.
     /// (label, (method, path suffix) answered 500, task type that fails, what is left)
     type Left = &'static [(u64, &'static str)];
-    let cases: [(&str, Option<(&str, &str)>, Option<&str>, Left); 9] = [
+    type Case = (
+        &'static str,
+        Option<(&'static str, &'static str)>,
+        Option<&'static str>,
+        Left,
+    );
+    let cases: [Case; 9] = [
         (
             "permissions",
             Some(("GET", "/access/permissions")),

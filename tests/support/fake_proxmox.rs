@@ -318,7 +318,7 @@ fn route(
                 }
             }
             if let Some(n) = form.get("name")
-                && !(n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') && !n.is_empty())
+                && (n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
             {
                 errors.insert("name".into(), format!("invalid format - value '{n}' does not look like a valid DNS name"));
             }
