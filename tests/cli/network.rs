@@ -399,3 +399,34 @@ fn registry_references_with_credentials_are_refused_without_echoing_them() {
         );
     }
 }
+
+#[test]
+fn a_registry_base_that_stalls_fails_the_pull() {
+    let work = Work::setup();
+    let server = Staller::start(Stall::Silent);
+    let host = server.url.trim_start_matches("http://").to_string();
+    let r = recipe(&work, "pullstall", "");
+    let text = std::fs::read_to_string(&r)
+        .unwrap()
+        .replace("base = \"scratch\"", &format!("base = \"{host}/base:1\""));
+    std::fs::write(&r, text).unwrap();
+    let o = work
+        .cmd()
+        .args([
+            "--network-timeout",
+            "1",
+            "--insecure-registry",
+            &host,
+            "build",
+        ])
+        .arg(&r)
+        .timeout(Duration::from_secs(120))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the registry stalled"),
+        "{}",
+        stderr(&o)
+    );
+}
