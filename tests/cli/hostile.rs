@@ -345,7 +345,7 @@ fn device_nodes_in_an_archive_keep_their_numbers() {
         &[
             "-c",
             &format!(
-                "for b in {}/blobs/sha256/*; do tar -tvzf $b 2>/dev/null; done",
+                "for b in {}/blobs/sha256/*; do tar -tvzf $b 2>/dev/null || true; done",
                 work.path("out/devnodes").display()
             ),
         ],
