@@ -48,6 +48,29 @@ pub fn read_bounded(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Why a text file could not be read: I/O (or over the limit), or not UTF-8 at `line` (byte
+/// `offset`).
+#[derive(Debug, thiserror::Error)]
+pub enum TextError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("not UTF-8 (invalid byte at offset {offset})")]
+    NotUtf8 { line: usize, offset: usize },
+}
+
+/// Reads a UTF-8 text file of at most `limit` bytes ([`read_bounded`]).
+pub fn read_text(path: &Path, limit: u64) -> Result<String, TextError> {
+    String::from_utf8(read_bounded(path, limit)?).map_err(|e| {
+        let offset = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..offset]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1;
+        TextError::NotUtf8 { line, offset }
+    })
+}
+
 /// `$HOME`, or the current directory when it is unset.
 pub fn home_dir() -> std::path::PathBuf {
     std::env::var_os("HOME")

@@ -314,21 +314,10 @@ pub fn fetch(
     loop {
         attempt += 1;
         let resp = get(client, url)?;
-        reporter.report(Event::TransferStart {
-            dir: Dir::Down,
-            url: &shown,
-            total: resp.content_length(),
-        });
-        let mut progress = |bytes| {
-            reporter.report(Event::TransferProgress {
-                dir: Dir::Down,
-                url: &shown,
-                bytes,
-            })
-        };
+        let size = resp.content_length();
         let mut body = StallReader::new(resp);
-        let total = match cache.store_stream(&mut body, sha256, &shown, &mut progress) {
-            Ok(n) => n,
+        match store_reporting(cache, &mut body, size, sha256, &shown, reporter) {
+            Ok(_) => return Ok(()),
             Err(CacheError::DigestMismatch { found, .. }) => {
                 return Err(HttpError::Mismatch {
                     url: shown,
@@ -348,14 +337,39 @@ pub fn fetch(
                 });
             }
             Err(source) => return Err(HttpError::Cache { url: shown, source }),
-        };
-        reporter.report(Event::TransferDone {
-            dir: Dir::Down,
-            url: &shown,
-            bytes: total,
-        });
-        return Ok(());
+        }
     }
+}
+
+/// Streams `body` (of `size` bytes, when known) into the cache as `digest` (verified), with
+/// transfer events under the name `shown`: downloads and registry blobs alike.
+pub fn store_reporting(
+    cache: &Cache,
+    body: &mut dyn Read,
+    size: Option<u64>,
+    digest: &Digest,
+    shown: &str,
+    reporter: &dyn Reporter,
+) -> Result<u64, CacheError> {
+    reporter.report(Event::TransferStart {
+        dir: Dir::Down,
+        url: shown,
+        total: size,
+    });
+    let mut progress = |bytes| {
+        reporter.report(Event::TransferProgress {
+            dir: Dir::Down,
+            url: shown,
+            bytes,
+        })
+    };
+    let total = cache.store_stream(body, digest, shown, &mut progress)?;
+    reporter.report(Event::TransferDone {
+        dir: Dir::Down,
+        url: shown,
+        bytes: total,
+    });
+    Ok(total)
 }
 
 #[cfg(test)]

@@ -10,21 +10,16 @@ use super::UsageError;
 use crate::cli::Global;
 
 pub fn run(g: &Global, dockerfile: &Path, output: Option<&Path>) -> Result<()> {
-    let bytes = fsutil::read_bounded(dockerfile, imgbuild::recipe::MAX_RECIPE)
-        .with_context(|| format!("cannot read {}", dockerfile.display()))?;
-    // Bad input, not a failure: exit 2 with the place of the first invalid byte.
-    let text = String::from_utf8(bytes).map_err(|e| {
-        let offset = e.utf8_error().valid_up_to();
-        let line = e.as_bytes()[..offset]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1;
-        UsageError(format!(
-            "{}:{line}: not UTF-8 (invalid byte at offset {offset})",
-            dockerfile.display()
-        ))
-    })?;
+    // Not UTF-8 is bad input (exit 2) with the place of the first invalid byte.
+    let text = match fsutil::read_text(dockerfile, imgbuild::recipe::MAX_RECIPE) {
+        Ok(t) => t,
+        Err(e @ fsutil::TextError::NotUtf8 { line, .. }) => {
+            return Err(UsageError(format!("{}:{line}: {e}", dockerfile.display())).into());
+        }
+        Err(fsutil::TextError::Io(e)) => {
+            return Err(e).with_context(|| format!("cannot read {}", dockerfile.display()));
+        }
+    };
     let context = dockerfile.parent().filter(|p| !p.as_os_str().is_empty());
     let imported = import::import(&text, &dockerfile.display().to_string(), context)
         .map_err(|e| UsageError(e.to_string()))?;

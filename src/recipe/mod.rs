@@ -136,23 +136,16 @@ pub const MAX_RECIPE: u64 = 16 << 20;
 /// Reads, interpolates and validates the recipe at `path`. `overrides` are `--var` values.
 pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<Loaded, RecipeError> {
     // Bounded: `imgbuild check /dev/zero` must not read until memory runs out.
-    let bytes =
-        crate::fsutil::read_bounded(path, MAX_RECIPE).map_err(|source| RecipeError::Read {
+    let source = crate::fsutil::read_text(path, MAX_RECIPE).map_err(|e| match e {
+        crate::fsutil::TextError::Io(source) => RecipeError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
-    let source = String::from_utf8(bytes).map_err(|e| {
-        let offset = e.utf8_error().valid_up_to();
-        let line = e.as_bytes()[..offset]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1;
-        RecipeError::NotUtf8 {
+        },
+        crate::fsutil::TextError::NotUtf8 { line, offset } => RecipeError::NotUtf8 {
             path: path.to_path_buf(),
             offset,
             line,
-        }
+        },
     })?;
     parse(path, source, overrides)
 }

@@ -104,21 +104,24 @@ fn read_config(
     }
 }
 
+/// The registry's own credential helper (`credHelpers`).
+fn registry_helper(
+    config: &serde_json::Map<String, serde_json::Value>,
+    registry: &str,
+) -> Option<String> {
+    let helpers = config.get("credHelpers")?.as_object()?;
+    keys(registry)
+        .iter()
+        .find_map(|k| helpers.get(k).and_then(|v| v.as_str()).map(str::to_string))
+}
+
 /// The credential helper Docker would use for `registry`: `credHelpers` first, then
 /// `credsStore`.
 fn helper_for(
     config: &serde_json::Map<String, serde_json::Value>,
     registry: &str,
 ) -> Option<String> {
-    let per = config
-        .get("credHelpers")
-        .and_then(|h| h.as_object())
-        .and_then(|h| {
-            keys(registry)
-                .iter()
-                .find_map(|k| h.get(k).and_then(|v| v.as_str()).map(str::to_string))
-        });
-    per.or_else(|| {
+    registry_helper(config, registry).or_else(|| {
         config
             .get("credsStore")
             .and_then(|v| v.as_str())
@@ -209,15 +212,7 @@ pub fn lookup(registry: &str) -> Option<Credentials> {
             password: v.get("Secret")?.as_str()?.to_string(),
         })
     };
-    let per_registry = config
-        .get("credHelpers")
-        .and_then(|h| h.as_object())
-        .and_then(|h| {
-            keys(registry)
-                .iter()
-                .find_map(|k| h.get(k).and_then(|v| v.as_str()).map(str::to_string))
-        });
-    if let Some(h) = per_registry {
+    if let Some(h) = registry_helper(&config, registry) {
         return from_helper(&h);
     }
     from_auths().or_else(|| helper_for(&config, registry).and_then(|h| from_helper(&h)))

@@ -11,7 +11,7 @@ use crate::base::BaseImage;
 use crate::cache::{Cache, CacheError, LayerRecord};
 use crate::digest::Digest;
 use crate::oci::layout::{Index, Manifest};
-use crate::report::{Dir, Event, Reporter};
+use crate::report::Reporter;
 
 const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
@@ -73,20 +73,9 @@ fn fetch_blob(
         return Err(status_error("get blob", &url, resp));
     }
     let shown = format!("{}/{}@{}", r.registry, r.repository, digest.short());
-    reporter.report(Event::TransferStart {
-        dir: Dir::Down,
-        url: &shown,
-        total: resp.content_length(),
-    });
-    let mut progress = |bytes| {
-        reporter.report(Event::TransferProgress {
-            dir: Dir::Down,
-            url: &shown,
-            bytes,
-        })
-    };
-    let total = match cache.store_stream(&mut resp, digest, &url, &mut progress) {
-        Ok(n) => n,
+    let size = resp.content_length();
+    match crate::http::store_reporting(cache, &mut resp, size, digest, &shown, reporter) {
+        Ok(_) => {}
         Err(CacheError::DigestMismatch {
             expected, found, ..
         }) => {
@@ -97,12 +86,7 @@ fn fetch_blob(
             });
         }
         Err(e) => return Err(e.into()),
-    };
-    reporter.report(Event::TransferDone {
-        dir: Dir::Down,
-        url: &shown,
-        bytes: total,
-    });
+    }
     Ok(())
 }
 

@@ -415,15 +415,7 @@ impl Root {
 
     /// The names in the directory `rel` (symlinks on the way followed in the root), sorted.
     pub fn read_dir(&self, rel: &[u8]) -> io::Result<Vec<Vec<u8>>> {
-        let fd = self.dir(rel, false)?;
-        let mut names = Vec::new();
-        for e in Dir::read_from(&fd)? {
-            let e = e?;
-            let n = e.file_name().to_bytes();
-            if n != b"." && n != b".." {
-                names.push(n.to_vec());
-            }
-        }
+        let mut names = names_in(&self.dir(rel, false)?)?;
         names.sort();
         Ok(names)
     }
@@ -476,17 +468,22 @@ fn remove_at(pfd: &OwnedFd, name: &[u8]) -> io::Result<()> {
     }
 }
 
-/// Removes everything inside the directory open as `fd`.
-fn clear_fd(fd: OwnedFd) -> io::Result<()> {
+/// The names in the directory open as `fd`, without `.` and `..`, in directory order.
+fn names_in(fd: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
     let mut names = Vec::new();
-    for e in Dir::read_from(&fd)? {
+    for e in Dir::read_from(fd)? {
         let e = e?;
         let n = e.file_name().to_bytes();
         if n != b"." && n != b".." {
             names.push(n.to_vec());
         }
     }
-    for n in names {
+    Ok(names)
+}
+
+/// Removes everything inside the directory open as `fd`.
+fn clear_fd(fd: OwnedFd) -> io::Result<()> {
+    for n in names_in(&fd)? {
         remove_at(&fd, &n)?;
     }
     Ok(())
