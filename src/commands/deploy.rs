@@ -65,12 +65,11 @@ pub fn deploy_dir(
         .with_context(|| format!("deploying {} to {url}", dir.display()))?;
     let ids = |v: &[u64]| v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
     progress.line(&format!(
-        "==> template {} ({}) on node {}: disk {}, seed {}; older templates kept: [{}], removed: [{}]",
+        "==> template {} ({}) on node {}: disk {}; older templates kept: [{}], removed: [{}]",
         done.vmid,
         done.name,
         done.node,
         done.disk_volid,
-        done.seed_volid,
         ids(&done.kept),
         ids(&done.removed)
     ));

@@ -236,8 +236,13 @@ impl Api {
             }
         };
         let status = resp.status();
-        // Proxmox puts the reason in the status line; some errors also carry a JSON body.
-        let reason = status.canonical_reason().unwrap_or("").to_string();
+        // Proxmox puts its error text in the HTTP status line's reason phrase (pve-http-server
+        // `AnyEvent.pm`, `error()`); newer nodes also put it in the JSON body's `message`.
+        let reason = resp
+            .extensions()
+            .get::<hyper::ext::ReasonPhrase>()
+            .map(|r| String::from_utf8_lossy(r.as_bytes()).trim().to_string())
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string());
         let text =
             String::from_utf8_lossy(&crate::http::read_limited(resp, 16 << 20).unwrap_or_default())
                 .into_owned();
@@ -255,6 +260,12 @@ impl Api {
                         })
                 })
                 .unwrap_or_else(|| text.trim().to_string());
+            // The body's message repeats the status line on nodes that send both.
+            let detail = if detail.trim() == reason || detail == "{\"data\":null}" {
+                String::new()
+            } else {
+                detail
+            };
             let message = [reason, detail]
                 .into_iter()
                 .filter(|s| !s.is_empty())
@@ -350,7 +361,10 @@ impl Api {
 
     /// Polls the task `upid` on `node` until it stops; an exit status other than `OK` is an
     /// error carrying the end of the task's log.
-    pub fn wait(&self, node: &str, upid: &str) -> Result<(), ApiError> {
+    ///
+    /// A task that ends `WARNINGS: N` succeeded (pve-common `RESTEnvironment.pm`, `fork_worker`:
+    /// exit code 0); its `WARN:` log lines are returned.
+    pub fn wait(&self, node: &str, upid: &str) -> Result<Vec<String>, ApiError> {
         let started = Instant::now();
         let status_path = format!("/nodes/{node}/tasks/{}/status", encode(upid));
         loop {
@@ -362,26 +376,42 @@ impl Api {
                     .unwrap_or("unknown")
                     .to_string();
                 if exit == "OK" {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
-                let log = self
+                let text: Vec<String> = self
                     .get(&format!("/nodes/{node}/tasks/{}/log", encode(upid)))
                     .ok()
                     .and_then(|l| l.as_array().cloned())
                     .map(|lines| {
-                        let text: Vec<String> = lines
+                        lines
                             .iter()
                             .filter_map(|l| l.get("t").and_then(|t| t.as_str()))
                             .map(str::to_string)
-                            .collect();
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if exit.starts_with("WARNINGS: ") {
+                    let warnings: Vec<String> = text
+                        .iter()
+                        .filter(|l| l.starts_with("WARN: "))
+                        .cloned()
+                        .collect();
+                    return Ok(if warnings.is_empty() {
+                        vec![exit]
+                    } else {
+                        warnings
+                    });
+                }
+                let log = {
+                    {
                         let tail = &text[text.len().saturating_sub(5)..];
                         if tail.is_empty() {
                             String::new()
                         } else {
                             format!(": {}", tail.join(" | "))
                         }
-                    })
-                    .unwrap_or_default();
+                    }
+                };
                 return Err(ApiError::Task {
                     upid: upid.to_string(),
                     status: exit,

@@ -1,9 +1,16 @@
-//! Turning a built proxmox target into a VM template over the API: check the token's
-//! privileges ([`super::permissions`]), upload the disk (`import` content, PVE 8.3+) and the
-//! seed ISO (`iso`), create a VM with a new id importing the disk (`scsi0:
+//! Turning a built proxmox target into a VM template over the API: check the node's version,
+//! the token's privileges and the storages ([`super::preflight`]), upload the disk (`import`
+//! content, PVE 8.4+), create a VM with a new id importing the disk (`scsi0:
 //! STORAGE:0,import-from=...`) with an EFI disk, a cloud-init drive, a serial console and the
 //! guest agent, convert it to a template, then give it the image's name and retire older
 //! templates beyond `[target.proxmox] keep`.
+//!
+//! The recipe's cloud-init reaches clones through Proxmox's own cloud-init drive (`ide2`) and
+//! a `cicustom` snippet: the API cannot upload snippets (upload content is `iso`, `vztmpl`,
+//! `import`), so `snippets_via = "ssh"` copies the user-data into the storage's `snippets/`
+//! and sets `cicustom` on the template; otherwise whoever clones (Terraform, see the README)
+//! passes the per-workspace snippet. A NoCloud seed ISO would give every clone the same
+//! user-data, so none is uploaded.
 //!
 //! Replacement is atomic: the new template is built beside the old ones under a temporary
 //! name, and only once it is a template does it take the name (older ones become
@@ -37,7 +44,7 @@ pub enum DeployError {
         name: String,
     },
     #[error(transparent)]
-    Permissions(#[from] super::permissions::PermissionError),
+    Preflight(#[from] super::preflight::PreflightError),
     #[error(
         "the new template {vmid} (`{name}`) is ready, but retiring the older ones failed: {step}"
     )]
@@ -73,7 +80,6 @@ pub struct Deployed {
     pub vmid: u64,
     pub name: String,
     pub disk_volid: String,
-    pub seed_volid: String,
     pub cicustom: Option<String>,
     /// Older templates of this image that were kept (renamed `NAME-VMID`).
     pub kept: Vec<u64>,
@@ -113,6 +119,16 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Waits for task `upid`; a task that ended with warnings succeeded, and they are shown.
+    fn wait(&self, what: &str, node: &str, upid: &str) -> Result<(), DeployError> {
+        let warnings = self.call(what, || self.api.wait(node, upid))?;
+        for w in &warnings {
+            self.reporter
+                .report(Event::Warning(&format!("proxmox: {what}: {w}")));
+        }
+        Ok(())
+    }
+
     /// Runs one API call, reporting it and its outcome.
     fn call<T>(
         &self,
@@ -158,9 +174,22 @@ pub fn deploy(
     let keep = px.keep.unwrap_or(2).max(1) as usize;
     let tag = name_tag(&name);
 
-    // Before anything is sent: can this token do it all?
-    reporter.report(Event::Stage("proxmox: checking the token's privileges"));
-    super::permissions::check(api, &storage, &disk_storage)?;
+    // Before anything is sent: can this node and this token do it all?
+    let bridge = px.bridge.clone().unwrap_or_else(|| "vmbr0".into());
+    reporter.report(Event::Stage("proxmox: checking the node's version"));
+    let version = super::preflight::check_version(api)?;
+    reporter.report(Event::Stage(&format!(
+        "proxmox: Proxmox VE {version}; checking the token's privileges"
+    )));
+    super::preflight::check_privileges(api, &storage, &disk_storage, &bridge)?;
+    reporter.report(Event::Stage("proxmox: checking the storages"));
+    super::preflight::check_storages(
+        api,
+        &node,
+        &storage,
+        &disk_storage,
+        px.snippets_via.as_deref() == Some("ssh"),
+    )?;
 
     // What is there: our older templates of this image, and anything else in the way.
     let vms = list_vms(&c, &node)?;
@@ -233,45 +262,44 @@ pub fn deploy(
         &manifest.disk.sha256[..12],
         manifest.disk_format
     );
-    let seed_file = format!("{name}-seed-{}.iso", &manifest.seed.sha256[..12]);
     let disk_volid = format!("{storage}:import/{disk_file}");
-    let seed_volid = format!("{storage}:iso/{seed_file}");
-    for (kind, file, volid, local, sha) in [
-        (
-            "import",
-            &disk_file,
-            &disk_volid,
-            dir.join(&manifest.disk.file),
-            &manifest.disk.sha256,
-        ),
-        (
-            "iso",
-            &seed_file,
-            &seed_volid,
-            dir.join(&manifest.seed.file),
-            &manifest.seed.sha256,
-        ),
-    ] {
-        if have.contains(volid) {
-            reporter.report(Event::Stage(&format!(
-                "proxmox: {volid} is already on {storage}: not uploading"
-            )));
-            continue;
-        }
-        let what = format!("POST /nodes/{node}/storage/{storage}/upload ({kind}: {file})");
+    if have.contains(&disk_volid) {
+        reporter.report(Event::Stage(&format!(
+            "proxmox: {disk_volid} is already on {storage}: not uploading"
+        )));
+    } else {
+        let what = format!("POST /nodes/{node}/storage/{storage}/upload (import: {disk_file})");
+        let local = dir.join(&manifest.disk.file);
         let upid = c.call(&what, || {
-            api.upload(&node, &storage, kind, &local, file, sha)
+            api.upload(
+                &node,
+                &storage,
+                "import",
+                &local,
+                &disk_file,
+                &manifest.disk.sha256,
+            )
         })?;
-        c.call(&format!("waiting for the upload of {file}"), || {
-            api.wait(&node, &upid)
-        })?;
+        // The checksum is verified inside the upload task, not in the HTTP answer.
+        c.wait(
+            &format!("waiting for the upload of {disk_file}"),
+            &node,
+            &upid,
+        )?;
     }
 
     let cicustom = match px.snippets_via.as_deref() {
         Some("ssh") => Some(copy_snippet(
             &c, &node, &storage, &name, dir, opts, api_host,
         )?),
-        _ => None,
+        _ => {
+            reporter.report(Event::Warning(
+                "the template gets Proxmox's own cloud-init (user, ssh keys, DHCP); clones get \
+                 the recipe's user-data only through a cicustom snippet: set snippets_via = \"ssh\" \
+                 or pass it when cloning (README: Terraform)",
+            ));
+            None
+        }
     };
 
     // The VM, then the template; from here on a failure removes the VM.
@@ -294,18 +322,20 @@ pub fn deploy(
         },
     )?;
     let created = (|| {
-        c.call(
+        c.wait(
             &format!("waiting for VM {vmid} to be created (disk import)"),
-            || api.wait(&node, &upid),
+            &node,
+            &upid,
         )?;
         let path = format!("/nodes/{node}/qemu/{vmid}/template");
         let v = c.call(&format!("POST {path} (convert to template)"), || {
             api.post(&path, &[])
         })?;
         if let Some(upid) = v.as_str() {
-            c.call(
+            c.wait(
                 &format!("waiting for VM {vmid} to become a template"),
-                || api.wait(&node, upid),
+                &node,
+                upid,
             )?;
         }
         Ok::<(), DeployError>(())
@@ -377,7 +407,6 @@ pub fn deploy(
         vmid,
         name,
         disk_volid,
-        seed_volid,
         cicustom,
         kept,
         removed,
@@ -416,9 +445,11 @@ fn destroy(c: &Ctx, node: &str, vmid: u64) -> Result<(), DeployError> {
         )
     })?;
     if let Some(upid) = v.as_str() {
-        c.call(&format!("waiting for VM {vmid} to be destroyed"), || {
-            c.api.wait(node, upid)
-        })?;
+        c.wait(
+            &format!("waiting for VM {vmid} to be destroyed"),
+            node,
+            upid,
+        )?;
     }
     Ok(())
 }

@@ -4,5 +4,5 @@
 
 pub mod api;
 pub mod deploy;
-pub mod permissions;
+pub mod preflight;
 pub mod target;

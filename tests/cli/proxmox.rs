@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command as Std;
 use std::sync::OnceLock;
 
-use crate::fake_proxmox::{self, FakeProxmox};
+use crate::fake_proxmox::{self, FakeProxmox, Profile};
 use crate::{Work, assert_ok, repo, stderr, stdout, tool};
 
 /// Required variables of the mirror recipes, for commands that do not fetch anything.
@@ -448,6 +448,26 @@ fn names(api: &FakeProxmox) -> Vec<(u64, String, bool)> {
         .collect()
 }
 
+/// The calls every deploy starts with: the version, the token's privileges on each path it
+/// needs, the storages, then the VMs.
+const PREFLIGHT: [&str; 7] = [
+    "GET /version",
+    "GET /access/permissions",
+    "GET /access/permissions",
+    "GET /access/permissions",
+    "GET /access/permissions",
+    "GET /nodes/pve/storage",
+    "GET /nodes/pve/qemu",
+];
+
+fn with_preflight(rest: &[&str]) -> Vec<String> {
+    PREFLIGHT
+        .iter()
+        .chain(rest)
+        .map(|s| s.to_string())
+        .collect()
+}
+
 #[test]
 fn deploy_makes_a_template_through_the_api() {
     let vm = vm_build();
@@ -460,6 +480,11 @@ fn deploy_makes_a_template_through_the_api() {
         log.contains("proxmox: POST /nodes/pve/qemu (create VM 9000): ok"),
         "{log}"
     );
+    assert!(log.contains("Proxmox VE 8.4.1"), "{log}");
+    assert!(
+        log.contains("clones get the recipe's user-data only through a cicustom snippet"),
+        "{log}"
+    );
 
     let reqs = api.requests();
     let auth = format!("PVEAPIToken={}", fake_proxmox::TOKEN);
@@ -470,28 +495,31 @@ fn deploy_makes_a_template_through_the_api() {
     assert!(reqs.iter().all(|r| r.status == 200), "{reqs:#?}");
     assert_eq!(
         calls(&api, 0),
-        [
-            "GET /access/permissions",
-            "GET /access/permissions",
-            "GET /access/permissions",
-            "GET /nodes/pve/qemu",
+        with_preflight(&[
             "GET /nodes/pve/storage/local/content",
-            "POST /nodes/pve/storage/local/upload",
             "POST /nodes/pve/storage/local/upload",
             "POST /nodes/pve/qemu",
             "POST /nodes/pve/qemu/9000/template",
             "PUT /nodes/pve/qemu/9000/config",
-        ]
+        ])
     );
     let perm_paths: Vec<String> = reqs
         .iter()
         .filter(|r| r.path.ends_with("/access/permissions"))
         .map(|r| r.query["path"].clone())
         .collect();
-    assert_eq!(perm_paths, ["/storage/local", "/storage/local-lvm", "/vms"]);
+    assert_eq!(
+        perm_paths,
+        [
+            "/storage/local",
+            "/storage/local-lvm",
+            "/vms",
+            "/sdn/zones/localnetwork/vmbr0"
+        ]
+    );
     // Every task was polled to its end.
     let polls = reqs.iter().filter(|r| r.path.ends_with("/status")).count();
-    assert_eq!(polls, 8, "two polls for each of four tasks");
+    assert_eq!(polls, 6, "two polls for each of three tasks");
 
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(vm.dir.join("manifest.json")).unwrap()).unwrap();
@@ -500,6 +528,16 @@ fn deploy_makes_a_template_through_the_api() {
         .iter()
         .filter(|r| r.path.ends_with("/upload"))
         .collect();
+    assert_eq!(
+        uploads.len(),
+        1,
+        "the disk only: a seed ISO would reach no clone"
+    );
+    assert_eq!(
+        uploads[0].parts,
+        ["content", "checksum-algorithm", "checksum", "filename"],
+        "the file part last, as pve-http-server reads it"
+    );
     assert_eq!(uploads[0].form["content"], "import");
     assert_eq!(uploads[0].form["checksum-algorithm"], "sha256");
     assert_eq!(uploads[0].form["checksum"], disk_sha);
@@ -507,7 +545,6 @@ fn deploy_makes_a_template_through_the_api() {
         uploads[0].form["filename"],
         format!("bootvm-{}.qcow2", &disk_sha[..12])
     );
-    assert_eq!(uploads[1].form["content"], "iso");
 
     let vms = api.vms();
     let t = &vms[&9000];
@@ -540,7 +577,7 @@ fn deploy_makes_a_template_through_the_api() {
         "no snippets unless snippets_via = ssh"
     );
 
-    // Again: a new template with a new id; the files are not sent twice; the old one steps
+    // Again: a new template with a new id; the disk is not sent twice; the old one steps
     // aside under NAME-VMID (keep = 2 by default).
     let before = api.requests().len();
     let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
@@ -548,11 +585,7 @@ fn deploy_makes_a_template_through_the_api() {
     assert_eq!(stdout(&o).trim(), "100");
     assert_eq!(
         calls(&api, before),
-        [
-            "GET /access/permissions",
-            "GET /access/permissions",
-            "GET /access/permissions",
-            "GET /nodes/pve/qemu",
+        with_preflight(&[
             "GET /cluster/nextid",
             "GET /nodes/pve/storage/local/content",
             "POST /nodes/pve/qemu",
@@ -560,7 +593,7 @@ fn deploy_makes_a_template_through_the_api() {
             "PUT /nodes/pve/qemu/100/config",
             "GET /nodes/pve/qemu/9000/config",
             "PUT /nodes/pve/qemu/9000/config",
-        ]
+        ])
     );
     assert_eq!(
         names(&api),
@@ -619,40 +652,128 @@ fn deploy_makes_a_template_through_the_api() {
 }
 
 #[test]
+fn deploy_works_on_8_4_and_9_and_stops_early_on_older_nodes() {
+    let vm = vm_build();
+    for profile in [Profile::V8_4, Profile::V9_0] {
+        let api = FakeProxmox::with_profile(profile);
+        api.state.lock().unwrap().prepared_storages();
+        let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
+        assert_ok(&o);
+        assert!(api.vms()[&9000].template, "{profile:?}");
+    }
+    for (profile, version) in [(Profile::V8_2, "8.2.7"), (Profile::V8_3, "8.3.5")] {
+        let api = FakeProxmox::with_profile(profile);
+        api.state.lock().unwrap().prepared_storages();
+        let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
+        assert_eq!(o.status.code(), Some(1), "{profile:?}");
+        let e = stderr(&o);
+        assert!(
+            e.contains(&format!("the node runs Proxmox VE {version}, which cannot take a qcow2 disk as `import` content"))
+                && e.contains("apt update && apt dist-upgrade"),
+            "{profile:?}: {e}"
+        );
+        assert_eq!(
+            calls(&api, 0),
+            ["GET /version"],
+            "{profile:?}: nothing else"
+        );
+    }
+    // What the fake does on those versions is what the check spares the user: 8.3 takes only
+    // .ova as import content, 8.2 has no import content at all.
+    for (profile, words) in [
+        (Profile::V8_3, "invalid filename or wrong extension"),
+        (
+            Profile::V8_2,
+            "does not have a value in the enumeration 'iso, vztmpl'",
+        ),
+    ] {
+        let api = FakeProxmox::with_profile(profile);
+        api.state.lock().unwrap().prepared_storages();
+        let o = std::process::Command::new("curl")
+            .args(["-s", "-H"])
+            .arg(format!(
+                "Authorization: PVEAPIToken={}",
+                fake_proxmox::TOKEN
+            ))
+            .args([
+                "-F",
+                "content=import",
+                "-F",
+                "filename=@/etc/hostname;filename=d.qcow2",
+            ])
+            .arg(format!(
+                "{}/api2/json/nodes/pve/storage/local/upload",
+                api.url
+            ))
+            .output()
+            .unwrap();
+        let body = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(body.contains(words), "{profile:?}: {body}");
+    }
+}
+
+#[test]
+fn deploy_names_what_a_stock_node_lacks() {
+    let vm = vm_build();
+    let api = FakeProxmox::start();
+    api.state.lock().unwrap().stock_storages();
+    let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(
+        e.contains("storage `local` has content iso,vztmpl,backup but needs import: pvesm set local --content backup,import,iso,vztmpl"),
+        "{e}"
+    );
+    assert!(
+        api.requests().iter().all(|r| r.method == "GET"),
+        "nothing sent before the check"
+    );
+    // A disk storage without images (the README recipe without disk_storage used `local`).
+    let api = FakeProxmox::start();
+    {
+        let mut s = api.state.lock().unwrap();
+        s.storages.get_mut("local-lvm").unwrap().content = vec!["rootdir".into()];
+    }
+    let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("storage `local-lvm` has content rootdir but needs images: pvesm set local-lvm --content images,rootdir"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn deploy_checks_the_token_privileges_first() {
     let vm = vm_build();
     let api = FakeProxmox::start();
-    let mut all_vms: Vec<String> = [
-        "VM.Audit",
-        "VM.Config.CDROM",
-        "VM.Config.CPU",
-        "VM.Config.Cloudinit",
-        "VM.Config.Disk",
-        "VM.Config.HWType",
-        "VM.Config.Memory",
-        "VM.Config.Network",
-        "VM.Config.Options",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    all_vms.sort();
-    api.state.lock().unwrap().permissions = Some(
-        [
-            (
-                "/storage/local".to_string(),
-                vec!["Datastore.Audit".to_string()],
-            ),
-            (
-                "/storage/local-lvm".to_string(),
-                vec!["Datastore.AllocateSpace".to_string()],
-            ),
-            ("/vms".to_string(), all_vms),
-        ]
-        .into_iter()
-        .collect(),
-    );
-    let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
+    let token_id = fake_proxmox::USER_TOKEN.split_once('=').unwrap().0;
+    {
+        // A privilege-separated token: the user has broad rights, the token only some.
+        let mut s = api.state.lock().unwrap();
+        s.grant("imgbuild@pve", "/", fake_proxmox::ALL_PRIVS);
+        s.grant(
+            token_id,
+            "/storage",
+            &["Datastore.Audit", "Datastore.AllocateSpace"],
+        );
+        s.grant(
+            token_id,
+            "/vms",
+            &[
+                "VM.Audit",
+                "VM.Config.CDROM",
+                "VM.Config.CPU",
+                "VM.Config.Cloudinit",
+                "VM.Config.Disk",
+                "VM.Config.HWType",
+                "VM.Config.Memory",
+                "VM.Config.Network",
+                "VM.Config.Options",
+            ],
+        );
+    }
+    let o = deploy(vm, &api, fake_proxmox::USER_TOKEN, &[]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(
@@ -660,13 +781,14 @@ fn deploy_checks_the_token_privileges_first() {
         "{e}"
     );
     assert!(e.contains("/vms: VM.Allocate"), "{e}");
+    assert!(e.contains("/sdn/zones/localnetwork/vmbr0: SDN.Use"), "{e}");
     assert!(
         !e.contains("/storage/local-lvm:"),
         "that one is granted: {e}"
     );
     assert!(e.contains("pveum role add ImgbuildDeploy --privs '"), "{e}");
     assert!(
-        e.contains("pveum acl modify /vms --tokens 'root@pam!imgbuild' --roles ImgbuildDeploy"),
+        e.contains("pveum acl modify /vms --tokens 'imgbuild@pve!ci' --roles ImgbuildDeploy"),
         "{e}"
     );
     assert!(!e.contains("5ecr3t"), "the secret is never printed: {e}");
@@ -674,6 +796,75 @@ fn deploy_checks_the_token_privileges_first() {
         api.requests().iter().all(|r| r.method == "GET"),
         "nothing sent before the check"
     );
+    // Granted as the message says: the same token deploys.
+    {
+        let mut s = api.state.lock().unwrap();
+        let all: Vec<&str> = fake_proxmox::ALL_PRIVS.to_vec();
+        for path in ["/storage/local", "/vms", "/sdn/zones/localnetwork/vmbr0"] {
+            s.grant(token_id, path, &all);
+        }
+    }
+    let o = deploy(vm, &api, fake_proxmox::USER_TOKEN, &[]);
+    assert_ok(&o);
+}
+
+#[test]
+fn a_task_that_ends_with_warnings_succeeded() {
+    let vm = vm_build();
+    let api = FakeProxmox::start();
+    api.state.lock().unwrap().warn_task = Some((
+        "qmcreate".into(),
+        vec!["disk image was resized to fit the target storage".into()],
+    ));
+    let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("WARN: disk image was resized to fit the target storage"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(api.vms()[&9000].template);
+}
+
+#[test]
+fn an_upload_whose_checksum_fails_in_its_task_stops_the_deploy() {
+    let vm = vm_build();
+    let api = FakeProxmox::start();
+    api.state.lock().unwrap().fail_task = Some((
+        "imgcopy".into(),
+        "checksum mismatch: got 'aa' != expect 'bb'".into(),
+    ));
+    let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("waiting for the upload of bootvm-"), "{e}");
+    assert!(e.contains("checksum mismatch"), "{e}");
+    assert!(api.vms().is_empty());
+}
+
+#[test]
+fn errors_are_read_from_the_status_line_and_from_the_body() {
+    let vm = vm_build();
+    for profile in [Profile::V8_2, Profile::V9_0] {
+        let api = FakeProxmox::with_profile(profile);
+        api.state.lock().unwrap().fail_http.push((
+            "GET".into(),
+            "/version".into(),
+            500,
+            "node is fenced".into(),
+        ));
+        let o = deploy(vm, &api, fake_proxmox::TOKEN, &[]);
+        assert_eq!(o.status.code(), Some(1));
+        let e = stderr(&o);
+        assert!(
+            e.contains("GET /version: HTTP 500: node is fenced"),
+            "{profile:?}: {e}"
+        );
+        assert!(
+            !e.contains("node is fenced: node is fenced"),
+            "said once: {e}"
+        );
+    }
 }
 
 #[test]
@@ -686,7 +877,7 @@ fn deploy_failures_are_clear_and_leave_the_previous_template_intact() {
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(
-        e.contains("GET /access/permissions: HTTP 401") && e.contains("authentication failure"),
+        e.contains("GET /version: HTTP 401") && e.contains("authentication failure"),
         "{e}"
     );
     assert!(!e.contains("wrong"), "the secret is never printed: {e}");
@@ -707,7 +898,19 @@ fn deploy_failures_are_clear_and_leave_the_previous_template_intact() {
         Option<&'static str>,
         Left,
     );
-    let cases: [Case; 9] = [
+    let cases: [Case; 11] = [
+        (
+            "version",
+            Some(("GET", "/version")),
+            None,
+            &[(9000, "bootvm")],
+        ),
+        (
+            "storages",
+            Some(("GET", "/nodes/pve/storage")),
+            None,
+            &[(9000, "bootvm")],
+        ),
         (
             "permissions",
             Some(("GET", "/access/permissions")),
@@ -830,8 +1033,7 @@ fn a_proxmox_node_that_stalls_fails_the_deploy() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(
-        stderr(&o)
-            .contains("GET /access/permissions: the node stalled (no answer or no data for 1 s"),
+        stderr(&o).contains("GET /version: the node stalled (no answer or no data for 1 s"),
         "{}",
         stderr(&o)
     );
