@@ -203,9 +203,15 @@ print(json.dumps(yaml.safe_load(open(sys.argv[1]))))
     assert_eq!(parts.len(), 2, "{parts:?}");
     assert_eq!(parts[1].0, "text/x-shellscript");
     assert!(
-        parts[1].1.starts_with(
-            "#!/bin/bash\nexport CODER_AGENT_TOKEN='${agent_token}'\nsudo --preserve-env=CODER_AGENT_TOKEN -u coder "
-        ),
+        parts[1]
+            .1
+            .starts_with("#!/bin/bash\nexport CODER_AGENT_TOKEN='${agent_token}'\n")
+            && parts[1]
+                .1
+                .contains("<<'CODER_INIT_SCRIPT_END'\n${init_script}\nCODER_INIT_SCRIPT_END\n")
+            && parts[1]
+                .1
+                .contains("sudo --preserve-env=CODER_AGENT_TOKEN -u coder /opt/coder/init"),
         "{}",
         parts[1].1
     );
@@ -223,13 +229,14 @@ fn bad_cloud_init_settings_exit_2_with_their_line() {
     std::fs::write(
         &recipe,
         r#"[image]
-name = "bad"
+name = "bad_name"
 
 [target.proxmox]
 disk_size = "lots"
 
 [target.proxmox.cloud_init]
 power_state = "halt"
+ssh_authorized_keys = ["ssh-ed25519 AAAA... me@laptop"]
 
 [[target.proxmox.cloud_init.parts]]
 filename = "x.sh"
@@ -247,6 +254,8 @@ src = "x.sh"
         "bad-ci.toml:8:15: `target.proxmox.cloud_init.power_state`",
         "`target.proxmox.cloud_init.parts[0]`: a part needs exactly one of `content` and `src`",
         "`target.proxmox.cloud_init.parts[0].content_type`",
+        "bad-ci.toml:2:8: `image.name`: `bad_name` cannot name a Proxmox VM",
+        "bad-ci.toml:9:24: `target.proxmox.cloud_init.ssh_authorized_keys[0]`: not an SSH public key (the key is not base64)",
     ] {
         assert!(e.contains(want), "missing {want:?} in:\n{e}");
     }
@@ -1043,4 +1052,82 @@ fn a_proxmox_node_that_stalls_fails_the_deploy() {
         "GETs are tried three times"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+/// The README's two Terraform examples, checked without Terraform: HCL parses, providers are
+/// pinned, every name exists in the pinned providers' sources (examples/terraform/schemas.json,
+/// from scripts/tf-schemas), templatefile() fills every placeholder of imgbuild's snippet, and
+/// the rendered per-workspace user-data passes `cloud-init schema`.
+#[test]
+fn terraform_examples_match_their_providers_and_render_valid_user_data() {
+    let w = Work::setup();
+    let out = w.path("ci");
+    let o = w
+        .cmd()
+        .args(VARS)
+        .arg("cloud-init")
+        .arg(w.path("recipes/coderall-bookworm.toml"))
+        .args(["--clone", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let python = repo().join("target/py-hcl2/bin/python");
+    assert!(
+        python.exists(),
+        "scripts/deps installs python-hcl2 into target/py-hcl2"
+    );
+    let check = |tf: &Path, rendered: &Path| {
+        Std::new(&python)
+            .arg(repo().join("tests/terraform/check.py"))
+            .arg(tf)
+            .arg(repo().join("examples/terraform/schemas.json"))
+            .arg(out.join("user-data"))
+            .arg(rendered)
+            .output()
+            .unwrap()
+    };
+    for example in ["bpg", "telmate"] {
+        let tf = repo().join(format!("examples/terraform/{example}/main.tf"));
+        let rendered = w.path(&format!("rendered-{example}"));
+        let o = check(&tf, &rendered);
+        assert_ok(&o);
+        let parts = mime_parts(&rendered);
+        assert_eq!(parts.len(), 2, "{example}: {parts:?}");
+        schema_ok(&parts[0].1, &w.path(""), &format!("terraform-{example}"));
+        assert!(
+            parts[1]
+                .1
+                .contains("export CODER_AGENT_TOKEN='TEST-AGENT-TOKEN-1234'")
+                && parts[1]
+                    .1
+                    .contains("<<'CODER_INIT_SCRIPT_END'\necho coder agent init\n"),
+            "{example}: {}",
+            parts[1].1
+        );
+    }
+    // The checker fails on what Terraform would refuse: an attribute the provider does not
+    // have, and the coder provider 2.x's removed `owner`.
+    let text = std::fs::read_to_string(repo().join("examples/terraform/bpg/main.tf")).unwrap();
+    let bad = w.path("bad.tf");
+    std::fs::write(
+        &bad,
+        text.replace(
+            "data.coder_workspace_owner.me.name",
+            "data.coder_workspace.me.owner",
+        )
+        .replace("user_data_file_id", "user_data_file"),
+    )
+    .unwrap();
+    let o = check(&bad, &w.path("rendered-bad"));
+    assert_eq!(o.status.code(), Some(1));
+    let msg = stdout(&o);
+    assert!(
+        msg.contains("`owner` is not an attribute of coder_workspace"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("`user_data_file` is not an argument or block"),
+        "{msg}"
+    );
 }
