@@ -263,7 +263,7 @@ src = "x.sh"
 
 /// The VM recipe of the live tests: Debian bookworm minbase from the machine's mirror, a user,
 /// and a first boot that prints a marker on the serial console and powers off.
-const VM_RECIPE: &str = r#"
+const VM_RECIPE: &str = r##"
 [image]
 name = "bootvm"
 base = "scratch"
@@ -300,7 +300,18 @@ memory = 2048
 ssh_authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1kJ3n4Gd5BLVhBD5Cx0i0kqN8pq1C5G8c1bV0o3Y5b test@imgbuild"]
 runcmd = ["echo IMGBUILD-BOOT-MARKER-$(hostname) > /dev/ttyS0"]
 power_state = "poweroff"
-"#;
+
+[target.proxmox.cloud_init.vars]
+CODER_AGENT_TOKEN = "$${agent_token}"
+
+# What a Coder agent part does, visibly: runs as the user with the per-workspace token.
+[[target.proxmox.cloud_init.parts]]
+filename = "agent.sh"
+content_type = "text/x-shellscript"
+content = """#!/bin/bash
+sudo --preserve-env=CODER_AGENT_TOKEN -u coder /bin/bash -c 'echo "AGENT-RAN as $(id -un) token=$CODER_AGENT_TOKEN"' > /dev/ttyS0
+"""
+"##;
 
 struct VmBuild {
     work: Work,
@@ -360,6 +371,39 @@ fn vm_disk_boots_to_cloud_init_and_is_reproducible() {
         "{manifest}"
     );
 
+    // A clone's per-workspace user-data: the snippet with its token filled in as Terraform's
+    // templatefile() would, on a NoCloud seed (what Proxmox's cloud-init drive is).
+    let seed_dir = vm.work.path("workspace-seed");
+    std::fs::create_dir_all(&seed_dir).unwrap();
+    let snippet = std::fs::read_to_string(vm.dir.join("user-data")).unwrap();
+    assert!(snippet.contains("${agent_token}"), "{snippet}");
+    std::fs::write(
+        seed_dir.join("user-data"),
+        snippet.replace("${agent_token}", "WS-TOKEN-5f3a9c"),
+    )
+    .unwrap();
+    for f in ["meta-data", "network-config"] {
+        std::fs::copy(vm.dir.join(f), seed_dir.join(f)).unwrap();
+    }
+    let seed = vm.work.path("workspace-seed.iso");
+    tool(
+        "xorriso",
+        &[
+            "-as",
+            "mkisofs",
+            "-quiet",
+            "-output",
+            seed.to_str().unwrap(),
+            "-volid",
+            "cidata",
+            "-joliet",
+            "-rock",
+            seed_dir.join("user-data").to_str().unwrap(),
+            seed_dir.join("meta-data").to_str().unwrap(),
+            seed_dir.join("network-config").to_str().unwrap(),
+        ],
+    );
+
     // Boot it: UEFI firmware, the UKI from the ESP, systemd, cloud-init from the NoCloud seed.
     let serial = vm.work.path("serial.log");
     let started = std::time::Instant::now();
@@ -382,7 +426,7 @@ fn vm_disk_boots_to_cloud_init_and_is_reproducible() {
         .arg("-drive")
         .arg(format!(
             "file={},if=virtio,format=raw,readonly=on",
-            vm.dir.join("seed.iso").display()
+            seed.display()
         ))
         .stdout(std::fs::File::create(&serial).unwrap())
         .stderr(std::process::Stdio::piped())
@@ -400,6 +444,10 @@ fn vm_disk_boots_to_cloud_init_and_is_reproducible() {
     assert!(
         log.contains("IMGBUILD-BOOT-MARKER-bootvm"),
         "no runcmd marker on the serial console:\n{tail}"
+    );
+    assert!(
+        log.contains("AGENT-RAN as coder token=WS-TOKEN-5f3a9c"),
+        "the agent part did not run with the workspace's token:\n{tail}"
     );
     assert!(log.contains("reboot: Power down"), "{tail}");
     eprintln!(
