@@ -28,6 +28,7 @@ pub mod import;
 #[cfg(test)]
 mod input_proptests;
 pub mod layer;
+pub mod lower;
 pub mod lock;
 pub mod oci;
 pub mod parallel;

@@ -21,7 +21,7 @@ use crate::cache::{Cache, CacheError};
 use crate::canonical;
 use crate::digest::Digest;
 use crate::http::{HttpError as DownloadError, redact};
-use crate::realize::lower::LowerFs;
+use crate::lower::LowerFs;
 use crate::recipe::interp::expand_platform;
 use crate::recipe::{FieldPath, Loaded, RecipeError};
 use crate::report::{Dir, Event, Reporter};
@@ -101,11 +101,6 @@ pub enum LockError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-/// `recipes/NAME.toml` -> `recipes/NAME.lock`.
-pub fn path_for(recipe: &Path) -> PathBuf {
-    recipe.with_extension("lock")
 }
 
 pub fn read(path: &Path) -> Result<Option<Lock>, LockError> {

@@ -13,7 +13,7 @@ use crate::base::BaseImage;
 use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::lock::Lock;
-use crate::realize::lower::LowerFs;
+use crate::lower::LowerFs;
 
 /// The media type of an SPDX JSON document (as an OCI artifact type and layer type).
 pub const MEDIA_TYPE: &str = "application/spdx+json";

@@ -12,7 +12,7 @@ use md5::Digest as _;
 use tar::EntryType;
 
 use crate::layer::{LayerWriter, Meta};
-use crate::realize::lower::{Kind, LowerFs, norm};
+use crate::lower::{Kind, LowerFs, norm};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DebError {

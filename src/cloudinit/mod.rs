@@ -22,15 +22,7 @@ use sha2::{Digest as _, Sha256};
 use crate::lock::Lock;
 use crate::recipe::{CloudInit, Loaded, interp};
 
-/// The part types cloud-init's user-data handlers read.
-pub const PART_TYPES: &[&str] = &[
-    "text/x-shellscript",
-    "text/cloud-config",
-    "text/cloud-boothook",
-    "text/jinja2",
-    "text/x-include-url",
-    "text/part-handler",
-];
+pub use crate::recipe::PART_TYPES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudInitError {

@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use super::CompressionSpec;
 use super::pgzip::ParallelGzip;
 use crate::cache::BlobWriter;
-use crate::recipe::Compression;
+use super::Compression;
 
 /// The compressed half of the layer pipeline: compressor -> blob (which hashes).
 pub enum Compressor {

@@ -24,11 +24,28 @@ pub use compress::Compressor;
 
 use crate::cache::{BlobWriter, Cache, CacheError, LayerRecord};
 use crate::digest::HashingWriter;
-use crate::recipe::Compression;
 
 pub const MEDIA_TYPE_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const MEDIA_TYPE_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const MEDIA_TYPE_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// How a layer is compressed (`[target.oci] compression` in a recipe).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
 
 /// The tar stream inside a layer blob of `media_type` (OCI and Docker gzip, zstd, plain).
 pub fn decompressed<'a>(

@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use super::walk::{WalkOptions, append_tree};
 use super::{CompressionSpec, LayerWriter};
 use crate::cache::{BlobWriter, LayerRecord};
-use crate::recipe::Compression;
+use super::Compression;
 
 #[derive(Debug, Clone)]
 enum Entry {

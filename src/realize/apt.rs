@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use super::RealizeError;
-use super::lower::LowerFs;
+use crate::lower::LowerFs;
 use crate::apt::deb::{self, ControlInfo, DebError, Unpacker};
 use crate::apt::dpkg;
 use crate::cache::Cache;

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use tar::EntryType;
 
-use super::lower::{Kind, LowerFs};
+use crate::lower::{Kind, LowerFs};
 
 use crate::layer::{LayerWriter, Meta};
 

@@ -4,7 +4,7 @@
 
 pub mod apt;
 mod extract;
-pub mod lower;
+
 mod run;
 pub mod sandbox;
 mod services;
@@ -18,7 +18,7 @@ pub use crate::http::{HttpError as DownloadError, redact};
 pub use extract::ExtractError;
 pub use run::pip_report;
 
-use self::lower::LowerFs;
+use crate::lower::LowerFs;
 use self::tree::{NodeKind, Tree};
 use crate::base::BaseImage;
 use crate::cache::{Cache, CacheError, LayerRecord};

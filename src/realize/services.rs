@@ -2,7 +2,7 @@
 //! section from the image and creates the symlinks systemctl would: `WantedBy=` and
 //! `RequiredBy=` as `.wants/` and `.requires/` links, `Alias=` links, and `Also=` units.
 
-use super::lower::{Kind, LowerFs};
+use crate::lower::{Kind, LowerFs};
 use super::tree::{NodeKind, Tree};
 use crate::layer::Meta;
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader};
 
-use super::lower::{Kind, LowerFs, norm};
+use crate::lower::{Kind, LowerFs, norm};
 use crate::layer::{LayerWriter, Meta};
 use crate::plan::FileSource;
 

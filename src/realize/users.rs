@@ -3,7 +3,7 @@
 //! from `/etc/skel`, and sudoers drop-ins, as `groupadd`, `useradd -m -U` and a
 //! `/etc/sudoers.d` file would leave them.
 
-use super::lower::{Kind, LowerFs};
+use crate::lower::{Kind, LowerFs};
 use super::tree::{NodeKind, Tree};
 use crate::layer::Meta;
 use crate::plan::FileSource;

@@ -130,6 +130,11 @@ impl Loaded {
     }
 }
 
+/// Where a recipe's lock lives: `recipes/NAME.toml` -> `recipes/NAME.lock`.
+pub fn lock_path_for(recipe: &Path) -> PathBuf {
+    recipe.with_extension("lock")
+}
+
 /// The largest recipe file read (a recipe is text written by hand; lockfiles are separate).
 pub const MAX_RECIPE: u64 = 16 << 20;
 
@@ -245,7 +250,7 @@ pub fn parse(
     };
     let mut loaded = Loaded {
         path: path.to_path_buf(),
-        lock_path: crate::lock::path_for(path),
+        lock_path: lock_path_for(path),
         dir,
         source,
         base: BaseRef::Scratch,

@@ -8,6 +8,19 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
+pub use crate::layer::Compression;
+
+/// The part types cloud-init's user-data handlers read (`[[target.proxmox.cloud_init.parts]]
+/// content_type`).
+pub const PART_TYPES: &[&str] = &[
+    "text/x-shellscript",
+    "text/cloud-config",
+    "text/cloud-boothook",
+    "text/jinja2",
+    "text/x-include-url",
+    "text/part-handler",
+];
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Recipe {
@@ -233,23 +246,6 @@ impl Default for OciTarget {
 
 fn default_tags() -> Vec<String> {
     vec!["latest".into()]
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    #[default]
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    pub fn name(self) -> &'static str {
-        match self {
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

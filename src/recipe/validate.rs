@@ -582,7 +582,7 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
             );
         }
         if let Some(size) = &px.disk_size
-            && crate::disk::parse_size(size).is_none()
+            && crate::fsutil::parse_size(size).is_none()
         {
             c.error(
                 &p.key("disk_size"),
@@ -607,13 +607,13 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
                 (None, Some(src)) => c.recipe_file(&f.key("src"), src),
                 _ => {}
             }
-            if !crate::cloudinit::PART_TYPES.contains(&part.content_type.as_str()) {
+            if !super::PART_TYPES.contains(&part.content_type.as_str()) {
                 c.error(
                     &f.key("content_type"),
                     format!(
                         "content_type `{}` is not one cloud-init reads ({})",
                         part.content_type,
-                        crate::cloudinit::PART_TYPES.join(", ")
+                        super::PART_TYPES.join(", ")
                     ),
                 );
             }

@@ -4,13 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, Read};
 use std::path::Path;
 
 use tar::EntryType;
 
 use crate::cache::{Cache, LayerRecord};
-use crate::layer::{MEDIA_TYPE_GZIP, MEDIA_TYPE_ZSTD, Meta};
+use crate::layer::Meta;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -80,14 +80,7 @@ impl LowerFs {
     }
 
     fn scan(&mut self, blob: &Path, media_type: &str) -> io::Result<()> {
-        let f = BufReader::with_capacity(1 << 20, File::open(blob)?);
-        let reader: Box<dyn Read> = match media_type {
-            MEDIA_TYPE_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
-                Box::new(flate2::read::MultiGzDecoder::new(f))
-            }
-            MEDIA_TYPE_ZSTD => Box::new(zstd::Decoder::with_buffer(f)?),
-            _ => Box::new(f),
-        };
+        let reader = crate::layer::decompressed(File::open(blob)?, media_type)?;
         let mut ar = tar::Archive::new(reader);
         for entry in ar.entries()? {
             let mut e = entry?;
