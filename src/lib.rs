@@ -28,8 +28,8 @@ pub mod import;
 #[cfg(test)]
 mod input_proptests;
 pub mod layer;
-pub mod lower;
 pub mod lock;
+pub mod lower;
 pub mod oci;
 pub mod parallel;
 pub mod plan;

@@ -41,7 +41,12 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// The top-level module a file under src/ belongs to (`None` for the executable's files).
 fn module_of(file: &Path) -> Option<String> {
     let rel = file.strip_prefix(repo().join("src")).unwrap();
-    let first = rel.components().next()?.as_os_str().to_string_lossy().into_owned();
+    let first = rel
+        .components()
+        .next()?
+        .as_os_str()
+        .to_string_lossy()
+        .into_owned();
     let m = first.trim_end_matches(".rs").to_string();
     match m.as_str() {
         "main" | "cli" | "commands" | "lib" => None,
@@ -59,8 +64,15 @@ fn imports_only_go_down_the_layers() {
     let rows = rows();
     let lib = std::fs::read_to_string(repo().join("src/lib.rs")).unwrap();
     for line in lib.lines() {
-        if let Some(m) = line.trim().strip_prefix("pub mod ").and_then(|m| m.strip_suffix(';')) {
-            assert!(rows.contains_key(m), "src/lib.rs has `{m}`, which ARCHITECTURE.md does not place");
+        if let Some(m) = line
+            .trim()
+            .strip_prefix("pub mod ")
+            .and_then(|m| m.strip_suffix(';'))
+        {
+            assert!(
+                rows.contains_key(m),
+                "src/lib.rs has `{m}`, which ARCHITECTURE.md does not place"
+            );
         }
     }
     let mut files = Vec::new();
@@ -99,5 +111,9 @@ fn imports_only_go_down_the_layers() {
             }
         }
     }
-    assert!(wrong.is_empty(), "imports against ARCHITECTURE.md:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "imports against ARCHITECTURE.md:\n{}",
+        wrong.join("\n")
+    );
 }

@@ -2,10 +2,10 @@
 
 use std::io::{self, Write};
 
+use super::Compression;
 use super::CompressionSpec;
 use super::pgzip::ParallelGzip;
 use crate::cache::BlobWriter;
-use super::Compression;
 
 /// The compressed half of the layer pipeline: compressor -> blob (which hashes).
 pub enum Compressor {

@@ -9,10 +9,10 @@ use std::path::Path;
 
 use proptest::prelude::*;
 
+use super::Compression;
 use super::walk::{WalkOptions, append_tree};
 use super::{CompressionSpec, LayerWriter};
 use crate::cache::{BlobWriter, LayerRecord};
-use super::Compression;
 
 #[derive(Debug, Clone)]
 enum Entry {

@@ -4,12 +4,12 @@
 use std::collections::HashSet;
 
 use super::RealizeError;
-use crate::lower::LowerFs;
 use crate::apt::deb::{self, ControlInfo, DebError, Unpacker};
 use crate::apt::dpkg;
 use crate::cache::Cache;
 use crate::layer::{LayerWriter, Meta};
 use crate::lock::LockedPackage;
+use crate::lower::LowerFs;
 use crate::report::Reporter;
 
 /// How many .deb files are downloaded at once.

@@ -18,12 +18,12 @@ pub use crate::http::{HttpError as DownloadError, redact};
 pub use extract::ExtractError;
 pub use run::pip_report;
 
-use crate::lower::LowerFs;
 use self::tree::{NodeKind, Tree};
 use crate::base::BaseImage;
 use crate::cache::{Cache, CacheError, LayerRecord};
 use crate::digest::Digest;
 use crate::layer::{LayerWriter, Meta};
+use crate::lower::LowerFs;
 use crate::plan::{DownloadTarget, FileSource, Plan, PlannedDownload, Step, StepKind};
 use crate::recipe::{FieldPath, Loaded, RecipeError};
 use crate::report::{Event, Reporter};

@@ -2,9 +2,9 @@
 //! section from the image and creates the symlinks systemctl would: `WantedBy=` and
 //! `RequiredBy=` as `.wants/` and `.requires/` links, `Alias=` links, and `Also=` units.
 
-use crate::lower::{Kind, LowerFs};
 use super::tree::{NodeKind, Tree};
 use crate::layer::Meta;
+use crate::lower::{Kind, LowerFs};
 
 /// Where systemctl looks for unit files, in order.
 const UNIT_DIRS: [&str; 3] = [

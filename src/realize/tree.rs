@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader};
 
-use crate::lower::{Kind, LowerFs, norm};
 use crate::layer::{LayerWriter, Meta};
+use crate::lower::{Kind, LowerFs, norm};
 use crate::plan::FileSource;
 
 #[derive(Debug, Clone)]

@@ -3,9 +3,9 @@
 //! from `/etc/skel`, and sudoers drop-ins, as `groupadd`, `useradd -m -U` and a
 //! `/etc/sudoers.d` file would leave them.
 
-use crate::lower::{Kind, LowerFs};
 use super::tree::{NodeKind, Tree};
 use crate::layer::Meta;
+use crate::lower::{Kind, LowerFs};
 use crate::plan::FileSource;
 use crate::recipe::{FieldPath, Group, User};
 

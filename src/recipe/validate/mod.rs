@@ -1,5 +1,7 @@
 //! Semantic checks of a parsed recipe: paths, names, digests, references between fields.
 
+mod targets;
+
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 
@@ -193,9 +195,19 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
         loaded,
         diags: Vec::new(),
     };
+    let base = image(&mut c, loaded);
+    entries(&mut c, r);
+    users(&mut c, r);
+    packages(&mut c, r);
+    targets::targets(&mut c, r);
+    (base, c.diags)
+}
+
+/// `[image]` and `[env]`; returns the parsed base.
+fn image(c: &mut Checker, loaded: &Loaded) -> BaseRef {
+    let r = &loaded.recipe;
     let root = FieldPath::root();
     let image = root.key("image");
-
     let name = &r.image.name;
     if name.is_empty()
         || !name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -239,7 +251,12 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
             );
         }
     }
+    base
+}
 
+/// `[[file]]`, `[[download]]`, `[[symlink]]`: paths, sources, and no entry under another.
+fn entries(c: &mut Checker, r: &super::Recipe) {
+    let root = FieldPath::root();
     let mut dests: BTreeSet<String> = BTreeSet::new();
     // Every file or symlink the recipe makes, to find one made under another.
     let mut leaves: Vec<(String, FieldPath)> = Vec::new();
@@ -258,7 +275,7 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
     for (i, f) in r.file.iter().enumerate() {
         let p = root.key("file").index(i);
         c.entry_path(&p.key("dest"), &f.dest);
-        claim(&mut c, &p.key("dest"), &f.dest);
+        claim(c, &p.key("dest"), &f.dest);
         match (&f.content, &f.src) {
             (Some(_), Some(_)) => {
                 c.error(&p.key("src"), "give either `content` or `src`, not both")
@@ -305,7 +322,7 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
             ),
             (Some(dest), None) => {
                 c.entry_path(&p.key("dest"), dest);
-                claim(&mut c, &p.key("dest"), dest);
+                claim(c, &p.key("dest"), dest);
                 if d.strip_components > 0 {
                     c.error(
                         &p.key("strip_components"),
@@ -335,7 +352,7 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
     for (i, s) in r.symlink.iter().enumerate() {
         let p = root.key("symlink").index(i);
         c.entry_path(&p.key("path"), &s.path);
-        claim(&mut c, &p.key("path"), &s.path);
+        claim(c, &p.key("path"), &s.path);
         if s.target.is_empty() {
             c.error(&p.key("target"), "symlink target is empty");
         }
@@ -367,7 +384,11 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
             }
         }
     }
+}
 
+/// `[[group]]`, `[[user]]`, `[services]`.
+fn users(c: &mut Checker, r: &super::Recipe) {
+    let root = FieldPath::root();
     let mut groups = BTreeSet::new();
     for (i, g) in r.group.iter().enumerate() {
         let p = root.key("group").index(i);
@@ -416,7 +437,11 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
             );
         }
     }
+}
 
+/// `[apt]`, `[pip]`, `[[run]]`.
+fn packages(c: &mut Checker, r: &super::Recipe) {
+    let root = FieldPath::root();
     if let Some(apt) = &r.apt {
         let p = root.key("apt");
         if apt
@@ -499,200 +524,5 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
         if run.command.trim().is_empty() {
             c.error(&root.key("run").index(i).key("command"), "empty command");
         }
-    }
-
-    let oci = root.key("target").key("oci");
-    if r.target.oci.tags.is_empty() {
-        c.error(&oci.key("tags"), "at least one tag is needed");
-    }
-    for (i, t) in r.target.oci.tags.iter().enumerate() {
-        if !valid_tag(t) {
-            c.error(
-                &oci.key("tags").index(i),
-                format!("`{t}` is not a valid OCI tag"),
-            );
-        }
-    }
-    if let Some(l) = r.target.oci.level {
-        let range = match r.target.oci.compression {
-            super::Compression::Gzip => 0..=9,
-            super::Compression::Zstd => 1..=22,
-        };
-        if !range.contains(&l) {
-            c.error(
-                &oci.key("level"),
-                format!(
-                    "level {l} is out of range {range:?} for {}",
-                    r.target.oci.compression.name()
-                ),
-            );
-        }
-    }
-    if let Some(px) = &r.target.proxmox {
-        let p = root.key("target").key("proxmox");
-        if let Some(f) = &px.format
-            && !["qcow2", "raw"].contains(&f.as_str())
-        {
-            c.error(
-                &p.key("format"),
-                format!("format `{f}` is not qcow2 or raw"),
-            );
-        }
-        // qemu-server's `name` has pve-common's `dns-name` format (JSONSchema.pm,
-        // `pve_verify_dns_name`), and imgbuild adds `-building` and `-VMID` to it.
-        let vm_name = px.name.clone().unwrap_or_else(|| r.image.name.clone());
-        if !is_dns_name(&vm_name) {
-            let field = if px.name.is_some() {
-                p.key("name")
-            } else {
-                image.key("name")
-            };
-            c.error(
-                &field,
-                format!(
-                    "`{vm_name}` cannot name a Proxmox VM (letters, digits and `-`, dot-separated, \
-                     no `-` at either end): set [target.proxmox] name"
-                ),
-            );
-        }
-        for (i, k) in px.cloud_init.ssh_authorized_keys.iter().enumerate() {
-            if let Err(why) = ssh_public_key(k) {
-                c.error(
-                    &p.key("cloud_init").key("ssh_authorized_keys").index(i),
-                    format!(
-                        "not an SSH public key ({why}); Proxmox checks them with ssh-keygen -l"
-                    ),
-                );
-            }
-        }
-        if px.keep == Some(0) {
-            c.error(
-                &p.key("keep"),
-                "keep = 0 would remove the template just made: keep at least 1",
-            );
-        }
-        if let Some(s) = &px.snippets_via
-            && !["none", "ssh"].contains(&s.as_str())
-        {
-            c.error(
-                &p.key("snippets_via"),
-                format!(
-                    "snippets_via `{s}` is not none or ssh (the Proxmox API cannot upload snippets)"
-                ),
-            );
-        }
-        if let Some(size) = &px.disk_size
-            && crate::fsutil::parse_size(size).is_none()
-        {
-            c.error(
-                &p.key("disk_size"),
-                format!("disk_size `{size}` is not a size such as 4G or 8192M"),
-            );
-        }
-        let ci = p.key("cloud_init");
-        if let Some(s) = &px.cloud_init.power_state
-            && !["poweroff", "reboot"].contains(&s.as_str())
-        {
-            c.error(
-                &ci.key("power_state"),
-                format!("power_state `{s}` is not poweroff or reboot"),
-            );
-        }
-        for (i, part) in px.cloud_init.parts.iter().enumerate() {
-            let f = ci.key("parts").index(i);
-            match (&part.content, &part.src) {
-                (Some(_), Some(_)) | (None, None) => {
-                    c.error(&f, "a part needs exactly one of `content` and `src`")
-                }
-                (None, Some(src)) => c.recipe_file(&f.key("src"), src),
-                _ => {}
-            }
-            if !super::PART_TYPES.contains(&part.content_type.as_str()) {
-                c.error(
-                    &f.key("content_type"),
-                    format!(
-                        "content_type `{}` is not one cloud-init reads ({})",
-                        part.content_type,
-                        super::PART_TYPES.join(", ")
-                    ),
-                );
-            }
-        }
-        for (k, _) in &px.cloud_init.vars {
-            if k.is_empty() || !k.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_') {
-                c.error(
-                    &ci.key("vars").key(k),
-                    format!("`{k}` is not a shell variable name"),
-                );
-            }
-        }
-    }
-    (base, c.diags)
-}
-
-/// pve-common's `dns-name`: labels of letters, digits and `-` (not at either end), joined by
-/// dots.
-pub fn is_dns_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
-/// What `ssh-keygen -l` checks of an authorized-keys line: a known key type followed by
-/// base64 whose decoded blob starts with that same type (SSH wire format: u32 length, name).
-pub fn ssh_public_key(line: &str) -> Result<(), String> {
-    use base64::Engine as _;
-    const TYPES: &[&str] = &[
-        "ssh-ed25519",
-        "ssh-rsa",
-        "ssh-dss",
-        "ecdsa-sha2-nistp256",
-        "ecdsa-sha2-nistp384",
-        "ecdsa-sha2-nistp521",
-        "sk-ssh-ed25519@openssh.com",
-        "sk-ecdsa-sha2-nistp256@openssh.com",
-    ];
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let i = words
-        .iter()
-        .position(|w| TYPES.contains(w))
-        .ok_or("no key type such as ssh-ed25519")?;
-    let b64 = words.get(i + 1).ok_or("no key after the type")?;
-    let blob = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|_| "the key is not base64")?;
-    let n = blob
-        .get(..4)
-        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize)
-        .ok_or("the key is too short")?;
-    match blob.get(4..4 + n) {
-        Some(t) if t == words[i].as_bytes() && blob.len() > 4 + n => Ok(()),
-        _ => Err("the key's data does not match its type".into()),
-    }
-}
-
-#[cfg(test)]
-mod proxmox_name_tests {
-    use super::*;
-
-    #[test]
-    fn dns_names_and_keys() {
-        assert!(is_dns_name("coderall-bookworm"));
-        assert!(is_dns_name("a.b-c"));
-        assert!(!is_dns_name("coder_all"));
-        assert!(!is_dns_name("-x"));
-        assert!(!is_dns_name(""));
-        assert!(ssh_public_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ1kJ3n4Gd5BLVhBD5Cx0i0kqN8pq1C5G8c1bV0o3Y5b me").is_ok());
-        assert!(ssh_public_key("ssh-ed25519 AAAA... me@laptop").is_err());
-        assert!(
-            ssh_public_key(
-                "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIJ1kJ3n4Gd5BLVhBD5Cx0i0kqN8pq1C5G8c1bV0o3Y5b"
-            )
-            .is_err()
-        );
     }
 }
