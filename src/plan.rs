@@ -182,341 +182,439 @@ pub fn compile(
         "compression": compression,
         "mtime": mtime,
     })));
-    let mut steps: Vec<Step> = Vec::new();
-    let mut parent = root_key.clone();
-    let packages: &[LockedPackage] = lock.map_or(&[], |l| &l.packages);
     if r.apt.is_some() && lock.is_none() && crate::lock::needed(loaded) {
         return Err(loaded
             .error_at(&root.key("apt"), "no lock: run `imgbuild lock`")
             .into());
     }
-    if !packages.is_empty() {
-        if loaded.base == crate::recipe::BaseRef::Scratch {
-            // A bootstrap on scratch gets merged /usr first, as debootstrap and mmdebstrap
-            // set it up for Debian 12 and Ubuntu 22.04 (usr-is-merged expects it).
-            let links: Vec<(String, String)> = ["bin", "lib", "lib64", "sbin"]
-                .iter()
-                .map(|d| (format!("/{d}"), format!("usr/{d}")))
-                .collect();
-            let def = json!({"kind": "merged-usr", "links": links});
-            let k = key(&parent, def);
-            steps.push(Step {
-                kind: StepKind::Symlinks(links),
-                name: "merged /usr: bin lib lib64 sbin -> usr/".into(),
-                key: k,
-            });
-        }
-        let mut buckets: Vec<Vec<LockedPackage>> = vec![Vec::new(); APT_LAYERS];
-        for p in packages {
-            let h = Digest::of(p.source.as_bytes());
-            let b = usize::from_str_radix(&h.hex()[..2], 16).unwrap_or(0) % APT_LAYERS;
-            buckets[b].push(p.clone());
-        }
-        let apt_parent = push_parent(&steps, &root_key);
-        let mut bucket_keys = Vec::new();
-        for (i, mut b) in buckets
-            .into_iter()
-            .enumerate()
-            .filter(|(_, b)| !b.is_empty())
-        {
-            b.sort_by(|x, y| x.name.cmp(&y.name));
-            let def = json!({
-                "kind": "apt-packages",
-                "packages": b.iter().map(|p| json!([p.name, p.version, p.arch, p.sha256])).collect::<Vec<_>>(),
-            });
-            let k = key(&apt_parent, def);
-            bucket_keys.push(k.clone());
-            let shown: Vec<&str> = b.iter().take(6).map(|p| p.name.as_str()).collect();
-            let more = if b.len() > 6 {
-                format!(" and {} more", b.len() - 6)
-            } else {
-                String::new()
-            };
-            steps.push(Step {
-                name: format!(
-                    "apt layer {}/{APT_LAYERS}: {}{more}",
-                    i + 1,
-                    shown.join(" ")
-                ),
-                kind: StepKind::AptPackages(b),
-                key: k,
-            });
-        }
-        parent = Digest::of(&canonical::encode(
-            &json!({"apt_parent": apt_parent, "layers": bucket_keys}),
-        ));
-        let all = json!(
-            packages
-                .iter()
-                .map(|p| json!([p.name, p.version, p.arch, p.sha256]))
-                .collect::<Vec<_>>()
-        );
-        let n = packages.len();
-        let k = key(&parent, json!({"kind": "dpkg-database", "packages": all}));
-        parent = k.clone();
-        steps.push(Step {
-            kind: StepKind::DpkgDatabase(packages.to_vec()),
-            name: format!("dpkg database: {n} packages unpacked"),
-            key: k,
-        });
-        if configure {
-            let k = key(
-                &parent,
-                json!({"kind": "configure", "command": "dpkg --force-confdef --force-confold --configure -a", "preinst": "install"}),
-            );
-            parent = k.clone();
-            steps.push(Step {
-                kind: StepKind::Configure(packages.to_vec()),
-                name: format!("dpkg --configure -a ({n} packages)"),
-                key: k,
-            });
-        }
-    }
-    let mut push = |kind: StepKind, name: String, def: serde_json::Value| {
-        let k = key(&parent, def);
-        parent = k.clone();
-        steps.push(Step { kind, name, key: k });
+    let mut c = Compiler {
+        steps: Vec::new(),
+        parent: root_key.clone(),
+        root_key: root_key.clone(),
     };
-
-    for (i, d) in r.download.iter().enumerate() {
-        let field = root.key("download").index(i);
-        let url = expand_platform(&d.url, &r.image.platform)
-            .map_err(|m| loaded.error_at(&field.key("url"), m))?;
-        let sha256 = match (&d.sha256, lock.and_then(|l| l.download(&url))) {
-            (Some(sha), _) => Digest::parse(sha)
-                .map_err(|e| loaded.error_at(&field.key("sha256"), e.to_string()))?,
-            (None, Some(pinned)) => pinned.clone(),
-            (None, None) => {
-                return Err(loaded
-                    .error_at(
-                        &field.key("url"),
-                        "unpinned: run `imgbuild lock` (or add `sha256`)",
-                    )
-                    .into());
-            }
-        };
-        let (target, def, name) = match (&d.dest, &d.extract) {
-            (Some(dest), _) => {
-                let mode = d.mode.map_or(0o644, |m| m.0);
-                let def = json!({"kind": "download", "sha256": sha256, "dest": dest, "mode": mode, "owner": d.owner});
-                (
-                    DownloadTarget::File {
-                        dest: dest.clone(),
-                        mode,
-                    },
-                    def,
-                    format!("download {url} -> {dest}"),
-                )
-            }
-            (None, Some(dir)) => {
-                let format =
-                    validate_archive_format(&url, d.format.as_deref()).ok_or_else(|| {
-                        loaded.error_at(&field.key("url"), "cannot tell the archive format")
-                    })?;
-                let def = json!({"kind": "extract", "sha256": sha256, "dir": dir, "strip": d.strip_components, "format": format, "owner": d.owner});
-                (
-                    DownloadTarget::Extract {
-                        dir: dir.clone(),
-                        strip_components: d.strip_components,
-                        format,
-                    },
-                    def,
-                    format!("extract {url} -> {dir}"),
-                )
-            }
-            (None, None) => {
-                return Err(loaded
-                    .error_at(&field, "a download needs `dest` or `extract`")
-                    .into());
-            }
-        };
-        push(
-            StepKind::Download(PlannedDownload {
-                url,
-                sha256,
-                target,
-                owner: d.owner.clone(),
-                field,
-            }),
-            name,
-            def,
-        );
-    }
-
-    let pins: &[LockedPip] = lock.map_or(&[], |l| &l.pip);
-    let pip_wanted = r.pip.as_ref().is_some_and(|p| !p.packages.is_empty());
-    if pip_wanted && pins.is_empty() {
+    let cx = Inputs {
+        loaded,
+        cache,
+        lock,
+        configure,
+    };
+    c.apt(&cx)?;
+    c.downloads(&cx)?;
+    if c.pip(&cx)? {
         return Ok(Plan {
             root_key,
-            steps,
+            steps: c.steps,
             compression,
             mtime,
             pip_unpinned: true,
         });
     }
-    if pip_wanted {
-        let def = json!({
-            "kind": "pip",
-            "wheels": pins.iter().map(|p| json!([p.name, p.version, p.sha256])).collect::<Vec<_>>(),
-        });
-        let names: Vec<String> = pins
-            .iter()
-            .map(|p| format!("{}=={}", p.name, p.version))
-            .collect();
-        let shown = if names.len() > 4 {
-            format!("{} and {} more", names[..4].join(" "), names.len() - 4)
-        } else {
-            names.join(" ")
-        };
-        push(
-            StepKind::Pip(pins.to_vec()),
-            format!("pip install {shown}"),
-            def,
-        );
-    }
-
-    if !r.user.is_empty() || !r.group.is_empty() {
-        let def = json!({
-            "kind": "users",
-            "groups": r.group.iter().map(|g| json!({"name": g.name, "gid": g.gid})).collect::<Vec<_>>(),
-            "users": r.user.iter().map(|u| json!({
-                "name": u.name, "uid": u.uid, "groups": u.groups, "shell": u.shell, "home": u.home, "sudo": u.sudo,
-            })).collect::<Vec<_>>(),
-        });
-        let names: Vec<&str> = r
-            .group
-            .iter()
-            .map(|g| g.name.as_str())
-            .chain(r.user.iter().map(|u| u.name.as_str()))
-            .collect();
-        push(
-            StepKind::Users {
-                groups: r.group.clone(),
-                users: r.user.clone(),
-            },
-            format!("users {}", names.join(" ")),
-            def,
-        );
-    }
-
-    if !r.file.is_empty() {
-        let mut files = Vec::new();
-        for (i, f) in r.file.iter().enumerate() {
-            let field = root.key("file").index(i);
-            let (source, digest, size) = match (&f.content, &f.src) {
-                (Some(c), _) => (
-                    FileSource::Inline(c.as_bytes().to_vec()),
-                    Digest::of(c.as_bytes()),
-                    c.len() as u64,
-                ),
-                (None, Some(src)) => {
-                    let path = loaded.resolve(src);
-                    let read_err = |source: CacheError| PlanError::Read {
-                        path: path.clone(),
-                        field: field.key("src").to_string(),
-                        source,
-                    };
-                    let (digest, size) = cache.file_digest(&path).map_err(read_err)?;
-                    (FileSource::Path(path), digest, size)
-                }
-                (None, None) => {
-                    return Err(loaded
-                        .error_at(&field, "a file needs `content` or `src`")
-                        .into());
-                }
-            };
-            files.push(PlannedFile {
-                dest: f.dest.clone(),
-                source,
-                size,
-                digest,
-                mode: f.mode.map_or(0o644, |m| m.0),
-                owner: f.owner.clone(),
-                field,
-            });
-        }
-        let def = json!({
-            "kind": "files",
-            "files": files.iter().map(|f| json!({"dest": f.dest, "sha256": f.digest, "mode": f.mode, "owner": f.owner})).collect::<Vec<_>>(),
-        });
-        let name = format!(
-            "files {}",
-            files
-                .iter()
-                .map(|f| f.dest.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        push(StepKind::Files(files), name, def);
-    }
-
-    if !r.symlink.is_empty() {
-        let links: Vec<(String, String)> = r
-            .symlink
-            .iter()
-            .map(|s| (s.path.clone(), s.target.clone()))
-            .collect();
-        let def = json!({"kind": "symlinks", "links": links});
-        let name = format!(
-            "symlinks {}",
-            links
-                .iter()
-                .map(|(p, t)| format!("{p} -> {t}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        push(StepKind::Symlinks(links), name, def);
-    }
-
-    if !r.services.enable.is_empty() {
-        let units: Vec<String> = r
-            .services
-            .enable
-            .iter()
-            .map(|s| {
-                if s.contains('.') {
-                    s.clone()
-                } else {
-                    format!("{s}.service")
-                }
-            })
-            .collect();
-        let def = json!({"kind": "services", "enable": units});
-        push(
-            StepKind::Services(units.clone()),
-            format!("systemctl enable {}", units.join(" ")),
-            def,
-        );
-    }
-
-    for run in &r.run {
-        // A command is its own definition: there is nothing else to key it on. With
-        // `network = true` its output can change without its key changing (like `RUN`).
-        let shell = r
-            .image
-            .shell
-            .clone()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
-        let def = json!({"kind": "run", "command": run.command, "shell": shell, "user": run.user, "network": run.network});
-        let first = run.command.lines().next().unwrap_or_default();
-        push(
-            StepKind::Run {
-                command: run.command.clone(),
-                shell,
-                user: run.user.clone(),
-                network: run.network,
-            },
-            format!("run {first}"),
-            def,
-        );
-    }
-
+    c.users(&cx)?;
+    c.files(&cx)?;
+    c.symlinks(&cx)?;
+    c.services(&cx)?;
+    c.runs(&cx)?;
     Ok(Plan {
         root_key,
-        steps,
+        steps: c.steps,
         compression,
         mtime,
         pip_unpinned: false,
     })
+}
+
+/// What a plan is compiled from.
+#[derive(Clone, Copy)]
+struct Inputs<'a> {
+    loaded: &'a Loaded,
+    cache: &'a Cache,
+    lock: Option<&'a Lock>,
+    configure: bool,
+}
+
+/// The steps so far and the key of the last one (the next one's parent).
+struct Compiler {
+    steps: Vec<Step>,
+    parent: Digest,
+    root_key: Digest,
+}
+
+impl Compiler {
+    /// Appends a step keyed by `def` under the previous step.
+    fn push(&mut self, kind: StepKind, name: String, def: serde_json::Value) {
+        let k = key(&self.parent, def);
+        self.parent = k.clone();
+        self.steps.push(Step { kind, name, key: k });
+    }
+
+    /// The apt steps: merged /usr on scratch, package layers in buckets, the dpkg database, `dpkg --configure`.
+    fn apt(&mut self, cx: &Inputs) -> Result<(), PlanError> {
+        let Inputs {
+            loaded,
+            lock,
+            configure,
+            ..
+        } = *cx;
+        let packages: &[LockedPackage] = lock.map_or(&[], |l| &l.packages);
+        if !packages.is_empty() {
+            if loaded.base == crate::recipe::BaseRef::Scratch {
+                // A bootstrap on scratch gets merged /usr first, as debootstrap and mmdebstrap
+                // set it up for Debian 12 and Ubuntu 22.04 (usr-is-merged expects it).
+                let links: Vec<(String, String)> = ["bin", "lib", "lib64", "sbin"]
+                    .iter()
+                    .map(|d| (format!("/{d}"), format!("usr/{d}")))
+                    .collect();
+                let def = json!({"kind": "merged-usr", "links": links});
+                let k = key(&self.parent, def);
+                self.steps.push(Step {
+                    kind: StepKind::Symlinks(links),
+                    name: "merged /usr: bin lib lib64 sbin -> usr/".into(),
+                    key: k,
+                });
+            }
+            let mut buckets: Vec<Vec<LockedPackage>> = vec![Vec::new(); APT_LAYERS];
+            for p in packages {
+                let h = Digest::of(p.source.as_bytes());
+                let b = usize::from_str_radix(&h.hex()[..2], 16).unwrap_or(0) % APT_LAYERS;
+                buckets[b].push(p.clone());
+            }
+            let apt_parent = push_parent(&self.steps, &self.root_key);
+            let mut bucket_keys = Vec::new();
+            for (i, mut b) in buckets
+                .into_iter()
+                .enumerate()
+                .filter(|(_, b)| !b.is_empty())
+            {
+                b.sort_by(|x, y| x.name.cmp(&y.name));
+                let def = json!({
+                    "kind": "apt-packages",
+                    "packages": b.iter().map(|p| json!([p.name, p.version, p.arch, p.sha256])).collect::<Vec<_>>(),
+                });
+                let k = key(&apt_parent, def);
+                bucket_keys.push(k.clone());
+                let shown: Vec<&str> = b.iter().take(6).map(|p| p.name.as_str()).collect();
+                let more = if b.len() > 6 {
+                    format!(" and {} more", b.len() - 6)
+                } else {
+                    String::new()
+                };
+                self.steps.push(Step {
+                    name: format!(
+                        "apt layer {}/{APT_LAYERS}: {}{more}",
+                        i + 1,
+                        shown.join(" ")
+                    ),
+                    kind: StepKind::AptPackages(b),
+                    key: k,
+                });
+            }
+            self.parent = Digest::of(&canonical::encode(
+                &json!({"apt_parent": apt_parent, "layers": bucket_keys}),
+            ));
+            let all = json!(
+                packages
+                    .iter()
+                    .map(|p| json!([p.name, p.version, p.arch, p.sha256]))
+                    .collect::<Vec<_>>()
+            );
+            let n = packages.len();
+            let k = key(
+                &self.parent,
+                json!({"kind": "dpkg-database", "packages": all}),
+            );
+            self.parent = k.clone();
+            self.steps.push(Step {
+                kind: StepKind::DpkgDatabase(packages.to_vec()),
+                name: format!("dpkg database: {n} packages unpacked"),
+                key: k,
+            });
+            if configure {
+                let k = key(
+                    &self.parent,
+                    json!({"kind": "configure", "command": "dpkg --force-confdef --force-confold --configure -a", "preinst": "install"}),
+                );
+                self.parent = k.clone();
+                self.steps.push(Step {
+                    kind: StepKind::Configure(packages.to_vec()),
+                    name: format!("dpkg --configure -a ({n} packages)"),
+                    key: k,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `[[download]]`: one step each, keyed by the pinned sha256.
+    fn downloads(&mut self, cx: &Inputs) -> Result<(), PlanError> {
+        let Inputs { loaded, lock, .. } = *cx;
+        let r = &loaded.recipe;
+        let root = FieldPath::root();
+        for (i, d) in r.download.iter().enumerate() {
+            let field = root.key("download").index(i);
+            let url = expand_platform(&d.url, &r.image.platform)
+                .map_err(|m| loaded.error_at(&field.key("url"), m))?;
+            let sha256 = match (&d.sha256, lock.and_then(|l| l.download(&url))) {
+                (Some(sha), _) => Digest::parse(sha)
+                    .map_err(|e| loaded.error_at(&field.key("sha256"), e.to_string()))?,
+                (None, Some(pinned)) => pinned.clone(),
+                (None, None) => {
+                    return Err(loaded
+                        .error_at(
+                            &field.key("url"),
+                            "unpinned: run `imgbuild lock` (or add `sha256`)",
+                        )
+                        .into());
+                }
+            };
+            let (target, def, name) = match (&d.dest, &d.extract) {
+                (Some(dest), _) => {
+                    let mode = d.mode.map_or(0o644, |m| m.0);
+                    let def = json!({"kind": "download", "sha256": sha256, "dest": dest, "mode": mode, "owner": d.owner});
+                    (
+                        DownloadTarget::File {
+                            dest: dest.clone(),
+                            mode,
+                        },
+                        def,
+                        format!("download {url} -> {dest}"),
+                    )
+                }
+                (None, Some(dir)) => {
+                    let format =
+                        validate_archive_format(&url, d.format.as_deref()).ok_or_else(|| {
+                            loaded.error_at(&field.key("url"), "cannot tell the archive format")
+                        })?;
+                    let def = json!({"kind": "extract", "sha256": sha256, "dir": dir, "strip": d.strip_components, "format": format, "owner": d.owner});
+                    (
+                        DownloadTarget::Extract {
+                            dir: dir.clone(),
+                            strip_components: d.strip_components,
+                            format,
+                        },
+                        def,
+                        format!("extract {url} -> {dir}"),
+                    )
+                }
+                (None, None) => {
+                    return Err(loaded
+                        .error_at(&field, "a download needs `dest` or `extract`")
+                        .into());
+                }
+            };
+            self.push(
+                StepKind::Download(PlannedDownload {
+                    url,
+                    sha256,
+                    target,
+                    owner: d.owner.clone(),
+                    field,
+                }),
+                name,
+                def,
+            );
+        }
+        Ok(())
+    }
+
+    /// `[pip]`: the pinned wheels; `true` when they are not pinned yet (the plan stops here,
+    /// for pip's own resolution in the image so far).
+    fn pip(&mut self, cx: &Inputs) -> Result<bool, PlanError> {
+        let Inputs { loaded, lock, .. } = *cx;
+        let r = &loaded.recipe;
+        let pins: &[LockedPip] = lock.map_or(&[], |l| &l.pip);
+        let pip_wanted = r.pip.as_ref().is_some_and(|p| !p.packages.is_empty());
+        if pip_wanted && pins.is_empty() {
+            // Only what pip's own resolution needs: the image so far.
+            return Ok(true);
+        }
+        if pip_wanted {
+            let def = json!({
+                "kind": "pip",
+                "wheels": pins.iter().map(|p| json!([p.name, p.version, p.sha256])).collect::<Vec<_>>(),
+            });
+            let names: Vec<String> = pins
+                .iter()
+                .map(|p| format!("{}=={}", p.name, p.version))
+                .collect();
+            let shown = if names.len() > 4 {
+                format!("{} and {} more", names[..4].join(" "), names.len() - 4)
+            } else {
+                names.join(" ")
+            };
+            self.push(
+                StepKind::Pip(pins.to_vec()),
+                format!("pip install {shown}"),
+                def,
+            );
+        }
+        Ok(false)
+    }
+
+    /// `[[group]]` and `[[user]]`: one step.
+    fn users(&mut self, cx: &Inputs) -> Result<(), PlanError> {
+        let Inputs { loaded, .. } = *cx;
+        let r = &loaded.recipe;
+        if !r.user.is_empty() || !r.group.is_empty() {
+            let def = json!({
+                "kind": "users",
+                "groups": r.group.iter().map(|g| json!({"name": g.name, "gid": g.gid})).collect::<Vec<_>>(),
+                "users": r.user.iter().map(|u| json!({
+                    "name": u.name, "uid": u.uid, "groups": u.groups, "shell": u.shell, "home": u.home, "sudo": u.sudo,
+                })).collect::<Vec<_>>(),
+            });
+            let names: Vec<&str> = r
+                .group
+                .iter()
+                .map(|g| g.name.as_str())
+                .chain(r.user.iter().map(|u| u.name.as_str()))
+                .collect();
+            self.push(
+                StepKind::Users {
+                    groups: r.group.clone(),
+                    users: r.user.clone(),
+                },
+                format!("users {}", names.join(" ")),
+                def,
+            );
+        }
+        Ok(())
+    }
+
+    /// `[[file]]`: one step, keyed by content digests.
+    fn files(&mut self, cx: &Inputs) -> Result<(), PlanError> {
+        let Inputs { loaded, cache, .. } = *cx;
+        let r = &loaded.recipe;
+        let root = FieldPath::root();
+        if !r.file.is_empty() {
+            let mut files = Vec::new();
+            for (i, f) in r.file.iter().enumerate() {
+                let field = root.key("file").index(i);
+                let (source, digest, size) = match (&f.content, &f.src) {
+                    (Some(c), _) => (
+                        FileSource::Inline(c.as_bytes().to_vec()),
+                        Digest::of(c.as_bytes()),
+                        c.len() as u64,
+                    ),
+                    (None, Some(src)) => {
+                        let path = loaded.resolve(src);
+                        let read_err = |source: CacheError| PlanError::Read {
+                            path: path.clone(),
+                            field: field.key("src").to_string(),
+                            source,
+                        };
+                        let (digest, size) = cache.file_digest(&path).map_err(read_err)?;
+                        (FileSource::Path(path), digest, size)
+                    }
+                    (None, None) => {
+                        return Err(loaded
+                            .error_at(&field, "a file needs `content` or `src`")
+                            .into());
+                    }
+                };
+                files.push(PlannedFile {
+                    dest: f.dest.clone(),
+                    source,
+                    size,
+                    digest,
+                    mode: f.mode.map_or(0o644, |m| m.0),
+                    owner: f.owner.clone(),
+                    field,
+                });
+            }
+            let def = json!({
+                "kind": "files",
+                "files": files.iter().map(|f| json!({"dest": f.dest, "sha256": f.digest, "mode": f.mode, "owner": f.owner})).collect::<Vec<_>>(),
+            });
+            let name = format!(
+                "files {}",
+                files
+                    .iter()
+                    .map(|f| f.dest.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            self.push(StepKind::Files(files), name, def);
+        }
+        Ok(())
+    }
+
+    /// `[[symlink]]`: one step.
+    fn symlinks(&mut self, cx: &Inputs) -> Result<(), PlanError> {
+        let Inputs { loaded, .. } = *cx;
+        let r = &loaded.recipe;
+        if !r.symlink.is_empty() {
+            let links: Vec<(String, String)> = r
+                .symlink
+                .iter()
+                .map(|s| (s.path.clone(), s.target.clone()))
+                .collect();
+            let def = json!({"kind": "symlinks", "links": links});
+            let name = format!(
+                "symlinks {}",
+                links
+                    .iter()
+                    .map(|(p, t)| format!("{p} -> {t}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            self.push(StepKind::Symlinks(links), name, def);
+        }
+        Ok(())
+    }
+
+    /// `[services] enable`: one step.
+    fn services(&mut self, cx: &Inputs) -> Result<(), PlanError> {
+        let Inputs { loaded, .. } = *cx;
+        let r = &loaded.recipe;
+        if !r.services.enable.is_empty() {
+            let units: Vec<String> = r
+                .services
+                .enable
+                .iter()
+                .map(|s| {
+                    if s.contains('.') {
+                        s.clone()
+                    } else {
+                        format!("{s}.service")
+                    }
+                })
+                .collect();
+            let def = json!({"kind": "services", "enable": units});
+            self.push(
+                StepKind::Services(units.clone()),
+                format!("systemctl enable {}", units.join(" ")),
+                def,
+            );
+        }
+        Ok(())
+    }
+
+    /// `[[run]]`: one step each.
+    fn runs(&mut self, cx: &Inputs) -> Result<(), PlanError> {
+        let Inputs { loaded, .. } = *cx;
+        let r = &loaded.recipe;
+        for run in &r.run {
+            // A command is its own definition: there is nothing else to key it on. With
+            // `network = true` its output can change without its key changing (like `RUN`).
+            let shell = r
+                .image
+                .shell
+                .clone()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
+            let def = json!({"kind": "run", "command": run.command, "shell": shell, "user": run.user, "network": run.network});
+            let first = run.command.lines().next().unwrap_or_default();
+            self.push(
+                StepKind::Run {
+                    command: run.command.clone(),
+                    shell,
+                    user: run.user.clone(),
+                    network: run.network,
+                },
+                format!("run {first}"),
+                def,
+            );
+        }
+        Ok(())
+    }
 }
