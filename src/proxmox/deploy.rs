@@ -174,25 +174,87 @@ pub fn deploy(
     let keep = px.keep.unwrap_or(2).max(1) as usize;
     let tag = name_tag(&name);
 
-    // Before anything is sent: can this node and this token do it all?
+    let t = Where {
+        node: node.clone(),
+        storage: storage.clone(),
+        disk_storage: disk_storage.clone(),
+        name: name.clone(),
+        tag: tag.clone(),
+    };
+    preflight(&c, &px, &t)?;
+    let (vmid, older) = select(&c, &px, &t)?;
+    let disk_volid = upload_disk(&c, &t, dir, manifest)?;
+    let cicustom = match px.snippets_via.as_deref() {
+        Some("ssh") => Some(copy_snippet(
+            &c, &node, &storage, &name, dir, opts, api_host,
+        )?),
+        _ => {
+            reporter.report(Event::Warning(
+                "the template gets Proxmox's own cloud-init (user, ssh keys, DHCP); clones get \
+                 the recipe's user-data only through a cicustom snippet: set snippets_via = \"ssh\" \
+                 or pass it when cloning (README: Terraform)",
+            ));
+            None
+        }
+    };
+
+    create_template(&c, loaded, &px, &t, vmid, &disk_volid, &cicustom)?;
+    // From here on the new template stays whatever fails.
+    let (kept, removed) = retire(&c, &t, vmid, &older, keep).map_err(|e| DeployError::Retire {
+        vmid,
+        name: name.clone(),
+        step: e.to_string(),
+        source: Box::new(e),
+    })?;
+    Ok(Deployed {
+        node,
+        vmid,
+        name,
+        disk_volid,
+        cicustom,
+        kept,
+        removed,
+    })
+}
+
+/// Where the template goes and what it is called.
+struct Where {
+    node: String,
+    storage: String,
+    disk_storage: String,
+    name: String,
+    tag: String,
+}
+
+/// Checks the node before anything is sent: its version, the token's privileges, the storages.
+fn preflight(c: &Ctx, px: &ProxmoxTarget, t: &Where) -> Result<(), DeployError> {
+    let (api, reporter) = (c.api, c.reporter);
+    let (node, storage, disk_storage) = (&t.node, &t.storage, &t.disk_storage);
     let bridge = px.bridge.clone().unwrap_or_else(|| "vmbr0".into());
     reporter.report(Event::Stage("proxmox: checking the node's version"));
     let version = super::preflight::check_version(api)?;
     reporter.report(Event::Stage(&format!(
         "proxmox: Proxmox VE {version}; checking the token's privileges"
     )));
-    super::preflight::check_privileges(api, &storage, &disk_storage, &bridge)?;
+    super::preflight::check_privileges(api, storage, disk_storage, &bridge)?;
     reporter.report(Event::Stage("proxmox: checking the storages"));
     super::preflight::check_storages(
         api,
-        &node,
-        &storage,
-        &disk_storage,
+        node,
+        storage,
+        disk_storage,
         px.snippets_via.as_deref() == Some("ssh"),
     )?;
 
-    // What is there: our older templates of this image, and anything else in the way.
-    let vms = list_vms(&c, &node)?;
+    Ok(())
+}
+
+/// Our older templates of this image, refusing a foreign VM of its name, and the new VM's id:
+/// the recipe's if it is free, else the node's next free one.
+fn select(c: &Ctx, px: &ProxmoxTarget, t: &Where) -> Result<(u64, Vec<u64>), DeployError> {
+    let api = c.api;
+    let (node, name, tag) = (&t.node, &t.name, &t.tag);
+    let vms = list_vms(c, node)?;
     let is_ours = |v: &Value| {
         v.get("template").and_then(as_u64) == Some(1) && {
             let tags = v.get("tags").and_then(|t| t.as_str()).unwrap_or("");
@@ -209,11 +271,11 @@ pub fn deploy(
     let building = format!("{name}-building");
     if let Some(v) = vms
         .iter()
-        .find(|v| !is_ours(v) && (vm_name(v) == name || vm_name(v) == building))
+        .find(|v| !is_ours(v) && (vm_name(v) == *name || vm_name(v) == building))
     {
         return Err(DeployError::Foreign {
             vmid: v.get("vmid").and_then(as_u64).unwrap_or(0),
-            node,
+            node: node.clone(),
             name: vm_name(v),
         });
     }
@@ -244,7 +306,14 @@ pub fn deploy(
         }
     };
 
-    // The files, named by content so that an unchanged disk is not sent again.
+    Ok((vmid, older))
+}
+
+/// Uploads the disk as `import` content unless a volume of that digest is already there;
+/// returns its volume id.
+fn upload_disk(c: &Ctx, t: &Where, dir: &Path, manifest: &Manifest) -> Result<String, DeployError> {
+    let (api, reporter) = (c.api, c.reporter);
+    let (node, storage, name) = (&t.node, &t.storage, &t.name);
     let content = c.call(
         &format!("GET /nodes/{node}/storage/{storage}/content (what is there)"),
         || api.get(&format!("/nodes/{node}/storage/{storage}/content")),
@@ -272,8 +341,8 @@ pub fn deploy(
         let local = dir.join(&manifest.disk.file);
         let upid = c.call(&what, || {
             api.upload(
-                &node,
-                &storage,
+                node,
+                storage,
                 "import",
                 &local,
                 &disk_file,
@@ -283,34 +352,36 @@ pub fn deploy(
         // The checksum is verified inside the upload task, not in the HTTP answer.
         c.wait(
             &format!("waiting for the upload of {disk_file}"),
-            &node,
+            node,
             &upid,
         )?;
     }
 
-    let cicustom = match px.snippets_via.as_deref() {
-        Some("ssh") => Some(copy_snippet(
-            &c, &node, &storage, &name, dir, opts, api_host,
-        )?),
-        _ => {
-            reporter.report(Event::Warning(
-                "the template gets Proxmox's own cloud-init (user, ssh keys, DHCP); clones get \
-                 the recipe's user-data only through a cicustom snippet: set snippets_via = \"ssh\" \
-                 or pass it when cloning (README: Terraform)",
-            ));
-            None
-        }
-    };
+    Ok(disk_volid)
+}
 
-    // The VM, then the template; from here on a failure removes the VM.
+/// Creates the VM under its temporary name and makes it a template; a VM half-made by a
+/// failure is removed again.
+fn create_template(
+    c: &Ctx,
+    loaded: &Loaded,
+    px: &ProxmoxTarget,
+    t: &Where,
+    vmid: u64,
+    disk_volid: &str,
+    cicustom: &Option<String>,
+) -> Result<(), DeployError> {
+    let (api, reporter) = (c.api, c.reporter);
+    let (node, disk_storage, tag) = (&t.node, &t.disk_storage, &t.tag);
+    let building = format!("{}-building", t.name);
     let mut form = create_form(
         loaded,
-        &px,
+        px,
         vmid,
         &building,
-        &disk_storage,
-        &disk_volid,
-        &cicustom,
+        disk_storage,
+        disk_volid,
+        cicustom,
     );
     form.push(("tags", format!("{TAG};{tag}")));
     // A refused create made nothing; once the task runs, the VM exists (perhaps half-made).
@@ -324,7 +395,7 @@ pub fn deploy(
     let created = (|| {
         c.wait(
             &format!("waiting for VM {vmid} to be created (disk import)"),
-            &node,
+            node,
             &upid,
         )?;
         let path = format!("/nodes/{node}/qemu/{vmid}/template");
@@ -334,7 +405,7 @@ pub fn deploy(
         if let Some(upid) = v.as_str() {
             c.wait(
                 &format!("waiting for VM {vmid} to become a template"),
-                &node,
+                node,
                 upid,
             )?;
         }
@@ -347,7 +418,7 @@ pub fn deploy(
         reporter.report(Event::Stage(&format!(
             "proxmox: removing the half-made VM {vmid}"
         )));
-        return match destroy(&c, &node, vmid) {
+        return match destroy(c, node, vmid) {
             Ok(()) => Err(DeployError::Api { step, source }),
             Err(cleanup) => Err(DeployError::CleanupFailed {
                 step,
@@ -358,59 +429,54 @@ pub fn deploy(
         };
     }
 
-    // The new template is complete: it takes the name, older ones step aside, and those beyond
-    // `keep` go. From here on the new template stays whatever fails.
-    let retire = || -> Result<(Vec<u64>, Vec<u64>), DeployError> {
-        rename(&c, &node, vmid, &name)?;
-        let mut dated = Vec::new();
-        for id in &older {
-            let path = format!("/nodes/{node}/qemu/{id}/config");
-            let cfg = c.call(&format!("GET {path} (its creation time)"), || {
-                api.get(&path)
-            })?;
-            let ctime = cfg
-                .get("meta")
-                .and_then(|m| m.as_str())
-                .and_then(|m| m.split(',').find_map(|kv| kv.strip_prefix("ctime=")))
-                .and_then(|t| t.parse::<u64>().ok())
-                .unwrap_or(0);
-            dated.push((
-                ctime,
-                *id,
-                cfg.get("name").and_then(|n| n.as_str()).map(str::to_string),
-            ));
-        }
-        dated.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
-        let (mut kept, mut removed) = (Vec::new(), Vec::new());
-        for (i, (_, id, old_name)) in dated.iter().enumerate() {
-            if i + 1 < keep {
-                let aside = format!("{name}-{id}");
-                if old_name.as_deref() != Some(aside.as_str()) {
-                    rename(&c, &node, *id, &aside)?;
-                }
-                kept.push(*id);
-            } else {
-                destroy(&c, &node, *id)?;
-                removed.push(*id);
+    Ok(())
+}
+
+/// The new template takes the name; older ones step aside as NAME-VMID and those beyond
+/// `keep` are removed, oldest first. Returns (kept, removed).
+fn retire(
+    c: &Ctx,
+    t: &Where,
+    vmid: u64,
+    older: &[u64],
+    keep: usize,
+) -> Result<(Vec<u64>, Vec<u64>), DeployError> {
+    let api = c.api;
+    let (node, name) = (&t.node, &t.name);
+    rename(c, node, vmid, name)?;
+    let mut dated = Vec::new();
+    for id in older {
+        let path = format!("/nodes/{node}/qemu/{id}/config");
+        let cfg = c.call(&format!("GET {path} (its creation time)"), || {
+            api.get(&path)
+        })?;
+        let ctime = cfg
+            .get("meta")
+            .and_then(|m| m.as_str())
+            .and_then(|m| m.split(',').find_map(|kv| kv.strip_prefix("ctime=")))
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0);
+        dated.push((
+            ctime,
+            *id,
+            cfg.get("name").and_then(|n| n.as_str()).map(str::to_string),
+        ));
+    }
+    dated.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+    let (mut kept, mut removed) = (Vec::new(), Vec::new());
+    for (i, (_, id, old_name)) in dated.iter().enumerate() {
+        if i + 1 < keep {
+            let aside = format!("{name}-{id}");
+            if old_name.as_deref() != Some(aside.as_str()) {
+                rename(c, node, *id, &aside)?;
             }
+            kept.push(*id);
+        } else {
+            destroy(c, node, *id)?;
+            removed.push(*id);
         }
-        Ok((kept, removed))
-    };
-    let (kept, removed) = retire().map_err(|e| DeployError::Retire {
-        vmid,
-        name: name.clone(),
-        step: e.to_string(),
-        source: Box::new(e),
-    })?;
-    Ok(Deployed {
-        node,
-        vmid,
-        name,
-        disk_volid,
-        cicustom,
-        kept,
-        removed,
-    })
+    }
+    Ok((kept, removed))
 }
 
 /// The VMs on `node`.
