@@ -72,8 +72,71 @@ pub fn realize(
     cache: &Cache,
     reporter: &dyn Reporter,
 ) -> Result<Vec<LayerOutcome>, RealizeError> {
-    let hits: Vec<Option<LayerRecord>> = plan
-        .steps
+    let hits = cache_hits(plan, cache, reporter);
+    prefetch_missing(plan, &hits, cache, reporter)?;
+    let mut r = Realizer {
+        loaded,
+        plan,
+        base,
+        cache,
+        reporter,
+        first_apt: plan
+            .steps
+            .iter()
+            .position(|s| matches!(s.kind, StepKind::AptPackages(_))),
+        apt_todo: plan
+            .steps
+            .iter()
+            .zip(&hits)
+            .enumerate()
+            .filter(|(_, (s, h))| h.is_none() && matches!(s.kind, StepKind::AptPackages(_)))
+            .map(|(i, _)| i)
+            .collect(),
+        apt_lower: None,
+        apt_built: BTreeMap::new(),
+        lower: LowerFs::default(),
+        layers: base.layers.clone(),
+    };
+    let mut out = Vec::new();
+    let total = plan.steps.len();
+    for (index, (step, hit)) in plan.steps.iter().zip(hits).enumerate() {
+        reporter.report(Event::StepStart {
+            index,
+            total,
+            name: &step.name,
+        });
+        let (record, was_hit) = match hit {
+            Some(rec) => (rec, true),
+            None => {
+                let rec = r.build(index, step)?;
+                cache.put_key(&step.key, &rec)?;
+                (rec, false)
+            }
+        };
+        reporter.report(Event::StepDone {
+            index,
+            name: &step.name,
+            hit: was_hit,
+            digest: &record.digest,
+            size: record.size,
+        });
+        r.layers.push(record.clone());
+        if !was_hit && step.kind.records_lower() && r.lower.scanned() + 1 == r.layers.len() {
+            r.lower.mark_scanned(r.layers.len());
+        }
+        out.push(LayerOutcome {
+            name: step.name.clone(),
+            key: step.key.clone(),
+            record,
+            hit: was_hit,
+        });
+    }
+    Ok(out)
+}
+
+/// Each step's cached layer, if its key is known and its blob still verifies.
+fn cache_hits(plan: &Plan, cache: &Cache, reporter: &dyn Reporter) -> Vec<Option<LayerRecord>> {
+    plan.steps
         .iter()
         .map(|s| {
             let rec = cache.get_key(&s.key)?;
@@ -89,153 +152,135 @@ pub fn realize(
                 }
             }
         })
-        .collect();
+        .collect()
+}
 
-    let missing: Vec<&PlannedDownload> = plan
-        .steps
-        .iter()
-        .zip(&hits)
-        .filter_map(|(s, h)| match (&s.kind, h) {
-            (StepKind::Download(d), None) => Some(d),
+/// Downloads and .debs of the steps to build, fetched in parallel before any is built.
+fn prefetch_missing(
+    plan: &Plan,
+    hits: &[Option<LayerRecord>],
+    cache: &Cache,
+    reporter: &dyn Reporter,
+) -> Result<(), RealizeError> {
+    let todo = || plan.steps.iter().zip(hits).filter(|(_, h)| h.is_none());
+    let missing: Vec<&PlannedDownload> = todo()
+        .filter_map(|(s, _)| match &s.kind {
+            StepKind::Download(d) => Some(d),
             _ => None,
         })
         .collect();
     prefetch(cache, &missing, reporter)?;
-    let debs: Vec<&crate::lock::LockedPackage> = plan
-        .steps
-        .iter()
-        .zip(&hits)
-        .filter_map(|(s, h)| match (&s.kind, h) {
-            (StepKind::AptPackages(p) | StepKind::DpkgDatabase(p), None) => Some(p),
+    let debs: Vec<&crate::lock::LockedPackage> = todo()
+        .filter_map(|(s, _)| match &s.kind {
+            StepKind::AptPackages(p) | StepKind::DpkgDatabase(p) => Some(p),
             _ => None,
         })
         .flatten()
         .collect();
     apt::prefetch(cache, &debs, reporter)?;
-    // Package layers see only what is below the first of them, so each one's content
-    // depends on its own packages alone (their keys do not chain).
-    let first_apt = plan
-        .steps
-        .iter()
-        .position(|s| matches!(s.kind, StepKind::AptPackages(_)));
-    let mut apt_lower: Option<LowerFs> = None;
-    let apt_todo: Vec<usize> = plan
-        .steps
-        .iter()
-        .zip(&hits)
-        .enumerate()
-        .filter(|(_, (s, h))| h.is_none() && matches!(s.kind, StepKind::AptPackages(_)))
-        .map(|(i, _)| i)
-        .collect();
-    let mut apt_built: BTreeMap<usize, LayerRecord> = BTreeMap::new();
+    Ok(())
+}
 
-    let mut lower = LowerFs::default();
-    let mut layers: Vec<LayerRecord> = base.layers.clone();
-    let mut out = Vec::new();
-    let total = plan.steps.len();
-    for (index, (step, hit)) in plan.steps.iter().zip(hits).enumerate() {
-        reporter.report(Event::StepStart {
-            index,
-            total,
-            name: &step.name,
-        });
-        let (record, was_hit) = match hit {
-            Some(rec) => (rec, true),
-            None => {
-                let lower_err = |source| RealizeError::Lower {
+/// The state of a realize run: the layers so far, the view below them, and the package
+/// layers (built together, each seeing only what is below the first of them, so each one's
+/// content depends on its own packages alone).
+struct Realizer<'a> {
+    loaded: &'a Loaded,
+    plan: &'a Plan,
+    base: &'a BaseImage,
+    cache: &'a Cache,
+    reporter: &'a dyn Reporter,
+    first_apt: Option<usize>,
+    apt_todo: Vec<usize>,
+    apt_lower: Option<LowerFs>,
+    apt_built: BTreeMap<usize, LayerRecord>,
+    lower: LowerFs,
+    layers: Vec<LayerRecord>,
+}
+
+impl Realizer<'_> {
+    /// The view of the image below the package layers (read once).
+    fn apt_view(&mut self, index: usize, step: &Step) -> Result<&LowerFs, RealizeError> {
+        if self.apt_lower.is_none() {
+            let below = self.base.layers.len() + self.first_apt.unwrap_or(index);
+            let mut v = LowerFs::default();
+            v.advance(self.cache, &self.layers[..below])
+                .map_err(|source| RealizeError::Lower {
                     step: step.name.clone(),
                     source,
-                };
-                let rec = match &step.kind {
-                    StepKind::AptPackages(_) => {
-                        if apt_lower.is_none() {
-                            let below = base.layers.len() + first_apt.unwrap_or(index);
-                            let mut v = LowerFs::default();
-                            v.advance(cache, &layers[..below]).map_err(lower_err)?;
-                            apt_built = package_layers(plan, &apt_todo, &v, cache)?;
-                            apt_lower = Some(v);
-                        }
-                        apt_built
-                            .remove(&index)
-                            .ok_or_else(|| RealizeError::Layer {
-                                step: step.name.clone(),
-                                source: io::Error::other("package layer was not built"),
-                            })?
-                    }
-                    StepKind::Configure(pkgs) => {
-                        reporter.report(Event::Stage("unpacking the image for dpkg --configure"));
-                        let n = plan
-                            .steps
-                            .iter()
-                            .filter(|s| matches!(s.kind, StepKind::AptPackages(_)))
-                            .count();
-                        let start = base.layers.len() + first_apt.unwrap_or(index);
-                        run::configure(plan, step, pkgs, cache, &layers, start..start + n)?
-                    }
-                    StepKind::Pip(pins) => {
-                        let refs: Vec<&crate::lock::LockedPip> = pins.iter().collect();
-                        run::prefetch_wheels(cache, &refs, reporter)?;
-                        reporter.report(Event::Stage("unpacking the image for pip install"));
-                        run::pip(plan, step, pins, cache, &layers)?
-                    }
-                    StepKind::Run {
-                        command,
-                        shell,
-                        user,
-                        network,
-                    } => {
-                        reporter.report(Event::Stage("unpacking the image for a run step"));
-                        let how = run::How {
-                            shell,
-                            user: user.as_deref(),
-                            network: *network,
-                        };
-                        run::command(plan, step, command, &how, cache, &layers)?
-                    }
-                    StepKind::DpkgDatabase(pkgs) => {
-                        // Only the base's dpkg files are read: the view below the package
-                        // layers has them, without scanning the package layers.
-                        let view = match &apt_lower {
-                            Some(v) => v,
-                            None => {
-                                let below = base.layers.len() + first_apt.unwrap_or(index);
-                                let mut v = LowerFs::default();
-                                v.advance(cache, &layers[..below]).map_err(lower_err)?;
-                                apt_lower.insert(v)
-                            }
-                        };
-                        let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
-                        apt::database(&mut w, view, cache, pkgs)?;
-                        w.finish(step.name.clone())?
-                    }
-                    _ => {
-                        lower.advance(cache, &layers).map_err(lower_err)?;
-                        build_step(loaded, plan, step, cache, &mut lower)?
-                    }
-                };
-                cache.put_key(&step.key, &rec)?;
-                (rec, false)
-            }
-        };
-        reporter.report(Event::StepDone {
-            index,
-            name: &step.name,
-            hit: was_hit,
-            digest: &record.digest,
-            size: record.size,
-        });
-        layers.push(record.clone());
-        if !was_hit && step.kind.records_lower() && lower.scanned() + 1 == layers.len() {
-            lower.mark_scanned(layers.len());
+                })?;
+            self.apt_lower = Some(v);
         }
-        out.push(LayerOutcome {
-            name: step.name.clone(),
-            key: step.key.clone(),
-            record,
-            hit: was_hit,
-        });
+        Ok(self.apt_lower.get_or_insert_with(LowerFs::default))
     }
-    Ok(out)
+
+    /// Builds step `index`'s layer.
+    fn build(&mut self, index: usize, step: &Step) -> Result<LayerRecord, RealizeError> {
+        let (plan, cache, reporter) = (self.plan, self.cache, self.reporter);
+        Ok(match &step.kind {
+            StepKind::AptPackages(_) => {
+                if self.apt_built.is_empty() && self.apt_lower.is_none() {
+                    let todo = self.apt_todo.clone();
+                    let view = self.apt_view(index, step)?;
+                    let built = package_layers(plan, &todo, view, cache)?;
+                    self.apt_built = built;
+                }
+                self.apt_built
+                    .remove(&index)
+                    .ok_or_else(|| RealizeError::Layer {
+                        step: step.name.clone(),
+                        source: io::Error::other("package layer was not built"),
+                    })?
+            }
+            StepKind::Configure(pkgs) => {
+                reporter.report(Event::Stage("unpacking the image for dpkg --configure"));
+                let n = plan
+                    .steps
+                    .iter()
+                    .filter(|s| matches!(s.kind, StepKind::AptPackages(_)))
+                    .count();
+                let start = self.base.layers.len() + self.first_apt.unwrap_or(index);
+                run::configure(plan, step, pkgs, cache, &self.layers, start..start + n)?
+            }
+            StepKind::Pip(pins) => {
+                let refs: Vec<&crate::lock::LockedPip> = pins.iter().collect();
+                run::prefetch_wheels(cache, &refs, reporter)?;
+                reporter.report(Event::Stage("unpacking the image for pip install"));
+                run::pip(plan, step, pins, cache, &self.layers)?
+            }
+            StepKind::Run {
+                command,
+                shell,
+                user,
+                network,
+            } => {
+                reporter.report(Event::Stage("unpacking the image for a run step"));
+                let how = run::How {
+                    shell,
+                    user: user.as_deref(),
+                    network: *network,
+                };
+                run::command(plan, step, command, &how, cache, &self.layers)?
+            }
+            StepKind::DpkgDatabase(pkgs) => {
+                // Only the base's dpkg files are read: the view below the package layers has
+                // them, without scanning the package layers.
+                let view = self.apt_view(index, step)?;
+                let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
+                apt::database(&mut w, view, cache, pkgs)?;
+                w.finish(step.name.clone())?
+            }
+            _ => {
+                self.lower
+                    .advance(cache, &self.layers)
+                    .map_err(|source| RealizeError::Lower {
+                        step: step.name.clone(),
+                        source,
+                    })?;
+                build_step(self.loaded, plan, step, cache, &mut self.lower)?
+            }
+        })
+    }
 }
 
 /// Builds the package layers of steps `todo`, several at once: each one's .deb decompression
