@@ -46,22 +46,8 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
     //    under another name and only replaces it once the image is built and pushed: a failed
     //    night keeps the lock of the last pushed image, so the next report lists every change.
     let base = build::resolve_base(&loaded, &cache, &client, &counting).with_context(context)?;
-    let mut changes = Vec::new();
-    let mut pending = None;
-    let mut staged = loaded.clone();
-    if lock::needed(&loaded) {
-        let old = lock::read(&loaded.lock_path).ok().flatten();
-        let fresh = build::resolve_lock(&loaded, &base, &cache, mtime, true, &counting)
-            .with_context(context)?;
-        changes = match &old {
-            Some(o) => o.diff(&fresh),
-            None => vec!["(no lock before: everything is new)".to_string()],
-        };
-        let tmp = loaded.lock_path.with_extension("lock.rebuild");
-        lock::write(&tmp, &fresh)?;
-        staged.lock_path = tmp.clone();
-        pending = Some((tmp, fresh));
-    }
+    let (changes, pending, staged) =
+        stage_lock(&loaded, &base, &cache, mtime, &counting).with_context(context)?;
     for c in &changes {
         progress.line(&format!("==> changed: {c}"));
     }
@@ -190,6 +176,36 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The lock as the recipe resolves today, written beside the recipe's lock (`NAME.lock.rebuild`)
+/// and a copy of the recipe pointing at it; the changes since the lock of the last pushed image.
+#[allow(clippy::type_complexity)]
+fn stage_lock(
+    loaded: &imgbuild::recipe::Loaded,
+    base: &imgbuild::base::BaseImage,
+    cache: &imgbuild::cache::Cache,
+    mtime: u64,
+    reporter: &dyn imgbuild::report::Reporter,
+) -> Result<(
+    Vec<String>,
+    Option<(PathBuf, lock::Lock)>,
+    imgbuild::recipe::Loaded,
+)> {
+    let mut staged = loaded.clone();
+    if !lock::needed(loaded) {
+        return Ok((Vec::new(), None, staged));
+    }
+    let old = lock::read(&loaded.lock_path).ok().flatten();
+    let fresh = build::resolve_lock(loaded, base, cache, mtime, true, reporter)?;
+    let changes = match &old {
+        Some(o) => o.diff(&fresh),
+        None => vec!["(no lock before: everything is new)".to_string()],
+    };
+    let tmp = loaded.lock_path.with_extension("lock.rebuild");
+    lock::write(&tmp, &fresh)?;
+    staged.lock_path = tmp.clone();
+    Ok((changes, Some((tmp, fresh)), staged))
 }
 
 /// `HOST/REPO:TAG` -> `HOST/REPO:TAG-YYYYMMDD` (today, UTC).

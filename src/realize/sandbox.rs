@@ -144,6 +144,59 @@ pub fn snapshot(root: &Path) -> Result<HashMap<Vec<u8>, Stamp>, SandboxError> {
     Ok(out)
 }
 
+/// bwrap makes its mount points (and opens bind targets) before it enters the root, so a
+/// symlink at one of them would be followed on the host: `/dev`, `/proc` and `/tmp` must be
+/// real directories inside the root. A hostile image's symlink there is replaced.
+fn prepare_mount_points(root: &Path) -> Result<Root, SandboxError> {
+    let confined = Root::open(root).map_err(|source| SandboxError::Io {
+        action: "open",
+        path: root.to_path_buf(),
+        source,
+    })?;
+    for d in ["dev", "proc", "tmp"] {
+        let io = |source| SandboxError::Io {
+            action: "prepare the mount point",
+            path: root.join(d),
+            source,
+        };
+        if confined.kind(d.as_bytes()).map_err(io)? != Some(crate::rootfs::Kind::Dir) {
+            confined
+                .mkdir(
+                    d.as_bytes(),
+                    Attrs {
+                        mode: 0o755,
+                        uid: 0,
+                        gid: 0,
+                    },
+                )
+                .map_err(io)?;
+        }
+    }
+    Ok(confined)
+}
+
+/// Whether a bind may target `rel`: a real directory chain and a regular (or absent) file.
+fn bindable(confined: &Root, rel: &str) -> bool {
+    let mut prefix = String::new();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for c in &parts[..parts.len() - 1] {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(c);
+        if !matches!(
+            confined.kind(prefix.as_bytes()),
+            Ok(Some(crate::rootfs::Kind::Dir))
+        ) {
+            return false;
+        }
+    }
+    matches!(
+        confined.kind(rel.as_bytes()),
+        Ok(None) | Ok(Some(crate::rootfs::Kind::File))
+    )
+}
+
 /// Finds bubblewrap and checks it can make a sandbox here.
 pub fn bwrap() -> Result<PathBuf, SandboxError> {
     // Without root, bwrap would put the sandbox in a user namespace where only one uid maps,
@@ -190,57 +243,8 @@ pub fn run(
     network: bool,
     mtime: u64,
 ) -> Result<String, SandboxError> {
-    // bwrap makes its mount points (and opens bind targets) before it enters the root, so a
-    // symlink at one of them would be followed on the host: they must be real directories
-    // and files inside the root. A hostile image's symlink there is replaced.
-    let confined = Root::open(root).map_err(|source| SandboxError::Io {
-        action: "open",
-        path: root.to_path_buf(),
-        source,
-    })?;
-    let io = |rel: &str| {
-        let path = root.join(rel);
-        move |source| SandboxError::Io {
-            action: "prepare the mount point",
-            path,
-            source,
-        }
-    };
-    for d in ["dev", "proc", "tmp"] {
-        if confined.kind(d.as_bytes()).map_err(io(d))? != Some(crate::rootfs::Kind::Dir) {
-            confined
-                .mkdir(
-                    d.as_bytes(),
-                    Attrs {
-                        mode: 0o755,
-                        uid: 0,
-                        gid: 0,
-                    },
-                )
-                .map_err(io(d))?;
-        }
-    }
-    // Only a real directory chain and a regular (or absent) file may receive a bind.
-    let bindable = |rel: &str| {
-        let mut prefix = String::new();
-        let parts: Vec<&str> = rel.split('/').collect();
-        for c in &parts[..parts.len() - 1] {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(c);
-            if !matches!(
-                confined.kind(prefix.as_bytes()),
-                Ok(Some(crate::rootfs::Kind::Dir))
-            ) {
-                return false;
-            }
-        }
-        matches!(
-            confined.kind(rel.as_bytes()),
-            Ok(None) | Ok(Some(crate::rootfs::Kind::File))
-        )
-    };
+    let confined = prepare_mount_points(root)?;
+    let bindable = |rel: &str| bindable(&confined, rel);
     let mut cmd = Command::new(bwrap);
     cmd.arg("--bind").arg(root).arg("/");
     cmd.args([

@@ -291,26 +291,7 @@ fn entries(c: &mut Checker, r: &super::Recipe) {
 
     for (i, d) in r.download.iter().enumerate() {
         let p = root.key("download").index(i);
-        match super::interp::expand_platform(&d.url, &r.image.platform) {
-            Err(e) => c.error(&p.key("url"), e),
-            Ok(u) if crate::http::has_userinfo(&u) => c.error(&p.key("url"), CREDENTIALS),
-            Ok(u) if !(u.starts_with("http://") || u.starts_with("https://")) => c.error(
-                &p.key("url"),
-                format!("`{u}` must be an http:// or https:// URL"),
-            ),
-            Ok(_) => {}
-        }
-        match &d.sha256 {
-            Some(s) => {
-                if let Err(e) = Digest::parse(s) {
-                    c.error(&p.key("sha256"), e.to_string());
-                }
-            }
-            None => c.warn(
-                &p.key("url"),
-                "download has no sha256: it is unpinned; run `imgbuild lock` to pin it",
-            ),
-        }
+        download_source(c, &p, d, &r.image.platform);
         match (&d.dest, &d.extract) {
             (Some(_), Some(_)) => c.error(
                 &p.key("extract"),
@@ -383,6 +364,30 @@ fn entries(c: &mut Checker, r: &super::Recipe) {
                 );
             }
         }
+    }
+}
+
+/// A download's URL (platform variables, scheme, no credentials) and its sha256.
+fn download_source(c: &mut Checker, p: &FieldPath, d: &super::Download, platform: &str) {
+    match super::interp::expand_platform(&d.url, platform) {
+        Err(e) => c.error(&p.key("url"), e),
+        Ok(u) if crate::http::has_userinfo(&u) => c.error(&p.key("url"), CREDENTIALS),
+        Ok(u) if !(u.starts_with("http://") || u.starts_with("https://")) => c.error(
+            &p.key("url"),
+            format!("`{u}` must be an http:// or https:// URL"),
+        ),
+        Ok(_) => {}
+    }
+    match &d.sha256 {
+        Some(s) => {
+            if let Err(e) = Digest::parse(s) {
+                c.error(&p.key("sha256"), e.to_string());
+            }
+        }
+        None => c.warn(
+            &p.key("url"),
+            "download has no sha256: it is unpinned; run `imgbuild lock` to pin it",
+        ),
     }
 }
 
