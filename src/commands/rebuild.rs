@@ -77,33 +77,21 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
         let previous = registry::pull::remote_digest(&dest, &client)
             .with_context(|| format!("looking up {dest}"))?;
         let changed = previous.as_ref() != Some(&result.manifest);
-        let mut tags = Vec::new();
-        if changed {
+        let tags = if changed {
             let tag = result.tags.first().map(String::as_str);
-            super::push::push_layout(
+            push_tags(
                 &progress,
                 &counting,
                 &out,
                 tag,
                 &dest,
+                args.tag_date,
                 &client,
-                Some(&cache),
-            )?;
-            tags.push(dest.to_string());
-            if args.tag_date {
-                let dated = date_tagged(&dest);
-                super::push::push_layout(
-                    &progress,
-                    &counting,
-                    &out,
-                    tag,
-                    &dated,
-                    &client,
-                    Some(&cache),
-                )?;
-                tags.push(dated.to_string());
-            }
-        }
+                &cache,
+            )?
+        } else {
+            Vec::new()
+        };
         Ok((result, previous, changed, tags, built_in))
     };
     let (result, previous, changed, tags, built_in) = match night() {
@@ -176,6 +164,30 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Pushes the layout under `dest` (and its date tag with `--tag-date`); the tags pushed.
+#[allow(clippy::too_many_arguments)]
+fn push_tags(
+    progress: &Progress,
+    counting: &Counting,
+    out: &std::path::Path,
+    tag: Option<&str>,
+    dest: &Reference,
+    tag_date: bool,
+    client: &registry::ClientOptions,
+    cache: &imgbuild::cache::Cache,
+) -> Result<Vec<String>> {
+    let mut dests = vec![dest.clone()];
+    if tag_date {
+        dests.push(date_tagged(dest));
+    }
+    let mut tags = Vec::new();
+    for d in dests {
+        super::push::push_layout(progress, counting, out, tag, &d, client, Some(cache))?;
+        tags.push(d.to_string());
+    }
+    Ok(tags)
 }
 
 /// The lock as the recipe resolves today, written beside the recipe's lock (`NAME.lock.rebuild`)

@@ -230,60 +230,25 @@ pub fn assemble(
         });
     }
     let raw = work.join("disk.raw");
-    let f = File::create(&raw).map_err(io_err("creating", &raw))?;
-    f.set_len(size).map_err(io_err("sizing", &raw))?;
-    drop(f);
-    let mut sg = SGDISK
-        .command()
-        .map_err(tool_err("partitioning the disk"))?;
-    sg.arg("--clear")
-        .arg(format!("--disk-guid={disk_guid}"))
-        .arg(format!(
-            "--new=1:{}:{}",
-            esp_start / SECTOR,
-            root_start / SECTOR - 1
-        ))
-        .args(["--typecode=1:EF00", "--change-name=1:ESP"])
-        .arg(format!("--partition-guid=1:{esp_partuuid}"))
-        .arg(format!(
-            "--new=2:{}:{}",
-            root_start / SECTOR,
-            root_end / SECTOR - 1
-        ))
-        .args(["--typecode=2:8304", "--change-name=2:root"])
-        .arg(format!("--partition-guid=2:{root_partuuid}"))
-        .arg(&raw);
-    tool::run(&mut sg).map_err(tool_err("partitioning the disk"))?;
+    partition(
+        &raw,
+        size,
+        &disk_guid,
+        (esp_start, root_start, &esp_partuuid),
+        (root_end, &root_partuuid),
+    )?;
     copy_into(&esp_img, &raw, esp_start)?;
 
     // The root filesystem, straight into its partition.
-    let blocks = (root_end - root_start) / 4096;
-    let mut mk = MKE2FS
-        .command()
-        .map_err(tool_err("making the root filesystem"))?;
-    mk.env("E2FSPROGS_FAKE_TIME", opts.mtime.to_string())
-        .env("MKE2FS_DEVICE_SECTSIZE", "512")
-        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "root"])
-        .arg("-U")
-        .arg(&fs_uuid)
-        .arg("-E")
-        .arg(format!("offset={root_start},hash_seed={hash_seed}"))
-        .arg("-d")
-        .arg(root)
-        .arg(&raw)
-        .arg(blocks.to_string());
-    tool::run(&mut mk).map_err(|source| match &source {
-        ToolError::Failed { stderr, .. } if stderr.contains("No space left") => {
-            DiskError::TooSmall {
-                need: dir_size(root),
-                size,
-            }
-        }
-        _ => DiskError::Tool {
-            step: "making the root filesystem",
-            source,
-        },
-    })?;
+    make_root_fs(
+        root,
+        &raw,
+        (root_start, root_end),
+        size,
+        &fs_uuid,
+        &hash_seed,
+        opts.mtime,
+    )?;
     fix_times(root, &raw, root_start, work, opts.mtime)?;
 
     // The output, in place atomically.
@@ -336,6 +301,82 @@ fn mask_networkd(r: &Root) -> Result<(), DiskError> {
                 .map_err(io_err("masking", &r.display(link.as_bytes())))?;
         }
     }
+    Ok(())
+}
+
+/// A sparse `raw` file of `size` bytes with the GPT: the ESP from `esp_start` to `root_start`,
+/// the root from `root_start` to `root_end`, with the given GUIDs.
+fn partition(
+    raw: &Path,
+    size: u64,
+    disk_guid: &str,
+    (esp_start, root_start, esp_partuuid): (u64, u64, &str),
+    (root_end, root_partuuid): (u64, &str),
+) -> Result<(), DiskError> {
+    let f = File::create(raw).map_err(io_err("creating", raw))?;
+    f.set_len(size).map_err(io_err("sizing", raw))?;
+    drop(f);
+    let mut sg = SGDISK
+        .command()
+        .map_err(tool_err("partitioning the disk"))?;
+    sg.arg("--clear")
+        .arg(format!("--disk-guid={disk_guid}"))
+        .arg(format!(
+            "--new=1:{}:{}",
+            esp_start / SECTOR,
+            root_start / SECTOR - 1
+        ))
+        .args(["--typecode=1:EF00", "--change-name=1:ESP"])
+        .arg(format!("--partition-guid=1:{esp_partuuid}"))
+        .arg(format!(
+            "--new=2:{}:{}",
+            root_start / SECTOR,
+            root_end / SECTOR - 1
+        ))
+        .args(["--typecode=2:8304", "--change-name=2:root"])
+        .arg(format!("--partition-guid=2:{root_partuuid}"))
+        .arg(raw);
+    tool::run(&mut sg).map_err(tool_err("partitioning the disk"))?;
+    Ok(())
+}
+
+/// The ext4 root made by `mke2fs -d` from `root`, written at its partition's offset in `raw`.
+fn make_root_fs(
+    root: &Path,
+    raw: &Path,
+    (root_start, root_end): (u64, u64),
+    size: u64,
+    fs_uuid: &str,
+    hash_seed: &str,
+    mtime: u64,
+) -> Result<(), DiskError> {
+    let blocks = (root_end - root_start) / 4096;
+    let mut mk = MKE2FS
+        .command()
+        .map_err(tool_err("making the root filesystem"))?;
+    mk.env("E2FSPROGS_FAKE_TIME", mtime.to_string())
+        .env("MKE2FS_DEVICE_SECTSIZE", "512")
+        .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-L", "root"])
+        .arg("-U")
+        .arg(fs_uuid)
+        .arg("-E")
+        .arg(format!("offset={root_start},hash_seed={hash_seed}"))
+        .arg("-d")
+        .arg(root)
+        .arg(raw)
+        .arg(blocks.to_string());
+    tool::run(&mut mk).map_err(|source| match &source {
+        ToolError::Failed { stderr, .. } if stderr.contains("No space left") => {
+            DiskError::TooSmall {
+                need: dir_size(root),
+                size,
+            }
+        }
+        _ => DiskError::Tool {
+            step: "making the root filesystem",
+            source,
+        },
+    })?;
     Ok(())
 }
 
