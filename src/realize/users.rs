@@ -117,62 +117,94 @@ fn file(tree: &mut Tree, lower: &LowerFs, path: &str, bytes: Vec<u8>, meta: Meta
     );
 }
 
-pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, FieldError> {
-    let mut passwd = lines(lower, "etc/passwd");
-    let mut group = lines(lower, "etc/group");
-    let mut shadow = lines(lower, "etc/shadow");
-    let had_gshadow = lower.get(b"etc/gshadow").is_some();
-    let mut gshadow = lines(lower, "etc/gshadow");
-    // An image without account files (scratch) still needs root.
-    if passwd.is_empty() {
-        passwd.push(
-            ["root", "x", "0", "0", "root", "/root", "/bin/sh"]
-                .map(String::from)
-                .to_vec(),
-        );
-        shadow.push(
-            ["root", "*", "", "0", "99999", "7", "", "", ""]
-                .map(String::from)
-                .to_vec(),
-        );
-    }
-    if group.is_empty() {
-        group.push(["root", "x", "0", ""].map(String::from).to_vec());
-        gshadow.push(["root", "*", "", ""].map(String::from).to_vec());
-    }
-    let root = FieldPath::root();
+/// The account files being edited: rows of `:`-separated fields.
+struct Accounts {
+    passwd: Vec<Vec<String>>,
+    group: Vec<Vec<String>>,
+    shadow: Vec<Vec<String>>,
+    gshadow: Vec<Vec<String>>,
+    had_gshadow: bool,
+}
 
-    for (i, g) in groups.iter().enumerate() {
-        let field = root.key("group").index(i);
-        if let Some(row) = group.iter().find(|r| r[0] == g.name) {
-            if let Some(want) = g.gid
-                && id_of(row) != Some(want)
-            {
+impl Accounts {
+    /// The image's own files; root's lines on an image without them (scratch).
+    fn read(lower: &LowerFs) -> Accounts {
+        let mut passwd = lines(lower, "etc/passwd");
+        let mut group = lines(lower, "etc/group");
+        let mut shadow = lines(lower, "etc/shadow");
+        let had_gshadow = lower.get(b"etc/gshadow").is_some();
+        let mut gshadow = lines(lower, "etc/gshadow");
+        // An image without account files (scratch) still needs root.
+        if passwd.is_empty() {
+            passwd.push(
+                ["root", "x", "0", "0", "root", "/root", "/bin/sh"]
+                    .map(String::from)
+                    .to_vec(),
+            );
+            shadow.push(
+                ["root", "*", "", "0", "99999", "7", "", "", ""]
+                    .map(String::from)
+                    .to_vec(),
+            );
+        }
+        if group.is_empty() {
+            group.push(["root", "x", "0", ""].map(String::from).to_vec());
+            gshadow.push(["root", "*", "", ""].map(String::from).to_vec());
+        }
+        Accounts {
+            passwd,
+            group,
+            shadow,
+            gshadow,
+            had_gshadow,
+        }
+    }
+
+    /// `[[group]]`: added unless present (with the same gid, when one is asked for).
+    fn add_groups(&mut self, groups: &[Group]) -> Result<(), FieldError> {
+        let root = FieldPath::root();
+        let (group, gshadow) = (&mut self.group, &mut self.gshadow);
+        for (i, g) in groups.iter().enumerate() {
+            let field = root.key("group").index(i);
+            if let Some(row) = group.iter().find(|r| r[0] == g.name) {
+                if let Some(want) = g.gid
+                    && id_of(row) != Some(want)
+                {
+                    return Err(FieldError {
+                        field: field.key("gid"),
+                        message: format!("group `{}` already exists with gid {}", g.name, row[2]),
+                    });
+                }
+                continue;
+            }
+            let gid = g.gid.unwrap_or_else(|| next_free(group));
+            if group.iter().any(|r| id_of(r) == Some(gid)) {
                 return Err(FieldError {
                     field: field.key("gid"),
-                    message: format!("group `{}` already exists with gid {}", g.name, row[2]),
+                    message: format!("gid {gid} is already taken"),
                 });
             }
-            continue;
+            add_group(group, gshadow, &g.name, gid);
         }
-        let gid = g.gid.unwrap_or_else(|| next_free(&group));
-        if group.iter().any(|r| id_of(r) == Some(gid)) {
-            return Err(FieldError {
-                field: field.key("gid"),
-                message: format!("gid {gid} is already taken"),
-            });
-        }
-        add_group(&mut group, &mut gshadow, &g.name, gid);
+        Ok(())
     }
 
-    let mut tree = Tree::default();
-    for (i, u) in users.iter().enumerate() {
+    /// User `i` (`useradd -U`): its passwd and shadow lines, its own group, its memberships.
+    /// Returns its uid, gid and home.
+    fn add_user(&mut self, i: usize, u: &User) -> Result<(u32, u32, String), FieldError> {
+        let root = FieldPath::root();
+        let (passwd, group, shadow, gshadow) = (
+            &mut self.passwd,
+            &mut self.group,
+            &mut self.shadow,
+            &mut self.gshadow,
+        );
         let field = root.key("user").index(i);
         let existing = passwd.iter().position(|r| r[0] == u.name);
         let uid = match (u.uid, existing) {
             (Some(id), _) => id,
             (None, Some(pos)) => id_of(&passwd[pos]).unwrap_or(ID_MIN),
-            (None, None) => next_free(&passwd),
+            (None, None) => next_free(passwd),
         };
         if passwd
             .iter()
@@ -188,11 +220,11 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
             Some(r) => id_of(r).unwrap_or(uid),
             None => {
                 let gid = if group.iter().any(|r| id_of(r) == Some(uid)) {
-                    next_free(&group)
+                    next_free(group)
                 } else {
                     uid
                 };
-                add_group(&mut group, &mut gshadow, &u.name, gid);
+                add_group(group, gshadow, &u.name, gid);
                 gid
             }
         };
@@ -212,7 +244,7 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
                 row[idx] = members.join(",");
                 true
             };
-            if !add(&mut group, 3) {
+            if !add(group, 3) {
                 return Err(FieldError {
                     field: field.key("groups").index(j),
                     message: format!(
@@ -220,7 +252,7 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
                     ),
                 });
             }
-            add(&mut gshadow, 3);
+            add(gshadow, 3);
         }
         let home = u
             .home
@@ -248,52 +280,73 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
                     .to_vec(),
             );
         }
+        Ok((uid, gid, home))
+    }
+}
 
-        let owner = Meta {
-            mode: 0o750,
+/// A user's home (its parents root's), seeded from `/etc/skel` as `useradd -m` does, and its
+/// sudoers drop-in.
+fn home(tree: &mut Tree, lower: &LowerFs, u: &User, uid: u32, gid: u32, home: &str) {
+    let owner = Meta {
+        mode: 0o750,
+        uid: uid as u64,
+        gid: gid as u64,
+    };
+    // The home's parents (`/home`) belong to root; only the home itself to the user.
+    let home_parent = home.rsplit_once('/').map_or("", |(p, _)| p);
+    tree.parents(lower, &lower.resolve(home_parent.as_bytes()), Meta::DIR);
+    let home_path = tree.add(lower, home, NodeKind::Dir, owner);
+    // Seed the home from /etc/skel, as `useradd -m` does.
+    for (path, e) in lower.children(b"etc/skel") {
+        let rel = String::from_utf8_lossy(&path[b"etc/skel/".len()..]).into_owned();
+        let dest = format!("/{}/{rel}", String::from_utf8_lossy(&home_path));
+        let meta = Meta {
+            mode: e.meta.mode,
             uid: uid as u64,
             gid: gid as u64,
         };
-        // The home's parents (`/home`) belong to root; only the home itself to the user.
-        let home_parent = home.rsplit_once('/').map_or("", |(p, _)| p);
-        tree.parents(lower, &lower.resolve(home_parent.as_bytes()), Meta::DIR);
-        let home_path = tree.add(lower, &home, NodeKind::Dir, owner);
-        // Seed the home from /etc/skel, as `useradd -m` does.
-        for (path, e) in lower.children(b"etc/skel") {
-            let rel = String::from_utf8_lossy(&path[b"etc/skel/".len()..]).into_owned();
-            let dest = format!("/{}/{rel}", String::from_utf8_lossy(&home_path));
-            let meta = Meta {
-                mode: e.meta.mode,
-                uid: uid as u64,
-                gid: gid as u64,
-            };
-            match (&e.kind, &e.data) {
-                (Kind::Dir, _) => {
-                    tree.add(lower, &dest, NodeKind::Dir, meta);
-                }
-                (Kind::File, Some(d)) => file(&mut tree, lower, &dest, d.clone(), meta),
-                (Kind::Symlink(t), _) => {
-                    tree.add(lower, &dest, NodeKind::Symlink(t.clone()), meta);
-                }
-                _ => {}
+        match (&e.kind, &e.data) {
+            (Kind::Dir, _) => {
+                tree.add(lower, &dest, NodeKind::Dir, meta);
             }
-        }
-        if u.sudo.as_deref() == Some("nopasswd") {
-            let rule = format!("{} ALL=(ALL) NOPASSWD:ALL\n", u.name);
-            file(
-                &mut tree,
-                lower,
-                &format!("/etc/sudoers.d/{}", u.name),
-                rule.into_bytes(),
-                Meta {
-                    mode: 0o440,
-                    uid: 0,
-                    gid: 0,
-                },
-            );
+            (Kind::File, Some(d)) => file(tree, lower, &dest, d.clone(), meta),
+            (Kind::Symlink(t), _) => {
+                tree.add(lower, &dest, NodeKind::Symlink(t.clone()), meta);
+            }
+            _ => {}
         }
     }
+    if u.sudo.as_deref() == Some("nopasswd") {
+        let rule = format!("{} ALL=(ALL) NOPASSWD:ALL\n", u.name);
+        file(
+            tree,
+            lower,
+            &format!("/etc/sudoers.d/{}", u.name),
+            rule.into_bytes(),
+            Meta {
+                mode: 0o440,
+                uid: 0,
+                gid: 0,
+            },
+        );
+    }
+}
 
+pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, FieldError> {
+    let mut acc = Accounts::read(lower);
+    acc.add_groups(groups)?;
+    let mut tree = Tree::default();
+    for (i, u) in users.iter().enumerate() {
+        let (uid, gid, home_dir) = acc.add_user(i, u)?;
+        home(&mut tree, lower, u, uid, gid, &home_dir);
+    }
+    let Accounts {
+        passwd,
+        group,
+        shadow,
+        gshadow,
+        had_gshadow,
+    } = acc;
     let shadow_gid = lookup_group(lower, "shadow").or_else(|| {
         group
             .iter()
