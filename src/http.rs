@@ -341,6 +341,44 @@ pub fn fetch(
     }
 }
 
+/// Fetches every `(url, sha256)` the cache lacks, `parallel` at a time (each once): downloads,
+/// .debs and wheels alike.
+pub fn fetch_all(
+    cache: &Cache,
+    items: &[(&str, &Digest)],
+    parallel: usize,
+    reporter: &dyn Reporter,
+) -> Result<(), HttpError> {
+    let mut seen = std::collections::HashSet::new();
+    let missing: Vec<&(&str, &Digest)> = items
+        .iter()
+        .filter(|(_, d)| !cache.has_blob(d) && seen.insert(*d))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let client = client().map_err(|source| HttpError::Http {
+        url: "(client)".into(),
+        source,
+    })?;
+    crate::parallel::try_for_each(&missing, parallel, |(url, sha)| {
+        fetch(&client, cache, url, sha, reporter)
+    })
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (`A-Z a-z 0-9 - . _ ~`).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Streams `body` (of `size` bytes, when known) into the cache as `digest` (verified), with
 /// transfer events under the name `shown`: downloads and registry blobs alike.
 pub fn store_reporting(

@@ -65,15 +65,7 @@ fn spdx_id(kind: &str, name: &str) -> String {
 
 /// Percent-encodes a package URL component.
 fn purl_part(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::http::percent_encode(s)
 }
 
 /// Whether SPDX accepts `url` as a download location: its pattern wants a host name with a

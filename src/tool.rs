@@ -69,6 +69,10 @@ pub const OBJDUMP: Tool = Tool {
     name: "objdump",
     package: "binutils",
 };
+pub const SCP: Tool = Tool {
+    name: "scp",
+    package: "openssh-client",
+};
 pub const QEMU_IMG: Tool = Tool {
     name: "qemu-img",
     package: "qemu-utils",
@@ -77,23 +81,37 @@ pub const QEMU_IMG: Tool = Tool {
 impl Tool {
     /// A command for the tool, found on PATH (or in /usr/sbin, which a non-root PATH lacks).
     pub fn command(&self) -> Result<Command, ToolError> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let dirs = std::env::split_paths(&path)
-            .chain(["/usr/sbin", "/sbin"].iter().map(Into::into))
-            .collect::<Vec<std::path::PathBuf>>();
-        let found = dirs
-            .iter()
-            .map(|d| d.join(self.name))
-            .find(|p| p.is_file())
-            .ok_or(ToolError::Missing {
-                tool: self.name,
-                package: self.package,
-            })?;
+        let found = find(self.name).ok_or(ToolError::Missing {
+            tool: self.name,
+            package: self.package,
+        })?;
         let mut c = Command::new(found);
         // Tools print localized messages and dates otherwise.
         c.env("LC_ALL", "C.UTF-8");
         Ok(c)
     }
+}
+
+/// Quotes a word for a POSIX shell: as it is when it holds only characters no shell treats
+/// specially, else in single quotes.
+pub fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// `name` on PATH (then /usr/sbin and /sbin, which a non-root PATH lacks).
+pub fn find(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].iter().map(Into::into))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// Runs `cmd` to the end; stdout is returned, stderr goes into the error.

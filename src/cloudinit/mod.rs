@@ -324,17 +324,7 @@ fn short_hash(s: &str) -> String {
     hex::encode(&Sha256::digest(s.as_bytes())[..6])
 }
 
-/// Quotes a word for a POSIX shell.
-pub fn sh_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
+pub use crate::tool::sh_quote;
 
 /// A shell-script part with the recipe's variables exported after its `#!` line.
 fn with_exports(script: &str, vars: &[(String, String)]) -> String {

@@ -40,7 +40,7 @@ pub fn build(
         .map_err(tool_err("reading the EFI stub"))?;
     dump.arg("-h").arg(&stub);
     let listing = tool::run(&mut dump).map_err(tool_err("reading the EFI stub"))?;
-    let mut next = round_up(end_of_sections(&String::from_utf8_lossy(&listing)), ALIGN);
+    let mut next = super::round_up(end_of_sections(&String::from_utf8_lossy(&listing)), ALIGN);
 
     let mut cmd = OBJCOPY.command().map_err(tool_err("making the UKI"))?;
     cmd.env("SOURCE_DATE_EPOCH", mtime.to_string());
@@ -55,7 +55,7 @@ pub fn build(
             .arg(format!("{name}={}", file.display()))
             .arg("--change-section-vma")
             .arg(format!("{name}={next:#x}"));
-        next = round_up(next + len, ALIGN);
+        next = super::round_up(next + len, ALIGN);
     }
     let tmp = out.with_extension("tmp");
     cmd.arg(&stub).arg(&tmp);
@@ -110,10 +110,6 @@ fn set_pe_timestamp(b: &mut [u8], stamp: u32) {
     sum = (sum & 0xffff) + (sum >> 16);
     let total = (sum as u32).wrapping_add(b.len() as u32);
     b[sum_at..sum_at + 4].copy_from_slice(&total.to_le_bytes());
-}
-
-fn round_up(n: u64, to: u64) -> u64 {
-    n.div_ceil(to) * to
 }
 
 /// The first address after the stub's sections, from `objdump -h`'s table

@@ -444,15 +444,7 @@ pub fn upid(v: &Value, method: &'static str, path: &str) -> Result<String, ApiEr
 /// Percent-encodes everything but unreserved characters: a path segment (UPIDs carry `:`,
 /// `@` and `!`), or the `sshkeys` value, which the API wants encoded inside the form.
 pub fn encode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    crate::http::percent_encode(s)
 }
 
 #[cfg(test)]

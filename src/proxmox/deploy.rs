@@ -609,7 +609,11 @@ fn copy_snippet(
         "proxmox: scp user-data {target}:{} (node {node})",
         remote.display()
     )));
-    let out = std::process::Command::new("scp")
+    let mut scp = crate::tool::SCP.command().map_err(|e| DeployError::Ssh {
+        target: target.clone(),
+        message: e.to_string(),
+    })?;
+    let out = scp
         .args(["-q", "-o", "BatchMode=yes"])
         .arg(dir.join("user-data"))
         .arg(format!("{target}:{}", remote.display()))

@@ -41,19 +41,11 @@ pub fn prefetch(
     packages: &[&LockedPackage],
     reporter: &dyn Reporter,
 ) -> Result<(), RealizeError> {
-    let mut seen = HashSet::new();
-    let missing: Vec<&&LockedPackage> = packages
+    let items: Vec<(&str, &crate::digest::Digest)> = packages
         .iter()
-        .filter(|p| !cache.has_blob(&p.sha256) && seen.insert(&p.sha256))
+        .map(|p| (p.url.as_str(), &p.sha256))
         .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let client = crate::http::client().map_err(RealizeError::Client)?;
-    crate::parallel::try_for_each(&missing, PARALLEL_DEBS, |p| {
-        crate::http::fetch(&client, cache, &p.url, &p.sha256, reporter)
-    })
-    .map_err(RealizeError::from)
+    crate::http::fetch_all(cache, &items, PARALLEL_DEBS, reporter).map_err(RealizeError::from)
 }
 
 fn deb_err(e: DebError) -> RealizeError {

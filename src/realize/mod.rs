@@ -314,14 +314,11 @@ fn prefetch(
     downloads: &[&PlannedDownload],
     reporter: &dyn Reporter,
 ) -> Result<(), RealizeError> {
-    if downloads.is_empty() {
-        return Ok(());
-    }
-    let client = crate::http::client().map_err(RealizeError::Client)?;
-    crate::parallel::try_for_each(downloads, PARALLEL_DOWNLOADS, |d| {
-        crate::http::fetch(&client, cache, &d.url, &d.sha256, reporter)
-    })
-    .map_err(RealizeError::from)
+    let items: Vec<(&str, &crate::digest::Digest)> = downloads
+        .iter()
+        .map(|d| (d.url.as_str(), &d.sha256))
+        .collect();
+    crate::http::fetch_all(cache, &items, PARALLEL_DOWNLOADS, reporter).map_err(RealizeError::from)
 }
 
 fn owner(

@@ -125,15 +125,9 @@ pub fn prefetch_wheels(
     pins: &[&LockedPip],
     reporter: &dyn Reporter,
 ) -> Result<(), RealizeError> {
-    let missing: Vec<&&LockedPip> = pins.iter().filter(|p| !cache.has_blob(&p.sha256)).collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let client = crate::http::client().map_err(RealizeError::Client)?;
-    crate::parallel::try_for_each(&missing, PARALLEL_WHEELS, |p| {
-        crate::http::fetch(&client, cache, &p.url, &p.sha256, reporter)
-    })
-    .map_err(RealizeError::from)
+    let items: Vec<(&str, &crate::digest::Digest)> =
+        pins.iter().map(|p| (p.url.as_str(), &p.sha256)).collect();
+    crate::http::fetch_all(cache, &items, PARALLEL_WHEELS, reporter).map_err(RealizeError::from)
 }
 
 const WHEELS: &str = "var/tmp/imgbuild-wheels";
@@ -201,10 +195,7 @@ pub struct How<'a> {
     pub network: bool,
 }
 
-/// Quotes `s` for `/bin/sh`.
-fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
+use crate::tool::sh_quote;
 
 /// A `[[run]]` command, given to the recipe's shell (`/bin/sh -c` by default), as `user`
 /// (with that user's home) if set. The command travels in an environment variable, so it is

@@ -207,10 +207,7 @@ pub fn bwrap() -> Result<PathBuf, SandboxError> {
             "running as uid {uid}: package scripts need root inside the sandbox"
         )));
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path)
-        .map(|d| d.join("bwrap"))
-        .find(|p| p.is_file())
+    let found = crate::tool::find("bwrap")
         .ok_or_else(|| SandboxError::Unavailable("bwrap (bubblewrap) is not on PATH".into()))?;
     let probe = Command::new(&found)
         .args([

@@ -265,7 +265,7 @@ impl RegistryClient {
                     } else {
                         '&'
                     });
-                    url.push_str(&format!("{k}={}", urlencode(v)));
+                    url.push_str(&format!("{k}={}", crate::http::percent_encode(v)));
                 }
                 let mut rb = self.http.get(&url);
                 if let Some(c) = &self.creds {
@@ -338,17 +338,6 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 
 fn backoff(attempt: u32) {
     std::thread::sleep(Duration::from_millis(100 * (1 << attempt.min(6))));
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The first `errors[].message` of a registry error body, for messages.
