@@ -14,30 +14,58 @@
 //! println!("{}", out.manifest);
 //! ```
 
-pub mod apt;
-pub mod base;
-pub mod build;
-pub mod cache;
-pub mod canonical;
-pub mod cloudinit;
+// Shared utilities, below every stage (ARCHITECTURE.md has the full layer table that
+// tests/layers.rs enforces).
+/// SHA-256 digests and hashing readers and writers.
 pub mod digest;
-pub mod disk;
+/// Atomic writes, bounded reads, sizes, the home directory.
 pub mod fsutil;
+/// Canonical JSON, for cache keys.
+pub mod canonical;
+/// A bounded parallel for-each.
+pub mod parallel;
+/// External tools, found on PATH, run with their errors captured.
+pub mod tool;
+/// Root-confined filesystem access and the one layer applier.
+pub mod rootfs;
+/// Progress events; library code reports, commands display.
+pub mod report;
+/// The content-addressed cache.
+pub mod cache;
+/// HTTP: one client, timeouts, retries, netrc credentials, verified downloads.
 pub mod http;
+/// The layer core: deterministic tar, compression, diff_id and digest in one pass.
+pub mod layer;
+/// The image below a step, read from its layers.
+pub mod lower;
+
+// The pipeline, in order.
+/// Stage 1: the recipe (load, interpolate, validate).
+pub mod recipe;
+/// A Dockerfile converted to a recipe.
 pub mod import;
+/// OCI image config, manifest and layout.
+pub mod oci;
+/// The base image.
+pub mod base;
+/// Registries: pull, push, referrers, the build cache.
+pub mod registry;
+/// Debian packages: indexes, resolver, .debs, dpkg's database.
+pub mod apt;
+/// Stage 2: the lock (apt, downloads, pip resolved).
+pub mod lock;
+/// Stage 3: steps and their cache keys.
+pub mod plan;
+/// Stage 4: each step made into a layer; the sandbox.
+pub mod realize;
+/// Outputs: the SBOM, cloud-init user-data, the bootable disk.
+pub mod sbom;
+pub mod cloudinit;
+pub mod disk;
+/// The driver: plan, realize, layout, SBOM.
+pub mod build;
+/// The proxmox target and the Proxmox API.
+pub mod proxmox;
+
 #[cfg(test)]
 mod input_proptests;
-pub mod layer;
-pub mod lock;
-pub mod lower;
-pub mod oci;
-pub mod parallel;
-pub mod plan;
-pub mod proxmox;
-pub mod realize;
-pub mod recipe;
-pub mod registry;
-pub mod report;
-pub mod rootfs;
-pub mod sbom;
-pub mod tool;
