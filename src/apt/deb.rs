@@ -257,110 +257,8 @@ impl Unpacker<'_> {
             let mut ar = tar::Archive::new(decompressor(name, r).map_err(io)?);
             for e in ar.entries().map_err(io)? {
                 let mut e = e.map_err(io)?;
-                let raw = e.path_bytes().into_owned();
-                let path = safe(&raw, label)?;
-                if path.is_empty() {
-                    continue;
-                }
-                list.push(format!("/{}", String::from_utf8_lossy(&path)));
-                // Follow the symlinks of the image below in the parent (bin -> usr/bin).
-                let (parent, file) = match path.iter().rposition(|b| *b == b'/') {
-                    Some(i) => (self.lower.resolve(&path[..i]), &path[i + 1..]),
-                    None => (Vec::new(), &path[..]),
-                };
-                let mut dest = parent.clone();
-                if !dest.is_empty() {
-                    dest.push(b'/');
-                }
-                dest.extend_from_slice(file);
-                let h = e.header();
-                let meta = Meta {
-                    mode: h.mode().map_err(io)? & 0o7777,
-                    uid: h.uid().map_err(io)?,
-                    gid: h.gid().map_err(io)?,
-                };
-                let kind = h.entry_type();
-                if kind != EntryType::Directory {
-                    self.ensure_dir(&parent, Meta::DIR).map_err(io)?;
-                }
-                match kind {
-                    EntryType::Directory => {
-                        // A directory the image has as a symlink stays a symlink (as dpkg).
-                        if matches!(
-                            self.lower.get(&dest).map(|e| &e.kind),
-                            Some(Kind::Symlink(_))
-                        ) || self.dirs.contains(&dest)
-                        {
-                            continue;
-                        }
-                        self.ensure_dir(&parent, Meta::DIR).map_err(io)?;
-                        self.w.dir(&dest, meta).map_err(io)?;
-                        self.dirs.insert(dest);
-                    }
-                    EntryType::Regular | EntryType::Continuous => {
-                        let is_conf = conf.contains(&path);
-                        if is_conf {
-                            dest.extend_from_slice(b".dpkg-new");
-                        }
-                        let size = e.size();
-                        let mut hashing = Md5Reader {
-                            inner: &mut e,
-                            md5: md5::Md5::new(),
-                        };
-                        self.w.file(&dest, meta, size, &mut hashing).map_err(io)?;
-                        if !is_conf {
-                            md5sums.push_str(&format!(
-                                "{}  {}\n",
-                                hex::encode(hashing.md5.finalize()),
-                                String::from_utf8_lossy(&path)
-                            ));
-                        }
-                    }
-                    EntryType::Symlink => {
-                        let target = e.link_name_bytes().unwrap_or_default().into_owned();
-                        if !link_inside(&path, &target) {
-                            return Err(DebError::UnsafePath {
-                                deb: label.to_string(),
-                                path: format!(
-                                    "{} -> {}",
-                                    String::from_utf8_lossy(&path),
-                                    String::from_utf8_lossy(&target)
-                                ),
-                                why: "symlink leaves the root",
-                            });
-                        }
-                        self.w.symlink(&dest, &target, meta).map_err(io)?;
-                    }
-                    EntryType::Link => {
-                        let target = e.link_name_bytes().unwrap_or_default().into_owned();
-                        let t = safe(&target, label)?;
-                        let (tp, tf) = match t.iter().rposition(|b| *b == b'/') {
-                            Some(i) => (self.lower.resolve(&t[..i]), &t[i + 1..]),
-                            None => (Vec::new(), &t[..]),
-                        };
-                        let mut td = tp;
-                        if !td.is_empty() {
-                            td.push(b'/');
-                        }
-                        td.extend_from_slice(tf);
-                        self.w.hardlink(&dest, &td, meta).map_err(io)?;
-                    }
-                    EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                        let dev = (
-                            h.device_major().ok().flatten().unwrap_or(0),
-                            h.device_minor().ok().flatten().unwrap_or(0),
-                        );
-                        self.w.special(&dest, kind, meta, dev).map_err(io)?;
-                    }
-                    other => {
-                        return Err(DebError::Format {
-                            deb: label.to_string(),
-                            message: format!(
-                                "unsupported entry type {other:?} at {}",
-                                String::from_utf8_lossy(&path)
-                            ),
-                        });
-                    }
+                if let Some(path) = self.entry(&mut e, label, &conf, &mut md5sums)? {
+                    list.push(format!("/{}", String::from_utf8_lossy(&path)));
                 }
             }
             Ok(())
@@ -372,6 +270,127 @@ impl Unpacker<'_> {
             });
         }
         Ok((list, md5sums))
+    }
+
+    /// One entry of the data member into the layer, beside the image below (its parents'
+    /// symlinks followed, as dpkg does); conffiles as `.dpkg-new`. Returns its path, unless
+    /// it is the archive's root.
+    fn entry<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        label: &str,
+        conf: &HashSet<Vec<u8>>,
+        md5sums: &mut String,
+    ) -> Result<Option<Vec<u8>>, DebError> {
+        let io = |source| DebError::Io {
+            deb: label.to_string(),
+            source,
+        };
+        let raw = e.path_bytes().into_owned();
+        let path = safe(&raw, label)?;
+        if path.is_empty() {
+            return Ok(None);
+        }
+        // Follow the symlinks of the image below in the parent (bin -> usr/bin).
+        let (parent, file) = match path.iter().rposition(|b| *b == b'/') {
+            Some(i) => (self.lower.resolve(&path[..i]), &path[i + 1..]),
+            None => (Vec::new(), &path[..]),
+        };
+        let mut dest = parent.clone();
+        if !dest.is_empty() {
+            dest.push(b'/');
+        }
+        dest.extend_from_slice(file);
+        let h = e.header();
+        let meta = Meta {
+            mode: h.mode().map_err(io)? & 0o7777,
+            uid: h.uid().map_err(io)?,
+            gid: h.gid().map_err(io)?,
+        };
+        let kind = h.entry_type();
+        if kind != EntryType::Directory {
+            self.ensure_dir(&parent, Meta::DIR).map_err(io)?;
+        }
+        match kind {
+            EntryType::Directory => {
+                // A directory the image has as a symlink stays a symlink (as dpkg).
+                if matches!(
+                    self.lower.get(&dest).map(|e| &e.kind),
+                    Some(Kind::Symlink(_))
+                ) || self.dirs.contains(&dest)
+                {
+                    return Ok(Some(path));
+                }
+                self.ensure_dir(&parent, Meta::DIR).map_err(io)?;
+                self.w.dir(&dest, meta).map_err(io)?;
+                self.dirs.insert(dest);
+            }
+            EntryType::Regular | EntryType::Continuous => {
+                let is_conf = conf.contains(&path);
+                if is_conf {
+                    dest.extend_from_slice(b".dpkg-new");
+                }
+                let size = e.size();
+                let mut hashing = Md5Reader {
+                    inner: &mut *e,
+                    md5: md5::Md5::new(),
+                };
+                self.w.file(&dest, meta, size, &mut hashing).map_err(io)?;
+                if !is_conf {
+                    md5sums.push_str(&format!(
+                        "{}  {}\n",
+                        hex::encode(hashing.md5.finalize()),
+                        String::from_utf8_lossy(&path)
+                    ));
+                }
+            }
+            EntryType::Symlink => {
+                let target = e.link_name_bytes().unwrap_or_default().into_owned();
+                if !link_inside(&path, &target) {
+                    return Err(DebError::UnsafePath {
+                        deb: label.to_string(),
+                        path: format!(
+                            "{} -> {}",
+                            String::from_utf8_lossy(&path),
+                            String::from_utf8_lossy(&target)
+                        ),
+                        why: "symlink leaves the root",
+                    });
+                }
+                self.w.symlink(&dest, &target, meta).map_err(io)?;
+            }
+            EntryType::Link => {
+                let target = e.link_name_bytes().unwrap_or_default().into_owned();
+                let t = safe(&target, label)?;
+                let (tp, tf) = match t.iter().rposition(|b| *b == b'/') {
+                    Some(i) => (self.lower.resolve(&t[..i]), &t[i + 1..]),
+                    None => (Vec::new(), &t[..]),
+                };
+                let mut td = tp;
+                if !td.is_empty() {
+                    td.push(b'/');
+                }
+                td.extend_from_slice(tf);
+                self.w.hardlink(&dest, &td, meta).map_err(io)?;
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let dev = (
+                    h.device_major().ok().flatten().unwrap_or(0),
+                    h.device_minor().ok().flatten().unwrap_or(0),
+                );
+                self.w.special(&dest, kind, meta, dev).map_err(io)?;
+            }
+            other => {
+                return Err(DebError::Format {
+                    deb: label.to_string(),
+                    message: format!(
+                        "unsupported entry type {other:?} at {}",
+                        String::from_utf8_lossy(&path)
+                    ),
+                });
+            }
+        }
+        Ok(Some(path))
     }
 }
 

@@ -81,8 +81,55 @@ fn push_blob(
     if resp.status().is_success() {
         return Ok(Sent::Existing);
     }
-    // A mount answers 201 when done; 202 means "no, but here is an upload session".
-    let mut location = None;
+    let location = match try_mount(client, repo, d, mount_from)? {
+        Mount::Done => return Ok(Sent::Mounted),
+        Mount::Session(l) => l,
+    };
+    let up = Upload {
+        client,
+        path: layout.blob_path(&d.digest),
+        start_url: client.url(&format!("/v2/{repo}/blobs/uploads/")),
+        shown: format!("{}/{}@{}", dest.registry, repo, d.digest.short()),
+        reporter,
+    };
+    let mut location = match location {
+        Some(l) => l,
+        None => up.start_session()?,
+    };
+    reporter.report(Event::TransferStart {
+        dir: Dir::Up,
+        url: &up.shown,
+        total: Some(d.size),
+    });
+    let offset = if d.size > MONOLITHIC {
+        up.chunks(d, &mut location)?
+    } else {
+        0
+    };
+    up.finish(d, location, offset)?;
+    reporter.report(Event::TransferDone {
+        dir: Dir::Up,
+        url: &up.shown,
+        bytes: d.size,
+    });
+    Ok(Sent::Uploaded(d.size))
+}
+
+enum Mount {
+    /// The registry mounted the blob from another repository.
+    Done,
+    /// Not mounted; an upload session it offered instead, if any.
+    Session(Option<String>),
+}
+
+/// A cross-repository mount from one of `mount_from`: 201 when done; 202 means "no, but here
+/// is an upload session".
+fn try_mount(
+    client: &RegistryClient,
+    repo: &str,
+    d: &Desc,
+    mount_from: &[String],
+) -> Result<Mount, RegistryError> {
     for from in mount_from.iter().filter(|f| *f != repo) {
         let url = client.url(&format!(
             "/v2/{repo}/blobs/uploads/?mount={}&from={from}",
@@ -92,38 +139,45 @@ fn push_blob(
             Ok(rb.header(header::CONTENT_LENGTH, 0))
         })?;
         if resp.status() == StatusCode::CREATED {
-            return Ok(Sent::Mounted);
+            return Ok(Mount::Done);
         }
         if resp.status() == StatusCode::ACCEPTED {
-            location = resp
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(|l| client.resolve(l));
-            break;
+            return Ok(Mount::Session(
+                resp.headers()
+                    .get(header::LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|l| client.resolve(l)),
+            ));
         }
     }
-    let path = layout.blob_path(&d.digest);
-    let start_url = client.url(&format!("/v2/{repo}/blobs/uploads/"));
-    let start_session = || -> Result<String, RegistryError> {
-        let resp = client.send("start upload at", Method::POST, &start_url, &|rb| {
-            Ok(rb.header(header::CONTENT_LENGTH, 0))
-        })?;
-        upload_location(client, resp, "start upload at", &start_url)
-    };
-    let mut location = match location {
-        Some(l) => l,
-        None => start_session()?,
-    };
-    let shown = format!("{}/{}@{}", dest.registry, repo, d.digest.short());
-    reporter.report(Event::TransferStart {
-        dir: Dir::Up,
-        url: &shown,
-        total: Some(d.size),
-    });
-    let mut offset = 0u64;
-    // Chunked: PATCH pieces; after a failure, ask the registry where it stands and resume.
-    if d.size > MONOLITHIC {
+    Ok(Mount::Session(None))
+}
+
+/// One blob's upload: its file, where sessions start, its name in progress events.
+struct Upload<'a> {
+    client: &'a RegistryClient,
+    path: std::path::PathBuf,
+    start_url: String,
+    shown: String,
+    reporter: &'a dyn Reporter,
+}
+
+impl Upload<'_> {
+    fn start_session(&self) -> Result<String, RegistryError> {
+        let resp = self
+            .client
+            .send("start upload at", Method::POST, &self.start_url, &|rb| {
+                Ok(rb.header(header::CONTENT_LENGTH, 0))
+            })?;
+        upload_location(self.client, resp, "start upload at", &self.start_url)
+    }
+
+    /// PATCHes the blob in chunks; after a failure, asks the registry where it stands and
+    /// resumes from its `Range`, or starts over when it dropped the session (CNCF
+    /// distribution does after a cut PATCH). Returns the bytes sent.
+    fn chunks(&self, d: &Desc, location: &mut String) -> Result<u64, RegistryError> {
+        let client = self.client;
+        let mut offset = 0u64;
         let mut failures = 0;
         while offset < d.size {
             let len = CHUNK.min(d.size - offset);
@@ -134,15 +188,15 @@ fn push_blob(
                     .header(header::CONTENT_TYPE, "application/octet-stream")
                     .header(header::CONTENT_RANGE, range.clone())
                     .timeout(crate::http::upload_timeout(len))
-                    .body(RegistryClient::file_body(&path, offset, len)?))
+                    .body(RegistryClient::file_body(&self.path, offset, len)?))
             });
             match result {
                 Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
-                    location = upload_location(client, resp, "upload blob chunk to", &url)?;
+                    *location = upload_location(client, resp, "upload blob chunk to", &url)?;
                     offset += len;
-                    reporter.report(Event::TransferProgress {
+                    self.reporter.report(Event::TransferProgress {
                         dir: Dir::Up,
-                        url: &shown,
+                        url: &self.shown,
                         bytes: offset,
                     });
                 }
@@ -154,9 +208,7 @@ fn push_blob(
                             Err(e) => Err(e),
                         };
                     }
-                    // Where did the registry get to? Resume from its `Range`; if it dropped
-                    // the session (CNCF distribution does after a cut PATCH), start over.
-                    let resp = client.send("query upload", Method::GET, &location, &|rb| Ok(rb))?;
+                    let resp = client.send("query upload", Method::GET, location, &|rb| Ok(rb))?;
                     if resp.status() == StatusCode::NO_CONTENT {
                         offset = resp
                             .headers()
@@ -165,50 +217,51 @@ fn push_blob(
                             .and_then(|r| r.rsplit_once('-'))
                             .and_then(|(_, end)| end.parse::<u64>().ok())
                             .map_or(0, |end| end + 1);
-                        location = upload_location(client, resp, "query upload", &location)
-                            .unwrap_or(location);
+                        *location = upload_location(client, resp, "query upload", location)
+                            .unwrap_or(location.clone());
                     } else {
-                        location = start_session()?;
+                        *location = self.start_session()?;
                         offset = 0;
                     }
                 }
             }
         }
+        Ok(offset)
     }
-    // The final PUT carries what is left (everything, for a monolithic upload). A session
-    // whose PUT failed midway may hold a partial body: start a fresh one and send it again.
-    let rest = d.size - offset;
-    let mut sessions = 1;
-    loop {
-        let sep = if location.contains('?') { '&' } else { '?' };
-        let put_url = format!("{location}{sep}digest={}", d.digest);
-        let result = client.send("finish upload to", Method::PUT, &put_url, &|rb| {
-            let rb = rb.header(header::CONTENT_TYPE, "application/octet-stream");
-            Ok(if rest > 0 {
-                rb.timeout(crate::http::upload_timeout(rest))
-                    .body(RegistryClient::file_body(&path, offset, rest)?)
-            } else {
-                rb.header(header::CONTENT_LENGTH, 0)
-            })
-        });
-        match result {
-            Ok(resp) if resp.status() == StatusCode::CREATED => break,
-            Ok(resp) if offset > 0 || sessions >= 3 => {
-                return Err(status_error("finish upload to", &put_url, resp));
-            }
-            Err(e) if offset > 0 || sessions >= 3 => return Err(e),
-            _ => {
-                sessions += 1;
-                location = start_session()?;
+
+    /// The final PUT carries what is left after `offset` (everything, for a monolithic
+    /// upload). A session whose PUT failed midway may hold a partial body: a fresh one gets
+    /// it again.
+    fn finish(&self, d: &Desc, mut location: String, offset: u64) -> Result<(), RegistryError> {
+        let rest = d.size - offset;
+        let mut sessions = 1;
+        loop {
+            let sep = if location.contains('?') { '&' } else { '?' };
+            let put_url = format!("{location}{sep}digest={}", d.digest);
+            let result = self
+                .client
+                .send("finish upload to", Method::PUT, &put_url, &|rb| {
+                    let rb = rb.header(header::CONTENT_TYPE, "application/octet-stream");
+                    Ok(if rest > 0 {
+                        rb.timeout(crate::http::upload_timeout(rest))
+                            .body(RegistryClient::file_body(&self.path, offset, rest)?)
+                    } else {
+                        rb.header(header::CONTENT_LENGTH, 0)
+                    })
+                });
+            match result {
+                Ok(resp) if resp.status() == StatusCode::CREATED => return Ok(()),
+                Ok(resp) if offset > 0 || sessions >= 3 => {
+                    return Err(status_error("finish upload to", &put_url, resp));
+                }
+                Err(e) if offset > 0 || sessions >= 3 => return Err(e),
+                _ => {
+                    sessions += 1;
+                    location = self.start_session()?;
+                }
             }
         }
     }
-    reporter.report(Event::TransferDone {
-        dir: Dir::Up,
-        url: &shown,
-        bytes: d.size,
-    });
-    Ok(Sent::Uploaded(d.size))
 }
 
 fn upload_location(
