@@ -122,8 +122,10 @@ pub fn import(text: &str, file: &str, context: Option<&Path>) -> Result<Imported
         ));
     }
     for ins in &last.instructions {
-        let line = line_of(text, span(ins).start);
-        let here = |m: String| format!("{file}:{line}: {m}");
+        let at = At {
+            file,
+            line: line_of(text, span(ins).start),
+        };
         match ins {
             Instruction::From(f) => d.base = subst(&f.image.content, &args),
             Instruction::Arg(a) => {
@@ -148,143 +150,204 @@ pub fn import(text: &str, file: &str, context: Option<&Path>) -> Result<Imported
                 }
             }
             Instruction::Run(r) => match &r.expr {
-                ShellOrExecExpr::Shell(s) => {
+                ShellOrExecExpr::Shell(sh) => {
                     // A heredoc's body is read as the script it is.
-                    let raw = s.to_string();
+                    let raw = sh.to_string();
                     let script = match heredoc_index(&raw) {
                         Some(i) => heredocs.get(i).cloned().unwrap_or_default(),
                         None => raw,
                     };
-                    let cmds = shell::split(&script).map_err(|e| err(line, e.0))?;
-                    let mut unknown: Vec<String> = Vec::new();
-                    for c in &cmds {
-                        let f = recognize(c);
-                        if f == Fragment::Unknown {
-                            unknown.push(subst(&c.text, &args));
-                        } else if let Err(m) = d.apply(f, &args) {
-                            unknown.push(subst(&c.text, &args));
-                            warnings.push(here(m));
-                        }
-                    }
-                    if !unknown.is_empty() {
-                        let cmd = unknown.join(" && ");
-                        warnings.push(here(format!("kept as a [[run]] step: {cmd}")));
-                        d.runs.push(cmd);
-                    }
+                    run_shell(&mut d, &mut warnings, &at, &script, &args)?;
                 }
                 ShellOrExecExpr::Exec(a) => {
                     let cmd = a.as_str_vec().join(" ");
-                    warnings.push(here(format!("exec-form RUN kept as a [[run]] step: {cmd}")));
+                    warnings.push(at.here(format!("exec-form RUN kept as a [[run]] step: {cmd}")));
                     d.runs.push(cmd);
                 }
             },
-            Instruction::Copy(c) => {
-                if c.flags.iter().any(|f| f.name.content == "from") {
-                    warnings.push(here("COPY --from another stage is not imported".into()));
-                    continue;
-                }
-                for src in &c.sources {
-                    let dest = &c.destination.content;
-                    // A sources list from the context becomes apt sources.
-                    if dest.starts_with("/etc/apt/sources.list.d")
-                        && src.content.ends_with(".list")
-                        && let Some(list) =
-                            context.and_then(|c| std::fs::read_to_string(c.join(&src.content)).ok())
-                    {
-                        let name = src.content.rsplit('/').next().unwrap_or(&src.content);
-                        let name = name.trim_end_matches(".list");
-                        for l in list
-                            .lines()
-                            .map(str::trim)
-                            .filter(|l| l.starts_with("deb "))
-                        {
-                            let mut s = d.deb_line(name, l).map_err(|m| err(line, m))?;
-                            // The key is a file the Dockerfile copied from the context.
-                            if let Some(k) = &s.key {
-                                let keyname = k.trim_start_matches("keys/");
-                                if let Some(pos) = d
-                                    .files
-                                    .iter()
-                                    .position(|(_, dst)| dst.rsplit('/').next() == Some(keyname))
-                                {
-                                    s.key = Some(d.files.remove(pos).0);
-                                }
-                            }
-                            d.sources.push(s);
-                        }
-                        continue;
-                    }
-                    // A directory of the context: one file entry per file in it.
-                    if let Some(ctx) = context
-                        && ctx.join(&src.content).is_dir()
-                    {
-                        let root = ctx.join(&src.content);
-                        let mut entries: Vec<_> = walkdir::WalkDir::new(&root)
-                            .sort_by_file_name()
-                            .into_iter()
-                            .flatten()
-                            .filter(|e| e.file_type().is_file())
-                            .collect();
-                        entries.sort_by(|a, b| a.path().cmp(b.path()));
-                        for e in entries {
-                            let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
-                            let from = Path::new(&src.content).join(rel);
-                            let to = Path::new(dest).join(rel);
-                            d.files
-                                .push((from.display().to_string(), to.display().to_string()));
-                        }
-                        continue;
-                    }
-                    let dest = if dest.ends_with('/') {
-                        format!(
-                            "{dest}{}",
-                            src.content.rsplit('/').next().unwrap_or(&src.content)
-                        )
-                    } else {
-                        dest.clone()
-                    };
-                    d.files.push((src.content.clone(), dest));
-                }
-            }
+            Instruction::Copy(c) => copy(&mut d, &mut warnings, &at, c, context)?,
             Instruction::Entrypoint(e) => {
                 d.entrypoint = Some(exec_or_shell(&e.expr));
             }
             Instruction::Cmd(c) => {
                 d.cmd = Some(exec_or_shell(&c.expr));
             }
-            Instruction::Misc(m) => {
-                let args_text = subst(m.arguments.to_string().trim(), &args);
-                match m.instruction.content.to_ascii_uppercase().as_str() {
-                    "USER" => d.user = Some(args_text),
-                    "WORKDIR" => d.workdir = Some(args_text),
-                    "SHELL" => match serde_json::from_str::<Vec<String>>(&args_text) {
-                        Ok(v) => d.shell = Some(v),
-                        Err(_) => return Err(err(line, "SHELL needs a JSON array".into())),
-                    },
-                    "ADD" => {
-                        let parts: Vec<&str> = args_text.split_whitespace().collect();
-                        match parts.as_slice() {
-                            [src, dest] if src.starts_with("http") => {
-                                d.downloads.push(draft::Download {
-                                    url: src.to_string(),
-                                    dest: Some(dest.to_string()),
-                                    extract: None,
-                                    strip: 0,
-                                    mode: None,
-                                })
-                            }
-                            [src, dest] => d.files.push((src.to_string(), dest.to_string())),
-                            _ => warnings.push(here(format!("ADD {args_text} is not imported"))),
-                        }
-                    }
-                    other => warnings.push(here(format!("{other} is not imported"))),
-                }
-            }
+            Instruction::Misc(m) => misc(&mut d, &mut warnings, &at, m, &args)?,
         }
     }
     for (name, value) in &args {
         d.vars.push((name.clone(), value.clone()));
     }
+    closing_warnings(&mut d, &mut warnings, file, text);
+    Ok(Imported {
+        recipe: d.to_toml(),
+        warnings,
+    })
+}
+
+/// Where an instruction is, for its warnings and errors.
+struct At<'a> {
+    file: &'a str,
+    line: usize,
+}
+
+impl At<'_> {
+    fn here(&self, m: String) -> String {
+        format!("{}:{}: {m}", self.file, self.line)
+    }
+
+    fn err(&self, message: String) -> ImportError {
+        ImportError {
+            file: self.file.to_string(),
+            line: self.line,
+            message,
+        }
+    }
+}
+
+/// A shell-form RUN: each simple command recognized becomes recipe fields; the rest stays one
+/// `[[run]]` step, with a warning.
+fn run_shell(
+    d: &mut Draft,
+    warnings: &mut Vec<String>,
+    at: &At,
+    script: &str,
+    args: &[(String, String)],
+) -> Result<(), ImportError> {
+    let cmds = shell::split(script).map_err(|e| at.err(e.0))?;
+    let mut unknown: Vec<String> = Vec::new();
+    for c in &cmds {
+        let f = recognize(c);
+        if f == Fragment::Unknown {
+            unknown.push(subst(&c.text, args));
+        } else if let Err(m) = d.apply(f, args) {
+            unknown.push(subst(&c.text, args));
+            warnings.push(at.here(m));
+        }
+    }
+    if !unknown.is_empty() {
+        let cmd = unknown.join(" && ");
+        warnings.push(at.here(format!("kept as a [[run]] step: {cmd}")));
+        d.runs.push(cmd);
+    }
+    Ok(())
+}
+
+/// COPY: an apt sources list from the context becomes apt sources, a directory one file entry
+/// per file, anything else a `[[file]]`.
+fn copy(
+    d: &mut Draft,
+    warnings: &mut Vec<String>,
+    at: &At,
+    c: &dockerfile_parser::CopyInstruction,
+    context: Option<&Path>,
+) -> Result<(), ImportError> {
+    if c.flags.iter().any(|f| f.name.content == "from") {
+        warnings.push(at.here("COPY --from another stage is not imported".into()));
+        return Ok(());
+    }
+    for src in &c.sources {
+        let dest = &c.destination.content;
+        // A sources list from the context becomes apt sources.
+        if dest.starts_with("/etc/apt/sources.list.d")
+            && src.content.ends_with(".list")
+            && let Some(list) =
+                context.and_then(|c| std::fs::read_to_string(c.join(&src.content)).ok())
+        {
+            let name = src.content.rsplit('/').next().unwrap_or(&src.content);
+            let name = name.trim_end_matches(".list");
+            for l in list
+                .lines()
+                .map(str::trim)
+                .filter(|l| l.starts_with("deb "))
+            {
+                let mut s = d.deb_line(name, l).map_err(|m| at.err(m))?;
+                // The key is a file the Dockerfile copied from the context.
+                if let Some(k) = &s.key {
+                    let keyname = k.trim_start_matches("keys/");
+                    if let Some(pos) = d
+                        .files
+                        .iter()
+                        .position(|(_, dst)| dst.rsplit('/').next() == Some(keyname))
+                    {
+                        s.key = Some(d.files.remove(pos).0);
+                    }
+                }
+                d.sources.push(s);
+            }
+            continue;
+        }
+        // A directory of the context: one file entry per file in it.
+        if let Some(ctx) = context
+            && ctx.join(&src.content).is_dir()
+        {
+            let root = ctx.join(&src.content);
+            let mut entries: Vec<_> = walkdir::WalkDir::new(&root)
+                .sort_by_file_name()
+                .into_iter()
+                .flatten()
+                .filter(|e| e.file_type().is_file())
+                .collect();
+            entries.sort_by(|a, b| a.path().cmp(b.path()));
+            for e in entries {
+                let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
+                let from = Path::new(&src.content).join(rel);
+                let to = Path::new(dest).join(rel);
+                d.files
+                    .push((from.display().to_string(), to.display().to_string()));
+            }
+            continue;
+        }
+        let dest = if dest.ends_with('/') {
+            format!(
+                "{dest}{}",
+                src.content.rsplit('/').next().unwrap_or(&src.content)
+            )
+        } else {
+            dest.clone()
+        };
+        d.files.push((src.content.clone(), dest));
+    }
+    Ok(())
+}
+
+/// The instructions the parser leaves raw: USER, WORKDIR, SHELL, ADD; others are warned about.
+fn misc(
+    d: &mut Draft,
+    warnings: &mut Vec<String>,
+    at: &At,
+    m: &dockerfile_parser::MiscInstruction,
+    args: &[(String, String)],
+) -> Result<(), ImportError> {
+    let args_text = subst(m.arguments.to_string().trim(), args);
+    match m.instruction.content.to_ascii_uppercase().as_str() {
+        "USER" => d.user = Some(args_text),
+        "WORKDIR" => d.workdir = Some(args_text),
+        "SHELL" => match serde_json::from_str::<Vec<String>>(&args_text) {
+            Ok(v) => d.shell = Some(v),
+            Err(_) => return Err(at.err("SHELL needs a JSON array".into())),
+        },
+        "ADD" => {
+            let parts: Vec<&str> = args_text.split_whitespace().collect();
+            match parts.as_slice() {
+                [src, dest] if src.starts_with("http") => d.downloads.push(draft::Download {
+                    url: src.to_string(),
+                    dest: Some(dest.to_string()),
+                    extract: None,
+                    strip: 0,
+                    mode: None,
+                }),
+                [src, dest] => d.files.push((src.to_string(), dest.to_string())),
+                _ => warnings.push(at.here(format!("ADD {args_text} is not imported"))),
+            }
+        }
+        other => warnings.push(at.here(format!("{other} is not imported"))),
+    }
+    Ok(())
+}
+
+/// Warnings about the whole import: `$(uname -s)`, the codename, keys to save.
+fn closing_warnings(d: &mut Draft, warnings: &mut Vec<String>, file: &str, text: &str) {
     for (i, l) in text.lines().enumerate() {
         if l.contains("$(uname -s)") {
             warnings.push(format!(
@@ -316,10 +379,6 @@ pub fn import(text: &str, file: &str, context: Option<&Path>) -> Result<Imported
             ));
         }
     }
-    Ok(Imported {
-        recipe: d.to_toml(),
-        warnings,
-    })
 }
 
 const HEREDOC: &str = "__imgbuild_heredoc_";
