@@ -202,6 +202,16 @@ impl Draft {
     /// The recipe text, sections in the reference's order.
     pub fn to_toml(&self) -> String {
         let mut o = String::from("# Imported from a Dockerfile by `imgbuild import`.\n\n[image]\n");
+        self.image_toml(&mut o);
+        table(&mut o, "vars", &self.vars);
+        table(&mut o, "env", &self.env);
+        self.apt_toml(&mut o);
+        self.steps_toml(&mut o);
+        o
+    }
+
+    /// `[image]`'s fields.
+    fn image_toml(&self, o: &mut String) {
         let name = self
             .base
             .rsplit('/')
@@ -235,30 +245,10 @@ impl Draft {
                 .collect();
             o.push_str(&format!("labels = {{ {} }}\n", l.join(", ")));
         }
-        let table = |o: &mut String, name: &str, kv: &[(String, String)]| {
-            if !kv.is_empty() {
-                o.push_str(&format!("\n[{name}]\n"));
-                let mut seen: Vec<&str> = Vec::new();
-                for (k, v) in kv {
-                    // TOML keys are unique: a later ENV of the same name is folded in, as
-                    // Docker's expansion of `$NAME` would have it.
-                    if seen.contains(&k.as_str()) {
-                        continue;
-                    }
-                    seen.push(k);
-                    let v = kv
-                        .iter()
-                        .filter(|(k2, _)| k2 == k)
-                        .skip(1)
-                        .fold(v.clone(), |acc, (_, later)| {
-                            later.replace(&format!("${k}"), &acc)
-                        });
-                    o.push_str(&format!("{} = {}\n", q(k), q(&v)));
-                }
-            }
-        };
-        table(&mut o, "vars", &self.vars);
-        table(&mut o, "env", &self.env);
+    }
+
+    /// `[apt]` and its sources.
+    fn apt_toml(&self, o: &mut String) {
         if !self.packages.is_empty()
             || self.upgrade
             || !self.ppas.is_empty()
@@ -290,6 +280,10 @@ impl Draft {
                 ));
             }
         }
+    }
+
+    /// Downloads, pip, users, files, symlinks, services and run steps.
+    fn steps_toml(&self, o: &mut String) {
         for d in &self.downloads {
             o.push_str(&format!("\n[[download]]\nurl = {}\n", q(&d.url)));
             if let Some(dest) = &d.dest {
@@ -344,6 +338,29 @@ impl Draft {
         for r in &self.runs {
             o.push_str(&format!("\n[[run]]\ncommand = {}\n", q(r)));
         }
-        o
+    }
+}
+
+/// A `[name]` table of `key = "value"` lines.
+fn table(o: &mut String, name: &str, kv: &[(String, String)]) {
+    if !kv.is_empty() {
+        o.push_str(&format!("\n[{name}]\n"));
+        let mut seen: Vec<&str> = Vec::new();
+        for (k, v) in kv {
+            // TOML keys are unique: a later ENV of the same name is folded in, as
+            // Docker's expansion of `$NAME` would have it.
+            if seen.contains(&k.as_str()) {
+                continue;
+            }
+            seen.push(k);
+            let v = kv
+                .iter()
+                .filter(|(k2, _)| k2 == k)
+                .skip(1)
+                .fold(v.clone(), |acc, (_, later)| {
+                    later.replace(&format!("${k}"), &acc)
+                });
+            o.push_str(&format!("{} = {}\n", q(k), q(&v)));
+        }
     }
 }
