@@ -61,64 +61,15 @@ pub fn split(script: &str) -> Result<Vec<Command>, ShellError> {
             }
             '\'' => {
                 in_word = true;
-                i += 1;
-                loop {
-                    let Some((_, c)) = chars.get(i) else {
-                        return Err(ShellError("unclosed single quote".into()));
-                    };
-                    if *c == '\'' {
-                        break;
-                    }
-                    word.push(*c);
-                    i += 1;
-                }
+                i = single_quoted(&chars, i + 1, &mut word)?;
             }
             '"' => {
                 in_word = true;
-                i += 1;
-                loop {
-                    let Some((_, c)) = chars.get(i) else {
-                        return Err(ShellError("unclosed double quote".into()));
-                    };
-                    match c {
-                        '"' => break,
-                        '\\' if matches!(
-                            chars.get(i + 1).map(|x| x.1),
-                            Some('"' | '\\' | '$' | '`')
-                        ) =>
-                        {
-                            word.push(chars[i + 1].1);
-                            i += 1;
-                        }
-                        _ => word.push(*c),
-                    }
-                    i += 1;
-                }
+                i = double_quoted(&chars, i + 1, &mut word)?;
             }
             '$' if matches!(next, Some('(') | Some('{')) => {
-                // `$(...)` and `${...}` stay one piece of the word, nesting counted.
-                let (open, close) = if next == Some('(') {
-                    ('(', ')')
-                } else {
-                    ('{', '}')
-                };
-                let mut depth = 0;
                 in_word = true;
-                loop {
-                    let Some((_, c)) = chars.get(i) else {
-                        return Err(ShellError(format!("unclosed `${open}`")));
-                    };
-                    word.push(*c);
-                    if *c == open {
-                        depth += 1;
-                    } else if *c == close {
-                        depth -= 1;
-                        if depth == 0 {
-                            break;
-                        }
-                    }
-                    i += 1;
-                }
+                i = expansion(&chars, i, &mut word)?;
             }
             '#' if !in_word => {
                 while i < chars.len() && chars[i].1 != '\n' {
@@ -158,6 +109,78 @@ pub fn split(script: &str) -> Result<Vec<Command>, ShellError> {
     flush_word(&mut word, &mut in_word, &mut stages);
     end_command(&mut stages, start, script.len(), &mut out);
     Ok(out)
+}
+
+/// Reads a single-quoted string from `i` (after the quote) into `word`; the index of the
+/// closing quote.
+fn single_quoted(
+    chars: &[(usize, char)],
+    mut i: usize,
+    word: &mut String,
+) -> Result<usize, ShellError> {
+    loop {
+        let Some((_, c)) = chars.get(i) else {
+            return Err(ShellError("unclosed single quote".into()));
+        };
+        if *c == '\'' {
+            return Ok(i);
+        }
+        word.push(*c);
+        i += 1;
+    }
+}
+
+/// Reads a double-quoted string from `i` (after the quote) into `word`, its backslash escapes
+/// applied; the index of the closing quote.
+fn double_quoted(
+    chars: &[(usize, char)],
+    mut i: usize,
+    word: &mut String,
+) -> Result<usize, ShellError> {
+    loop {
+        let Some((_, c)) = chars.get(i) else {
+            return Err(ShellError("unclosed double quote".into()));
+        };
+        match c {
+            '"' => return Ok(i),
+            '\\' if matches!(chars.get(i + 1).map(|x| x.1), Some('"' | '\\' | '$' | '`')) => {
+                word.push(chars[i + 1].1);
+                i += 1;
+            }
+            _ => word.push(*c),
+        }
+        i += 1;
+    }
+}
+
+/// `$(...)` and `${...}` from `i` (the `$`) kept whole in `word`, nesting counted; the index of
+/// the closing bracket.
+fn expansion(
+    chars: &[(usize, char)],
+    mut i: usize,
+    word: &mut String,
+) -> Result<usize, ShellError> {
+    let (open, close) = if chars.get(i + 1).map(|x| x.1) == Some('(') {
+        ('(', ')')
+    } else {
+        ('{', '}')
+    };
+    let mut depth = 0;
+    loop {
+        let Some((_, c)) = chars.get(i) else {
+            return Err(ShellError(format!("unclosed `${open}`")));
+        };
+        word.push(*c);
+        if *c == open {
+            depth += 1;
+        } else if *c == close {
+            depth -= 1;
+            if depth == 0 {
+                return Ok(i);
+            }
+        }
+        i += 1;
+    }
 }
 
 #[cfg(test)]
