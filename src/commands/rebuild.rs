@@ -118,52 +118,94 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
         lock::write(&loaded.lock_path, fresh)?;
         let _ = std::fs::remove_file(tmp);
     }
-    let built: Vec<&str> = result
-        .layers
-        .iter()
-        .filter(|l| !l.hit)
-        .map(|l| l.name.as_str())
-        .collect();
     let pushed_in = started.elapsed() - resolved_in - built_in;
-    let (down, up, _) = counting.totals();
-    let status = if changed { "pushed" } else { "unchanged" };
-    progress.line(&format!(
-        "==> {status}: {} ({} of {} steps built, {} changes) in {:.1?}; {:.1} MB down, {:.1} MB up",
-        result.manifest,
-        built.len(),
-        result.layers.len(),
-        changes.len(),
-        started.elapsed(),
-        down as f64 / 1e6,
-        up as f64 / 1e6
-    ));
-    write_report(json!({
-        "recipe": args.recipe,
-        "reference": dest.to_string(),
-        "status": status,
-        "changes": changes,
-        "previous_digest": previous.map(|d| d.to_string()),
-        "digest": result.manifest.to_string(),
-        "pushed_tags": tags,
-        "steps": {
-            "total": result.layers.len(),
-            "built": built,
-            "cached": result.layers.len() - built.len(),
-        },
-        "timings_s": {
-            "resolve": resolved_in.as_secs_f64(),
-            "build": built_in.as_secs_f64(),
-            "push": pushed_in.as_secs_f64(),
-            "total": started.elapsed().as_secs_f64(),
-        },
-        "bytes": { "downloaded": down, "uploaded": up },
-    }))?;
+    let night = Night {
+        result: &result,
+        previous: previous.as_ref(),
+        changed,
+        tags: &tags,
+        changes: &changes,
+        timings: [resolved_in, built_in, pushed_in, started.elapsed()],
+        bytes: counting.totals(),
+    };
+    progress.line(&night.summary());
+    write_report(night.report(&args.recipe, &dest))?;
     outln!("{}", result.manifest);
     Ok(if changed && args.exit_code {
         ExitCode::from(EXIT_PUSHED)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What a successful night did, for its summary line and its report.
+struct Night<'a> {
+    result: &'a build::BuildOutput,
+    previous: Option<&'a imgbuild::digest::Digest>,
+    changed: bool,
+    tags: &'a [String],
+    changes: &'a [String],
+    /// resolve, build, push, total
+    timings: [std::time::Duration; 4],
+    /// down, up, (files)
+    bytes: (u64, u64, u64),
+}
+
+impl Night<'_> {
+    fn status(&self) -> &'static str {
+        if self.changed { "pushed" } else { "unchanged" }
+    }
+
+    fn built(&self) -> Vec<&str> {
+        self.result
+            .layers
+            .iter()
+            .filter(|l| !l.hit)
+            .map(|l| l.name.as_str())
+            .collect()
+    }
+
+    fn summary(&self) -> String {
+        let (down, up, _) = self.bytes;
+        format!(
+            "==> {}: {} ({} of {} steps built, {} changes) in {:.1?}; {:.1} MB down, {:.1} MB up",
+            self.status(),
+            self.result.manifest,
+            self.built().len(),
+            self.result.layers.len(),
+            self.changes.len(),
+            self.timings[3],
+            down as f64 / 1e6,
+            up as f64 / 1e6
+        )
+    }
+
+    fn report(&self, recipe: &std::path::Path, dest: &Reference) -> serde_json::Value {
+        let (down, up, _) = self.bytes;
+        let built = self.built();
+        let [resolve, build, push, total] = self.timings;
+        json!({
+            "recipe": recipe,
+            "reference": dest.to_string(),
+            "status": self.status(),
+            "changes": self.changes,
+            "previous_digest": self.previous.map(|d| d.to_string()),
+            "digest": self.result.manifest.to_string(),
+            "pushed_tags": self.tags,
+            "steps": {
+                "total": self.result.layers.len(),
+                "built": built,
+                "cached": self.result.layers.len() - built.len(),
+            },
+            "timings_s": {
+                "resolve": resolve.as_secs_f64(),
+                "build": build.as_secs_f64(),
+                "push": push.as_secs_f64(),
+                "total": total.as_secs_f64(),
+            },
+            "bytes": { "downloaded": down, "uploaded": up },
+        })
+    }
 }
 
 /// Pushes the layout under `dest` (and its date tag with `--tag-date`); the tags pushed.
