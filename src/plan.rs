@@ -352,7 +352,7 @@ impl Compiler {
         for (i, d) in r.download.iter().enumerate() {
             let field = root.key("download").index(i);
             let url = expand_platform(&d.url, &r.image.platform)
-                .map_err(|m| loaded.error_at(&field.key("url"), m))?;
+                .map_err(|m| loaded.error_at(&field.key("url"), m.0))?;
             let sha256 = match (&d.sha256, lock.and_then(|l| l.download(&url))) {
                 (Some(sha), _) => Digest::parse(sha)
                     .map_err(|e| loaded.error_at(&field.key("sha256"), e.to_string()))?,

@@ -7,6 +7,25 @@ use std::collections::BTreeMap;
 
 use super::control::{self, Paragraph};
 
+/// Dpkg's status cannot be written from these packages.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StatusError(pub String);
+
+impl From<String> for StatusError {
+    fn from(m: String) -> Self {
+        StatusError(m)
+    }
+}
+
+impl From<&str> for StatusError {
+    fn from(m: &str) -> Self {
+        StatusError(m.to_string())
+    }
+}
+
+
+
 /// Field order of dpkg's `status` file (dpkg's `fieldinfos`); other fields follow in the
 /// order the package has them.
 const ORDER: &[&str] = &[
@@ -89,7 +108,7 @@ fn id(p: &[(String, String)]) -> (String, String) {
 }
 
 /// The `status` file: the base image's entries (minus those replaced) and the new packages.
-pub fn status(base: Option<&str>, new: &[Unpacked<'_>]) -> Result<String, String> {
+pub fn status(base: Option<&str>, new: &[Unpacked<'_>]) -> Result<String, StatusError> {
     let mut all: BTreeMap<(String, String), String> = BTreeMap::new();
     if let Some(b) = base {
         for p in control::parse(b).map_err(|e| format!("base image dpkg status: {e}"))? {

@@ -110,35 +110,35 @@ impl<'u> State<'u> {
     }
 
     /// Marks `pkg` without its dependencies.
-    fn mark(&mut self, pkg: &'u Package) -> Result<bool, String> {
+    fn mark(&mut self, pkg: &'u Package) -> Result<bool, ResolveError> {
         if let Some(cur) = self.current(&pkg.name)
             && cur.version == pkg.version
         {
             return Ok(false);
         }
         if let Some(cur) = self.selected.get(pkg.name.as_str()) {
-            return Err(format!(
+            return Err(ResolveError(format!(
                 "{} is wanted both at {} and at {}",
                 pkg.name, cur.version, pkg.version
-            ));
+            )));
         }
         if let Some(c) = self.conflict(pkg) {
-            return Err(c);
+            return Err(ResolveError(c));
         }
         self.selected.insert(&pkg.name, pkg);
         Ok(true)
     }
 
-    fn install(&mut self, pkg: &'u Package, depth: usize) -> Result<(), String> {
+    fn install(&mut self, pkg: &'u Package, depth: usize) -> Result<(), ResolveError> {
         if self.mark(pkg)? {
             self.depends(pkg, depth)?;
         }
         Ok(())
     }
 
-    fn depends(&mut self, pkg: &'u Package, depth: usize) -> Result<(), String> {
+    fn depends(&mut self, pkg: &'u Package, depth: usize) -> Result<(), ResolveError> {
         if depth > 200 {
-            return Err(format!("dependency chain too deep at {}", pkg.name));
+            return Err(ResolveError(format!("dependency chain too deep at {}", pkg.name)));
         }
         for rel in pkg.pre_depends.iter().chain(&pkg.depends) {
             self.satisfy(pkg, rel, depth)?;
@@ -154,7 +154,7 @@ impl<'u> State<'u> {
         Ok(())
     }
 
-    fn satisfy(&mut self, from: &Package, rel: &Relation, depth: usize) -> Result<(), String> {
+    fn satisfy(&mut self, from: &Package, rel: &Relation, depth: usize) -> Result<(), ResolveError> {
         if rel.0.iter().any(|d| self.have(d)) {
             return Ok(());
         }
@@ -181,17 +181,17 @@ impl<'u> State<'u> {
                     Ok(()) => return Ok(()),
                     Err(e) => {
                         self.selected = saved;
-                        why.push(e);
+                        why.push(e.0);
                     }
                 }
             }
         }
-        Err(format!(
+        Err(ResolveError(format!(
             "{} {} depends on {rel}, which cannot be installed: {}",
             from.name,
             from.version,
             why.join("; ")
-        ))
+        )))
     }
 }
 
@@ -289,7 +289,7 @@ pub fn resolve<'u>(
         roots.push(pkg);
     }
     for pkg in roots {
-        st.depends(pkg, 0).map_err(ResolveError)?;
+        st.depends(pkg, 0)?;
     }
     Ok(st.selected.into_values().collect())
 }

@@ -6,6 +6,25 @@ use std::collections::HashMap;
 use super::control::{self, ControlError, Paragraph};
 use super::relation::{Dep, Relation, Version, parse_relations};
 
+/// A package paragraph of an index that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParagraphError(pub String);
+
+impl From<String> for ParagraphError {
+    fn from(m: String) -> Self {
+        ParagraphError(m)
+    }
+}
+
+impl From<&str> for ParagraphError {
+    fn from(m: &str) -> Self {
+        ParagraphError(m.to_string())
+    }
+}
+
+
+
 /// One binary package of an index.
 #[derive(Debug, Clone)]
 pub struct Package {
@@ -57,7 +76,7 @@ fn flat(p: &Paragraph<'_>, field: &str) -> Result<Vec<Dep>, String> {
 }
 
 /// Reads one package paragraph. `index` says whether download fields are required.
-pub fn package(p: &Paragraph<'_>, repo: Option<usize>) -> Result<Package, String> {
+pub fn package(p: &Paragraph<'_>, repo: Option<usize>) -> Result<Package, ParagraphError> {
     let get = |f: &str| p.require(f).map_err(|e: ControlError| e.message);
     let name = get("Package")?.to_string();
     let vs = get("Version")?;

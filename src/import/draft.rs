@@ -3,6 +3,28 @@
 use super::commands::Fragment;
 use super::subst;
 
+/// A recognized command that does not fit the recipe being drafted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DraftError(pub String);
+
+impl From<String> for DraftError {
+    fn from(m: String) -> Self {
+        DraftError(m)
+    }
+}
+
+impl From<&str> for DraftError {
+    fn from(m: &str) -> Self {
+        DraftError(m.to_string())
+    }
+}
+
+fn fail<T>(m: String) -> Result<T, DraftError> {
+    Err(DraftError(m))
+}
+
+
 #[derive(Debug, Clone, Default)]
 pub struct Download {
     pub url: String,
@@ -72,7 +94,7 @@ fn arr(v: &[String]) -> String {
 impl Draft {
     /// Adds what `f` declares; `Err` (with why) when it cannot be placed, such as a `chmod`
     /// of a path no download writes.
-    pub fn apply(&mut self, f: Fragment, args: &[(String, String)]) -> Result<(), String> {
+    pub fn apply(&mut self, f: Fragment, args: &[(String, String)]) -> Result<(), DraftError> {
         match f {
             Fragment::Drop(_) | Fragment::Unknown => {}
             Fragment::Key { url, dest } => self.keys.push((dest, url)),
@@ -127,7 +149,7 @@ impl Draft {
                 let user = subst(&user, args);
                 match self.users.iter_mut().find(|u| u.name == user) {
                     Some(u) => u.sudo = true,
-                    None => return Err(format!("sudo rule for {user}, who is not created here")),
+                    None => return fail(format!("sudo rule for {user}, who is not created here")),
                 }
             }
             Fragment::Enable(units) => self.services.extend(units),
@@ -146,7 +168,7 @@ impl Draft {
                     .find(|d| d.dest.as_deref() == Some(path.as_str()))
                 {
                     Some(d) => d.mode = Some(mode),
-                    None => return Err(format!("chmod of {path}, which no download writes")),
+                    None => return fail(format!("chmod of {path}, which no download writes")),
                 }
             }
         }
@@ -155,7 +177,7 @@ impl Draft {
 
     /// Reads `deb [opts] URI SUITE COMPONENTS...`; a `signed-by` key the Dockerfile fetched
     /// becomes `keys/NAME` next to the recipe (the report says where to get it).
-    pub fn deb_line(&self, name: &str, line: &str) -> Result<Source, String> {
+    pub fn deb_line(&self, name: &str, line: &str) -> Result<Source, DraftError> {
         let line = line.replace("$(lsb_release -cs)", "${var.codename}");
         let mut rest = line
             .trim()

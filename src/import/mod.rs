@@ -222,7 +222,7 @@ fn run_shell(
             unknown.push(subst(&c.text, args));
         } else if let Err(m) = d.apply(f, args) {
             unknown.push(subst(&c.text, args));
-            warnings.push(at.here(m));
+            warnings.push(at.here(m.0));
         }
     }
     if !unknown.is_empty() {
@@ -261,7 +261,7 @@ fn copy(
                 .map(str::trim)
                 .filter(|l| l.starts_with("deb "))
             {
-                let mut s = d.deb_line(name, l).map_err(|m| at.err(m))?;
+                let mut s = d.deb_line(name, l).map_err(|m| at.err(m.0))?;
                 // The key is a file the Dockerfile copied from the context.
                 if let Some(k) = &s.key {
                     let keyname = k.trim_start_matches("keys/");

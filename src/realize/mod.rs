@@ -59,7 +59,7 @@ pub enum RealizeError {
     #[error(transparent)]
     Deb(#[from] crate::apt::deb::DebError),
     #[error("cannot write dpkg's database: {0}")]
-    Dpkg(String),
+    Dpkg(#[from] crate::apt::dpkg::StatusError),
     #[error(transparent)]
     Sandbox(#[from] sandbox::SandboxError),
 }
@@ -330,7 +330,7 @@ fn owner(
     match owner {
         None => Ok((0, 0)),
         Some(o) => {
-            users::resolve_owner(lower, o).map_err(|m| loaded.error_at(&field.key("owner"), m))
+            users::resolve_owner(lower, o).map_err(|m| loaded.error_at(&field.key("owner"), m.0))
         }
     }
 }
@@ -428,7 +428,7 @@ fn build_step(
         }
         StepKind::Services(units) => {
             let field = FieldPath::root().key("services").key("enable");
-            Some(services::build(lower, units).map_err(|m| loaded.error_at(&field, m))?)
+            Some(services::build(lower, units).map_err(|m| loaded.error_at(&field, m.0))?)
         }
         StepKind::DpkgDatabase(_)
         | StepKind::AptPackages(_)

@@ -6,6 +6,28 @@ use super::tree::{NodeKind, Tree};
 use crate::layer::Meta;
 use crate::lower::{Kind, LowerFs};
 
+/// A unit to enable that the image does not have, or has masked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ServiceError(pub String);
+
+impl From<String> for ServiceError {
+    fn from(m: String) -> Self {
+        ServiceError(m)
+    }
+}
+
+impl From<&str> for ServiceError {
+    fn from(m: &str) -> Self {
+        ServiceError(m.to_string())
+    }
+}
+
+fn fail<T>(m: String) -> Result<T, ServiceError> {
+    Err(ServiceError(m))
+}
+
+
 /// Where systemctl looks for unit files, in order.
 const UNIT_DIRS: [&str; 3] = [
     "etc/systemd/system",
@@ -51,14 +73,14 @@ pub fn parse_install(text: &str) -> Install {
 }
 
 /// Finds a unit file; returns its path as systemctl would link to it (`/lib/systemd/...`).
-fn find_unit(lower: &LowerFs, name: &str) -> Result<(String, String), String> {
+fn find_unit(lower: &LowerFs, name: &str) -> Result<(String, String), ServiceError> {
     for dir in UNIT_DIRS {
         let path = format!("{dir}/{name}");
         if let Some(e) = lower.get(path.as_bytes())
             && let Kind::Symlink(t) = &e.kind
             && t == b"/dev/null"
         {
-            return Err(format!("unit `{name}` is masked (/{path} -> /dev/null)"));
+            return fail(format!("unit `{name}` is masked (/{path} -> /dev/null)"));
         }
         if let Some(text) = lower.read(path.as_bytes()) {
             return Ok((
@@ -67,13 +89,13 @@ fn find_unit(lower: &LowerFs, name: &str) -> Result<(String, String), String> {
             ));
         }
     }
-    Err(format!(
+    fail(format!(
         "unit `{name}` not found in the image (looked in /etc/systemd/system, /lib/systemd/system, /usr/lib/systemd/system)"
     ))
 }
 
 /// Builds the enablement symlinks for `units`; an error names the unit.
-pub fn build(lower: &LowerFs, units: &[String]) -> Result<Tree, String> {
+pub fn build(lower: &LowerFs, units: &[String]) -> Result<Tree, ServiceError> {
     let mut tree = Tree::default();
     let mut todo: Vec<String> = units.iter().rev().cloned().collect();
     let mut done: Vec<String> = Vec::new();
@@ -97,7 +119,7 @@ pub fn build(lower: &LowerFs, units: &[String]) -> Result<Tree, String> {
             && inst.alias.is_empty()
             && inst.also.is_empty()
         {
-            return Err(format!(
+            return fail(format!(
                 "unit `{unit}` has no [Install] section: it cannot be enabled"
             ));
         }

@@ -9,6 +9,25 @@ use crate::lower::{Kind, LowerFs};
 use crate::plan::FileSource;
 use crate::recipe::{FieldPath, Group, User};
 
+/// An `owner` naming a user or group the image does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct OwnerError(pub String);
+
+impl From<String> for OwnerError {
+    fn from(m: String) -> Self {
+        OwnerError(m)
+    }
+}
+
+impl From<&str> for OwnerError {
+    fn from(m: &str) -> Self {
+        OwnerError(m.to_string())
+    }
+}
+
+
+
 /// First id handed out to users and groups without one, as `/etc/login.defs` UID_MIN.
 const ID_MIN: u32 = 1000;
 
@@ -90,7 +109,7 @@ pub fn lookup_group(lower: &LowerFs, name: &str) -> Option<u32> {
 }
 
 /// Resolves an `owner` (`user`, `user:group`, `uid:gid`) to numeric ids.
-pub fn resolve_owner(lower: &LowerFs, owner: &str) -> Result<(u64, u64), String> {
+pub fn resolve_owner(lower: &LowerFs, owner: &str) -> Result<(u64, u64), OwnerError> {
     let (u, g) = owner
         .split_once(':')
         .map_or((owner, None), |(u, g)| (u, Some(g)));

@@ -5,6 +5,28 @@ use std::collections::BTreeMap;
 
 use super::diag::FieldPath;
 
+/// A `${...}` that cannot be expanded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ExpandError(pub String);
+
+impl From<String> for ExpandError {
+    fn from(m: String) -> Self {
+        ExpandError(m)
+    }
+}
+
+impl From<&str> for ExpandError {
+    fn from(m: &str) -> Self {
+        ExpandError(m.to_string())
+    }
+}
+
+fn fail<T>(m: String) -> Result<T, ExpandError> {
+    Err(ExpandError(m))
+}
+
+
 /// An interpolation failure at a field.
 #[derive(Debug, Clone)]
 pub struct InterpError {
@@ -25,7 +47,7 @@ pub fn vars_in_value(
             Ok(v) => *s = v,
             Err(message) => errs.push(InterpError {
                 path: path.clone(),
-                message,
+                message: message.0,
             }),
         },
         toml::Value::Array(a) => {
@@ -49,22 +71,22 @@ pub fn resolve_vars(vars: &mut BTreeMap<String, String>) -> Vec<InterpError> {
     fn resolve(
         name: &str,
         raw: &BTreeMap<String, String>,
-        done: &mut BTreeMap<String, Result<String, String>>,
+        done: &mut BTreeMap<String, Result<String, ExpandError>>,
         stack: &mut Vec<String>,
-    ) -> Result<String, String> {
+    ) -> Result<String, ExpandError> {
         if let Some(r) = done.get(name) {
             return r.clone();
         }
         if let Some(i) = stack.iter().position(|s| s == name) {
             let mut cycle: Vec<String> = stack[i..].to_vec();
             cycle.push(name.to_string());
-            return Err(format!(
+            return fail(format!(
                 "the variables refer to each other in a cycle: {}",
                 cycle.join(" -> ")
             ));
         }
         let Some(value) = raw.get(name) else {
-            return Err(format!(
+            return fail(format!(
                 "unknown variable `${{var.{name}}}` (declare it in [vars] or pass --var {name}=...)"
             ));
         };
@@ -75,7 +97,7 @@ pub fn resolve_vars(vars: &mut BTreeMap<String, String>) -> Vec<InterpError> {
         let r = expand(value, |n| match n.strip_prefix("var.") {
             Some(v) => match resolve(v, raw, done, stack) {
                 Ok(val) => Lookup::Value(val),
-                Err(e) => Lookup::Error(e),
+                Err(e) => Lookup::Error(e.0),
             },
             None => Lookup::Keep,
         });
@@ -93,7 +115,7 @@ pub fn resolve_vars(vars: &mut BTreeMap<String, String>) -> Vec<InterpError> {
             }
             Err(message) => errs.push(InterpError {
                 path: FieldPath::root().key("vars").key(name),
-                message,
+                message: message.0,
             }),
         }
     }
@@ -128,7 +150,7 @@ pub fn platform_vars(platform: &str) -> BTreeMap<&'static str, String> {
 }
 
 /// Expands platform variables in a URL; an unknown `${name}` is an error.
-pub fn expand_platform(url: &str, platform: &str) -> Result<String, String> {
+pub fn expand_platform(url: &str, platform: &str) -> Result<String, ExpandError> {
     let pv = platform_vars(platform);
     expand(url, |name| match pv.get(name) {
         Some(v) => Lookup::Value(v.clone()),
@@ -180,7 +202,7 @@ enum Lookup {
     Error(String),
 }
 
-fn expand(s: &str, mut lookup: impl FnMut(&str) -> Lookup) -> Result<String, String> {
+fn expand(s: &str, mut lookup: impl FnMut(&str) -> Lookup) -> Result<String, ExpandError> {
     if !s.contains("${") {
         return Ok(s.to_string());
     }
@@ -204,7 +226,7 @@ fn expand(s: &str, mut lookup: impl FnMut(&str) -> Lookup) -> Result<String, Str
         match lookup(name) {
             Lookup::Value(v) => out.push_str(&v),
             Lookup::Keep => out.push_str(&rest[i..=i + end]),
-            Lookup::Error(e) => return Err(e),
+            Lookup::Error(e) => return Err(ExpandError(e)),
         }
         rest = &rest[i + end + 1..];
     }

@@ -122,7 +122,24 @@ impl Checker<'_> {
     }
 }
 
-fn parse_base(v: &str, dir: &Path) -> Result<BaseRef, String> {
+/// Why `[image] base` cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BaseError(pub String);
+
+impl From<String> for BaseError {
+    fn from(m: String) -> Self {
+        BaseError(m)
+    }
+}
+
+impl From<&str> for BaseError {
+    fn from(m: &str) -> Self {
+        BaseError(m.to_string())
+    }
+}
+
+fn parse_base(v: &str, dir: &Path) -> Result<BaseRef, BaseError> {
     if v == "scratch" {
         return Ok(BaseRef::Scratch);
     }
@@ -149,9 +166,9 @@ fn parse_base(v: &str, dir: &Path) -> Result<BaseRef, String> {
     if ok {
         Ok(BaseRef::Registry(v.to_string()))
     } else {
-        Err(format!(
+        Err(BaseError(format!(
             "`{v}` is not `scratch`, `oci:PATH[:TAG]` or an image reference"
-        ))
+        )))
     }
 }
 
@@ -234,7 +251,7 @@ fn image(c: &mut Checker, loaded: &Loaded) -> BaseRef {
     let base = match parse_base(&r.image.base, &loaded.dir) {
         Ok(b) => b,
         Err(e) => {
-            c.error(&image.key("base"), e);
+            c.error(&image.key("base"), e.0);
             BaseRef::Scratch
         }
     };
@@ -370,7 +387,7 @@ fn entries(c: &mut Checker, r: &super::Recipe) {
 /// A download's URL (platform variables, scheme, no credentials) and its sha256.
 fn download_source(c: &mut Checker, p: &FieldPath, d: &super::Download, platform: &str) {
     match super::interp::expand_platform(&d.url, platform) {
-        Err(e) => c.error(&p.key("url"), e),
+        Err(e) => c.error(&p.key("url"), e.0),
         Ok(u) if crate::http::has_userinfo(&u) => c.error(&p.key("url"), CREDENTIALS),
         Ok(u) if !(u.starts_with("http://") || u.starts_with("https://")) => c.error(
             &p.key("url"),

@@ -152,9 +152,26 @@ pub fn is_dns_name(s: &str) -> bool {
         })
 }
 
+/// Why a line is not an SSH public key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(pub String);
+
+impl From<String> for KeyError {
+    fn from(m: String) -> Self {
+        KeyError(m)
+    }
+}
+
+impl From<&str> for KeyError {
+    fn from(m: &str) -> Self {
+        KeyError(m.to_string())
+    }
+}
+
 /// What `ssh-keygen -l` checks of an authorized-keys line: a known key type followed by
 /// base64 whose decoded blob starts with that same type (SSH wire format: u32 length, name).
-pub fn ssh_public_key(line: &str) -> Result<(), String> {
+pub fn ssh_public_key(line: &str) -> Result<(), KeyError> {
     use base64::Engine as _;
     const TYPES: &[&str] = &[
         "ssh-ed25519",
