@@ -73,9 +73,9 @@ pub fn read_text(path: &Path, limit: u64) -> Result<String, TextError> {
 
 /// `$HOME`, or the current directory when it is unset.
 pub fn home_dir() -> std::path::PathBuf {
-    std::env::var_os("HOME")
-        .filter(|v| !v.is_empty())
-        .map(std::path::PathBuf::from)
+    crate::settings::get()
+        .home
+        .clone()
         .unwrap_or_else(|| ".".into())
 }
 

@@ -118,8 +118,9 @@ fn host_of(url: &str) -> Option<String> {
 
 /// Where credentials are read from: `$IMGBUILD_NETRC`, else `~/.netrc`.
 pub fn netrc_path() -> Option<PathBuf> {
-    std::env::var_os("IMGBUILD_NETRC")
-        .map(PathBuf::from)
+    crate::settings::get()
+        .netrc
+        .clone()
         .or_else(|| Some(crate::fsutil::home_dir().join(".netrc")))
 }
 

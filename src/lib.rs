@@ -16,6 +16,8 @@
 
 // Shared utilities, below every stage (ARCHITECTURE.md has the full layer table that
 // tests/layers.rs enforces).
+/// What the executable read from its environment, handed to the library once.
+pub mod settings;
 /// SHA-256 digests and hashing readers and writers.
 pub mod digest;
 /// Atomic writes, bounded reads, sizes, the home directory.

@@ -105,11 +105,16 @@ pub fn sh_quote(s: &str) -> String {
     }
 }
 
-/// `name` on PATH (then /usr/sbin and /sbin, which a non-root PATH lacks).
+/// `name` on PATH (then the standard directories: /usr/sbin and /sbin are not on a non-root
+/// PATH).
 pub fn find(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = crate::settings::get().path.clone().unwrap_or_default();
     std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].iter().map(Into::into))
+        .chain(
+            ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+                .iter()
+                .map(Into::into),
+        )
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }

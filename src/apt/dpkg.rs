@@ -24,8 +24,6 @@ impl From<&str> for StatusError {
     }
 }
 
-
-
 /// Field order of dpkg's `status` file (dpkg's `fieldinfos`); other fields follow in the
 /// order the package has them.
 const ORDER: &[&str] = &[

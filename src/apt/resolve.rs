@@ -138,7 +138,10 @@ impl<'u> State<'u> {
 
     fn depends(&mut self, pkg: &'u Package, depth: usize) -> Result<(), ResolveError> {
         if depth > 200 {
-            return Err(ResolveError(format!("dependency chain too deep at {}", pkg.name)));
+            return Err(ResolveError(format!(
+                "dependency chain too deep at {}",
+                pkg.name
+            )));
         }
         for rel in pkg.pre_depends.iter().chain(&pkg.depends) {
             self.satisfy(pkg, rel, depth)?;
@@ -154,7 +157,12 @@ impl<'u> State<'u> {
         Ok(())
     }
 
-    fn satisfy(&mut self, from: &Package, rel: &Relation, depth: usize) -> Result<(), ResolveError> {
+    fn satisfy(
+        &mut self,
+        from: &Package,
+        rel: &Relation,
+        depth: usize,
+    ) -> Result<(), ResolveError> {
         if rel.0.iter().any(|d| self.have(d)) {
             return Ok(());
         }

@@ -23,8 +23,6 @@ impl From<&str> for ParagraphError {
     }
 }
 
-
-
 /// One binary package of an index.
 #[derive(Debug, Clone)]
 pub struct Package {

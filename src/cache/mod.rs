@@ -133,8 +133,8 @@ impl Cache {
 
     /// The default location: `$XDG_CACHE_HOME/imgbuild`, else `~/.cache/imgbuild`.
     pub fn default_root() -> PathBuf {
-        if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-            return PathBuf::from(x).join("imgbuild");
+        if let Some(x) = &crate::settings::get().xdg_cache_home {
+            return x.join("imgbuild");
         }
         crate::fsutil::home_dir().join(".cache").join("imgbuild")
     }

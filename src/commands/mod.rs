@@ -43,6 +43,7 @@ use crate::cli::{BuildArgs, Cli, Command, Global, Target};
 /// Runs the command; most exit 0 on success, `rebuild --exit-code` tells more.
 pub fn run(cli: Cli) -> Result<ExitCode> {
     imgbuild::http::set_timeout(std::time::Duration::from_secs(cli.global.network_timeout));
+    imgbuild::settings::set(settings_from_env());
     match &cli.command {
         Command::Rebuild(args) => rebuild::run(&cli.global, args),
         _ => run_simple(cli).map(|()| ExitCode::SUCCESS),
@@ -100,6 +101,31 @@ fn run_simple(cli: Cli) -> Result<()> {
 struct BuildArgsParser {
     #[command(flatten)]
     args: BuildArgs,
+}
+
+/// What the library needs from the environment, read here once (the library reads none).
+fn settings_from_env() -> imgbuild::settings::Settings {
+    let path = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    imgbuild::settings::Settings {
+        home: path("HOME"),
+        xdg_cache_home: path("XDG_CACHE_HOME"),
+        netrc: path("IMGBUILD_NETRC"),
+        docker_config_dir: path("DOCKER_CONFIG"),
+        registry_credentials: match (
+            std::env::var("IMGBUILD_REGISTRY_USER"),
+            std::env::var("IMGBUILD_REGISTRY_PASSWORD"),
+        ) {
+            (Ok(u), Ok(p)) => Some((u, p)),
+            _ => None,
+        },
+        sandbox_dir: path("IMGBUILD_SANDBOX_DIR"),
+        keep_roots: std::env::var_os("IMGBUILD_KEEP_ROOTFS").is_some(),
+        path: std::env::var_os("PATH"),
+    }
 }
 
 /// Stdout could not be written.

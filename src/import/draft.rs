@@ -24,7 +24,6 @@ fn fail<T>(m: String) -> Result<T, DraftError> {
     Err(DraftError(m))
 }
 
-
 #[derive(Debug, Clone, Default)]
 pub struct Download {
     pub url: String,

@@ -46,7 +46,7 @@ fn in_root_with(
             step: step.name.clone(),
             source,
         })?;
-    let (root, _guard) = if std::env::var_os("IMGBUILD_KEEP_ROOTFS").is_some() {
+    let (root, _guard) = if crate::settings::get().keep_roots {
         (dir.keep(), None)
     } else {
         (dir.path().to_path_buf(), Some(dir))

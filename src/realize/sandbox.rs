@@ -49,8 +49,8 @@ pub enum SandboxError {
 /// creating tens of thousands of files there is several times cheaper than on a journaled
 /// disk), else the cache's `tmp/`.
 pub fn work_dir(cache: &Cache) -> PathBuf {
-    if let Some(d) = std::env::var_os("IMGBUILD_SANDBOX_DIR") {
-        return PathBuf::from(d);
+    if let Some(d) = &crate::settings::get().sandbox_dir {
+        return d.clone();
     }
     let shm = Path::new("/dev/shm");
     let writable =

@@ -27,7 +27,6 @@ fn fail<T>(m: String) -> Result<T, ServiceError> {
     Err(ServiceError(m))
 }
 
-
 /// Where systemctl looks for unit files, in order.
 const UNIT_DIRS: [&str; 3] = [
     "etc/systemd/system",

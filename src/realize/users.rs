@@ -26,8 +26,6 @@ impl From<&str> for OwnerError {
     }
 }
 
-
-
 /// First id handed out to users and groups without one, as `/etc/login.defs` UID_MIN.
 const ID_MIN: u32 = 1000;
 

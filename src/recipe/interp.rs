@@ -26,7 +26,6 @@ fn fail<T>(m: String) -> Result<T, ExpandError> {
     Err(ExpandError(m))
 }
 
-
 /// An interpolation failure at a field.
 #[derive(Debug, Clone)]
 pub struct InterpError {

@@ -30,8 +30,8 @@ impl Credentials {
 
 /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
 pub fn docker_config_path() -> PathBuf {
-    if let Some(d) = std::env::var_os("DOCKER_CONFIG").filter(|v| !v.is_empty()) {
-        return PathBuf::from(d).join("config.json");
+    if let Some(d) = &crate::settings::get().docker_config_dir {
+        return d.join("config.json");
     }
     crate::fsutil::home_dir()
         .join(".docker")
@@ -182,13 +182,10 @@ fn run_helper(helper: &str, action: &'static str, input: &str) -> Result<String,
 /// Credentials for `registry`: the environment first, then the Docker config file (its
 /// `credHelpers` for the registry, its `auths`, then its `credsStore`).
 pub fn lookup(registry: &str) -> Option<Credentials> {
-    if let (Ok(u), Ok(p)) = (
-        std::env::var("IMGBUILD_REGISTRY_USER"),
-        std::env::var("IMGBUILD_REGISTRY_PASSWORD"),
-    ) {
+    if let Some((u, p)) = &crate::settings::get().registry_credentials {
         return Some(Credentials {
-            username: u,
-            password: p,
+            username: u.clone(),
+            password: p.clone(),
         });
     }
     let config = read_config(&docker_config_path()).ok()??;
