@@ -1,8 +1,8 @@
 //! imgbuild builds machine images from a declarative TOML recipe, without a container daemon.
 //!
 //! The pipeline, one module per stage:
-//! [`recipe`] (load, interpolate, validate) -> [`plan`] (steps and cache keys) ->
-//! [`realize`] (downloads, files, users, services, each into a layer via [`layer`]) ->
+//! [`recipe`] (load, interpolate, validate) -> `plan` (steps and cache keys) ->
+//! `realize` (downloads, files, users, services, each into a layer via [`layer`]) ->
 //! [`oci`] (config, manifest, image layout) -> [`registry`] (push; it also pulls bases).
 //! [`build`] drives it; [`cache`] stores blobs and step records; [`report`] carries progress
 //! to whoever displays it.
@@ -23,13 +23,13 @@ pub mod digest;
 /// Atomic writes, bounded reads, sizes, the home directory.
 pub mod fsutil;
 /// Canonical JSON, for cache keys.
-pub mod canonical;
+pub(crate) mod canonical;
 /// A bounded parallel for-each.
-pub mod parallel;
+pub(crate) mod parallel;
 /// External tools, found on PATH, run with their errors captured.
-pub mod tool;
+pub(crate) mod tool;
 /// Root-confined filesystem access and the one layer applier.
-pub mod rootfs;
+pub(crate) mod rootfs;
 /// Progress events; library code reports, commands display.
 pub mod report;
 /// The content-addressed cache.
@@ -39,7 +39,7 @@ pub mod http;
 /// The layer core: deterministic tar, compression, diff_id and digest in one pass.
 pub mod layer;
 /// The image below a step, read from its layers.
-pub mod lower;
+pub(crate) mod lower;
 
 // The pipeline, in order.
 /// Stage 1: the recipe (load, interpolate, validate).
@@ -53,17 +53,17 @@ pub mod base;
 /// Registries: pull, push, referrers, the build cache.
 pub mod registry;
 /// Debian packages: indexes, resolver, .debs, dpkg's database.
-pub mod apt;
+pub(crate) mod apt;
 /// Stage 2: the lock (apt, downloads, pip resolved).
 pub mod lock;
 /// Stage 3: steps and their cache keys.
-pub mod plan;
+pub(crate) mod plan;
 /// Stage 4: each step made into a layer; the sandbox.
-pub mod realize;
+pub(crate) mod realize;
 /// Outputs: the SBOM, cloud-init user-data, the bootable disk.
 pub mod sbom;
 pub mod cloudinit;
-pub mod disk;
+pub(crate) mod disk;
 /// The driver: plan, realize, layout, SBOM.
 pub mod build;
 /// The proxmox target and the Proxmox API.

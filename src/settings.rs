@@ -1,6 +1,6 @@
 //! Process-wide settings: what the executable reads from its environment (`HOME`,
 //! `XDG_CACHE_HOME`, `DOCKER_CONFIG`, `IMGBUILD_*`) and hands to the library once, at start.
-//! The library reads no environment variable itself; without [`set`], it uses the defaults
+//! The library reads no environment variable itself; without `set`, it uses the defaults
 //! (no home: the current directory).
 
 use std::path::PathBuf;

@@ -29,6 +29,8 @@ pub struct Package {
     pub name: String,
     pub version: Version,
     pub arch: String,
+    /// Parsed, not used yet: resolving for a foreign architecture will need it.
+    #[allow(dead_code)]
     pub multi_arch: Option<String>,
     pub source: String,
     pub essential: bool,

@@ -82,10 +82,6 @@ impl Tree {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-
     /// Writes the entries in path order and records them in `lower` for later steps.
     pub fn write(self, w: &mut LayerWriter, lower: &mut LowerFs) -> io::Result<()> {
         for (path, node) in self.nodes {

@@ -30,9 +30,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use rustix::fs::{
-    AtFlags, CWD, Dir, FileType, Gid, Mode, OFlags, ResolveFlags, Stat, Timestamps, Uid,
-};
+use rustix::fs::{AtFlags, Dir, FileType, Gid, Mode, OFlags, ResolveFlags, Stat, Uid};
 
 /// Owner and permission bits to give a created entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +41,6 @@ pub struct Attrs {
 }
 
 impl Attrs {
-    pub const DIR: Attrs = Attrs {
-        mode: 0o755,
-        uid: 0,
-        gid: 0,
-    };
     pub const FILE: Attrs = Attrs {
         mode: 0o644,
         uid: 0,
@@ -120,11 +113,6 @@ impl Root {
             fd,
             path: path.to_path_buf(),
         })
-    }
-
-    /// The host path of the root (for messages and for tools that take a directory).
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The host path `rel` would have if nothing were a symlink: for messages only.
@@ -394,25 +382,6 @@ impl Root {
         Ok(rustix::fs::readlinkat(&pfd, OsStr::from_bytes(&name), Vec::new())?.into_bytes())
     }
 
-    /// Sets the modification (and access) time of `rel` without following it.
-    pub fn set_mtime(&self, rel: &[u8], secs: i64) -> io::Result<()> {
-        let (pfd, name) = self.parent(rel, false)?;
-        let t = rustix::fs::Timespec {
-            tv_sec: secs,
-            tv_nsec: 0,
-        };
-        rustix::fs::utimensat(
-            &pfd,
-            OsStr::from_bytes(&name),
-            &Timestamps {
-                last_access: t,
-                last_modification: t,
-            },
-            AtFlags::SYMLINK_NOFOLLOW,
-        )?;
-        Ok(())
-    }
-
     /// The names in the directory `rel` (symlinks on the way followed in the root), sorted.
     pub fn read_dir(&self, rel: &[u8]) -> io::Result<Vec<Vec<u8>>> {
         let mut names = names_in(&self.dir(rel, false)?)?;
@@ -487,12 +456,6 @@ fn clear_fd(fd: OwnedFd) -> io::Result<()> {
         remove_at(&fd, &n)?;
     }
     Ok(())
-}
-
-/// Whether `path` exists on the host, its last component not followed (for host paths the
-/// caller owns, such as a fresh work directory).
-pub fn host_exists(path: &Path) -> bool {
-    rustix::fs::statat(CWD, path, AtFlags::SYMLINK_NOFOLLOW).is_ok()
 }
 
 #[cfg(test)]
