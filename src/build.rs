@@ -116,6 +116,14 @@ pub fn prepare(
         lock.as_ref(),
         opts.configure,
     )?;
+    // A plan that stops before `[pip]` is only for pip's own resolution (`resolve_lock`):
+    // building it would silently drop every later step.
+    if plan.pip_unpinned {
+        return Err(BuildError::Locked {
+            path: loaded.lock_path.clone(),
+            why: "has no pins for `[pip]` packages",
+        });
+    }
     Ok((base, plan, lock))
 }
 

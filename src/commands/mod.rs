@@ -87,20 +87,20 @@ fn run_simple(cli: Cli) -> Result<()> {
                 ))
                 .into());
             }
-            // `imgbuild NAME [build flags]`
-            let mut full = vec!["imgbuild build".to_string(), recipe.display().to_string()];
-            full.extend(argv[1..].iter().cloned());
-            let args = <BuildArgsParser as clap::Parser>::try_parse_from(full)
-                .unwrap_or_else(|e| e.exit());
-            build::run(g, &args.args)
+            // `imgbuild [global flags] NAME [build and global flags]` is `imgbuild [global
+            // flags] build recipes/NAME.toml [...]`: parsed again whole, so global flags may
+            // come after NAME too.
+            let all: Vec<std::ffi::OsString> = std::env::args_os().collect();
+            let prefix = &all[..all.len().saturating_sub(argv.len())];
+            let mut full: Vec<std::ffi::OsString> = prefix.to_vec();
+            full.push("build".into());
+            full.push(recipe.into_os_string());
+            full.extend(argv[1..].iter().map(Into::into));
+            let cli = <Cli as clap::Parser>::try_parse_from(full).unwrap_or_else(|e| e.exit());
+            imgbuild::http::set_timeout(std::time::Duration::from_secs(cli.global.network_timeout));
+            run_simple(cli)
         }
     }
-}
-
-#[derive(clap::Parser)]
-struct BuildArgsParser {
-    #[command(flatten)]
-    args: BuildArgs,
 }
 
 /// What the library needs from the environment, read here once (the library reads none).

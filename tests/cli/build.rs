@@ -210,6 +210,22 @@ fn name_shortcut_builds_recipes_name_into_out_name() {
     let o = w.cmd().arg("hello").output().unwrap();
     assert_ok(&o);
     assert!(w.path("out/hello/index.json").is_file());
+    // Global flags after NAME too, as a cron line writes them.
+    #[allow(deprecated)]
+    let o = std::process::Command::new(assert_cmd::cargo::cargo_bin("imgbuild"))
+        .current_dir(w.dir.path())
+        .env("IMGBUILD_CACHE", w.path("cache"))
+        .args(["hello", "--progress", "plain", "--out", "out/again"])
+        .args(["--var", &format!("fixtures={}", w.server.url)])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert!(w.path("out/again/index.json").is_file());
+    assert!(
+        stderr(&o).contains("==> "),
+        "plain progress lines: {}",
+        stderr(&o)
+    );
     let o = w.cmd().arg("nosuchrecipe").output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(
