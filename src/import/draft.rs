@@ -362,26 +362,54 @@ impl Draft {
     }
 }
 
-/// A `[name]` table of `key = "value"` lines.
+/// A `[name]` table of `key = "value"` lines. TOML keys are unique, so a key set several times
+/// (`ENV PATH $PATH:a` ... `ENV PATH $PATH:b`) becomes one entry at its *last* place, with each
+/// earlier value folded into the later `$KEY`: every variable it refers to is then defined
+/// above it, so expanding the table in order gives what Docker's ENV gave.
 fn table(o: &mut String, name: &str, kv: &[(String, String)]) {
-    if !kv.is_empty() {
-        o.push_str(&format!("\n[{name}]\n"));
-        let mut seen: Vec<&str> = Vec::new();
-        for (k, v) in kv {
-            // TOML keys are unique: a later ENV of the same name is folded in, as
-            // Docker's expansion of `$NAME` would have it.
-            if seen.contains(&k.as_str()) {
-                continue;
-            }
-            seen.push(k);
-            let v = kv
+    if kv.is_empty() {
+        return;
+    }
+    o.push_str(&format!("\n[{name}]\n"));
+    for (i, (k, v)) in kv.iter().enumerate() {
+        if kv[i + 1..].iter().any(|(k2, _)| k2 == k) {
+            continue;
+        }
+        let folded =
+            kv[..i]
                 .iter()
                 .filter(|(k2, _)| k2 == k)
-                .skip(1)
-                .fold(v.clone(), |acc, (_, later)| {
-                    later.replace(&format!("${k}"), &acc)
+                .fold(None::<String>, |acc, (_, earlier)| {
+                    Some(match acc {
+                        None => earlier.clone(),
+                        Some(prev) => substitute(earlier, k, &prev),
+                    })
                 });
-            o.push_str(&format!("{} = {}\n", q(k), q(&v)));
-        }
+        let value = match folded {
+            Some(prev) => substitute(v, k, &prev),
+            None => v.clone(),
+        };
+        o.push_str(&format!("{} = {}\n", q(k), q(&value)));
     }
+}
+
+/// `value` with `$key` and `${key}` replaced by `by` (a whole name: `$PATHX` is left alone).
+fn substitute(value: &str, key: &str, by: &str) -> String {
+    let braced = format!("${{{key}}}");
+    let value = value.replace(&braced, by);
+    let plain = format!("${key}");
+    let mut out = String::new();
+    let mut rest = value.as_str();
+    while let Some(i) = rest.find(&plain) {
+        let after = &rest[i + plain.len()..];
+        out.push_str(&rest[..i]);
+        if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            out.push_str(&plain);
+        } else {
+            out.push_str(by);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
 }

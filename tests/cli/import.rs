@@ -443,3 +443,101 @@ fn copied_directories_become_one_file_entry_each() {
     );
     assert_ok(&w.cmd().arg("check").arg(&out).output().unwrap());
 }
+
+/// Docker's ENV, simulated: each value expanded (`$X`, `${X}`) against what is set so far
+/// (ARGs and earlier ENVs), in order.
+fn docker_env(dockerfile: &str) -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    let mut env: Vec<(String, String)> = Vec::new();
+    let expand = |v: &str, known: &[(String, String)]| {
+        let mut out = String::new();
+        let mut rest = v;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            let (name, tail) = if let Some(b) = after.strip_prefix('{') {
+                let end = b.find('}').unwrap();
+                (&b[..end], &b[end + 1..])
+            } else {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            };
+            let value = known
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            out.push_str(&value);
+            rest = tail;
+        }
+        out.push_str(rest);
+        out
+    };
+    for line in dockerfile.lines() {
+        let line = line.trim();
+        if let Some(a) = line.strip_prefix("ARG ") {
+            let (k, v) = a.split_once('=').unwrap_or((a, ""));
+            vars.push((k.to_string(), v.to_string()));
+        } else if let Some(e) = line.strip_prefix("ENV ") {
+            let (k, v) = e.split_once(' ').unwrap();
+            let known: Vec<(String, String)> = vars.iter().chain(env.iter()).cloned().collect();
+            let v = expand(v, &known);
+            env.retain(|(k2, _)| k2 != k);
+            env.push((k.to_string(), v));
+        }
+    }
+    env
+}
+
+#[test]
+fn imported_env_is_the_environment_docker_would_give() {
+    let w = Work::setup();
+    // The seed's ENV sequence: PATH set, then variables it later refers to, then PATH again.
+    let dockerfile = "FROM scratch\nARG USER=coder\nENV GOROOT /usr/local/go\nENV PATH $PATH:$GOROOT/bin\nENV GOPATH /home/${USER}/go\nENV GOBIN $GOPATH/bin\nENV PATH $PATH:$GOBIN\n";
+    let df = w.path("Dockerfile");
+    fs::write(&df, dockerfile).unwrap();
+    let recipe = w.path("recipes/envtest.toml");
+    let o = w
+        .cmd()
+        .arg("import")
+        .arg(&df)
+        .arg("-o")
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let o = w
+        .cmd()
+        .arg("build")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(w.path("out/envtest"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let config = crate::layout::config(&w, "out/envtest", "latest");
+    let got: Vec<String> = config["config"]["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = docker_env(dockerfile)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    for w in &want {
+        assert!(
+            got.contains(w),
+            "Docker's {w} is not in the image's Env {got:?}"
+        );
+    }
+    assert!(
+        got.iter()
+            .any(|e| e == "PATH=:/usr/local/go/bin:/home/coder/go/bin"),
+        "GOBIN is on the final PATH: {got:?}"
+    );
+}
