@@ -20,7 +20,13 @@ pub fn run(g: &Global, dockerfile: &Path, output: Option<&Path>) -> Result<()> {
             return Err(e).with_context(|| format!("cannot read {}", dockerfile.display()));
         }
     };
-    let context = dockerfile.parent().filter(|p| !p.as_os_str().is_empty());
+    // The build context is the Dockerfile's directory (`.` for a bare file name).
+    let context = Some(
+        dockerfile
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    );
     let imported = import::import(&text, &dockerfile.display().to_string(), context)
         .map_err(|e| UsageError(e.to_string()))?;
     let progress = super::progress::Progress::new(g);

@@ -247,6 +247,14 @@ fn copy(
         return Ok(());
     }
     for src in &c.sources {
+        // Docker refuses sources outside the build context ("forbidden path outside the
+        // build context"): so does the import.
+        if escapes(&src.content) {
+            return Err(at.err(format!(
+                "COPY source `{}` is outside the build context",
+                src.content
+            )));
+        }
         let dest = &c.destination.content;
         // A sources list from the context becomes apt sources.
         if dest.starts_with("/etc/apt/sources.list.d")
@@ -344,6 +352,19 @@ fn misc(
         other => warnings.push(at.here(format!("{other} is not imported"))),
     }
     Ok(())
+}
+
+/// Whether a COPY source leaves the build context once cleaned (`a/../../x`); a leading `/`
+/// is the context's root, as Docker reads it.
+fn escapes(src: &str) -> bool {
+    let mut depth = 0i32;
+    for c in src.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        depth += if c == ".." { -1 } else { 1 };
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
 }
 
 /// Warnings about the whole import: `$(uname -s)`, the codename, keys to save.

@@ -541,3 +541,48 @@ fn imported_env_is_the_environment_docker_would_give() {
         "GOBIN is on the final PATH: {got:?}"
     );
 }
+
+#[test]
+fn a_bare_dockerfile_name_keeps_its_context_and_sources_outside_it_are_refused() {
+    let w = Work::setup();
+    let ctx = w.path("ctx");
+    fs::create_dir_all(ctx.join("conf")).unwrap();
+    fs::write(ctx.join("conf/a.conf"), "a").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM debian:12\nCOPY conf /etc/app\n",
+    )
+    .unwrap();
+    // `imgbuild import Dockerfile` from the context directory: the directory is found.
+    let o = w
+        .cmd()
+        .current_dir(&ctx)
+        .args(["import", "Dockerfile"])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("src = \"conf/a.conf\"\ndest = \"/etc/app/a.conf\""),
+        "{}",
+        stdout(&o)
+    );
+    // A source outside the context is refused, as Docker refuses it, naming the line.
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM debian:12\nCOPY conf/../../secret /etc/app/\n",
+    )
+    .unwrap();
+    let o = w
+        .cmd()
+        .current_dir(&ctx)
+        .args(["import", "Dockerfile"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o)
+            .contains("Dockerfile:2: COPY source `conf/../../secret` is outside the build context"),
+        "{}",
+        stderr(&o)
+    );
+}
