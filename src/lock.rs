@@ -208,8 +208,19 @@ pub fn recipe_sources(loaded: &Loaded, codename: Option<&str>) -> Result<Vec<Sou
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
+    let platform_arch = loaded
+        .recipe
+        .image
+        .platform
+        .split('/')
+        .nth(1)
+        .unwrap_or("amd64");
     for (i, s) in apt.sources.iter().enumerate() {
         let field = FieldPath::root().key("apt").key("sources").index(i);
+        // `arch = [...]` is apt's `[arch=...]`: the source serves only those architectures.
+        if !s.arch.is_empty() && !s.arch.iter().any(|a| a == platform_arch) {
+            continue;
+        }
         let (uri, suite, components) = match s.uri.strip_prefix("ppa:") {
             Some(ppa) => {
                 let Some(base) = &apt.ppa_base else {

@@ -768,3 +768,42 @@ command = "echo ran as $0 > /etc/run-marker && rm /usr/share/doc/fixture-provide
     let again = work.build_metadata(work.cmd_with_cache(&work.path("cache2")), &r, "out/run2");
     assert_eq!(again["manifest"], meta["manifest"]);
 }
+
+#[test]
+fn a_source_for_another_architecture_is_not_used() {
+    let repo = fixture_repo();
+    repo.publish(None);
+    let server = FileServer::start(repo.root.path());
+    let work = Work::setup();
+    repo.signer.export(&work.path("recipes/fixture.asc"), true);
+    let r = recipe(&work, &server, "fixture.asc");
+    let text = fs::read_to_string(&r).unwrap();
+    // apt's `[arch=arm64]`: on linux/amd64 the source serves nothing.
+    fs::write(
+        &r,
+        text.replace(
+            "components = [\"main\"]",
+            "components = [\"main\"]\narch = [\"arm64\"]",
+        ),
+    )
+    .unwrap();
+    let o = work.cmd().arg("lock").arg(&r).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("fixture-hello"), "{}", stderr(&o));
+    assert_eq!(
+        server.hits("/dists/test/InRelease"),
+        0,
+        "the source is not read"
+    );
+    // The same source for amd64 serves it.
+    fs::write(
+        &r,
+        text.replace(
+            "components = [\"main\"]",
+            "components = [\"main\"]\narch = [\"amd64\"]",
+        ),
+    )
+    .unwrap();
+    assert_ok(&work.cmd().arg("lock").arg(&r).output().unwrap());
+    assert!(server.hits("/dists/test/InRelease") >= 1);
+}
