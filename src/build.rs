@@ -202,7 +202,7 @@ pub fn resolve_lock(
         .collect();
     reporter.report(Event::Stage("resolving pip packages with the image's pip"));
     let report = realize::pip_report(cache, &layers, &pip.packages, mtime)?;
-    fresh.pip = lock::parse_pip_report(&report).map_err(LockError::Resolve)?;
+    fresh.pip = lock::parse_pip_report(&report).map_err(|e| LockError::Resolve(e.0))?;
     Ok(fresh)
 }
 

@@ -26,6 +26,23 @@ use crate::recipe::interp::expand_platform;
 use crate::recipe::{FieldPath, Loaded, RecipeError};
 use crate::report::{Dir, Event, Reporter};
 
+/// pip's `--report` JSON that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PipReportError(pub String);
+
+impl From<String> for PipReportError {
+    fn from(m: String) -> Self {
+        PipReportError(m)
+    }
+}
+
+impl From<&str> for PipReportError {
+    fn from(m: &str) -> Self {
+        PipReportError(m.to_string())
+    }
+}
+
 pub const LOCK_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -497,7 +514,7 @@ fn pin(
 }
 
 /// Reads pip's `--report` JSON: what it would install, with URLs and sha256s.
-pub fn parse_pip_report(json: &str) -> Result<Vec<LockedPip>, String> {
+pub fn parse_pip_report(json: &str) -> Result<Vec<LockedPip>, PipReportError> {
     let v: serde_json::Value =
         serde_json::from_str(json).map_err(|e| format!("pip report is not JSON: {e}"))?;
     let mut out = Vec::new();

@@ -4,6 +4,23 @@
 use std::cmp::Ordering;
 use std::fmt;
 
+/// A dependency field that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RelationError(pub String);
+
+impl From<String> for RelationError {
+    fn from(m: String) -> Self {
+        RelationError(m)
+    }
+}
+
+impl From<&str> for RelationError {
+    fn from(m: &str) -> Self {
+        RelationError(m.to_string())
+    }
+}
+
 pub use debversion::Version;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +114,7 @@ impl fmt::Display for Relation {
 }
 
 /// Parses one possibility; `None` for an empty string.
-pub fn parse_dep(s: &str) -> Result<Option<Dep>, String> {
+pub fn parse_dep(s: &str) -> Result<Option<Dep>, RelationError> {
     let mut s = s.trim();
     // Architecture restrictions and build profiles only appear in source packages: drop them.
     for (open, close) in [('[', ']'), ('<', '>')] {
@@ -106,7 +123,7 @@ pub fn parse_dep(s: &str) -> Result<Option<Dep>, String> {
             .filter(|i| !s[..*i].contains('(') || s[..*i].contains(')'))
         {
             if !s[i..].contains(close) {
-                return Err(format!("unclosed `{open}` in `{s}`"));
+                return Err(format!("unclosed `{open}` in `{s}`").into());
             }
             s = s[..i].trim_end();
         }
@@ -138,7 +155,7 @@ pub fn parse_dep(s: &str) -> Result<Option<Dep>, String> {
         None => (head, None),
     };
     if name.is_empty() || name.contains(char::is_whitespace) {
-        return Err(format!("bad package name in `{s}`"));
+        return Err(format!("bad package name in `{s}`").into());
     }
     Ok(Some(Dep {
         name: name.to_string(),
@@ -148,7 +165,7 @@ pub fn parse_dep(s: &str) -> Result<Option<Dep>, String> {
 }
 
 /// Parses a relationship field: `a (>= 1) | b, c:any`.
-pub fn parse_relations(field: &str) -> Result<Vec<Relation>, String> {
+pub fn parse_relations(field: &str) -> Result<Vec<Relation>, RelationError> {
     let mut out = Vec::new();
     for group in field.split(',') {
         let mut alts = Vec::new();

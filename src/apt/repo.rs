@@ -15,6 +15,23 @@ use crate::digest::Digest;
 use crate::http::{HttpError as DownloadError, redact};
 use crate::report::{Event, Reporter};
 
+/// A Release file whose SHA256 list cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ReleaseError(pub String);
+
+impl From<String> for ReleaseError {
+    fn from(m: String) -> Self {
+        ReleaseError(m)
+    }
+}
+
+impl From<&str> for ReleaseError {
+    fn from(m: &str) -> Self {
+        ReleaseError(m.to_string())
+    }
+}
+
 /// One `deb` line: `uri suite components...` with the key that signs it.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -133,7 +150,7 @@ struct Listed {
 
 /// The entries of a Release file's `SHA256` list, its `Date`, and whether it is
 /// `NotAutomatic` (backports, experimental).
-fn listed(release: &str) -> Result<(Vec<Listed>, String, bool), String> {
+fn listed(release: &str) -> Result<(Vec<Listed>, String, bool), ReleaseError> {
     let ps = control::parse(release).map_err(|e| e.to_string())?;
     let p = ps.first().ok_or("empty Release file")?;
     let list = p.get("SHA256").ok_or("Release has no SHA256 list")?;
@@ -141,7 +158,7 @@ fn listed(release: &str) -> Result<(Vec<Listed>, String, bool), String> {
     for line in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
         let mut it = line.split_whitespace();
         let (Some(h), Some(s), Some(path)) = (it.next(), it.next(), it.next()) else {
-            return Err(format!("bad SHA256 line `{line}`"));
+            return Err(format!("bad SHA256 line `{line}`").into());
         };
         out.push(Listed {
             sha256: Digest::parse(&format!("sha256:{h}")).map_err(|e| e.to_string())?,
@@ -209,7 +226,7 @@ pub fn fetch(
         url: redact(url),
         message,
     };
-    let (list, date, not_automatic) = listed(&release).map_err(|m| index_err(&url, m))?;
+    let (list, date, not_automatic) = listed(&release).map_err(|m| index_err(&url, m.0))?;
     if not_automatic {
         universe.set_priority(repo, 1);
     }

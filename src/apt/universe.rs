@@ -63,15 +63,15 @@ pub struct IndexError {
     pub message: String,
 }
 
-fn relations(p: &Paragraph<'_>, field: &str) -> Result<Vec<Relation>, String> {
+fn relations(p: &Paragraph<'_>, field: &str) -> Result<Vec<Relation>, ParagraphError> {
     p.get(field)
         .map(parse_relations)
         .transpose()
         .map(Option::unwrap_or_default)
-        .map_err(|e| format!("{field}: {e}"))
+        .map_err(|e| ParagraphError(format!("{field}: {e}")))
 }
 
-fn flat(p: &Paragraph<'_>, field: &str) -> Result<Vec<Dep>, String> {
+fn flat(p: &Paragraph<'_>, field: &str) -> Result<Vec<Dep>, ParagraphError> {
     Ok(relations(p, field)?.into_iter().flat_map(|r| r.0).collect())
 }
 
@@ -83,7 +83,7 @@ pub fn package(p: &Paragraph<'_>, repo: Option<usize>) -> Result<Package, Paragr
     let version: Version = vs
         .parse()
         .map_err(|e| format!("package {name}: bad version `{vs}`: {e}"))?;
-    let with = |e: String| format!("package {name}: {e}");
+    let with = |e: ParagraphError| format!("package {name}: {e}");
     Ok(Package {
         arch: p.get("Architecture").unwrap_or("all").to_string(),
         multi_arch: p.get("Multi-Arch").map(str::to_string),
@@ -219,7 +219,7 @@ impl Universe {
 
 /// Parses a dpkg `status` file: packages in state `installed` (or unpacked, half-configured...),
 /// as the base image has them.
-pub fn installed(status: &str) -> Result<Vec<Package>, String> {
+pub fn installed(status: &str) -> Result<Vec<Package>, ParagraphError> {
     let mut out = Vec::new();
     for p in control::parse(status).map_err(|e| e.to_string())? {
         let st = p.get("Status").unwrap_or_default();

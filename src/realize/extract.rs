@@ -16,6 +16,23 @@ use crate::lower::{Kind, LowerFs};
 
 use crate::layer::{LayerWriter, Meta};
 
+/// An archive entry path that leaves its directory (absolute or with `..`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UnsafeEntry(pub String);
+
+impl From<String> for UnsafeEntry {
+    fn from(m: String) -> Self {
+        UnsafeEntry(m)
+    }
+}
+
+impl From<&str> for UnsafeEntry {
+    fn from(m: &str) -> Self {
+        UnsafeEntry(m.to_string())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
     #[error("cannot read archive {url}")]
@@ -34,13 +51,13 @@ pub enum ExtractError {
 }
 
 /// Maps an archive path below `dir` after stripping components; `None` to skip the entry.
-fn map_path(raw: &[u8], strip: u32, dir: &[u8]) -> Result<Option<Vec<u8>>, String> {
+fn map_path(raw: &[u8], strip: u32, dir: &[u8]) -> Result<Option<Vec<u8>>, UnsafeEntry> {
     let comps: Vec<&[u8]> = raw
         .split(|b| *b == b'/')
         .filter(|c| !c.is_empty() && *c != b".")
         .collect();
     if comps.contains(&&b".."[..]) {
-        return Err(String::from_utf8_lossy(raw).into_owned());
+        return Err(UnsafeEntry(String::from_utf8_lossy(raw).into_owned()));
     }
     if comps.len() <= strip as usize {
         return Ok(None);
@@ -144,7 +161,7 @@ impl<'a> Extractor<'a> {
             entry: String::from_utf8_lossy(raw).into_owned(),
             why,
         };
-        let unsafe_entry = |_: String| refuse("absolute or with `..`".into());
+        let unsafe_entry = |_: UnsafeEntry| refuse("absolute or with `..`".into());
         let Some(path) = map_path(raw, self.strip, &self.dir).map_err(unsafe_entry)? else {
             return Ok(());
         };
