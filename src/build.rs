@@ -264,7 +264,18 @@ pub fn build(
         &output.manifest,
         &image::rfc3339(mtime),
         lock.as_ref(),
-        &sbom::base_packages(cache, &base),
+        &sbom::base_packages(cache, &base).unwrap_or_else(|e| {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            reporter.report(Event::Warning(&format!(
+                "SBOM: {msg}; the base image's packages are not listed"
+            )));
+            Vec::new()
+        }),
         &downloads(loaded, lock.as_ref()),
     );
     let path = out.join(SBOM_FILE);

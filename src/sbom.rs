@@ -26,26 +26,35 @@ pub struct BasePackage {
     pub arch: String,
 }
 
+/// Why the base image's packages cannot be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum BaseStatusError {
+    #[error("cannot read the base image's layers")]
+    Layers(#[source] std::io::Error),
+    #[error("the base image's /var/lib/dpkg/status cannot be read")]
+    Status(#[source] crate::apt::universe::ParagraphError),
+}
+
 /// The packages the base image's dpkg status lists as installed (none for scratch or an image
-/// without dpkg).
-pub fn base_packages(cache: &Cache, base: &BaseImage) -> Vec<BasePackage> {
+/// without dpkg); an error when the image has a status that cannot be read.
+pub fn base_packages(cache: &Cache, base: &BaseImage) -> Result<Vec<BasePackage>, BaseStatusError> {
     let mut lower = LowerFs::default();
-    if lower.advance(cache, &base.layers).is_err() {
-        return Vec::new();
-    }
-    let status = lower
-        .read(b"var/lib/dpkg/status")
-        .map(|s| String::from_utf8_lossy(s).into_owned())
-        .unwrap_or_default();
-    universe::installed(&status)
-        .unwrap_or_default()
+    lower
+        .advance(cache, &base.layers)
+        .map_err(BaseStatusError::Layers)?;
+    let Some(status) = lower.read(b"var/lib/dpkg/status") else {
+        return Ok(Vec::new());
+    };
+    let status = String::from_utf8_lossy(status).into_owned();
+    Ok(universe::installed(&status)
+        .map_err(BaseStatusError::Status)?
         .into_iter()
         .map(|p| BasePackage {
             name: p.name.clone(),
             version: p.version.to_string(),
             arch: p.arch.clone(),
         })
-        .collect()
+        .collect())
 }
 
 /// An SPDX id: letters, digits, `.` and `-` only.
@@ -155,13 +164,14 @@ pub fn document(
         p
     }];
     // Debian packages: the lock's (what imgbuild installed or upgraded) over the base's.
-    let mut debs: BTreeMap<String, Value> = BTreeMap::new();
+    // Keyed by name and architecture: a multi-arch image has `libc6` for amd64 and i386.
+    let mut debs: BTreeMap<(String, String), Value> = BTreeMap::new();
     for b in base {
         let purl = deb_purl(&b.name, &b.version, &b.arch);
         debs.insert(
-            b.name.clone(),
+            (b.name.clone(), b.arch.clone()),
             package(
-                spdx_id("deb", &b.name),
+                spdx_id("deb", &format!("{}-{}", b.name, b.arch)),
                 &b.name,
                 Some(&b.version),
                 "NOASSERTION",
@@ -174,9 +184,9 @@ pub fn document(
         for p in &l.packages {
             let purl = deb_purl(&p.name, &p.version, &p.arch);
             debs.insert(
-                p.name.clone(),
+                (p.name.clone(), p.arch.clone()),
                 package(
-                    spdx_id("deb", &p.name),
+                    spdx_id("deb", &format!("{}-{}", p.name, p.arch)),
                     &p.name,
                     Some(&p.version),
                     &p.url,

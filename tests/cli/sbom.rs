@@ -247,3 +247,81 @@ fn the_sbom_is_pushed_as_a_referrer_of_the_image() {
         std::fs::read_to_string(w.path("out/hello/sbom.spdx.json")).unwrap()
     );
 }
+
+#[test]
+fn multi_arch_packages_are_listed_once_each_and_an_unreadable_status_is_said() {
+    use crate::hostile::{E, layout, tar};
+    let w = Work::setup();
+    let status = b"Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.36-9\nMulti-Arch: same\n\nPackage: libc6\nStatus: install ok installed\nArchitecture: i386\nVersion: 2.36-9\nMulti-Arch: same\n";
+    layout(
+        &w.path("base"),
+        &[tar(&[
+            E::Dir("var"),
+            E::Dir("var/lib"),
+            E::Dir("var/lib/dpkg"),
+            E::File("var/lib/dpkg/status", status),
+        ])],
+    );
+    let recipe = w.path("recipes/ma.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            "[image]\nname = \"ma\"\nbase = \"oci:{}:1\"\n\n[[file]]\ndest = \"/etc/x\"\ncontent = \"x\"\n",
+            w.path("base").display()
+        ),
+    )
+    .unwrap();
+    let o = w
+        .cmd()
+        .arg("build")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(w.path("out/ma"))
+        .output()
+        .unwrap();
+    crate::assert_ok(&o);
+    let doc: Value =
+        serde_json::from_slice(&std::fs::read(w.path("out/ma/sbom.spdx.json")).unwrap()).unwrap();
+    let libc: Vec<&Value> = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "libc6")
+        .collect();
+    assert_eq!(libc.len(), 2, "one per architecture: {libc:?}");
+    // A status that cannot be read: the build says so instead of listing nothing silently.
+    layout(
+        &w.path("base2"),
+        &[tar(&[
+            E::Dir("var"),
+            E::Dir("var/lib"),
+            E::Dir("var/lib/dpkg"),
+            E::File(
+                "var/lib/dpkg/status",
+                b"Package: broken\n continuation without a field\n\x00\n",
+            ),
+        ])],
+    );
+    std::fs::write(
+        &recipe,
+        format!(
+            "[image]\nname = \"ma\"\nbase = \"oci:{}:1\"\n\n[[file]]\ndest = \"/etc/x\"\ncontent = \"x\"\n",
+            w.path("base2").display()
+        ),
+    )
+    .unwrap();
+    let o = w
+        .cmd()
+        .arg("build")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(w.path("out/ma2"))
+        .output()
+        .unwrap();
+    crate::assert_ok(&o);
+    assert!(
+        crate::stderr(&o).contains("SBOM: the base image's /var/lib/dpkg/status cannot be read"),
+        "{}",
+        crate::stderr(&o)
+    );
+}
