@@ -248,13 +248,13 @@ fn the_sbom_is_pushed_as_a_referrer_of_the_image() {
     );
 }
 
-#[test]
-fn multi_arch_packages_are_listed_once_each_and_an_unreadable_status_is_said() {
+/// Builds a one-file recipe on an OCI layout base whose only layer holds `status` as
+/// `/var/lib/dpkg/status`.
+fn build_on_status(w: &Work, name: &str, status: &[u8]) -> std::process::Output {
     use crate::hostile::{E, layout, tar};
-    let w = Work::setup();
-    let status = b"Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.36-9\nMulti-Arch: same\n\nPackage: libc6\nStatus: install ok installed\nArchitecture: i386\nVersion: 2.36-9\nMulti-Arch: same\n";
+    let base = w.path(&format!("base-{name}"));
     layout(
-        &w.path("base"),
+        &base,
         &[tar(&[
             E::Dir("var"),
             E::Dir("var/lib"),
@@ -262,24 +262,29 @@ fn multi_arch_packages_are_listed_once_each_and_an_unreadable_status_is_said() {
             E::File("var/lib/dpkg/status", status),
         ])],
     );
-    let recipe = w.path("recipes/ma.toml");
+    let recipe = w.path(&format!("recipes/{name}.toml"));
     std::fs::write(
         &recipe,
         format!(
-            "[image]\nname = \"ma\"\nbase = \"oci:{}:1\"\n\n[[file]]\ndest = \"/etc/x\"\ncontent = \"x\"\n",
-            w.path("base").display()
+            "[image]\nname = \"{name}\"\nbase = \"oci:{}:1\"\n\n[[file]]\ndest = \"/etc/x\"\ncontent = \"x\"\n",
+            base.display()
         ),
     )
     .unwrap();
-    let o = w
-        .cmd()
+    w.cmd()
         .arg("build")
         .arg(&recipe)
         .arg("--out")
-        .arg(w.path("out/ma"))
+        .arg(w.path(&format!("out/{name}")))
         .output()
-        .unwrap();
-    crate::assert_ok(&o);
+        .unwrap()
+}
+
+#[test]
+fn multi_arch_packages_are_listed_once_each_and_an_unreadable_status_is_said() {
+    let w = Work::setup();
+    let status = b"Package: libc6\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2.36-9\nMulti-Arch: same\n\nPackage: libc6\nStatus: install ok installed\nArchitecture: i386\nVersion: 2.36-9\nMulti-Arch: same\n";
+    crate::assert_ok(&build_on_status(&w, "ma", status));
     let doc: Value =
         serde_json::from_slice(&std::fs::read(w.path("out/ma/sbom.spdx.json")).unwrap()).unwrap();
     let libc: Vec<&Value> = doc["packages"]
@@ -290,34 +295,11 @@ fn multi_arch_packages_are_listed_once_each_and_an_unreadable_status_is_said() {
         .collect();
     assert_eq!(libc.len(), 2, "one per architecture: {libc:?}");
     // A status that cannot be read: the build says so instead of listing nothing silently.
-    layout(
-        &w.path("base2"),
-        &[tar(&[
-            E::Dir("var"),
-            E::Dir("var/lib"),
-            E::Dir("var/lib/dpkg"),
-            E::File(
-                "var/lib/dpkg/status",
-                b"Package: broken\n continuation without a field\n\x00\n",
-            ),
-        ])],
+    let o = build_on_status(
+        &w,
+        "broken",
+        b"Package: broken\n continuation without a field\n\x00\n",
     );
-    std::fs::write(
-        &recipe,
-        format!(
-            "[image]\nname = \"ma\"\nbase = \"oci:{}:1\"\n\n[[file]]\ndest = \"/etc/x\"\ncontent = \"x\"\n",
-            w.path("base2").display()
-        ),
-    )
-    .unwrap();
-    let o = w
-        .cmd()
-        .arg("build")
-        .arg(&recipe)
-        .arg("--out")
-        .arg(w.path("out/ma2"))
-        .output()
-        .unwrap();
     crate::assert_ok(&o);
     assert!(
         crate::stderr(&o).contains("SBOM: the base image's /var/lib/dpkg/status cannot be read"),
