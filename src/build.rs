@@ -201,9 +201,26 @@ pub fn resolve_lock(
         .chain(outcomes.into_iter().map(|o| o.record))
         .collect();
     reporter.report(Event::Stage("resolving pip packages with the image's pip"));
-    let report = realize::pip_report(cache, &layers, &pip.packages, mtime)?;
+    let report = realize::pip_report(cache, &layers, &pip_requests(pip), mtime)?;
     fresh.pip = lock::parse_pip_report(&report).map_err(|e| LockError::Resolve(e.0))?;
     Ok(fresh)
+}
+
+/// What pip is asked to resolve: the recipe's packages, and pip itself first with
+/// `upgrade_pip` (so the newest pip is pinned in the lock and installed with the rest).
+fn pip_requests(pip: &crate::recipe::Pip) -> Vec<String> {
+    let mut out = pip.packages.clone();
+    let names_pip = |p: &String| {
+        let name: String = p
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+            .collect();
+        name.eq_ignore_ascii_case("pip")
+    };
+    if pip.upgrade_pip && !out.iter().any(names_pip) {
+        out.insert(0, "pip".into());
+    }
+    out
 }
 
 /// Resolves the base image, pulling it if it is a registry reference.
@@ -373,4 +390,24 @@ fn write_layout(
         out: out.to_path_buf(),
         lock: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn upgrade_pip_asks_for_pip_first() {
+        let pip = |packages: &[&str], upgrade_pip| crate::recipe::Pip {
+            packages: packages.iter().map(|p| p.to_string()).collect(),
+            upgrade_pip,
+        };
+        assert_eq!(
+            super::pip_requests(&pip(&["ansible"], true)),
+            ["pip", "ansible"]
+        );
+        assert_eq!(super::pip_requests(&pip(&["ansible"], false)), ["ansible"]);
+        assert_eq!(
+            super::pip_requests(&pip(&["pip==24.0", "ansible"], true)),
+            ["pip==24.0", "ansible"]
+        );
+    }
 }
