@@ -2,7 +2,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
 
@@ -97,4 +97,36 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     n.checked_mul(mult).filter(|&b| b > 0)
+}
+
+/// The relative path that leads from directory `from` to `to`, both absolute and
+/// canonical (`/a/b`, `/a/c/d` -> `../c/d`); `.` when they are the same.
+pub fn relative_path(from: &Path, to: &Path) -> PathBuf {
+    let (f, t): (Vec<_>, Vec<_>) = (from.components().collect(), to.components().collect());
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_path_walks_up_then_down() {
+        let r = |a: &str, b: &str| relative_path(Path::new(a), Path::new(b));
+        assert_eq!(r("/a/b", "/a/c/d"), PathBuf::from("../c/d"));
+        assert_eq!(r("/a", "/a/ctx"), PathBuf::from("ctx"));
+        assert_eq!(r("/a/ctx", "/a/ctx"), PathBuf::from("."));
+        assert_eq!(r("/a/b/c", "/a"), PathBuf::from("../.."));
+    }
 }

@@ -26,6 +26,9 @@ pub struct Imported {
     pub recipe: String,
     /// What could not be mapped, each naming its Dockerfile line.
     pub warnings: Vec<String>,
+    /// The build context's files the recipe reads (`[[file]] src`, source keys), as the
+    /// Dockerfile names them (before any rebasing); empty without a context.
+    pub context_paths: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +73,20 @@ fn subst(s: &str, args: &[(String, String)]) -> String {
 }
 
 /// Converts `text` (the Dockerfile called `file`, for messages) into a recipe. `context` is
-/// the build context: apt `.list` files the Dockerfile copies are read from it.
+/// the build context: apt `.list` files the Dockerfile copies are read from it. The recipe's
+/// `src` and key paths are relative to the context, i.e. for a recipe written next to it.
 pub fn import(text: &str, file: &str, context: Option<&Path>) -> Result<Imported, ImportError> {
+    import_to(text, file, context, None)
+}
+
+/// [`import`] for a recipe written elsewhere: `to_context` is the path from the recipe's
+/// directory to the build context, and prefixes every context-relative `src` and key path.
+pub fn import_to(
+    text: &str,
+    file: &str,
+    context: Option<&Path>,
+    to_context: Option<&Path>,
+) -> Result<Imported, ImportError> {
     let err = |line: usize, message: String| ImportError {
         file: file.to_string(),
         line,
@@ -179,9 +194,14 @@ pub fn import(text: &str, file: &str, context: Option<&Path>) -> Result<Imported
         d.vars.push((name.clone(), value.clone()));
     }
     closing_warnings(&mut d, &mut warnings, file, text);
+    let context_paths = context.map(|c| d.context_paths(c)).unwrap_or_default();
+    if let (Some(prefix), Some(ctx)) = (to_context, context) {
+        d.rebase_paths(prefix, ctx);
+    }
     Ok(Imported {
         recipe: d.to_toml(),
         warnings,
+        context_paths,
     })
 }
 

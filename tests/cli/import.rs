@@ -586,3 +586,52 @@ fn a_bare_dockerfile_name_keeps_its_context_and_sources_outside_it_are_refused()
         stderr(&o)
     );
 }
+
+#[test]
+fn a_recipe_written_above_the_context_is_rebased_and_beside_it_is_refused() {
+    let w = Work::setup();
+    let ctx = w.path("app/ctx");
+    fs::create_dir_all(ctx.join("conf")).unwrap();
+    fs::create_dir_all(w.path("recipes")).unwrap();
+    fs::write(ctx.join("conf/a.conf"), "a").unwrap();
+    fs::write(ctx.join("motd"), "hello").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY conf /etc/app\nCOPY motd /etc/motd\n",
+    )
+    .unwrap();
+    let import = |out: &std::path::Path| {
+        w.cmd()
+            .arg("import")
+            .arg(ctx.join("Dockerfile"))
+            .arg("-o")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    // Above the context: the paths lead into it, and the plan digests those files.
+    let out = w.path("app/app.toml");
+    assert_ok(&import(&out));
+    let recipe = fs::read_to_string(&out).unwrap();
+    assert!(
+        recipe.contains("src = \"ctx/conf/a.conf\"") && recipe.contains("src = \"ctx/motd\""),
+        "{recipe}"
+    );
+    let o = w.cmd().arg("plan").arg(&out).output().unwrap();
+    assert_ok(&o);
+    // Next to the Dockerfile, the paths stay as they are.
+    assert_ok(&import(&ctx.join("app.toml")));
+    let recipe = fs::read_to_string(ctx.join("app.toml")).unwrap();
+    assert!(recipe.contains("src = \"motd\""), "{recipe}");
+    // Beside it: a recipe may not read outside its directory, so the import says so
+    // (exit 2) and writes nothing, rather than a recipe that fails later.
+    let out = w.path("recipes/app.toml");
+    let o = import(&out);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("would read `conf/a.conf` from the build context"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists());
+}
