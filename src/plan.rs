@@ -320,7 +320,7 @@ impl Compiler {
             let n = packages.len();
             let k = key(
                 &self.parent,
-                json!({"kind": "dpkg-database", "packages": all}),
+                json!({"kind": "dpkg-database", "arch": crate::lock::deb_arch(&loaded.recipe.image.platform), "packages": all}),
             );
             self.parent = k.clone();
             self.steps.push(Step {

@@ -105,13 +105,15 @@ pub fn packages(
     Ok(())
 }
 
-/// dpkg's database for the packages: `status` (base entries plus these, unpacked) and the
-/// trigger interest files.
+/// dpkg's database for the packages: `status` (base entries plus these, unpacked), the
+/// trigger interest files, and `arch` (the `native` architecture, then the foreign ones the
+/// packages use, as `dpkg --add-architecture` keeps it) when the base has none.
 pub fn database(
     w: &mut LayerWriter,
     lower: &LowerFs,
     cache: &Cache,
     packages: &[LockedPackage],
+    native: &str,
 ) -> Result<(), RealizeError> {
     let mut controls = Vec::new();
     for p in packages {
@@ -171,6 +173,9 @@ pub fn database(
     for (name, body) in registry {
         files.push((format!("var/lib/dpkg/triggers/{name}"), body.into_bytes()));
     }
+    if lower.get(b"var/lib/dpkg/arch").is_none() {
+        files.push(("var/lib/dpkg/arch".into(), arch_file(native, packages)));
+    }
     files.sort();
     for (path, body) in files {
         if path.ends_with("/available") && lower.get(path.as_bytes()).is_some() {
@@ -185,4 +190,19 @@ pub fn database(
         .map_err(io)?;
     }
     Ok(())
+}
+
+/// dpkg's `arch` file: the native architecture first, then each foreign one in use, sorted.
+fn arch_file(native: &str, packages: &[LockedPackage]) -> Vec<u8> {
+    let foreign: std::collections::BTreeSet<&str> = packages
+        .iter()
+        .map(|p| p.arch.as_str())
+        .filter(|a| *a != native && *a != "all")
+        .collect();
+    let mut out = format!("{native}\n");
+    for a in foreign {
+        out.push_str(a);
+        out.push('\n');
+    }
+    out.into_bytes()
 }

@@ -265,9 +265,10 @@ impl Realizer<'_> {
             StepKind::DpkgDatabase(pkgs) => {
                 // Only the base's dpkg files are read: the view below the package layers has
                 // them, without scanning the package layers.
+                let native = crate::lock::deb_arch(&self.loaded.recipe.image.platform);
                 let view = self.apt_view(index, step)?;
                 let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
-                apt::database(&mut w, view, cache, pkgs)?;
+                apt::database(&mut w, view, cache, pkgs, &native)?;
                 w.finish(step.name.clone())?
             }
             _ => {

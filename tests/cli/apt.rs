@@ -453,6 +453,20 @@ fn lock_build_configure_and_read_back_with_dpkg() {
     tool("dpkg", &["--root", rootfs.to_str().unwrap(), "--verify"]);
     let audit = tool("dpkg", &["--root", rootfs.to_str().unwrap(), "--audit"]);
     assert_eq!(audit.trim(), "", "dpkg --audit is clean");
+    // dpkg's arch file names the image's architecture, and no foreign one.
+    assert_eq!(
+        fs::read_to_string(rootfs.join("var/lib/dpkg/arch")).unwrap(),
+        "amd64\n"
+    );
+    let foreign = tool(
+        "dpkg",
+        &[
+            "--root",
+            rootfs.to_str().unwrap(),
+            "--print-foreign-architectures",
+        ],
+    );
+    assert_eq!(foreign.trim(), "", "no foreign architectures");
     // Leftovers are gone.
     assert!(!rootfs.join("var/log/dpkg.log").exists());
     assert!(!rootfs.join("var/lib/dpkg/status-old").exists());
