@@ -99,6 +99,23 @@ pub fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(mult).filter(|&b| b > 0)
 }
 
+/// Whether `rel`, read lexically from its starting directory, climbs above it once cleaned
+/// (`a/../../x`); a leading `/` and `.` stay where they are.
+pub fn climbs_above(rel: &Path) -> bool {
+    let mut depth = 0i32;
+    for c in rel.components() {
+        match c {
+            std::path::Component::ParentDir => depth -= 1,
+            std::path::Component::Normal(_) => depth += 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return true;
+        }
+    }
+    false
+}
+
 /// The relative path that leads from directory `from` to `to`, both absolute and
 /// canonical (`/a/b`, `/a/c/d` -> `../c/d`); `.` when they are the same.
 pub fn relative_path(from: &Path, to: &Path) -> PathBuf {
@@ -128,5 +145,12 @@ mod tests {
         assert_eq!(r("/a", "/a/ctx"), PathBuf::from("ctx"));
         assert_eq!(r("/a/ctx", "/a/ctx"), PathBuf::from("."));
         assert_eq!(r("/a/b/c", "/a"), PathBuf::from("../.."));
+    }
+
+    #[test]
+    fn climbs_above_reads_the_path_lexically() {
+        let c = |p: &str| climbs_above(Path::new(p));
+        assert!(c("../x") && c("a/../../x") && c("/../x"));
+        assert!(!c("a/../x") && !c("./a/b") && !c("/a") && !c("a/b/.."));
     }
 }

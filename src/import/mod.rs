@@ -269,7 +269,8 @@ fn copy(
     for src in &c.sources {
         // Docker refuses sources outside the build context ("forbidden path outside the
         // build context"): so does the import.
-        if escapes(&src.content) {
+        // Read lexically, a leading `/` being the context's root, as Docker reads it.
+        if crate::fsutil::climbs_above(Path::new(&src.content)) {
             return Err(at.err(format!(
                 "COPY source `{}` is outside the build context",
                 src.content
@@ -372,19 +373,6 @@ fn misc(
         other => warnings.push(at.here(format!("{other} is not imported"))),
     }
     Ok(())
-}
-
-/// Whether a COPY source leaves the build context once cleaned (`a/../../x`); a leading `/`
-/// is the context's root, as Docker reads it.
-fn escapes(src: &str) -> bool {
-    let mut depth = 0i32;
-    for c in src.split('/').filter(|c| !c.is_empty() && *c != ".") {
-        depth += if c == ".." { -1 } else { 1 };
-        if depth < 0 {
-            return true;
-        }
-    }
-    false
 }
 
 /// Warnings about the whole import: `$(uname -s)`, the codename, keys to save.

@@ -3,7 +3,7 @@
 mod targets;
 
 use std::collections::BTreeSet;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use super::diag::{Diagnostic, FieldPath, Severity};
 use super::{BaseRef, Loaded};
@@ -71,17 +71,9 @@ impl Checker<'_> {
             );
             return;
         }
-        let mut depth = 0i32;
-        for c in rel.components() {
-            match c {
-                Component::ParentDir => depth -= 1,
-                Component::Normal(_) => depth += 1,
-                _ => {}
-            }
-            if depth < 0 {
-                self.error(p, format!("`{v}` is outside the recipe's directory"));
-                return;
-            }
+        if crate::fsutil::climbs_above(rel) {
+            self.error(p, format!("`{v}` is outside the recipe's directory"));
+            return;
         }
         let full = self.loaded.resolve(v);
         match (full.canonicalize(), self.loaded.dir.canonicalize()) {
