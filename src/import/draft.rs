@@ -78,11 +78,6 @@ pub struct Source {
     pub key: Option<String>,
 }
 
-/// A path of the build context, as opposed to an absolute path or a URL.
-fn is_context_path(p: &str) -> bool {
-    !p.starts_with('/') && !p.contains("://")
-}
-
 /// A TOML string.
 fn q(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
@@ -225,7 +220,6 @@ impl Draft {
         })
     }
 
-    /// The recipe text, sections in the reference's order.
     /// The files of the build context `ctx` the recipe reads: `[[file]] src` and source
     /// keys (a key the user still has to fetch is not one).
     pub fn context_paths(&self, ctx: &std::path::Path) -> Vec<String> {
@@ -233,16 +227,16 @@ impl Draft {
         let keys = self.sources.iter().filter_map(|s| s.key.as_ref());
         files
             .chain(keys)
-            .filter(|p| is_context_path(p) && ctx.join(p).exists())
+            .filter(|p| !p.starts_with('/') && !p.contains("://") && ctx.join(p).exists())
             .cloned()
             .collect()
     }
 
-    /// Prefixes the [`Draft::context_paths`] with `prefix`, for a recipe written in a
-    /// directory above the build context `ctx`.
-    pub fn rebase_paths(&mut self, prefix: &std::path::Path, ctx: &std::path::Path) {
+    /// Prefixes `paths` (from [`Draft::context_paths`]) with `prefix`, for a recipe written
+    /// in a directory above the build context.
+    pub fn rebase_paths(&mut self, prefix: &std::path::Path, paths: &[String]) {
         let rebase = |p: &mut String| {
-            if is_context_path(p) && ctx.join(p.as_str()).exists() {
+            if paths.contains(p) {
                 *p = prefix.join(p.as_str()).to_string_lossy().into_owned();
             }
         };
@@ -256,6 +250,7 @@ impl Draft {
         }
     }
 
+    /// The recipe text, sections in the reference's order.
     pub fn to_toml(&self) -> String {
         let mut o = String::from("# Imported from a Dockerfile by `imgbuild import`.\n\n[image]\n");
         self.image_toml(&mut o);

@@ -195,8 +195,8 @@ pub fn import_to(
     }
     closing_warnings(&mut d, &mut warnings, file, text);
     let context_paths = context.map(|c| d.context_paths(c)).unwrap_or_default();
-    if let (Some(prefix), Some(ctx)) = (to_context, context) {
-        d.rebase_paths(prefix, ctx);
+    if let Some(prefix) = to_context {
+        d.rebase_paths(prefix, &context_paths);
     }
     Ok(Imported {
         recipe: d.to_toml(),
