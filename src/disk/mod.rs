@@ -570,6 +570,36 @@ mod tests {
         assert_eq!(parse_size("0"), None);
     }
 
+    /// `mke2fs -d` copies extended attributes from the flattened root: a file capability
+    /// there (restored by `rootfs::apply` from the layer's PAX records) is in the ext4 root.
+    #[test]
+    fn the_root_filesystem_keeps_file_capabilities() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        let ping = root.join("usr/bin/ping");
+        std::fs::write(&ping, b"#!/bin/sh\n").unwrap();
+        let st = std::process::Command::new("setcap")
+            .args(["cap_net_raw+ep", ping.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let raw = t.path().join("disk.raw");
+        std::fs::File::create(&raw)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        let uuid = uuid("caps", "root");
+        make_root_fs(&root, &raw, (1 << 20, 32 << 20), 32 << 20, &uuid, &uuid, 0).unwrap();
+        let out = std::process::Command::new("debugfs")
+            .args(["-R", "ea_list /usr/bin/ping"])
+            .arg(format!("{}?offset={}", raw.display(), 1 << 20))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("security.capability"), "{text}");
+    }
+
     #[test]
     fn uuids_are_stable_and_well_formed() {
         let a = uuid("coderall", "disk");

@@ -3,7 +3,7 @@
 //! A [`LayerWriter`] takes entries in the order the caller gives them (callers sort), writes
 //! ustar headers with the build's fixed mtime and numeric owners, adds a PAX header only when
 //! a field does not fit ustar (long names and link targets, sizes of 8 GiB and more, large
-//! ids), and streams the tar through sha256 (diff_id), the compressor, and sha256 again into a
+//! ids) or when the entry has extended attributes (`SCHILY.xattr.*`), and streams the tar through sha256 (diff_id), the compressor, and sha256 again into a
 //! cache [`BlobWriter`]. Nothing is buffered beyond the compressor's window.
 
 mod compress;
@@ -142,6 +142,8 @@ pub struct LayerWriter {
     mtime: u64,
     media_type: &'static str,
     buf: Vec<u8>,
+    /// Extended attributes for the next entry (see [`LayerWriter::xattrs`]).
+    xattrs: crate::rootfs::Xattrs,
 }
 
 /// Read size when copying file contents into the tar stream.
@@ -167,6 +169,7 @@ impl LayerWriter {
             mtime,
             media_type: spec.media_type(),
             buf: vec![0u8; COPY_BUF],
+            xattrs: Vec::new(),
         })
     }
 
@@ -198,18 +201,18 @@ impl LayerWriter {
         h.set_entry_type(kind);
         h.set_mode(meta.mode & 0o7777);
         h.set_mtime(self.mtime);
-        let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
+        let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         h.set_uid(meta.uid.min(USTAR_MAX_ID));
         h.set_gid(meta.gid.min(USTAR_MAX_ID));
         if meta.uid > USTAR_MAX_ID {
-            pax.push(("uid", meta.uid.to_string().into_bytes()));
+            pax.push((b"uid".to_vec(), meta.uid.to_string().into_bytes()));
         }
         if meta.gid > USTAR_MAX_ID {
-            pax.push(("gid", meta.gid.to_string().into_bytes()));
+            pax.push((b"gid".to_vec(), meta.gid.to_string().into_bytes()));
         }
         h.set_size(size);
         if size > USTAR_MAX_SIZE {
-            pax.push(("size", size.to_string().into_bytes()));
+            pax.push((b"size".to_vec(), size.to_string().into_bytes()));
         }
         if h.set_path(Path::new(OsStr::from_bytes(path))).is_err() {
             if path.split(|b| *b == b'/').any(|c| c == b"..") || path.starts_with(b"/") {
@@ -218,7 +221,7 @@ impl LayerWriter {
                     "unsafe path in layer",
                 ));
             }
-            pax.push(("path", path.to_vec()));
+            pax.push((b"path".to_vec(), path.to_vec()));
             if let Some(u) = h.as_ustar_mut() {
                 // A failed set_path may have left a partial name: start clean.
                 u.name.fill(0);
@@ -230,11 +233,15 @@ impl LayerWriter {
         if let Some(l) = link
             && h.set_link_name_literal(l).is_err()
         {
-            pax.push(("linkpath", l.to_vec()));
+            pax.push((b"linkpath".to_vec(), l.to_vec()));
             if let Some(u) = h.as_ustar_mut() {
                 let n = l.len().min(u.linkname.len());
                 u.linkname[..n].copy_from_slice(&l[..n]);
             }
+        }
+        // Sorted by name by whoever read them, so the records' order is reproducible.
+        for (name, value) in std::mem::take(&mut self.xattrs) {
+            pax.push(([&b"SCHILY.xattr."[..], &name].concat(), value));
         }
         if !pax.is_empty() {
             self.pax(path, &pax)?;
@@ -244,7 +251,7 @@ impl LayerWriter {
     }
 
     /// A PAX extended header (typeflag `x`) for the entry that follows.
-    fn pax(&mut self, path: &[u8], records: &[(&str, Vec<u8>)]) -> io::Result<()> {
+    fn pax(&mut self, path: &[u8], records: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
         let mut body = Vec::new();
         for (k, v) in records {
             // Each record is "LEN KEY=VALUE\n" where LEN counts its own digits too.
@@ -253,7 +260,9 @@ impl LayerWriter {
             while len != rest + len.to_string().len() {
                 len = rest + len.to_string().len();
             }
-            body.extend_from_slice(format!("{len} {k}=").as_bytes());
+            body.extend_from_slice(format!("{len} ").as_bytes());
+            body.extend_from_slice(k);
+            body.push(b'=');
             body.extend_from_slice(v);
             body.push(b'\n');
         }
@@ -280,6 +289,12 @@ impl LayerWriter {
     fn pad(&mut self, len: u64) -> io::Result<()> {
         let rem = (512 - (len % 512)) % 512;
         self.tar.write_all(&[0u8; 512][..rem as usize])
+    }
+
+    /// Extended attributes (sorted by name, as [`crate::rootfs::xattr`] reads them) for the
+    /// next entry, written as PAX `SCHILY.xattr.NAME` records.
+    pub fn xattrs(&mut self, attrs: crate::rootfs::Xattrs) {
+        self.xattrs = attrs;
     }
 
     /// A directory; `path` is relative to the image root, without a trailing slash.

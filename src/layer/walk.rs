@@ -1,5 +1,6 @@
 //! Directory trees into layers: a sorted, deterministic walk (GNU `tar --sort=name` order)
-//! with hard links, symlinks, devices and FIFOs, streaming each file's contents.
+//! with hard links, symlinks, devices and FIFOs and the extended attributes an image keeps
+//! (file capabilities, `user.*`), streaming each file's contents.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -89,6 +90,9 @@ pub fn append_tree(
             gid,
         };
         let ft = md.file_type();
+        if ft.is_dir() || ft.is_file() {
+            w.xattrs(crate::rootfs::xattr::read_path(full).map_err(read)?);
+        }
         if ft.is_dir() {
             w.dir(&rel, meta).map_err(write)?;
         } else if ft.is_symlink() {
@@ -99,6 +103,8 @@ pub fn append_tree(
             if md.nlink() > 1 {
                 match links.get(&(md.dev(), md.ino())) {
                     Some(first) => {
+                        // The attributes belong to the inode, already on the first entry.
+                        w.xattrs(Vec::new());
                         w.hardlink(&rel, first, meta).map_err(write)?;
                         stats.entries += 1;
                         continue;

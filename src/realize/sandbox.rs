@@ -419,7 +419,7 @@ fn stamp(r: &Root, rel: &[u8]) -> Option<Stamp> {
 }
 
 /// Writes what changed under `root` since `before` into `w`: new and changed entries with
-/// their metadata, whiteouts for what was removed.
+/// their metadata and extended attributes, whiteouts for what was removed.
 pub fn diff(
     root: &Path,
     before: &HashMap<Vec<u8>, Stamp>,
@@ -472,6 +472,7 @@ pub fn diff(
         };
         let ft = rustix::fs::FileType::from_raw_mode(m.st_mode);
         if ft.is_dir() {
+            w.xattrs(r.xattrs(rel).map_err(io)?);
             w.dir(rel, meta).map_err(io)?;
         } else if ft.is_symlink() {
             let t = r.read_link(rel).map_err(io)?;
@@ -489,6 +490,9 @@ pub fn diff(
             // file's own.
             let f = r.open_file(rel).map_err(io)?;
             let len = f.metadata().map_err(io)?.len();
+            // A `setcap` in a maintainer script changes only the attributes (and the ctime
+            // the snapshot compares): the file is written again with them.
+            w.xattrs(crate::rootfs::xattr::read_fd(&f).map_err(io)?);
             w.file(rel, meta, len, BufReader::with_capacity(1 << 20, f))
                 .map_err(io)?;
         }

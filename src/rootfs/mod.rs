@@ -19,8 +19,10 @@
 mod apply;
 #[cfg(test)]
 mod proptests;
+pub mod xattr;
 
 pub use apply::apply;
+pub use xattr::Xattrs;
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -374,6 +376,43 @@ impl Root {
         let mut f = self.open_followed(rel)?;
         let mut out = File::create(to)?;
         io::copy(&mut f, &mut out)
+    }
+
+    /// The kept extended attributes ([`xattr::kept`]) of the file or directory `rel`; other
+    /// kinds of entries (symlinks, devices, FIFOs) carry none here.
+    pub fn xattrs(&self, rel: &[u8]) -> io::Result<Xattrs> {
+        match self.open_entry(rel)? {
+            Some(fd) => xattr::read_fd(fd),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Sets `attrs` (only the kept names) on the file or directory `rel`.
+    pub fn set_xattrs(&self, rel: &[u8], attrs: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
+        if attrs.is_empty() {
+            return Ok(());
+        }
+        match self.open_entry(rel)? {
+            Some(fd) => xattr::write_fd(fd, attrs),
+            None => Ok(()),
+        }
+    }
+
+    /// `rel` opened read-only without following it, when it is a file or a directory.
+    fn open_entry(&self, rel: &[u8]) -> io::Result<Option<OwnedFd>> {
+        let (pfd, name) = self.parent(rel, false)?;
+        let n = OsStr::from_bytes(&name);
+        let st = rustix::fs::statat(&pfd, n, AtFlags::SYMLINK_NOFOLLOW)?;
+        if !matches!(kind_of(&st), Kind::File | Kind::Dir) {
+            return Ok(None);
+        }
+        let fd = rustix::fs::openat(
+            &pfd,
+            n,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(Some(fd))
     }
 
     /// The target of the symlink `rel`.

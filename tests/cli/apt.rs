@@ -126,6 +126,8 @@ fn host_tools() -> Vec<(String, Vec<u8>, u32)> {
         "echo",
         "test",
         "[",
+        "setcap",
+        "getcap",
     ] {
         let path = ["/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/"]
             .iter()
@@ -310,6 +312,19 @@ pub(crate) fn fixture_repo() -> Repo {
             .into(),
     ));
     r.add(hello);
+    // Like iputils-ping: the postinst gives the binary a file capability.
+    let mut ping = pkg("fixture-ping", "1.0", "Depends: fixture-base\n");
+    ping.files.push((
+        "usr/bin/fixture-ping".into(),
+        b"#!/bin/sh\necho ping\n".to_vec(),
+        0o755,
+    ));
+    ping.scripts.push((
+        "postinst",
+        "#!/bin/sh\nset -e\nif [ \"$1\" = configure ]; then setcap cap_net_raw+ep /usr/bin/fixture-ping; fi\n"
+            .into(),
+    ));
+    r.add(ping);
     r
 }
 
@@ -781,6 +796,68 @@ command = "echo ran as $0 > /etc/run-marker && rm /usr/share/doc/fixture-provide
     // Same inputs, same bytes: a rebuild from a fresh cache gives the same digest.
     let again = work.build_metadata(work.cmd_with_cache(&work.path("cache2")), &r, "out/run2");
     assert_eq!(again["manifest"], meta["manifest"]);
+}
+
+#[test]
+fn file_capabilities_set_by_a_postinst_reach_the_image_reproducibly() {
+    let repo = fixture_repo();
+    repo.publish(None);
+    let server = FileServer::start(repo.root.path());
+    let work = Work::setup();
+    repo.signer.export(&work.path("recipes/fixture.asc"), true);
+    let r = recipe(&work, &server, "fixture.asc");
+    let text = fs::read_to_string(&r).unwrap().replace(
+        r#"["fixture-hello"]"#,
+        r#"["fixture-hello", "fixture-ping"]"#,
+    );
+    fs::write(&r, text).unwrap();
+    let meta = work.build_metadata(work.cmd(), &r, "out/caps");
+    // The configure layer carries the capability as a PAX SCHILY.xattr record.
+    let configure = meta["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["step"].as_str().unwrap().starts_with("dpkg --configure"))
+        .unwrap()
+        .clone();
+    let blob = work.path(&format!(
+        "out/caps/blobs/sha256/{}",
+        &configure["digest"].as_str().unwrap()["sha256:".len()..]
+    ));
+    let listing = tool(
+        "tar",
+        &[
+            "--xattrs",
+            "--xattrs-include=*",
+            "-tvvzf",
+            blob.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        listing.contains("usr/bin/fixture-ping"),
+        "the setcap made the file part of the configure layer: {listing}"
+    );
+    // umoci unpacks it with the capability, as a container runtime would.
+    let rootfs = unpack(&work, "out/caps");
+    let ping = rootfs.join("usr/bin/fixture-ping");
+    assert_eq!(
+        tool("getcap", &[ping.to_str().unwrap()]).trim(),
+        format!("{} cap_net_raw=ep", ping.display())
+    );
+    assert!(dpkg_list(&rootfs).contains("ii  fixture-ping 1.0"));
+    // Same inputs, same bytes, capability included.
+    let again = work.build_metadata(work.cmd_with_cache(&work.path("cache2")), &r, "out/caps2");
+    assert_eq!(again["manifest"], meta["manifest"]);
+    // A later step's sandbox root is unpacked from the layers with the capability.
+    let mut text = fs::read_to_string(&r).unwrap();
+    text.push_str("\n[[run]]\ncommand = \"getcap /usr/bin/fixture-ping > /etc/caps-seen\"\n");
+    fs::write(&r, text).unwrap();
+    work.build_metadata(work.cmd(), &r, "out/caps3");
+    let rootfs = unpack(&work, "out/caps3");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/caps-seen")).unwrap(),
+        "/usr/bin/fixture-ping cap_net_raw=ep\n"
+    );
 }
 
 #[test]

@@ -21,6 +21,8 @@ struct Node {
     gid: u32,
     content: Vec<u8>,
     link: PathBuf,
+    /// `getfattr -d -m -` of files and directories: capabilities, user.* attributes.
+    xattrs: String,
     /// Index of the first path sharing this inode (hard links).
     inode_group: usize,
 }
@@ -56,6 +58,11 @@ fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Node> {
         } else {
             PathBuf::new()
         };
+        let xattrs = if ft.is_file() || ft.is_dir() {
+            xattrs_of(e.path())
+        } else {
+            String::new()
+        };
         let inode_group = if ft.is_file() {
             *inodes.entry(md.ino()).or_insert(i)
         } else {
@@ -82,6 +89,7 @@ fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Node> {
                 gid: md.gid(),
                 content,
                 link,
+                xattrs,
                 inode_group,
             },
         );
@@ -89,6 +97,23 @@ fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Node> {
     // Hard-link groups are compared by first member's position in walk order, which is
     // the same in both trees if the trees are the same.
     out
+}
+
+/// Every extended attribute of `path` (not followed), hex values, sorted by name.
+fn xattrs_of(path: &Path) -> String {
+    let o = std::process::Command::new("getfattr")
+        .args(["--absolute-names", "-h", "-d", "-m", "-", "-e", "hex"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let mut lines: Vec<String> = stdout(&o)
+        .lines()
+        .filter(|l| l.contains('=') && !l.starts_with("security.selinux"))
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines.join("\n")
 }
 
 /// A tree with every kind of entry the layer core must carry.
@@ -120,6 +145,30 @@ fn make_tree(root: &Path) {
     let fifo = p("tmp/fifo");
     let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
     assert_eq!(unsafe { libc_mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+    // A file capability (what `setcap` writes for ping) and user attributes on a file and
+    // a directory, the directory's given in reverse name order.
+    fs::write(p("usr/bin/pinger"), b"\x7fELF").unwrap();
+    fs::set_permissions(p("usr/bin/pinger"), fs::Permissions::from_mode(0o755)).unwrap();
+    tool(
+        "setcap",
+        &["cap_net_raw+ep", p("usr/bin/pinger").to_str().unwrap()],
+    );
+    tool(
+        "setfattr",
+        &[
+            "-n",
+            "user.mime_type",
+            "-v",
+            "text/plain",
+            p("etc/hostname").to_str().unwrap(),
+        ],
+    );
+    for (n, v) in [("user.zz", "last"), ("user.aa", "first")] {
+        tool(
+            "setfattr",
+            &["-n", n, "-v", v, p("etc/empty-dir").to_str().unwrap()],
+        );
+    }
     // Empty file and file of exactly one block.
     fs::write(p("etc/empty"), "").unwrap();
     fs::write(p("etc/block"), vec![b'b'; 512]).unwrap();
@@ -204,6 +253,8 @@ fn layers_extract_with_gnu_tar_to_the_identical_tree() {
                 decompress,
                 "--same-owner",
                 "--numeric-owner",
+                "--xattrs",
+                "--xattrs-include=*",
                 "-p",
                 "-f",
                 b.to_str().unwrap(),
@@ -212,6 +263,17 @@ fn layers_extract_with_gnu_tar_to_the_identical_tree() {
             ],
         );
         let after = snapshot(&dest);
+        assert!(
+            after[&b"usr/bin/pinger"[..]]
+                .xattrs
+                .contains("security.capability="),
+            "{comp}: the capability came through: {:?}",
+            after[&b"usr/bin/pinger"[..]]
+        );
+        assert_eq!(
+            tool("getcap", &[dest.join("usr/bin/pinger").to_str().unwrap()]).trim(),
+            format!("{} cap_net_raw=ep", dest.join("usr/bin/pinger").display())
+        );
         let mut dir_mode_before: Vec<_> = before.keys().collect();
         dir_mode_before.sort();
         assert_eq!(
