@@ -89,6 +89,10 @@ pub struct LockedPackage {
     pub url: String,
     pub size: u64,
     pub sha256: Digest,
+    /// Installed only as a dependency of what the recipe asked for (apt's `Auto-Installed`,
+    /// written to the image's `extended_states` so `apt autoremove` is right).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -453,7 +457,8 @@ pub fn resolve(
             recommends: apt.install_recommends,
             upgrade: apt.upgrade,
         };
-        let picked = resolve::resolve(&u, &installed, &req).map_err(|e| LockError::Resolve(e.0))?;
+        let (picked, manual) =
+            resolve::resolve_marked(&u, &installed, &req).map_err(|e| LockError::Resolve(e.0))?;
         for p in picked {
             let repo = p.repo.map(|i| &sources[i]);
             let sha256 = Digest::parse(&format!("sha256:{}", p.sha256)).map_err(|_| {
@@ -471,6 +476,7 @@ pub fn resolve(
                 url: repo.map(|s| s.file_url(&p.filename)).unwrap_or_default(),
                 size: p.size,
                 sha256,
+                auto: !manual.contains(&p.name),
             });
         }
     }

@@ -223,6 +223,20 @@ pub fn compile(
     })
 }
 
+/// A source's file name in `sources.list.d`: apt silently ignores names with characters other
+/// than letters, digits, `_`, `-` and `.`.
+fn sources_file_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// What a plan is compiled from.
 #[derive(Clone, Copy)]
 struct Inputs<'a> {
@@ -247,7 +261,8 @@ impl Compiler {
         self.steps.push(Step { kind, name, key: k });
     }
 
-    /// The apt steps: merged /usr on scratch, package layers in buckets, the dpkg database, `dpkg --configure`.
+    /// The apt steps: merged /usr on scratch, the sources left in the image, package layers in
+    /// buckets, the dpkg database, `dpkg --configure`.
     fn apt(&mut self, cx: &Inputs) -> Result<(), PlanError> {
         let Inputs {
             loaded,
@@ -265,13 +280,14 @@ impl Compiler {
                     .map(|d| (format!("/{d}"), format!("usr/{d}")))
                     .collect();
                 let def = json!({"kind": "merged-usr", "links": links});
-                let k = key(&self.parent, def);
-                self.steps.push(Step {
-                    kind: StepKind::Symlinks(links),
-                    name: "merged /usr: bin lib lib64 sbin -> usr/".into(),
-                    key: k,
-                });
+                self.push(
+                    StepKind::Symlinks(links),
+                    "merged /usr: bin lib lib64 sbin -> usr/".into(),
+                    def,
+                );
             }
+            // Before the packages, so a package update does not rebuild it.
+            self.apt_sources(cx)?;
             let mut buckets: Vec<Vec<LockedPackage>> = vec![Vec::new(); APT_LAYERS];
             for p in packages {
                 let h = Digest::of(p.source.as_bytes());
@@ -320,7 +336,12 @@ impl Compiler {
             let n = packages.len();
             let k = key(
                 &self.parent,
-                json!({"kind": "dpkg-database", "arch": crate::lock::deb_arch(&loaded.recipe.image.platform), "packages": all}),
+                json!({
+                    "kind": "dpkg-database",
+                    "arch": crate::lock::deb_arch(&loaded.recipe.image.platform),
+                    "packages": all,
+                    "auto": packages.iter().filter(|p| p.auto).map(|p| p.name.as_str()).collect::<Vec<_>>(),
+                }),
             );
             self.parent = k.clone();
             self.steps.push(Step {
@@ -477,6 +498,116 @@ impl Compiler {
                 def,
             );
         }
+        Ok(())
+    }
+
+    /// The recipe's apt sources left in the image (`[apt] keep_sources`, on by default): one
+    /// deb822 file per source in `/etc/apt/sources.list.d/`, `Signed-By:` its key copied into
+    /// `/etc/apt/keyrings/`. Only sources the lock used; one the base image already lists (same
+    /// URI and suite) is left to the base's file, since apt refuses one source with two
+    /// different `Signed-By` values.
+    fn apt_sources(&mut self, cx: &Inputs) -> Result<(), PlanError> {
+        let Inputs {
+            loaded,
+            cache,
+            lock,
+            ..
+        } = *cx;
+        let (Some(apt), Some(lock)) = (&loaded.recipe.apt, lock) else {
+            return Ok(());
+        };
+        if !apt.keep_sources || lock.packages.is_empty() {
+            return Ok(());
+        }
+        let same = |a: &crate::lock::LockedSource, b: &crate::lock::LockedSource| {
+            a.uri.trim_end_matches('/') == b.uri.trim_end_matches('/') && a.suite == b.suite
+        };
+        let ours = |l: &crate::lock::LockedSource| apt.sources.iter().any(|s| s.name == l.name);
+        let mut files = Vec::new();
+        for (i, s) in apt.sources.iter().enumerate() {
+            let field = FieldPath::root().key("apt").key("sources").index(i);
+            let Some(locked) = lock.sources.iter().find(|l| l.name == s.name) else {
+                continue; // not for this platform
+            };
+            if lock.sources.iter().any(|b| !ours(b) && same(b, locked)) {
+                continue;
+            }
+            let file = sources_file_name(&s.name);
+            let mut text = format!(
+                "Types: deb\nURIs: {}\nSuites: {}\n",
+                locked.uri, locked.suite
+            );
+            let components = if s.uri.starts_with("ppa:") {
+                vec!["main".to_string()]
+            } else {
+                s.components.clone()
+            };
+            if !components.is_empty() {
+                text.push_str(&format!("Components: {}\n", components.join(" ")));
+            }
+            if !s.arch.is_empty() {
+                text.push_str(&format!("Architectures: {}\n", s.arch.join(" ")));
+            }
+            if let Some(k) = &s.key {
+                let path = loaded.resolve(k);
+                let (digest, size) =
+                    cache.file_digest(&path).map_err(|source| PlanError::Read {
+                        path: path.clone(),
+                        field: field.key("key").to_string(),
+                        source,
+                    })?;
+                let armored = std::fs::File::open(&path)
+                    .and_then(|f| {
+                        use std::io::Read;
+                        let mut head = Vec::new();
+                        f.take(64).read_to_end(&mut head)?;
+                        Ok(head)
+                    })
+                    .is_ok_and(|h| {
+                        String::from_utf8_lossy(&h)
+                            .trim_start()
+                            .starts_with("-----BEGIN PGP")
+                    });
+                // apt reads a keyring by its extension: `.asc` armored, `.gpg` binary.
+                let dest = format!(
+                    "/etc/apt/keyrings/{file}.{}",
+                    if armored { "asc" } else { "gpg" }
+                );
+                text.push_str(&format!("Signed-By: {dest}\n"));
+                files.push(PlannedFile {
+                    dest,
+                    source: FileSource::Path(path),
+                    size,
+                    digest,
+                    mode: 0o644,
+                    owner: None,
+                    field: field.key("key"),
+                });
+            }
+            files.push(PlannedFile {
+                dest: format!("/etc/apt/sources.list.d/{file}.sources"),
+                digest: Digest::of(text.as_bytes()),
+                size: text.len() as u64,
+                source: FileSource::Inline(text.into_bytes()),
+                mode: 0o644,
+                owner: None,
+                field,
+            });
+        }
+        if files.is_empty() {
+            return Ok(());
+        }
+        files.sort_by(|a, b| a.dest.cmp(&b.dest));
+        let def = json!({
+            "kind": "apt-sources",
+            "files": files.iter().map(|f| json!({"dest": f.dest, "sha256": f.digest})).collect::<Vec<_>>(),
+        });
+        let names: Vec<&str> = files
+            .iter()
+            .filter_map(|f| f.dest.strip_prefix("/etc/apt/sources.list.d/"))
+            .collect();
+        let name = format!("apt sources {}", names.join(" "));
+        self.push(StepKind::Files(files), name, def);
         Ok(())
     }
 

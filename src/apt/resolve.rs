@@ -6,7 +6,7 @@
 //! same packages as `mmdebstrap`/apt, the choice among alternatives must be apt's ("first
 //! one that works"), not a solver's minimal or arbitrary model.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::relation::{Dep, Relation};
 use super::universe::{Package, Universe};
@@ -204,12 +204,14 @@ impl<'u> State<'u> {
 }
 
 /// Resolves `req` against `universe` on top of the `installed` packages. Returns the packages
-/// to install (new, or newer than installed), sorted by name.
-pub fn resolve<'u>(
+/// to install (new, or newer than installed), sorted by name, and the names of the packages installed because they were asked for (the
+/// request, a bootstrap's set), which apt marks manually installed; the rest were pulled in
+/// as dependencies (apt's `Auto-Installed: 1`). A base package only upgraded keeps its mark.
+pub fn resolve_marked<'u>(
     universe: &'u Universe,
     installed: &'u [Package],
     req: &Request,
-) -> Result<Vec<&'u Package>, ResolveError> {
+) -> Result<(Vec<&'u Package>, BTreeSet<String>), ResolveError> {
     let mut st = State {
         u: universe,
         installed: installed.iter().map(|p| (p.name.as_str(), p)).collect(),
@@ -239,6 +241,7 @@ pub fn resolve<'u>(
         wanted.extend(names.into_iter().map(|n| (n.clone(), None)));
         wanted.push(("apt".into(), None));
     }
+    let asked: BTreeSet<String> = wanted.iter().map(|(n, _)| n.clone()).collect();
     if req.upgrade {
         for p in installed {
             if let Some(best) = universe.versions(&p.name).first()
@@ -248,6 +251,7 @@ pub fn resolve<'u>(
             }
         }
     }
+    let mut manual = BTreeSet::new();
     wanted.sort();
     wanted.dedup();
     for (name, version) in &wanted {
@@ -294,17 +298,28 @@ pub fn resolve<'u>(
         }
         st.mark(pkg)
             .map_err(|e| ResolveError(format!("cannot install {name}: {e}")))?;
+        if asked.contains(name) {
+            manual.insert(pkg.name.clone());
+        }
         roots.push(pkg);
     }
     for pkg in roots {
         st.depends(pkg, 0)?;
     }
-    Ok(st.selected.into_values().collect())
+    Ok((st.selected.into_values().collect(), manual))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resolve<'u>(
+        universe: &'u Universe,
+        installed: &'u [Package],
+        req: &Request,
+    ) -> Result<Vec<&'u Package>, ResolveError> {
+        resolve_marked(universe, installed, req).map(|(picked, _)| picked)
+    }
 
     fn universe(text: &str) -> Universe {
         let mut u = Universe::new("amd64");
@@ -548,5 +563,30 @@ Package: prov\nVersion: 4\nArchitecture: all\nProvides: virt\nFilename: c\n";
         )
         .unwrap();
         assert_eq!(names(&r), ["apt=2.6", "base=1", "libc=2"]);
+        // A bootstrap's set is asked for (manual); a dependency of a request is not.
+        let (_, manual) = resolve_marked(
+            &u,
+            &[],
+            &Request {
+                packages: vec!["extra=1".into()],
+                minbase: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let manual: Vec<&str> = manual.iter().map(String::as_str).collect();
+        assert_eq!(manual, ["apt", "base", "extra", "libc"]);
+        let u = universe(IDX);
+        let (picked, manual) = resolve_marked(
+            &u,
+            &[],
+            &Request {
+                packages: vec!["libx".into(), "mawk".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(names(&picked), ["libx=2.1", "mawk=1.3"]);
+        assert_eq!(manual.into_iter().collect::<Vec<_>>(), ["libx", "mawk"]);
     }
 }

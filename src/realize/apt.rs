@@ -106,7 +106,7 @@ pub fn packages(
 }
 
 /// dpkg's database for the packages: `status` (base entries plus these, unpacked), the
-/// trigger interest files, and `arch` (the `native` architecture, then the foreign ones the
+/// trigger interest files, `info/format`, apt's `extended_states` (see [`extended_states`]), and `arch` (the `native` architecture, then the foreign ones the
 /// packages use, as `dpkg --add-architecture` keeps it) when the base has none.
 pub fn database(
     w: &mut LayerWriter,
@@ -176,6 +176,22 @@ pub fn database(
     if lower.get(b"var/lib/dpkg/arch").is_none() {
         files.push(("var/lib/dpkg/arch".into(), arch_file(native, packages)));
     }
+    // The database layout version: 1 names the info files of `Multi-Arch: same` packages
+    // `NAME:ARCH.*`, as they are written here (without it dpkg assumes the old layout).
+    if lower.get(b"var/lib/dpkg/info/format").is_none() {
+        files.push(("var/lib/dpkg/info/format".into(), b"1\n".to_vec()));
+    }
+    let base_states = lower
+        .read(EXTENDED_STATES)
+        .map(|s| String::from_utf8_lossy(s).into_owned());
+    if let Some(states) = extended_states(base_states.as_deref(), base.as_deref(), packages, native)
+    {
+        u.ensure_dir(b"var/lib/apt", Meta::DIR).map_err(io)?;
+        files.push((
+            String::from_utf8_lossy(EXTENDED_STATES).into_owned(),
+            states,
+        ));
+    }
     files.sort();
     for (path, body) in files {
         if path.ends_with("/available") && lower.get(path.as_bytes()).is_some() {
@@ -190,6 +206,59 @@ pub fn database(
         .map_err(io)?;
     }
     Ok(())
+}
+
+const EXTENDED_STATES: &[u8] = b"var/lib/apt/extended_states";
+
+/// apt's `extended_states`: `Auto-Installed: 1` for every package installed only as a
+/// dependency, as `apt-get install` records it (so `apt-mark showauto` and `apt autoremove`
+/// are right). The base image's marks are kept, and a package the base had installed keeps
+/// its mark when it is only upgraded; one asked for by name becomes manual. `None` when
+/// there is nothing to write.
+fn extended_states(
+    base: Option<&str>,
+    base_status: Option<&str>,
+    packages: &[LockedPackage],
+    native: &str,
+) -> Option<Vec<u8>> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let arch_of = |a: &str| if a == "all" { native } else { a }.to_string();
+    let mut auto: BTreeMap<(String, String), ()> = BTreeMap::new();
+    for p in base
+        .and_then(|b| crate::apt::control::parse(b).ok())
+        .unwrap_or_default()
+    {
+        if let (Some(name), Some("1")) = (p.get("Package"), p.get("Auto-Installed")) {
+            let arch = p.get("Architecture").unwrap_or(native);
+            auto.insert((name.to_string(), arch_of(arch)), ());
+        }
+    }
+    let in_base: BTreeSet<String> = base_status
+        .and_then(|s| crate::apt::universe::installed(s).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    for p in packages {
+        let key = (p.name.clone(), arch_of(&p.arch));
+        if p.auto {
+            if !in_base.contains(&p.name) {
+                auto.insert(key, ());
+            }
+        } else {
+            auto.remove(&key);
+        }
+    }
+    if auto.is_empty() && base.is_none() {
+        return None;
+    }
+    let mut out = String::new();
+    for (name, arch) in auto.keys() {
+        out.push_str(&format!(
+            "Package: {name}\nArchitecture: {arch}\nAuto-Installed: 1\n\n"
+        ));
+    }
+    Some(out.into_bytes())
 }
 
 /// dpkg's `arch` file: the native architecture first, then each foreign one in use, sorted.

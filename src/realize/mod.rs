@@ -3,6 +3,7 @@
 //! first, in parallel.
 
 pub mod apt;
+mod chrootless;
 mod extract;
 
 mod run;
@@ -62,6 +63,8 @@ pub enum RealizeError {
     Dpkg(#[from] crate::apt::dpkg::StatusError),
     #[error(transparent)]
     Sandbox(#[from] sandbox::SandboxError),
+    #[error(transparent)]
+    Chrootless(#[from] chrootless::ChrootlessError),
 }
 
 /// Realizes every step of `plan` on top of `base`.

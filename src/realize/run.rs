@@ -24,7 +24,7 @@ fn in_root(
     step: &Step,
     cache: &Cache,
     layers: &[LayerRecord],
-    f: impl FnOnce(&Path, &Path) -> Result<(), RealizeError>,
+    f: impl FnOnce(&Path) -> Result<(), RealizeError>,
 ) -> Result<LayerRecord, RealizeError> {
     in_root_with(plan, step, cache, layers, 0..0, f)
 }
@@ -36,9 +36,8 @@ fn in_root_with(
     cache: &Cache,
     layers: &[LayerRecord],
     independent: std::ops::Range<usize>,
-    f: impl FnOnce(&Path, &Path) -> Result<(), RealizeError>,
+    f: impl FnOnce(&Path) -> Result<(), RealizeError>,
 ) -> Result<LayerRecord, RealizeError> {
-    let bwrap = sandbox::bwrap()?;
     let dir = tempfile::Builder::new()
         .prefix("rootfs-")
         .tempdir_in(sandbox::work_dir(cache))
@@ -53,7 +52,7 @@ fn in_root_with(
     };
     sandbox::materialize_with(cache, layers, independent, &root, plan.mtime)?;
     let before = sandbox::snapshot(&root)?;
-    f(&bwrap, &root)?;
+    f(&root)?;
     sandbox::clean(&root, &before)?;
     let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
     sandbox::diff(&root, &before, &mut w)?;
@@ -72,7 +71,20 @@ pub fn configure(
     layers: &[LayerRecord],
     package_layers: std::ops::Range<usize>,
 ) -> Result<LayerRecord, RealizeError> {
-    in_root_with(plan, step, cache, layers, package_layers, |bwrap, root| {
+    in_root_with(plan, step, cache, layers, package_layers, |root| {
+        let confined = Root::open(root).map_err(|source| {
+            RealizeError::Sandbox(SandboxError::Io {
+                action: "open",
+                path: root.to_path_buf(),
+                source,
+            })
+        })?;
+        if !super::chrootless::has_shell(&confined) {
+            return Ok(super::chrootless::configure(
+                root, &confined, packages, plan.mtime,
+            )?);
+        }
+        let bwrap = &sandbox::bwrap()?;
         let run = |label: &str, script: &str, env: &[(&str, &str)]| {
             sandbox::run(bwrap, root, label, script, env, false, plan.mtime)
         };
@@ -84,13 +96,6 @@ pub fn configure(
         for p in packages {
             for info in [p.name.clone(), format!("{}:{}", p.name, p.arch)] {
                 let script = format!("/var/lib/dpkg/info/{info}.preinst");
-                let confined = Root::open(root).map_err(|source| {
-                    RealizeError::Sandbox(SandboxError::Io {
-                        action: "open",
-                        path: root.to_path_buf(),
-                        source,
-                    })
-                })?;
                 if !confined.kind(script.as_bytes()).is_ok_and(|k| k.is_some()) {
                     continue;
                 }
@@ -142,7 +147,8 @@ pub fn pip(
     cache: &Cache,
     layers: &[LayerRecord],
 ) -> Result<LayerRecord, RealizeError> {
-    in_root(plan, step, cache, layers, |bwrap, root| {
+    in_root(plan, step, cache, layers, |root| {
+        let bwrap = &sandbox::bwrap()?;
         let dir = root.join(WHEELS);
         let io = |source| {
             RealizeError::Sandbox(SandboxError::Io {
@@ -208,7 +214,8 @@ pub fn command(
     cache: &Cache,
     layers: &[LayerRecord],
 ) -> Result<LayerRecord, RealizeError> {
-    in_root(plan, step, cache, layers, |bwrap, root| {
+    in_root(plan, step, cache, layers, |root| {
+        let bwrap = &sandbox::bwrap()?;
         let shell: Vec<String> = how.shell.iter().map(|w| sh_quote(w)).collect();
         let shell = shell.join(" ");
         let script = match how.user {

@@ -114,6 +114,7 @@ impl Loaded {
             bootstrap: None,
             install_recommends: false,
             ppa_base: None,
+            keep_sources: true,
         });
         for p in packages {
             if !apt.packages.contains(p) {

@@ -183,6 +183,14 @@ pub struct Apt {
     pub install_recommends: bool,
     /// Where `ppa:OWNER/NAME` sources live (`BASE/OWNER/NAME/ubuntu`); required with PPAs.
     pub ppa_base: Option<String>,
+    /// Leave the recipe's sources (deb822 `.sources` with their keys) in the image, so
+    /// `apt-get install` works there; `false` for a mirror reachable only at build time.
+    #[serde(default = "keep_sources_default")]
+    pub keep_sources: bool,
+}
+
+fn keep_sources_default() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -316,6 +316,20 @@ impl Root {
         Ok(())
     }
 
+    /// Renames `from` to `to` (both resolved in the root, neither last component followed),
+    /// replacing what `to` names, as `rename(2)` does.
+    pub fn rename(&self, from: &[u8], to: &[u8]) -> io::Result<()> {
+        let (fd_from, n_from) = self.parent(from, false)?;
+        let (fd_to, n_to) = self.parent(to, true)?;
+        rustix::fs::renameat(
+            &fd_from,
+            OsStr::from_bytes(&n_from),
+            &fd_to,
+            OsStr::from_bytes(&n_to),
+        )?;
+        Ok(())
+    }
+
     /// Makes `rel` a hard link to `target` (both resolved in the root; `target`'s last
     /// component is not followed, so a link to a symlink links the symlink itself).
     pub fn hard_link(&self, target: &[u8], rel: &[u8]) -> io::Result<()> {

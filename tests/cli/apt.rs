@@ -96,8 +96,7 @@ fn sha256(b: &[u8]) -> String {
 /// The binaries dpkg needs to configure packages, with their libraries, as package files
 /// (so a `base = "scratch"` image can run `dpkg --configure -a`).
 fn host_tools() -> Vec<(String, Vec<u8>, u32)> {
-    let mut out = Vec::new();
-    let mut libs = std::collections::BTreeSet::new();
+    let mut bins = Vec::new();
     for bin in [
         "sh",
         "dash",
@@ -134,14 +133,87 @@ fn host_tools() -> Vec<(String, Vec<u8>, u32)> {
             .map(|d| format!("{d}{bin}"))
             .find(|p| Path::new(p).exists())
             .unwrap_or_else(|| panic!("{bin} is needed on the host"));
-        let real = fs::canonicalize(&path).unwrap();
-        let data = fs::read(&real).unwrap();
         let dest = if bin == "ldconfig" || bin == "start-stop-daemon" {
             format!("usr/sbin/{bin}")
         } else {
             format!("usr/bin/{bin}")
         };
-        out.push((dest, data, 0o755));
+        bins.push((dest, PathBuf::from(path)));
+    }
+    with_libraries(bins)
+}
+
+/// The host's apt (apt-get, apt-mark, its methods, gpgv) with the libraries `host_tools`
+/// lacks, as package files: a fixture image where a user can run `apt-get install`.
+fn host_apt() -> Vec<(String, Vec<u8>, u32)> {
+    // apt 2.6 checks signatures through the `apt-key` shell script, with these tools.
+    let mut bins: Vec<(String, PathBuf)> = [
+        "apt-get",
+        "apt-mark",
+        "apt-config",
+        "apt-key",
+        "gpgv",
+        "mktemp",
+        "grep",
+        "cut",
+        "touch",
+        "find",
+        "cp",
+        "stat",
+        "sort",
+        "wc",
+        "uniq",
+        "tr",
+        "id",
+        "head",
+        "awk",
+        "base64",
+    ]
+    .iter()
+    .map(|b| {
+        (
+            format!("usr/bin/{b}"),
+            PathBuf::from(format!("/usr/bin/{b}")),
+        )
+    })
+    .collect();
+    for m in ["http", "gpgv", "store", "file", "copy"] {
+        let p = format!("/usr/lib/apt/methods/{m}");
+        bins.push((p[1..].to_string(), PathBuf::from(p)));
+    }
+    let have: std::collections::BTreeSet<String> = host_tools().into_iter().map(|f| f.0).collect();
+    let mut out = with_libraries(bins);
+    out.retain(|f| !have.contains(&f.0));
+    // apt-key is a script: `ldd` finds nothing, the copy is all it needs.
+    // dpkg's architecture tables, which apt reads at start.
+    for t in ["cputable", "ostable", "tupletable", "abitable"] {
+        let p = format!("/usr/share/dpkg/{t}");
+        if let Ok(data) = fs::read(&p) {
+            out.push((p[1..].to_string(), data, 0o644));
+        }
+    }
+    // The directories apt expects, as its package would ship them.
+    for d in [
+        "etc/apt/apt.conf.d",
+        "etc/apt/preferences.d",
+        "etc/apt/sources.list.d",
+        "etc/apt/keyrings",
+        "var/lib/apt/lists/partial",
+        "var/cache/apt/archives/partial",
+        "var/log/apt",
+    ] {
+        out.push((format!("{d}/.placeholder"), Vec::new(), 0o644));
+    }
+    out
+}
+
+/// `bins` (package path, host path) and every library they load, at merged-/usr paths.
+fn with_libraries(bins: Vec<(String, PathBuf)>) -> Vec<(String, Vec<u8>, u32)> {
+    let mut out = Vec::new();
+    let mut libs = std::collections::BTreeSet::new();
+    for (dest, path) in bins {
+        let real = fs::canonicalize(&path).unwrap();
+        out.push((dest, fs::read(&real).unwrap(), 0o755));
         let ldd = Std::new("ldd").arg(&real).output().unwrap();
         for line in String::from_utf8_lossy(&ldd.stdout).lines() {
             let p = line
@@ -325,6 +397,32 @@ pub(crate) fn fixture_repo() -> Repo {
             .into(),
     ));
     r.add(ping);
+    // For images without a shell: a conffile and nothing to run; a postinst that honours
+    // DPKG_ROOT; a postinst that writes to the system it runs on, whatever DPKG_ROOT says.
+    let mut conf = pkg("fixture-conf", "1.0", "");
+    conf.files.push((
+        "etc/fixture-conf.conf".into(),
+        b"setting=1\n".to_vec(),
+        0o644,
+    ));
+    conf.conffiles.push("/etc/fixture-conf.conf".into());
+    r.add(conf);
+    let mut aware = pkg("fixture-rootaware", "1.0", "");
+    aware.scripts.push((
+        "postinst",
+        "#!/bin/sh\nset -e\nmkdir -p \"$DPKG_ROOT/var/lib/fixture\"\necho \"$1 root=$DPKG_ROOT\" > \"$DPKG_ROOT/var/lib/fixture/rootaware\"\n".into(),
+    ));
+    r.add(aware);
+    let mut writer = pkg("fixture-hostwriter", "1.0", "");
+    writer.scripts.push((
+        "postinst",
+        "#!/bin/sh\nset -e\necho pwned > /etc/imgbuild-fixture-hostwriter\n".into(),
+    ));
+    r.add(writer);
+    let mut apt = pkg("fixture-apt", "1.0", "Depends: fixture-base\n");
+    apt.files.extend(host_apt());
+    apt.compression = "zstd";
+    r.add(apt);
     r
 }
 
@@ -498,7 +596,7 @@ fn lock_build_configure_and_read_back_with_dpkg() {
         .unwrap();
     assert_ok(&o);
     assert_eq!(stdout(&o).trim(), meta["manifest"].as_str().unwrap());
-    assert!(stderr(&o).contains("(7 cached, 0 built)"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(8 cached, 0 built)"), "{}", stderr(&o));
 
     // Without configure, packages stay unpacked.
     let o = work
@@ -858,6 +956,91 @@ fn file_capabilities_set_by_a_postinst_reach_the_image_reproducibly() {
         fs::read_to_string(rootfs.join("etc/caps-seen")).unwrap(),
         "/usr/bin/fixture-ping cap_net_raw=ep\n"
     );
+}
+
+/// Runs `script` with `/bin/sh` inside `rootfs` (bubblewrap, the host's network): what a
+/// user of the image would do in a container.
+fn in_image(rootfs: &Path, script: &str) -> std::process::Output {
+    Std::new("bwrap")
+        .arg("--bind")
+        .arg(rootfs)
+        .arg("/")
+        .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
+        .args(["--unshare-pid", "--die-with-parent", "--clearenv"])
+        .args(["--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin"])
+        .args(["--setenv", "DEBIAN_FRONTEND", "noninteractive"])
+        .args(["/bin/sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn apt_get_works_in_the_image_and_knows_what_was_auto_installed() {
+    let repo = fixture_repo();
+    repo.publish(None);
+    let server = FileServer::start(repo.root.path());
+    let work = Work::setup();
+    repo.signer.export(&work.path("recipes/fixture.asc"), true);
+    let r = recipe(&work, &server, "fixture.asc");
+    let text = fs::read_to_string(&r).unwrap().replace(
+        r#"["fixture-hello"]"#,
+        r#"["fixture-hello", "fixture-apt"]"#,
+    );
+    fs::write(&r, &text).unwrap();
+    work.build_metadata(work.cmd(), &r, "out/aptin");
+    let rootfs = unpack(&work, "out/aptin");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/apt/sources.list.d/fixture.sources")).unwrap(),
+        format!(
+            "Types: deb\nURIs: {}\nSuites: test\nComponents: main\nSigned-By: /etc/apt/keyrings/fixture.asc\n",
+            server.url
+        )
+    );
+    assert_eq!(
+        fs::read(rootfs.join("etc/apt/keyrings/fixture.asc")).unwrap(),
+        fs::read(work.path("recipes/fixture.asc")).unwrap()
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("var/lib/apt/extended_states")).unwrap(),
+        "Package: fixture-base\nArchitecture: amd64\nAuto-Installed: 1\n\n\
+         Package: fixture-lib\nArchitecture: amd64\nAuto-Installed: 1\n\n\
+         Package: fixture-provider\nArchitecture: amd64\nAuto-Installed: 1\n\n"
+    );
+    // A user of the image: apt-get update and install against the fixture repository, with
+    // the key the recipe named, then apt's own view of what was pulled in as a dependency.
+    let o = in_image(
+        &rootfs,
+        "apt-get update && apt-get install -y fixture-ping && echo AUTO && apt-mark showauto && echo MANUAL && apt-mark showmanual",
+    );
+    assert_ok(&o);
+    let out = stdout(&o);
+    let (_, marks) = out.split_once("AUTO\n").unwrap();
+    let (auto, manual) = marks.split_once("MANUAL\n").unwrap();
+    assert_eq!(
+        auto, "fixture-base\nfixture-lib\nfixture-provider\n",
+        "{out}"
+    );
+    assert_eq!(
+        manual, "fixture-apt\nfixture-hello\nfixture-ping\n",
+        "{out}"
+    );
+    assert!(
+        dpkg_list(&rootfs).contains("ii  fixture-ping 1.0"),
+        "{}",
+        dpkg_list(&rootfs)
+    );
+
+    // `keep_sources = false`: the mirror was for the build only.
+    fs::write(&r, text.replace("[apt]\n", "[apt]\nkeep_sources = false\n")).unwrap();
+    work.build_metadata(work.cmd(), &r, "out/nosources");
+    let rootfs = unpack(&work, "out/nosources");
+    assert!(
+        !rootfs
+            .join("etc/apt/sources.list.d/fixture.sources")
+            .exists()
+    );
+    assert!(!rootfs.join("etc/apt/keyrings/fixture.asc").exists());
+    assert!(rootfs.join("var/lib/apt/extended_states").is_file());
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod http;
 
 mod apt;
 mod build;
+mod distroless;
 mod cache;
 mod errors;
 mod hostile;

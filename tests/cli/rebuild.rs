@@ -119,7 +119,7 @@ fn rebuild_builds_and_pushes_only_what_changed() {
     let (o, third) = rebuild(3, &["--tag-date", "--cache-to", &shared]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains(&format!("exported 7 cached steps to {shared}@sha256:")),
+        stderr(&o).contains(&format!("exported 8 cached steps to {shared}@sha256:")),
         "{}",
         stderr(&o)
     );
