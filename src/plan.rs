@@ -29,8 +29,10 @@ use crate::recipe::interp::expand_platform;
 use crate::recipe::validate_archive_format;
 use crate::recipe::{FieldPath, Group, Loaded, RecipeError, User};
 
-/// Bump when the layer format or key encoding changes, to invalidate every old key.
-pub const FORMAT_VERSION: u32 = 2;
+/// Bump when the layer format, key encoding or what a step writes changes, to invalidate every
+/// old key. 3: extended attributes in layers; dpkg's `info/format`, lock mode and no
+/// `available`; Essential packages configured first, preinsts run from `tmp.ci`.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// How many layers apt packages are spread over.
 pub const APT_LAYERS: usize = 4;

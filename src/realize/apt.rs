@@ -166,7 +166,6 @@ pub fn database(
     u.ensure_dir(b"var/log", Meta::DIR).map_err(io)?;
     let mut files: Vec<(String, Vec<u8>)> = vec![
         ("var/lib/dpkg/status".into(), status.into_bytes()),
-        ("var/lib/dpkg/available".into(), Vec::new()),
         ("var/lib/dpkg/lock".into(), Vec::new()),
         ("var/lib/dpkg/triggers/Unincorp".into(), Vec::new()),
     ];
@@ -194,12 +193,15 @@ pub fn database(
     }
     files.sort();
     for (path, body) in files {
-        if path.ends_with("/available") && lower.get(path.as_bytes()).is_some() {
-            continue;
-        }
+        // dpkg makes its lock file 0640.
+        let mode = if path == "var/lib/dpkg/lock" {
+            0o640
+        } else {
+            0o644
+        };
         u.w.file(
             path.as_bytes(),
-            Meta::FILE,
+            Meta { mode, ..Meta::FILE },
             body.len() as u64,
             body.as_slice(),
         )

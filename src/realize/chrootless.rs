@@ -364,22 +364,42 @@ fn run_host_dpkg(
         cmd.args(["--setenv", k, v]);
     }
     cmd.args(["--setenv", "SOURCE_DATE_EPOCH", &mtime.to_string()]);
-    // The preinst scripts first (dpkg would have run them before unpacking), then dpkg.
+    // The preinst scripts first (dpkg would have run them before unpacking, from its
+    // tmp.ci directory), then dpkg: the Essential packages, then the rest.
+    let tmp_ci = super::run::TMP_CI;
     let mut script = String::from("set -e\n");
     for p in packages {
         for info in [p.name.clone(), format!("{}:{}", p.name, p.arch)] {
-            let rel = format!("var/lib/dpkg/info/{info}.preinst");
-            if root.kind(rel.as_bytes()).is_ok_and(|k| k.is_some()) {
+            // Staged one at a time inside the script, from copies made here.
+            let staged = format!("var/lib/dpkg/imgbuild-preinst/{info}");
+            if super::run::stage_control(root, &info).map_err(|source| ChrootlessError::Io {
+                action: "stage a preinst in",
+                path: dir.to_path_buf(),
+                source,
+            })? {
+                root.rename(tmp_ci.as_bytes(), staged.as_bytes())
+                    .map_err(|source| ChrootlessError::Io {
+                        action: "stage a preinst in",
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
                 script.push_str(&format!(
-                    "DPKG_MAINTSCRIPT_PACKAGE='{}' DPKG_MAINTSCRIPT_ARCH='{}' DPKG_MAINTSCRIPT_NAME=preinst DPKG_ROOT=/target DPKG_ADMINDIR=/target/var/lib/dpkg /bin/sh '/target/{rel}' install\n",
+                    "rm -rf /target/{tmp_ci}; mv '/target/{staged}' /target/{tmp_ci}\n\
+                     DPKG_MAINTSCRIPT_PACKAGE='{}' DPKG_MAINTSCRIPT_ARCH='{}' DPKG_MAINTSCRIPT_NAME=preinst DPKG_ROOT=/target DPKG_ADMINDIR=/target/var/lib/dpkg /bin/sh /target/{tmp_ci}/preinst install\n",
                     p.name, p.arch
                 ));
             }
         }
     }
-    script.push_str(
-        "exec dpkg --root=/target --force-script-chrootless --force-confdef --force-confold --configure -a\n",
-    );
+    script.push_str(&format!(
+        "rm -rf /target/{tmp_ci} /target/var/lib/dpkg/imgbuild-preinst\n"
+    ));
+    let essential = super::run::unpacked_essential(root);
+    let dpkg = "dpkg --root=/target --force-script-chrootless --force-confdef --force-confold";
+    if !essential.is_empty() {
+        script.push_str(&format!("{dpkg} --configure {}\n", essential.join(" ")));
+    }
+    script.push_str(&format!("exec {dpkg} --configure -a\n"));
     cmd.args(["/bin/sh", "-c", &script]);
     let out = cmd
         .output()

@@ -93,15 +93,21 @@ pub fn configure(
             "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d",
             &[],
         )?;
+        let io = |source| {
+            RealizeError::Sandbox(SandboxError::Io {
+                action: "stage a preinst in",
+                path: root.to_path_buf(),
+                source,
+            })
+        };
         for p in packages {
             for info in [p.name.clone(), format!("{}:{}", p.name, p.arch)] {
-                let script = format!("/var/lib/dpkg/info/{info}.preinst");
-                if !confined.kind(script.as_bytes()).is_ok_and(|k| k.is_some()) {
+                if !stage_control(&confined, &info).map_err(io)? {
                     continue;
                 }
                 run(
-                    &format!("{script} install"),
-                    &format!("exec {script} install"),
+                    &format!("{info} preinst install"),
+                    &format!("exec /{TMP_CI}/preinst install"),
                     &[
                         ("DPKG_MAINTSCRIPT_PACKAGE", &p.name),
                         ("DPKG_MAINTSCRIPT_ARCH", &p.arch),
@@ -110,10 +116,24 @@ pub fn configure(
                         ("DPKG_ROOT", ""),
                     ],
                 )?;
+                confined.remove(TMP_CI.as_bytes()).map_err(io)?;
             }
         }
         // An upgraded package keeps a conffile the base image changed (as apt-get -y would
-        // have to be told); nothing may prompt.
+        // have to be told); nothing may prompt. The Essential packages are configured first,
+        // as debootstrap and mmdebstrap do: others' scripts rely on them being set up (passwd's
+        // `pwconv` reads login's /etc/login.defs for the password aging fields).
+        let essential = unpacked_essential(&confined);
+        if !essential.is_empty() {
+            run(
+                "dpkg --configure (Essential packages)",
+                &format!(
+                    "exec dpkg --force-confdef --force-confold --configure {}",
+                    essential.join(" ")
+                ),
+                &[],
+            )?;
+        }
         run(
             "dpkg --configure -a",
             "exec dpkg --force-confdef --force-confold --configure -a",
@@ -122,6 +142,139 @@ pub fn configure(
         run("remove policy-rc.d", "rm -f /usr/sbin/policy-rc.d", &[])?;
         Ok(())
     })
+}
+
+/// Where dpkg puts a package's control files while it installs it, and runs its preinst from.
+pub(super) const TMP_CI: &str = "var/lib/dpkg/tmp.ci";
+
+/// Copies the info files of `info` (`NAME` or `NAME:ARCH`) into [`TMP_CI`] under their
+/// control-file names, as dpkg has them when it runs a preinst (debconf, for one, reads the
+/// package's templates and its own name from there). False when there is no preinst.
+pub(super) fn stage_control(root: &Root, info: &str) -> std::io::Result<bool> {
+    let prefix = format!("{info}.");
+    let preinst = format!("var/lib/dpkg/info/{prefix}preinst");
+    if root.kind(preinst.as_bytes())?.is_none() {
+        return Ok(false);
+    }
+    root.remove(TMP_CI.as_bytes())?;
+    root.mkdir(
+        TMP_CI.as_bytes(),
+        Attrs {
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+        },
+    )?;
+    // The package's control file, as the status file has it without dpkg's own fields: debconf
+    // reads the package name from it when a preinst loads its templates.
+    let status = root.read_followed(b"var/lib/dpkg/status", 1 << 30)?;
+    let status = String::from_utf8_lossy(&status);
+    let (name, arch) = match info.split_once(':') {
+        Some((n, a)) => (n, Some(a)),
+        None => (info, None),
+    };
+    let paras = crate::apt::control::parse(&status).unwrap_or_default();
+    if let Some(p) = paras.iter().find(|p| {
+        p.get("Package") == Some(name) && arch.is_none_or(|a| p.get("Architecture") == Some(a))
+    }) {
+        let mut control = String::new();
+        for (k, v) in p
+            .fields
+            .iter()
+            .filter(|(k, _)| !matches!(*k, "Status" | "Conffiles" | "Config-Version"))
+        {
+            let sep = if v.starts_with('\n') { "" } else { " " };
+            control.push_str(&format!("{k}:{sep}{v}\n"));
+        }
+        root.write(
+            format!("{TMP_CI}/control").as_bytes(),
+            Attrs::FILE,
+            control.as_bytes(),
+        )?;
+    }
+    for name in root.read_dir(b"var/lib/dpkg/info")? {
+        let Some(part) = name.strip_prefix(prefix.as_bytes()) else {
+            continue;
+        };
+        if part == b"list" || part.contains(&b'.') {
+            continue;
+        }
+        let from = [&b"var/lib/dpkg/info/"[..], &name].concat();
+        let mode = root.stat(&from)?.map_or(0o644, |st| st.st_mode & 0o7777);
+        let data = root.read_followed(&from, 1 << 30)?;
+        let to = [TMP_CI.as_bytes(), b"/", part].concat();
+        root.write(
+            &to,
+            Attrs {
+                mode,
+                uid: 0,
+                gid: 0,
+            },
+            &data,
+        )?;
+    }
+    Ok(true)
+}
+
+/// The Essential packages dpkg has unpacked but not configured, with the unpacked packages
+/// they depend on (`Depends`, `Pre-Depends`, through `Provides`), as debootstrap and mmdebstrap
+/// install that set before anything else: `NAME`, or `NAME:ARCH` for `Multi-Arch: same`.
+pub(super) fn unpacked_essential(root: &Root) -> Vec<String> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let Ok(text) = root.read_followed(b"var/lib/dpkg/status", 1 << 30) else {
+        return Vec::new();
+    };
+    let text = String::from_utf8_lossy(&text);
+    let Ok(paras) = crate::apt::control::parse(&text) else {
+        return Vec::new();
+    };
+    let unpacked: Vec<_> = paras
+        .iter()
+        .filter(|p| p.get("Status") == Some("install ok unpacked"))
+        .collect();
+    // Package or virtual name -> the unpacked packages that are or provide it.
+    let mut by_name: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let names = |field: Option<&'_ str>| -> Vec<String> {
+        field
+            .unwrap_or_default()
+            .split([',', '|'])
+            .filter_map(|d| d.split(['(', ' ', ':']).find(|s| !s.is_empty()))
+            .map(str::to_string)
+            .collect()
+    };
+    for (i, p) in unpacked.iter().enumerate() {
+        let mut own = names(p.get("Provides"));
+        own.extend(p.get("Package").map(str::to_string));
+        for n in own {
+            by_name.entry(n).or_default().push(i);
+        }
+    }
+    let mut todo: Vec<usize> = (0..unpacked.len())
+        .filter(|&i| unpacked[i].get("Essential") == Some("yes"))
+        .collect();
+    let mut set: BTreeSet<usize> = todo.iter().copied().collect();
+    while let Some(i) = todo.pop() {
+        let p = unpacked[i];
+        let mut deps = names(p.get("Depends"));
+        deps.extend(names(p.get("Pre-Depends")));
+        for d in deps {
+            for &j in by_name.get(&d).map(Vec::as_slice).unwrap_or_default() {
+                if set.insert(j) {
+                    todo.push(j);
+                }
+            }
+        }
+    }
+    set.into_iter()
+        .filter_map(|i| {
+            let p = unpacked[i];
+            let name = p.get("Package")?;
+            Some(match (p.get("Multi-Arch"), p.get("Architecture")) {
+                (Some("same"), Some(arch)) => format!("{name}:{arch}"),
+                _ => name.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Downloads the wheels the cache lacks, each verified by its sha256.

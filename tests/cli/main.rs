@@ -9,6 +9,7 @@ mod http;
 mod apt;
 mod build;
 mod distroless;
+mod fidelity;
 mod cache;
 mod errors;
 mod hostile;

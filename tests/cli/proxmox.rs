@@ -319,7 +319,7 @@ struct VmBuild {
 }
 
 /// The machine's Debian mirror, from its own apt configuration.
-fn mirror() -> String {
+pub(crate) fn mirror() -> String {
     let o = Std::new(repo().join("scripts/mirror")).output().unwrap();
     assert_ok(&o);
     stdout(&o).trim().to_string()
