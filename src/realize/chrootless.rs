@@ -172,18 +172,25 @@ pub fn configure(
     run_host_dpkg(dir, root, packages, &scripted, mtime)
 }
 
+/// An I/O error on `rel` inside `root`, for `map_err`.
+fn io_err(
+    root: &Root,
+    action: &'static str,
+    rel: &[u8],
+) -> impl FnOnce(io::Error) -> ChrootlessError + use<> {
+    let path = root.display(rel);
+    move |source| ChrootlessError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
 /// dpkg's `--configure` for packages without scripts: conffiles into place, status
 /// `installed`. The status file is edited line by line, so everything else in it (the base
 /// image's entries, field order) stays as it was.
 fn mark_installed(root: &Root) -> Result<(), ChrootlessError> {
-    let io = |action: &'static str, rel: &[u8]| {
-        let path = root.display(rel);
-        move |source| ChrootlessError::Io {
-            action,
-            path,
-            source,
-        }
-    };
+    let io = |action, rel: &[u8]| io_err(root, action, rel);
     let text = root
         .read_followed(STATUS, 1 << 30)
         .map_err(io("read", STATUS))?;
@@ -224,14 +231,7 @@ fn mark_installed(root: &Root) -> Result<(), ChrootlessError> {
 fn place_conffile(root: &Root, path: &str) -> Result<String, ChrootlessError> {
     let rel = path.trim_start_matches('/').as_bytes().to_vec();
     let new = [&rel[..], b".dpkg-new"].concat();
-    let io = |action: &'static str, rel: &[u8]| {
-        let path = root.display(rel);
-        move |source| ChrootlessError::Io {
-            action,
-            path,
-            source,
-        }
-    };
+    let io = |action, rel: &[u8]| io_err(root, action, rel);
     let packaged = match root.open_file(&new) {
         Ok(f) => Some(f),
         Err(e) if crate::rootfs::missing(&e) => None,
@@ -350,20 +350,24 @@ fn run_host_dpkg(
         "--die-with-parent",
         "--clearenv",
     ]);
-    for (k, v) in [
-        (
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        ),
-        ("DEBIAN_FRONTEND", "noninteractive"),
-        ("DEBCONF_NONINTERACTIVE_SEEN", "true"),
-        ("LC_ALL", "C.UTF-8"),
-        ("HOME", "/root"),
-        ("DEBCONF_SYSTEMRC", "/etc/debconf.conf"),
+    // Root's file powers only (owners, modes, capabilities, device nodes): no mounts, no
+    // ptrace, nothing that could reach past the read-only binds.
+    cmd.args(["--cap-drop", "ALL"]);
+    for cap in [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_SETFCAP",
+        "CAP_SETUID",
+        "CAP_SETGID",
+        "CAP_MKNOD",
     ] {
-        cmd.args(["--setenv", k, v]);
+        cmd.args(["--cap-add", cap]);
     }
-    cmd.args(["--setenv", "SOURCE_DATE_EPOCH", &mtime.to_string()]);
+    sandbox::set_env(&mut cmd, mtime);
+    cmd.args(["--setenv", "DEBCONF_SYSTEMRC", "/etc/debconf.conf"]);
     // The preinst scripts first (dpkg would have run them before unpacking, from its
     // tmp.ci directory), then dpkg: the Essential packages, then the rest.
     let tmp_ci = super::run::TMP_CI;

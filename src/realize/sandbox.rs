@@ -229,6 +229,24 @@ pub fn bwrap() -> Result<PathBuf, SandboxError> {
     Ok(found)
 }
 
+/// The environment every sandboxed program gets (on top of `--clearenv`): a standard PATH,
+/// no prompts, a UTF-8 C locale, root's home, and the build time as `SOURCE_DATE_EPOCH`.
+pub(super) fn set_env(cmd: &mut Command, mtime: u64) {
+    for (k, v) in [
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
+        ("DEBIAN_FRONTEND", "noninteractive"),
+        ("DEBCONF_NONINTERACTIVE_SEEN", "true"),
+        ("LC_ALL", "C.UTF-8"),
+        ("HOME", "/root"),
+    ] {
+        cmd.args(["--setenv", k, v]);
+    }
+    cmd.args(["--setenv", "SOURCE_DATE_EPOCH", &mtime.to_string()]);
+}
+
 /// Runs `script` with `/bin/sh -c` inside `root`; `network` shares the host's network.
 /// `label` names the command in errors; `env` is added to a clean environment.
 pub fn run(
@@ -273,19 +291,7 @@ pub fn run(
     } else {
         cmd.arg("--unshare-net");
     }
-    for (k, v) in [
-        (
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        ),
-        ("DEBIAN_FRONTEND", "noninteractive"),
-        ("DEBCONF_NONINTERACTIVE_SEEN", "true"),
-        ("LC_ALL", "C.UTF-8"),
-        ("HOME", "/root"),
-    ] {
-        cmd.args(["--setenv", k, v]);
-    }
-    cmd.args(["--setenv", "SOURCE_DATE_EPOCH", &mtime.to_string()]);
+    set_env(&mut cmd, mtime);
     for (k, v) in env {
         cmd.args(["--setenv", k, v]);
     }

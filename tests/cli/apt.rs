@@ -452,6 +452,34 @@ key = "{key}"
     path
 }
 
+/// The fixture repository published and served, a workspace holding its key, and the fixture
+/// recipe (`recipes/fixture-apt.toml`) asking for `packages`, a TOML array.
+pub(crate) struct Fixture {
+    pub(crate) work: Work,
+    pub(crate) recipe: PathBuf,
+    pub(crate) server: FileServer,
+    _repo: Repo,
+}
+
+pub(crate) fn fixture(packages: &str) -> Fixture {
+    let repo = fixture_repo();
+    repo.publish(None);
+    let server = FileServer::start(repo.root.path());
+    let work = Work::setup();
+    repo.signer.export(&work.path("recipes/fixture.asc"), true);
+    let recipe = recipe(&work, &server, "fixture.asc");
+    let text = fs::read_to_string(&recipe)
+        .unwrap()
+        .replace(r#"["fixture-hello"]"#, packages);
+    fs::write(&recipe, text).unwrap();
+    Fixture {
+        work,
+        recipe,
+        server,
+        _repo: repo,
+    }
+}
+
 pub(crate) fn dpkg_list(rootfs: &Path) -> String {
     tool(
         "dpkg-query",
@@ -898,18 +926,9 @@ command = "echo ran as $0 > /etc/run-marker && rm /usr/share/doc/fixture-provide
 
 #[test]
 fn file_capabilities_set_by_a_postinst_reach_the_image_reproducibly() {
-    let repo = fixture_repo();
-    repo.publish(None);
-    let server = FileServer::start(repo.root.path());
-    let work = Work::setup();
-    repo.signer.export(&work.path("recipes/fixture.asc"), true);
-    let r = recipe(&work, &server, "fixture.asc");
-    let text = fs::read_to_string(&r).unwrap().replace(
-        r#"["fixture-hello"]"#,
-        r#"["fixture-hello", "fixture-ping"]"#,
-    );
-    fs::write(&r, text).unwrap();
-    let meta = work.build_metadata(work.cmd(), &r, "out/caps");
+    let f = fixture(r#"["fixture-hello", "fixture-ping"]"#);
+    let (work, r) = (&f.work, &f.recipe);
+    let meta = work.build_metadata(work.cmd(), r, "out/caps");
     // The configure layer carries the capability as a PAX SCHILY.xattr record.
     let configure = meta["layers"]
         .as_array()
@@ -936,7 +955,7 @@ fn file_capabilities_set_by_a_postinst_reach_the_image_reproducibly() {
         "the setcap made the file part of the configure layer: {listing}"
     );
     // umoci unpacks it with the capability, as a container runtime would.
-    let rootfs = unpack(&work, "out/caps");
+    let rootfs = unpack(work, "out/caps");
     let ping = rootfs.join("usr/bin/fixture-ping");
     assert_eq!(
         tool("getcap", &[ping.to_str().unwrap()]).trim(),
@@ -944,14 +963,14 @@ fn file_capabilities_set_by_a_postinst_reach_the_image_reproducibly() {
     );
     assert!(dpkg_list(&rootfs).contains("ii  fixture-ping 1.0"));
     // Same inputs, same bytes, capability included.
-    let again = work.build_metadata(work.cmd_with_cache(&work.path("cache2")), &r, "out/caps2");
+    let again = work.build_metadata(work.cmd_with_cache(&work.path("cache2")), r, "out/caps2");
     assert_eq!(again["manifest"], meta["manifest"]);
     // A later step's sandbox root is unpacked from the layers with the capability.
-    let mut text = fs::read_to_string(&r).unwrap();
+    let mut text = fs::read_to_string(r).unwrap();
     text.push_str("\n[[run]]\ncommand = \"getcap /usr/bin/fixture-ping > /etc/caps-seen\"\n");
-    fs::write(&r, text).unwrap();
-    work.build_metadata(work.cmd(), &r, "out/caps3");
-    let rootfs = unpack(&work, "out/caps3");
+    fs::write(r, text).unwrap();
+    work.build_metadata(work.cmd(), r, "out/caps3");
+    let rootfs = unpack(work, "out/caps3");
     assert_eq!(
         fs::read_to_string(rootfs.join("etc/caps-seen")).unwrap(),
         "/usr/bin/fixture-ping cap_net_raw=ep\n"
@@ -976,24 +995,16 @@ fn in_image(rootfs: &Path, script: &str) -> std::process::Output {
 
 #[test]
 fn apt_get_works_in_the_image_and_knows_what_was_auto_installed() {
-    let repo = fixture_repo();
-    repo.publish(None);
-    let server = FileServer::start(repo.root.path());
-    let work = Work::setup();
-    repo.signer.export(&work.path("recipes/fixture.asc"), true);
-    let r = recipe(&work, &server, "fixture.asc");
-    let text = fs::read_to_string(&r).unwrap().replace(
-        r#"["fixture-hello"]"#,
-        r#"["fixture-hello", "fixture-apt"]"#,
-    );
-    fs::write(&r, &text).unwrap();
-    work.build_metadata(work.cmd(), &r, "out/aptin");
-    let rootfs = unpack(&work, "out/aptin");
+    let f = fixture(r#"["fixture-hello", "fixture-apt"]"#);
+    let (work, r) = (&f.work, &f.recipe);
+    let text = fs::read_to_string(r).unwrap();
+    work.build_metadata(work.cmd(), r, "out/aptin");
+    let rootfs = unpack(work, "out/aptin");
     assert_eq!(
         fs::read_to_string(rootfs.join("etc/apt/sources.list.d/fixture.sources")).unwrap(),
         format!(
             "Types: deb\nURIs: {}\nSuites: test\nComponents: main\nSigned-By: /etc/apt/keyrings/fixture.asc\n",
-            server.url
+            f.server.url
         )
     );
     assert_eq!(
@@ -1031,9 +1042,9 @@ fn apt_get_works_in_the_image_and_knows_what_was_auto_installed() {
     );
 
     // `keep_sources = false`: the mirror was for the build only.
-    fs::write(&r, text.replace("[apt]\n", "[apt]\nkeep_sources = false\n")).unwrap();
-    work.build_metadata(work.cmd(), &r, "out/nosources");
-    let rootfs = unpack(&work, "out/nosources");
+    fs::write(r, text.replace("[apt]\n", "[apt]\nkeep_sources = false\n")).unwrap();
+    work.build_metadata(work.cmd(), r, "out/nosources");
+    let rootfs = unpack(work, "out/nosources");
     assert!(
         !rootfs
             .join("etc/apt/sources.list.d/fixture.sources")

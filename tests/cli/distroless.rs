@@ -3,28 +3,29 @@
 
 use std::fs;
 
-use super::apt::{dpkg_list, fixture_repo, recipe, unpack};
-use super::{FileServer, Work, assert_ok, stderr, tool};
+use super::apt::{dpkg_list, fixture, unpack};
+use super::{assert_ok, stderr, tool};
 
-fn with_packages(work: &Work, server: &FileServer, packages: &str) -> std::path::PathBuf {
-    let r = recipe(work, server, "fixture.asc");
-    let text = fs::read_to_string(&r)
-        .unwrap()
-        .replace(r#"["fixture-hello"]"#, packages);
-    fs::write(&r, text).unwrap();
-    r
+/// The fixture recipe's package list set to `packages` (a TOML array).
+fn with_packages(recipe: &std::path::Path, packages: &str) -> std::path::PathBuf {
+    let text = fs::read_to_string(recipe).unwrap();
+    let start = text.find("packages = ").unwrap();
+    let end = start + text[start..].find('\n').unwrap();
+    fs::write(
+        recipe,
+        format!("{}packages = {packages}{}", &text[..start], &text[end..]),
+    )
+    .unwrap();
+    recipe.to_path_buf()
 }
 
 #[test]
 fn packages_install_on_scratch_without_a_shell() {
-    let repo = fixture_repo();
-    repo.publish(None);
-    let server = FileServer::start(repo.root.path());
-    let work = Work::setup();
-    repo.signer.export(&work.path("recipes/fixture.asc"), true);
+    let f = fixture(r#"["fixture-lib", "fixture-conf"]"#);
+    let work = &f.work;
 
     // Nothing to run: installed as dpkg would, with no sandbox (bubblewrap is not on PATH).
-    let r = with_packages(&work, &server, r#"["fixture-lib", "fixture-conf"]"#);
+    let r = f.recipe.clone();
     let o = work
         .cmd()
         .env("PATH", "/nonexistent")
@@ -35,7 +36,7 @@ fn packages_install_on_scratch_without_a_shell() {
         .output()
         .unwrap();
     assert_ok(&o);
-    let rootfs = unpack(&work, "out/plain");
+    let rootfs = unpack(work, "out/plain");
     assert!(!rootfs.join("bin/sh").exists());
     let list = dpkg_list(&rootfs);
     assert!(list.contains("ii  fixture-conf 1.0"), "{list}");
@@ -73,9 +74,9 @@ fn packages_install_on_scratch_without_a_shell() {
     assert_eq!(audit.trim(), "");
 
     // A postinst that honours DPKG_ROOT runs chrootless with the host's dpkg and shell.
-    let r = with_packages(&work, &server, r#"["fixture-lib", "fixture-rootaware"]"#);
+    let r = with_packages(&r, r#"["fixture-lib", "fixture-rootaware"]"#);
     let meta = work.build_metadata(work.cmd(), &r, "out/aware");
-    let rootfs = unpack(&work, "out/aware");
+    let rootfs = unpack(work, "out/aware");
     assert!(!rootfs.join("bin/sh").exists());
     assert!(
         dpkg_list(&rootfs).contains("ii  fixture-rootaware 1.0"),
@@ -95,7 +96,7 @@ fn packages_install_on_scratch_without_a_shell() {
 
     // A postinst that writes to the system it runs on: caught in the sandbox, never on the
     // host, and the error names the package and the fix.
-    let r = with_packages(&work, &server, r#"["fixture-hostwriter"]"#);
+    let r = with_packages(&r, r#"["fixture-hostwriter"]"#);
     let o = work
         .cmd()
         .arg("build")

@@ -271,6 +271,7 @@ platform = "linux/amd64"
 
 [apt]
 bootstrap = "minbase"
+packages = ["iputils-ping"]   # its postinst gives ping a file capability
 
 [[apt.sources]]
 name = "debian"
@@ -361,6 +362,36 @@ fn vm_disk_boots_to_cloud_init_and_is_reproducible() {
     let info: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(info["format"], "qcow2");
     assert_eq!(info["virtual-size"], 2u64 << 30);
+    // The ext4 root keeps the file capability iputils-ping's postinst set (read with
+    // debugfs from the root partition of a raw copy).
+    let raw = vm.work.path("bootvm.raw");
+    tool(
+        "qemu-img",
+        &[
+            "convert",
+            "-O",
+            "raw",
+            disk.to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ],
+    );
+    let part = tool("sgdisk", &["-i", "2", raw.to_str().unwrap()]);
+    let start: u64 = part
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no root partition: {part}"));
+    let ea = tool(
+        "debugfs",
+        &[
+            "-R",
+            "ea_list /usr/bin/ping",
+            &format!("{}?offset={}", raw.display(), start * 512),
+        ],
+    );
+    assert!(ea.contains("security.capability"), "{ea}");
+    std::fs::remove_file(&raw).unwrap();
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(vm.dir.join("manifest.json")).unwrap()).unwrap();
     assert!(
