@@ -78,13 +78,38 @@ impl<'u> State<'u> {
             .into_iter()
             .filter(|p| dep.allows(&p.version))
             .collect();
-        c.extend(
-            self.u
-                .providers(&dep.name)
-                .into_iter()
-                .filter(|p| satisfies(p, dep)),
-        );
+        let mut providers: Vec<&Package> = self
+            .u
+            .providers(&dep.name)
+            .into_iter()
+            .filter(|p| satisfies(p, dep))
+            .collect();
+        providers.sort_by_key(|p| self.provider_rank(p));
+        c.extend(providers);
         c
+    }
+
+    /// How apt orders the providers of a virtual package (`CompareProviders` in
+    /// apt-pkg/depcache.cc), best first: one already installed, then `Essential`, then the
+    /// native architecture, then the higher `Priority` (required before important, standard,
+    /// optional, extra; a package without the field counts as optional), then the higher package
+    /// ID (see [`Universe::id`]). The sort is stable, so a provider's versions stay in
+    /// candidate order.
+    fn provider_rank(&self, p: &Package) -> (bool, bool, bool, u8, std::cmp::Reverse<usize>) {
+        let priority = match p.priority.as_str() {
+            "required" => 1,
+            "important" => 2,
+            "standard" => 3,
+            "optional" => 4,
+            _ => 5,
+        };
+        (
+            !self.installed.contains_key(p.name.as_str()),
+            !p.essential,
+            p.arch != self.u.arch && p.arch != "all",
+            priority,
+            std::cmp::Reverse(self.u.id(&p.name)),
+        )
     }
 
     fn conflict(&self, pkg: &Package) -> Option<String> {
@@ -204,9 +229,10 @@ impl<'u> State<'u> {
 }
 
 /// Resolves `req` against `universe` on top of the `installed` packages. Returns the packages
-/// to install (new, or newer than installed), sorted by name, and the names of the packages installed because they were asked for (the
-/// request, a bootstrap's set), which apt marks manually installed; the rest were pulled in
-/// as dependencies (apt's `Auto-Installed: 1`). A base package only upgraded keeps its mark.
+/// to install (new, or newer than installed), sorted by name, and the names of the packages
+/// installed because they were asked for (the request, a bootstrap's set), which apt marks
+/// manually installed; the rest were pulled in as dependencies (apt's `Auto-Installed: 1`).
+/// A base package only upgraded keeps its mark.
 pub fn resolve_marked<'u>(
     universe: &'u Universe,
     installed: &'u [Package],
@@ -401,9 +427,10 @@ Filename: h
             },
         )
         .unwrap();
-        // libx at the newest amd64 version, awk by its first provider, postfix fails on a
+        // libx at the newest amd64 version; awk by apt's provider ranking (equal priorities:
+        // gawk, which apt's cache met after mawk, named in app's Depends); postfix fails on a
         // missing dependency so exim4 is taken (its self-conflict via Provides is ignored).
-        assert_eq!(names(&r), ["app=1.0", "exim4=4", "libx=2.1", "mawk=1.3"]);
+        assert_eq!(names(&r), ["app=1.0", "exim4=4", "gawk=5", "libx=2.1"]);
     }
 
     #[test]
@@ -588,5 +615,61 @@ Package: prov\nVersion: 4\nArchitecture: all\nProvides: virt\nFilename: c\n";
         .unwrap();
         assert_eq!(names(&picked), ["libx=2.1", "mawk=1.3"]);
         assert_eq!(manual.into_iter().collect::<Vec<_>>(), ["libx", "mawk"]);
+    }
+
+    /// apt's CompareProviders: Essential, then Priority, then the name apt met last.
+    #[test]
+    fn providers_are_ranked_as_apt_ranks_them() {
+        let pick = |idx: &str| {
+            let u = universe(idx);
+            let r = resolve(
+                &u,
+                &[],
+                &Request {
+                    packages: vec!["app".into()],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            names(&r)
+        };
+        let app = "Package: app\nVersion: 1\nArchitecture: amd64\nDepends: virt\nFilename: a\n\n";
+        let p = |name: &str, extra: &str| {
+            format!(
+                "Package: {name}\nVersion: 1\nArchitecture: all\nProvides: virt\n{extra}Filename: {name}\n\n"
+            )
+        };
+        // Index order alone used to decide: first-a would have won.
+        let idx = format!(
+            "{app}{}{}{}",
+            p("first-a", "Priority: optional\n"),
+            p("std-b", "Priority: standard\n"),
+            p("last-c", "Priority: optional\n")
+        );
+        assert_eq!(pick(&idx), ["app=1", "std-b=1"]);
+        let idx = format!(
+            "{app}{}{}",
+            p("first-a", "Priority: optional\n"),
+            p("ess-b", "Priority: optional\nEssential: yes\n")
+        );
+        assert_eq!(pick(&idx), ["app=1", "ess-b=1"]);
+        // Equal: the higher package ID, i.e. the name apt's cache met last (a relation
+        // target counts as met).
+        let idx = format!(
+            "{app}{}{}",
+            p("late-a", "Priority: optional\n"),
+            p("early-b", "Priority: optional\n")
+        );
+        assert_eq!(pick(&idx), ["app=1", "early-b=1"]);
+        let idx = format!(
+            "Package: app\nVersion: 1\nArchitecture: amd64\nDepends: virt\nSuggests: late-a\nFilename: a\n\n{}{}",
+            p("early-b", "Priority: optional\n"),
+            p("late-a", "Priority: optional\n")
+        );
+        assert_eq!(
+            pick(&idx),
+            ["app=1", "early-b=1"],
+            "late-a was met first, in a Suggests"
+        );
     }
 }

@@ -120,7 +120,24 @@ pub struct Universe {
     /// apt's pin priority of each repository: 500, or 1 for a `NotAutomatic` release such as
     /// backports (used only when asked for, or when nothing else satisfies a dependency).
     priority: HashMap<usize, i32>,
+    /// apt's package IDs: the order in which its cache generator first meets each name, as
+    /// a package or as the target of a relation or `Provides` (the last tie-breaker between
+    /// providers of a virtual package: the higher ID wins).
+    ids: HashMap<String, usize>,
 }
+
+/// The relation fields in the order apt's list parser reads them, then `Provides`.
+const MENTION_FIELDS: [&str; 9] = [
+    "Pre-Depends",
+    "Depends",
+    "Conflicts",
+    "Breaks",
+    "Recommends",
+    "Suggests",
+    "Replaces",
+    "Enhances",
+    "Provides",
+];
 
 impl Universe {
     pub fn new(arch: &str) -> Self {
@@ -142,6 +159,18 @@ impl Universe {
                 continue;
             }
             let pkg = package(&p, Some(repo)).map_err(|m| err(format!("line {}: {m}", p.line)))?;
+            self.mention(&pkg.name);
+            for field in MENTION_FIELDS {
+                for atom in p.get(field).unwrap_or_default().split([',', '|']) {
+                    // `name:any (>= 1) [arch] <profile>`: the name is the first word.
+                    if let Some(name) = atom
+                        .split([' ', '(', '[', '<', ':'])
+                        .find(|w| !w.is_empty())
+                    {
+                        self.mention(name.trim());
+                    }
+                }
+            }
             self.add(pkg);
         }
         Ok(())
@@ -154,6 +183,17 @@ impl Universe {
             self.providers.entry(p.name.clone()).or_default().push(i);
         }
         self.packages.push(pkg);
+    }
+
+    fn mention(&mut self, name: &str) {
+        let next = self.ids.len();
+        self.ids.entry(name.to_string()).or_insert(next);
+    }
+
+    /// apt's package ID of `name`; a name no index mentions (only the base image's dpkg
+    /// status has it, which apt reads last) ranks after all of them.
+    pub fn id(&self, name: &str) -> usize {
+        self.ids.get(name).copied().unwrap_or(usize::MAX)
     }
 
     /// Sets the pin priority of repository `repo`.

@@ -387,3 +387,110 @@ fn the_distroless_recipe_builds_from_the_mirror() {
             .contains("nonroot:x:65532:")
     );
 }
+
+/// Virtual packages with several providers (issue 20's five real cases): `imgbuild lock` picks
+/// what `apt-get install -s --no-install-recommends` picks in an mmdebstrap minbase chroot of
+/// the same mirror, every package and version.
+#[test]
+fn providers_of_virtual_packages_are_chosen_as_apt_chooses_them() {
+    let mirror = mirror();
+    let work = Work::setup();
+    let chroot = work.path("minbase");
+    let o = Std::new("mmdebstrap")
+        .args(["--quiet", "--variant=minbase", "--skip=cleanup/apt/lists"])
+        .arg("bookworm")
+        .arg(&chroot)
+        .arg(format!("deb {mirror} bookworm main"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let locked = |name: &str, packages: &[&str]| -> BTreeSet<String> {
+        let list: Vec<String> = packages.iter().map(|p| format!("\"{p}\"")).collect();
+        let recipe = work.path(&format!("recipes/{name}.toml"));
+        fs::write(
+            &recipe,
+            format!(
+                "[image]\nname = \"{name}\"\nbase = \"scratch\"\n\n\
+                 [apt]\nbootstrap = \"minbase\"\npackages = [{}]\n\n\
+                 [[apt.sources]]\nname = \"debian\"\nuri = \"${{var.mirror}}\"\nsuite = \"bookworm\"\n\
+                 components = [\"main\"]\nkey = \"keys/debian-archive-keyring.gpg\"\n",
+                list.join(", ")
+            ),
+        )
+        .unwrap();
+        let o = work
+            .cmd()
+            .args(["--quiet", "--var", &format!("mirror={mirror}"), "lock"])
+            .arg(&recipe)
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        let lock: toml::Value =
+            toml::from_str(&fs::read_to_string(recipe.with_extension("lock")).unwrap()).unwrap();
+        lock["package"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}={}",
+                    p["name"].as_str().unwrap(),
+                    p["version"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let base = locked("minbase", &[]);
+    let mut rows = Vec::new();
+    for (request, apt_choice) in [
+        ("sn", "mailutils"),
+        ("fwupd", "systemd"),
+        ("xletters", "wamerican"),
+        ("php8.2-amqp", "php8.2-phpdbg"),
+        ("afterstep", "zutty"),
+    ] {
+        let ours: BTreeSet<String> = locked("request", &[request])
+            .difference(&base)
+            .cloned()
+            .collect();
+        let o = Std::new("chroot")
+            .arg(&chroot)
+            .args([
+                "apt-get",
+                "install",
+                "-s",
+                "--no-install-recommends",
+                request,
+            ])
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        let apt: BTreeSet<String> = stdout(&o)
+            .lines()
+            .filter_map(|l| l.strip_prefix("Inst "))
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let name = w.next()?;
+                let version = w.next()?.trim_start_matches('(');
+                Some(format!("{name}={version}"))
+            })
+            .collect();
+        assert!(
+            apt.iter().any(|p| p.starts_with(&format!("{apt_choice}="))),
+            "apt itself no longer picks {apt_choice} for {request}: {apt:?}"
+        );
+        let only_ours: Vec<_> = ours.difference(&apt).collect();
+        let only_apt: Vec<_> = apt.difference(&ours).collect();
+        assert!(
+            only_ours.is_empty() && only_apt.is_empty(),
+            "{request}: imgbuild only {only_ours:?}, apt only {only_apt:?}"
+        );
+        rows.push(format!("| {request} | {apt_choice} | {} |", apt.len()));
+    }
+    eprintln!(
+        "\n| request | provider apt and imgbuild chose | packages, all equal |\n|---|---|---:|"
+    );
+    for r in rows {
+        eprintln!("{r}");
+    }
+}
