@@ -41,6 +41,13 @@ pub struct User {
     pub sudo: bool,
 }
 
+/// A `[[run]]` step as Docker would run it: as the USER then in effect, with the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Run {
+    pub command: String,
+    pub user: Option<String>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Draft {
     pub base: String,
@@ -62,7 +69,7 @@ pub struct Draft {
     pub symlinks: Vec<(String, String)>,
     pub services: Vec<String>,
     pub files: Vec<(String, String)>,
-    pub runs: Vec<String>,
+    pub runs: Vec<Run>,
     /// Keys fetched by the Dockerfile: image path -> URL.
     pub keys: Vec<(String, String)>,
     pub sources: Vec<Source>,
@@ -91,6 +98,23 @@ fn arr(v: &[String]) -> String {
 }
 
 impl Draft {
+    /// Appends `command` as a `[[run]]` step in the Dockerfile's current USER and WORKDIR
+    /// (Docker makes the WORKDIR if it is missing).
+    pub fn push_run(&mut self, command: String) {
+        let command = match &self.workdir {
+            Some(w) if w != "/" => {
+                let w = shell_quote(w);
+                format!("mkdir -p {w} && cd {w} || exit 1\n{command}")
+            }
+            _ => command,
+        };
+        let user = self
+            .user
+            .clone()
+            .filter(|u| u != "root" && u != "0" && u != "0:0");
+        self.runs.push(Run { command, user });
+    }
+
     /// Adds what `f` declares; `Err` (with why) when it cannot be placed, such as a `chmod`
     /// of a path no download writes.
     pub fn apply(&mut self, f: Fragment, args: &[(String, String)]) -> Result<(), DraftError> {
@@ -386,8 +410,13 @@ impl Draft {
         if !self.services.is_empty() {
             o.push_str(&format!("\n[services]\nenable = {}\n", arr(&self.services)));
         }
+        // Docker gives every RUN the network.
         for r in &self.runs {
-            o.push_str(&format!("\n[[run]]\ncommand = {}\n", q(r)));
+            o.push_str(&format!("\n[[run]]\ncommand = {}\n", q(&r.command)));
+            if let Some(u) = &r.user {
+                o.push_str(&format!("user = {}\n", q(u)));
+            }
+            o.push_str("network = true\n");
         }
     }
 }
@@ -442,4 +471,16 @@ fn substitute(value: &str, key: &str, by: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `s` as one shell word (single quotes, unless it needs none).
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%=${}".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }

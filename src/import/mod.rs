@@ -177,7 +177,7 @@ pub fn import_to(
                 ShellOrExecExpr::Exec(a) => {
                     let cmd = a.as_str_vec().join(" ");
                     warnings.push(at.here(format!("exec-form RUN kept as a [[run]] step: {cmd}")));
-                    d.runs.push(cmd);
+                    d.push_run(cmd);
                 }
             },
             Instruction::Copy(c) => copy(&mut d, &mut warnings, &at, c, context)?,
@@ -225,8 +225,15 @@ impl At<'_> {
     }
 }
 
-/// A shell-form RUN: each simple command recognized becomes recipe fields; the rest stays one
-/// `[[run]]` step, with a warning.
+/// A shell-form RUN. A plain list of simple commands is read command by command: the
+/// recognized commands before the first unrecognized one become recipe fields, and from
+/// there on the rest stays one `[[run]]` step in its order (for a `&&` chain; a list joined
+/// by `;` or lines, where later commands run even when earlier ones fail, stays whole unless
+/// every command is recognized). Anything else (`||`, `if`/`case`/`for`, braces, subshells,
+/// bare variable assignments) stays one `[[run]]` step whole, as does every RUN after the
+/// first `[[run]]`: the recipe's declarative steps are built before all runs, so lifting a
+/// later command would move it ahead of a run it came after (a user before the `groupadd` it
+/// needs, a symlink before the `rm` of what it replaces).
 fn run_shell(
     d: &mut Draft,
     warnings: &mut Vec<String>,
@@ -235,20 +242,35 @@ fn run_shell(
     args: &[(String, String)],
 ) -> Result<(), ImportError> {
     let cmds = shell::split(script).map_err(|e| at.err(e.0))?;
-    let mut unknown: Vec<String> = Vec::new();
-    for c in &cmds {
-        let f = recognize(c);
-        if f == Fragment::Unknown {
-            unknown.push(subst(&c.text, args));
+    let whole = |d: &mut Draft, warnings: &mut Vec<String>| {
+        let cmd = subst(script.trim(), args);
+        if !cmd.is_empty() {
+            warnings.push(at.here(format!("kept whole as a [[run]] step: {cmd}")));
+            d.push_run(cmd);
+        }
+    };
+    if !d.runs.is_empty() || !shell::is_plain_list(&cmds) {
+        whole(d, warnings);
+        return Ok(());
+    }
+    let fragments: Vec<Fragment> = cmds.iter().map(recognize).collect();
+    if !shell::is_and_chain(&cmds) && fragments.contains(&Fragment::Unknown) {
+        whole(d, warnings);
+        return Ok(());
+    }
+    let mut rest: Vec<String> = Vec::new();
+    for (c, f) in cmds.iter().zip(fragments) {
+        if !rest.is_empty() || f == Fragment::Unknown {
+            rest.push(subst(&c.text, args));
         } else if let Err(m) = d.apply(f, args) {
-            unknown.push(subst(&c.text, args));
+            rest.push(subst(&c.text, args));
             warnings.push(at.here(m.0));
         }
     }
-    if !unknown.is_empty() {
-        let cmd = unknown.join(" && ");
+    if !rest.is_empty() {
+        let cmd = rest.join(" && ");
         warnings.push(at.here(format!("kept as a [[run]] step: {cmd}")));
-        d.runs.push(cmd);
+        d.push_run(cmd);
     }
     Ok(())
 }

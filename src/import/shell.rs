@@ -14,6 +14,64 @@ pub type Words = Vec<String>;
 pub struct Command {
     pub stages: Vec<Words>,
     pub text: String,
+    /// What ended it: `&&`, `||`, `;`, a newline, or the end of the script.
+    pub end: End,
+}
+
+/// The operator after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    And,
+    Or,
+    Semicolon,
+    Newline,
+    Script,
+}
+
+/// Words that open or close shell structure: a command starting with one is part of a
+/// compound command (`if`, `case`, `for`, `while`, `{ ...; }`, `( ... )`), which only makes
+/// sense whole.
+const STRUCTURE: &[&str] = &[
+    "if", "then", "else", "elif", "fi", "case", "esac", "for", "while", "until", "do", "done", "{",
+    "}", "!", "function",
+];
+
+/// Whether `cmds` (from [`split`]) is a plain list: simple commands joined by `&&`, `;` or
+/// newlines, none of them part of a compound command, a bare variable assignment, a
+/// subshell, a background job or the left side of `||`. Only such a list may be taken apart
+/// command by command: in anything else (`a || b`, `X=1; use $X`, `if ...; then ...; fi`) a
+/// command's meaning depends on its neighbours.
+pub fn is_plain_list(cmds: &[Command]) -> bool {
+    cmds.iter().all(|c| {
+        let first = c.stages.first().and_then(|s| s.first()).map(String::as_str);
+        let assigns_only = c
+            .stages
+            .first()
+            .is_some_and(|s| s.iter().all(|w| is_assignment(w)));
+        c.end != End::Or
+            && !c.text.starts_with(['(', '{'])
+            && !c.text.ends_with(['&', ')'])
+            && !c.text.contains(" & ")
+            && !assigns_only
+            && first.is_some_and(|w| !STRUCTURE.contains(&w))
+    })
+}
+
+/// Whether every command of `cmds` runs only if the one before succeeded (`&&` throughout).
+pub fn is_and_chain(cmds: &[Command]) -> bool {
+    cmds.iter().all(|c| matches!(c.end, End::And | End::Script))
+}
+
+/// `NAME=value` (a shell variable assignment when it is a command's first word).
+fn is_assignment(word: &str) -> bool {
+    match word.split_once('=') {
+        Some((name, _)) => {
+            !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+        }
+        None => false,
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,16 +95,18 @@ pub fn split(script: &str) -> Result<Vec<Command>, ShellError> {
             *in_word = false;
         }
     };
-    let end_command = |stages: &mut Vec<Words>, from: usize, to: usize, out: &mut Vec<Command>| {
-        let taken = std::mem::replace(stages, vec![Vec::new()]);
-        let taken: Vec<Words> = taken.into_iter().filter(|s| !s.is_empty()).collect();
-        if !taken.is_empty() {
-            out.push(Command {
-                stages: taken,
-                text: script[from..to].trim().to_string(),
-            });
-        }
-    };
+    let end_command =
+        |stages: &mut Vec<Words>, from: usize, to: usize, end: End, out: &mut Vec<Command>| {
+            let taken = std::mem::replace(stages, vec![Vec::new()]);
+            let taken: Vec<Words> = taken.into_iter().filter(|s| !s.is_empty()).collect();
+            if !taken.is_empty() {
+                out.push(Command {
+                    stages: taken,
+                    text: script[from..to].trim().to_string(),
+                    end,
+                });
+            }
+        };
     while i < chars.len() {
         let (pos, c) = chars[i];
         let next = chars.get(i + 1).map(|(_, c)| *c);
@@ -80,18 +140,23 @@ pub fn split(script: &str) -> Result<Vec<Command>, ShellError> {
             ' ' | '\t' => flush_word(&mut word, &mut in_word, &mut stages),
             '\n' | ';' => {
                 flush_word(&mut word, &mut in_word, &mut stages);
-                end_command(&mut stages, start, pos, &mut out);
+                let end = if c == ';' {
+                    End::Semicolon
+                } else {
+                    End::Newline
+                };
+                end_command(&mut stages, start, pos, end, &mut out);
                 start = pos + 1;
             }
             '&' if next == Some('&') => {
                 flush_word(&mut word, &mut in_word, &mut stages);
-                end_command(&mut stages, start, pos, &mut out);
+                end_command(&mut stages, start, pos, End::And, &mut out);
                 i += 1;
                 start = pos + 2;
             }
             '|' if next == Some('|') => {
                 flush_word(&mut word, &mut in_word, &mut stages);
-                end_command(&mut stages, start, pos, &mut out);
+                end_command(&mut stages, start, pos, End::Or, &mut out);
                 i += 1;
                 start = pos + 2;
             }
@@ -107,7 +172,15 @@ pub fn split(script: &str) -> Result<Vec<Command>, ShellError> {
         i += 1;
     }
     flush_word(&mut word, &mut in_word, &mut stages);
-    end_command(&mut stages, start, script.len(), &mut out);
+    end_command(&mut stages, start, script.len(), End::Script, &mut out);
+    // A trailing newline or `;` before the end is not a separator between two commands.
+    if let Some(last) = out.last_mut()
+        && script
+            .trim_end_matches([' ', '\t', '\n', ';'])
+            .ends_with(&last.text)
+    {
+        last.end = End::Script;
+    }
     Ok(out)
 }
 

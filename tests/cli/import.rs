@@ -73,11 +73,12 @@ fn stages_and_unmapped_instructions_are_reported() {
     assert!(recipe.contains("base = \"${var.BASE}\""), "{recipe}");
     assert!(recipe.contains("\"BASE\" = \"ubuntu:22.04\""), "{recipe}");
     assert!(recipe.contains("cmd = [\"/app\"]"), "{recipe}");
+    // The symlink comes after make in the RUN: it stays in the run, in its order.
     assert!(
-        recipe.contains("path = \"/usr/bin/app\"\ntarget = \"/app\""),
+        recipe.contains("command = \"make -j4 && ln -sf /app /usr/bin/app\""),
         "{recipe}"
     );
-    assert!(recipe.contains("command = \"make -j4\""), "{recipe}");
+    assert!(!recipe.contains("[[symlink]]"), "{recipe}");
     let e = stderr(&o);
     assert!(
         e.contains("Dockerfile:2: build stage 0 is not imported"),
@@ -89,7 +90,7 @@ fn stages_and_unmapped_instructions_are_reported() {
     );
     assert!(e.contains("Dockerfile:6: EXPOSE is not imported"), "{e}");
     assert!(
-        e.contains("Dockerfile:7: kept as a [[run]] step: make -j4"),
+        e.contains("Dockerfile:7: kept as a [[run]] step: make -j4 && ln -sf"),
         "{e}"
     );
 }
@@ -319,7 +320,63 @@ const SNIPPETS: &[(&str, &str, &[&str], usize)] = &[
     (
         "heredoc RUN",
         "RUN <<EOF\napt-get install -y tree\ntouch /x\nEOF\n",
-        &["packages = [\"tree\"]", "command = \"touch /x\""],
+        // Lines run one after another whatever fails: an unrecognized one keeps them whole.
+        &["apt-get install -y tree\ntouch /x"],
+        1,
+    ),
+    (
+        "heredoc RUN, every line recognized",
+        "RUN <<EOF\napt-get update\napt-get install -y tree\nEOF\n",
+        &["packages = [\"tree\"]"],
+        0,
+    ),
+    (
+        "|| keeps the RUN whole",
+        "RUN apt-get install -y fortune || true\n",
+        &["command = \"apt-get install -y fortune || true\""],
+        1,
+    ),
+    (
+        "if keeps the RUN whole",
+        "RUN if [ -f /x ]; then apt-get install -y b; fi\n",
+        &["command = \"if [ -f /x ]; then apt-get install -y b; fi\""],
+        1,
+    ),
+    (
+        "case branches stay conditional",
+        "RUN case \"$(uname -m)\" in x86_64) apt-get install -y c ;; *) apt-get install -y d ;; esac\n",
+        &["esac"],
+        1,
+    ),
+    (
+        "a variable assignment keeps its users",
+        "RUN V=1.2 && curl -fsSLo /opt/x https://files.example.invalid/x-$V\n",
+        &["V=1.2 && curl -fsSLo /opt/x"],
+        1,
+    ),
+    (
+        "braces and subshells stay whole",
+        "RUN { echo a; echo b; } > /etc/ab && (cd /tmp && touch y)\n",
+        &["{ echo a; echo b; } > /etc/ab"],
+        1,
+    ),
+    (
+        "after a run, later commands stay runs in order",
+        "RUN groupadd -g 1500 devs\nRUN useradd -m -G devs alice\n",
+        &[
+            "command = \"groupadd -g 1500 devs\"",
+            "command = \"useradd -m -G devs alice\"",
+        ],
+        2,
+    ),
+    (
+        "runs keep USER and WORKDIR, and get the network",
+        "USER alice\nWORKDIR /src/app\nRUN make install\n",
+        &[
+            "user = \"alice\"",
+            "mkdir -p /src/app && cd /src/app || exit 1\nmake install",
+            "network = true",
+        ],
         1,
     ),
     (
@@ -404,6 +461,25 @@ fn snippets_map_to_recipe_fragments() {
             *runs,
             "{case}: [[run]] steps in\n{recipe}"
         );
+        // Every run is valid shell.
+        let parsed: toml::Value = toml::from_str(&recipe).unwrap();
+        for r in parsed
+            .get("run")
+            .and_then(|r| r.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let cmd = r["command"].as_str().unwrap();
+            let o = std::process::Command::new("bash")
+                .args(["-n", "-c", cmd])
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{case}: bash -n refuses {cmd:?}: {}",
+                stderr(&o)
+            );
+        }
         if *runs > 0 {
             assert!(stderr(&o).contains("Dockerfile:"), "{case}: {}", stderr(&o));
         }
