@@ -30,6 +30,8 @@ pub enum Fragment {
         name: String,
         shell: Option<String>,
         groups: Vec<String>,
+        uid: Option<u32>,
+        home: Option<String>,
     },
     /// `echo "NAME ALL=(ALL) NOPASSWD:ALL" >> /etc/sudoers.d/F`.
     Sudo {
@@ -148,53 +150,132 @@ fn tar_extract(stage: &[String]) -> Option<(String, u32)> {
     Some((dir, strip))
 }
 
-/// Options of useradd (short) and adduser (long) whose value is the next word.
-fn takes_value(a: &str, adduser: bool) -> bool {
-    if adduser {
-        matches!(a, "--gecos" | "--home" | "--uid" | "--ingroup")
-    } else {
-        matches!(a, "-u" | "-g" | "-d" | "-c" | "-k")
-    }
-}
-
+/// `useradd` and Debian's `adduser`, read option by option. Only what a `[[user]]` states
+/// exactly is mapped: a name, `--uid`, `--home`, `--shell`, supplementary groups, with a home
+/// made (`useradd -m`; adduser's default) and a group of the user's name. Any other option
+/// (`--system`, `--no-create-home`, a primary `--gid`, a comment, a password...) leaves the
+/// command as it is, a `[[run]]` step, rather than a different user.
 fn useradd(args: &[String], adduser: bool) -> Fragment {
     let mut name = None;
     let mut shell = None;
+    let mut home = None;
+    let mut uid = None;
     let mut groups = Vec::new();
+    let mut create_home = adduser;
+    // adduser's default shell (DSHELL in adduser.conf); useradd's is /bin/sh, as [[user]]'s.
+    if adduser {
+        shell = Some("/bin/bash".to_string());
+    }
+    // (option, value) pairs, short options split (`-md /x` is `-m` and `-d /x`).
+    let mut opts: Vec<(String, Option<String>)> = Vec::new();
+    let mut operands = Vec::new();
     let mut i = 0;
     while i < args.len() {
         let a = &args[i];
-        let value = |i: &mut usize| -> Option<String> {
-            *i += 1;
-            args.get(*i).cloned()
-        };
-        if let Some(v) = a.strip_prefix("--shell=") {
-            shell = Some(v.to_string());
-        } else if a == "-s" || a == "--shell" {
-            shell = value(&mut i);
-        } else if let Some(v) = a.strip_prefix("--groups=") {
-            groups.extend(v.split(',').map(str::to_string));
-        } else if a == "-G" || a == "--groups" {
-            groups.extend(
-                value(&mut i)
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(str::to_string),
-            );
-        } else if takes_value(a, adduser) {
+        let mut next = || {
             i += 1;
-        } else if !a.starts_with('-') && name.is_none() {
-            name = Some(a.clone());
+            args.get(i).cloned()
+        };
+        if a == "--" {
+            operands.extend(args[i + 1..].iter().cloned());
+            break;
+        } else if let Some(long) = a.strip_prefix("--") {
+            match long.split_once('=') {
+                Some((k, v)) => opts.push((k.to_string(), Some(v.to_string()))),
+                None if long_takes_value(long, adduser) => {
+                    let v = next();
+                    opts.push((long.to_string(), v));
+                }
+                None => opts.push((long.to_string(), None)),
+            }
+        } else if let Some(short) = a.strip_prefix('-').filter(|s| !s.is_empty()) {
+            let chars: Vec<char> = short.chars().collect();
+            for (j, c) in chars.iter().enumerate() {
+                if "cdefgGkKpsubRPZ".contains(*c) {
+                    let rest: String = chars[j + 1..].iter().collect();
+                    let v = if rest.is_empty() { next() } else { Some(rest) };
+                    opts.push((c.to_string(), v));
+                    break;
+                }
+                opts.push((c.to_string(), None));
+            }
+        } else {
+            operands.push(a.clone());
         }
         i += 1;
     }
+    for (k, v) in opts {
+        match (k.as_str(), v) {
+            ("s" | "shell", Some(v)) => shell = Some(v),
+            ("d" | "home-dir" | "home", Some(v)) => home = Some(v),
+            ("u" | "uid", Some(v)) => match v.parse::<u32>() {
+                Ok(n) => uid = Some(n),
+                Err(_) => return Fragment::Unknown,
+            },
+            ("G" | "groups", Some(v)) => groups.extend(v.split(',').map(str::to_string)),
+            ("m" | "create-home", None) => create_home = true,
+            // The group of the user's name: what [[user]] makes anyway.
+            ("U" | "user-group", None) => {}
+            ("q" | "quiet", None) if adduser => {}
+            ("disabled-password" | "disabled-login", None) if adduser => {}
+            ("gecos" | "comment", Some(v)) if v.is_empty() => {}
+            _ => return Fragment::Unknown,
+        }
+    }
+    if let [n] = operands.as_slice() {
+        name = Some(n.clone());
+    }
     match name {
-        Some(name) => Fragment::User {
+        Some(name) if create_home => Fragment::User {
             name,
             shell,
             groups: groups.into_iter().filter(|g| !g.is_empty()).collect(),
+            uid,
+            home,
         },
-        None => Fragment::Unknown,
+        // Without a home (Debian's useradd makes none unless -m): not what [[user]] makes.
+        _ => Fragment::Unknown,
+    }
+}
+
+/// Long options of useradd and adduser whose value is the next word.
+fn long_takes_value(a: &str, adduser: bool) -> bool {
+    if adduser {
+        matches!(
+            a,
+            "home"
+                | "shell"
+                | "uid"
+                | "gid"
+                | "ingroup"
+                | "gecos"
+                | "comment"
+                | "firstuid"
+                | "lastuid"
+                | "firstgid"
+                | "lastgid"
+                | "conf"
+        )
+    } else {
+        matches!(
+            a,
+            "base-dir"
+                | "comment"
+                | "home-dir"
+                | "expiredate"
+                | "inactive"
+                | "gid"
+                | "groups"
+                | "skel"
+                | "key"
+                | "password"
+                | "shell"
+                | "uid"
+                | "root"
+                | "prefix"
+                | "selinux-user"
+                | "selinux-range"
+        )
     }
 }
 
@@ -424,15 +505,19 @@ mod tests {
             Fragment::User {
                 name: "coder".into(),
                 shell: Some("/bin/bash".into()),
-                groups: vec!["docker".into(), "sudo".into()]
+                groups: vec!["docker".into(), "sudo".into()],
+                uid: None,
+                home: None,
             }
         );
         assert_eq!(
             one("adduser --disabled-password --gecos '' dev"),
             Fragment::User {
                 name: "dev".into(),
-                shell: None,
-                groups: vec![]
+                shell: Some("/bin/bash".into()),
+                groups: vec![],
+                uid: None,
+                home: None,
             }
         );
         assert_eq!(

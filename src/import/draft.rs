@@ -36,6 +36,8 @@ pub struct Download {
 #[derive(Debug, Clone, Default)]
 pub struct User {
     pub name: String,
+    pub uid: Option<u32>,
+    pub home: Option<String>,
     pub shell: Option<String>,
     pub groups: Vec<String>,
     pub sudo: bool,
@@ -162,8 +164,12 @@ impl Draft {
                 name,
                 shell,
                 groups,
+                uid,
+                home,
             } => self.users.push(User {
                 name: subst(&name, args),
+                uid,
+                home: home.map(|h| subst(&h, args)),
                 shell,
                 groups,
                 sudo: false,
@@ -383,6 +389,12 @@ impl Draft {
         }
         for u in &self.users {
             o.push_str(&format!("\n[[user]]\nname = {}\n", q(&u.name)));
+            if let Some(uid) = u.uid {
+                o.push_str(&format!("uid = {uid}\n"));
+            }
+            if let Some(h) = &u.home {
+                o.push_str(&format!("home = {}\n", q(h)));
+            }
             if let Some(s) = &u.shell {
                 o.push_str(&format!("shell = {}\n", q(s)));
             }

@@ -277,7 +277,7 @@ const SNIPPETS: &[(&str, &str, &[&str], usize)] = &[
     ),
     (
         "sudoers",
-        "RUN useradd u && echo \"u ALL=(ALL) NOPASSWD:ALL\" >> /etc/sudoers.d/u\n",
+        "RUN useradd -m u && echo \"u ALL=(ALL) NOPASSWD:ALL\" >> /etc/sudoers.d/u\n",
         &["name = \"u\"\nsudo = \"nopasswd\""],
         0,
     ),
@@ -328,6 +328,42 @@ const SNIPPETS: &[(&str, &str, &[&str], usize)] = &[
         "heredoc RUN, every line recognized",
         "RUN <<EOF\napt-get update\napt-get install -y tree\nEOF\n",
         &["packages = [\"tree\"]"],
+        0,
+    ),
+    (
+        "useradd options are read, not taken for the name",
+        "RUN useradd --uid 1000 --create-home --shell /bin/bash node\n",
+        &["name = \"node\"\nuid = 1000\nshell = \"/bin/bash\""],
+        0,
+    ),
+    (
+        "useradd short options run together",
+        "RUN useradd -md /home/x -s /bin/zsh xuser\n",
+        &["name = \"xuser\"\nhome = \"/home/x\"\nshell = \"/bin/zsh\""],
+        0,
+    ),
+    (
+        "a system user stays a run",
+        "RUN useradd -r -s /usr/sbin/nologin svc\n",
+        &["command = \"useradd -r -s /usr/sbin/nologin svc\""],
+        1,
+    ),
+    (
+        "a user without a home stays a run",
+        "RUN useradd -s /bin/bash nohome\n",
+        &["command = \"useradd -s /bin/bash nohome\""],
+        1,
+    ),
+    (
+        "a primary group stays a run",
+        "RUN useradd --uid 1000 --gid node --create-home node2\n",
+        &["command = \"useradd --uid 1000 --gid node --create-home node2\""],
+        1,
+    ),
+    (
+        "adduser with Debian's defaults",
+        "RUN adduser --disabled-password --gecos '' dev\n",
+        &["name = \"dev\"\nshell = \"/bin/bash\""],
         0,
     ),
     (
