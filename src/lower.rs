@@ -35,14 +35,18 @@ pub struct LowerFs {
 }
 
 fn wanted(path: &[u8]) -> bool {
-    const EXACT: [&[u8]; 7] = [
+    const EXACT: [&[u8]; 11] = [
         b"etc/passwd",
         b"etc/group",
         b"etc/shadow",
         b"etc/gshadow",
+        b"etc/subuid",
+        b"etc/subgid",
+        b"etc/login.defs",
         b"etc/os-release",
         b"usr/lib/os-release",
         b"var/lib/dpkg/status",
+        b"var/lib/apt/extended_states",
     ];
     const PREFIX: [&[u8]; 7] = [
         b"etc/skel/",

@@ -103,6 +103,8 @@ pub enum StepKind {
         shell: Vec<String>,
         user: Option<String>,
         network: bool,
+        /// The recipe's `[env]`, applied over the base image's for the command.
+        env: Vec<(String, String)>,
     },
 }
 
@@ -735,7 +737,8 @@ impl Compiler {
                 .clone()
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()]);
-            let def = json!({"kind": "run", "command": run.command, "shell": shell, "user": run.user, "network": run.network});
+            // A run sees the image's environment, as Docker's RUN sees the ENV set before it.
+            let def = json!({"kind": "run", "command": run.command, "shell": shell, "user": run.user, "network": run.network, "env": r.env});
             let first = run.command.lines().next().unwrap_or_default();
             self.push(
                 StepKind::Run {
@@ -743,6 +746,7 @@ impl Compiler {
                     shell,
                     user: run.user.clone(),
                     network: run.network,
+                    env: r.env.clone(),
                 },
                 format!("run {first}"),
                 def,

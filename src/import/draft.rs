@@ -71,10 +71,15 @@ pub struct Draft {
     pub symlinks: Vec<(String, String)>,
     pub services: Vec<String>,
     pub files: Vec<(String, String)>,
+    /// A copied file's mode (when not 0644) and owner, by destination.
+    pub file_attrs: std::collections::BTreeMap<String, (Option<u32>, Option<String>)>,
     pub runs: Vec<Run>,
     /// Keys fetched by the Dockerfile: image path -> URL.
     pub keys: Vec<(String, String)>,
     pub sources: Vec<Source>,
+    /// Each ENV's value so far, expanded as Docker would at this point of the Dockerfile (for
+    /// WORKDIR, USER...); not written out.
+    pub known_env: std::collections::BTreeMap<String, String>,
 }
 
 /// An apt source from a `deb` line; `key` is a file next to the recipe.
@@ -301,7 +306,17 @@ impl Draft {
             .split([':', '@'])
             .next()
             .unwrap_or("imported");
-        o.push_str(&format!("name = {}\n", q(&format!("{name}-imported"))));
+        // A base given by a build argument names nothing yet: the name must not depend on it.
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c));
+        let name = if valid {
+            format!("{name}-imported")
+        } else {
+            "imported".to_string()
+        };
+        o.push_str(&format!("name = {}\n", q(&name)));
         o.push_str(&format!("base = {}\n", q(&self.base)));
         if let Some(u) = &self.user {
             o.push_str(&format!("user = {}\n", q(u)));
@@ -411,6 +426,14 @@ impl Draft {
                 q(src),
                 q(dest)
             ));
+            if let Some((mode, owner)) = self.file_attrs.get(dest) {
+                if let Some(m) = mode {
+                    o.push_str(&format!("mode = 0o{m:o}\n"));
+                }
+                if let Some(w) = owner {
+                    o.push_str(&format!("owner = {}\n", q(w)));
+                }
+            }
         }
         for (path, target) in &self.symlinks {
             o.push_str(&format!(

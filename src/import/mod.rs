@@ -43,13 +43,63 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
+/// `$NAME` / `${NAME}` of an ENV set earlier in the stage replaced by its value at that point,
+/// as Docker expands ENV, WORKDIR, USER, COPY, LABEL and the like at build time. `known` holds
+/// each name's value, itself already expanded. Names the Dockerfile never set (the base
+/// image's own ENV) are left for the recipe, which cannot know them here.
+fn expand_env(s: &str, known: &std::collections::BTreeMap<String, String>) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, len) = if let Some(inner) = after.strip_prefix('{') {
+            match inner.find('}') {
+                Some(end)
+                    if inner[..end]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+                {
+                    (&inner[..end], end + 2)
+                }
+                _ => ("", 0),
+            }
+        } else {
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            (&after[..end], end)
+        };
+        match known.get(name).filter(|_| !name.is_empty()) {
+            Some(v) => {
+                out.push_str(v);
+                rest = &after[len..];
+            }
+            None => {
+                out.push('$');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `$X` / `${X}` of a declared ARG become `${var.X}`; `$(uname -m)`-style substitutions become
 /// the recipe's platform variables.
 fn subst(s: &str, args: &[(String, String)]) -> String {
-    let mut out = s
+    let out = s
         .replace("$(uname -m)", "${uname_m}")
         .replace("$(dpkg --print-architecture)", "${arch}")
         .replace("$(uname -s)", "${os}");
+    subst_args(&out, args)
+}
+
+/// Only ARG references become `${var.X}`: what a `[[run]]` command gets (a RUN sees the
+/// build arguments in its environment, a run step the recipe's variables), while command
+/// substitutions such as `$(uname -m)` stay for the shell, which runs in the image.
+fn subst_args(s: &str, args: &[(String, String)]) -> String {
+    let mut out = s.to_string();
     for (name, _) in args {
         out = out.replace(&format!("${{{name}}}"), &format!("${{var.{name}}}"));
         // `$NAME` not followed by a name character.
@@ -154,8 +204,10 @@ pub fn import_to(
             }
             Instruction::Env(e) => {
                 for v in &e.vars {
-                    d.env
-                        .push((v.key.content.clone(), subst(&v.value.to_string(), &args)));
+                    let value = subst(&v.value.to_string(), &args);
+                    let known = expand_env(&value, &d.known_env);
+                    d.known_env.insert(v.key.content.clone(), known);
+                    d.env.push((v.key.content.clone(), value));
                 }
             }
             Instruction::Label(l) => {
@@ -243,7 +295,7 @@ fn run_shell(
 ) -> Result<(), ImportError> {
     let cmds = shell::split(script).map_err(|e| at.err(e.0))?;
     let whole = |d: &mut Draft, warnings: &mut Vec<String>| {
-        let cmd = subst(script.trim(), args);
+        let cmd = subst_args(script.trim(), args);
         if !cmd.is_empty() {
             warnings.push(at.here(format!("kept whole as a [[run]] step: {cmd}")));
             d.push_run(cmd);
@@ -261,9 +313,9 @@ fn run_shell(
     let mut rest: Vec<String> = Vec::new();
     for (c, f) in cmds.iter().zip(fragments) {
         if !rest.is_empty() || f == Fragment::Unknown {
-            rest.push(subst(&c.text, args));
+            rest.push(subst_args(&c.text, args));
         } else if let Err(m) = d.apply(f, args) {
-            rest.push(subst(&c.text, args));
+            rest.push(subst_args(&c.text, args));
             warnings.push(at.here(m.0));
         }
     }
@@ -288,6 +340,33 @@ fn copy(
         warnings.push(at.here("COPY --from another stage is not imported".into()));
         return Ok(());
     }
+    // `--chown` names the files' owner; `--chmod` their mode; otherwise Docker keeps each
+    // source file's own permission bits.
+    let flag = |name: &str| {
+        c.flags
+            .iter()
+            .find(|f| f.name.content == name)
+            .map(|f| f.value.content.clone())
+    };
+    let owner = flag("chown");
+    let chmod = match flag("chmod") {
+        Some(m) => Some(
+            u32::from_str_radix(&m, 8)
+                .map_err(|_| at.err(format!("COPY --chmod={m} is not an octal mode")))?,
+        ),
+        None => None,
+    };
+    let record = |d: &mut Draft, src: String, dest: String| {
+        use std::os::unix::fs::PermissionsExt;
+        let own_mode = context
+            .and_then(|c| std::fs::metadata(c.join(&src)).ok())
+            .map(|m| m.permissions().mode() & 0o7777);
+        let mode = chmod.or(own_mode).filter(|m| *m != 0o644);
+        if mode.is_some() || owner.is_some() {
+            d.file_attrs.insert(dest.clone(), (mode, owner.clone()));
+        }
+        d.files.push((src, dest));
+    };
     for src in &c.sources {
         // Docker refuses sources outside the build context ("forbidden path outside the
         // build context"): so does the import.
@@ -344,8 +423,7 @@ fn copy(
                 let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
                 let from = Path::new(&src.content).join(rel);
                 let to = Path::new(dest).join(rel);
-                d.files
-                    .push((from.display().to_string(), to.display().to_string()));
+                record(d, from.display().to_string(), to.display().to_string());
             }
             continue;
         }
@@ -357,7 +435,7 @@ fn copy(
         } else {
             dest.clone()
         };
-        d.files.push((src.content.clone(), dest));
+        record(d, src.content.clone(), dest);
     }
     Ok(())
 }
@@ -372,8 +450,19 @@ fn misc(
 ) -> Result<(), ImportError> {
     let args_text = subst(m.arguments.to_string().trim(), args);
     match m.instruction.content.to_ascii_uppercase().as_str() {
-        "USER" => d.user = Some(args_text),
-        "WORKDIR" => d.workdir = Some(args_text),
+        "USER" => d.user = Some(expand_env(&args_text, &d.known_env)),
+        "WORKDIR" => {
+            // Docker resolves a relative WORKDIR against the previous one.
+            let w = expand_env(&args_text, &d.known_env);
+            d.workdir = Some(if w.starts_with('/') || w.starts_with("${") {
+                w
+            } else {
+                format!(
+                    "{}/{w}",
+                    d.workdir.as_deref().unwrap_or("").trim_end_matches('/')
+                )
+            });
+        }
         "SHELL" => match serde_json::from_str::<Vec<String>>(&args_text) {
             Ok(v) => d.shell = Some(v),
             Err(_) => return Err(at.err("SHELL needs a JSON array".into())),

@@ -47,21 +47,10 @@ pub fn history(created: &str, created_by: &str) -> Result<History, OciError> {
 
 /// The environment after applying `[env]` over the base's, Docker-style.
 pub fn merged_env(base: &[String], recipe: &[(String, String)]) -> Vec<String> {
-    let mut env: Vec<(String, String)> = base
-        .iter()
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k.to_string(), v.to_string())
-        })
-        .collect();
-    for (k, v) in recipe {
-        let v = crate::recipe::interp::expand_env(v, &env);
-        match env.iter_mut().find(|(ek, _)| ek == k) {
-            Some(slot) => slot.1 = v,
-            None => env.push((k.clone(), v)),
-        }
-    }
-    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+    crate::recipe::interp::merged_env(base, recipe)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect()
 }
 
 /// Builds the image config from the base's, the recipe and the layers.

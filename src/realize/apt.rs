@@ -214,25 +214,27 @@ const EXTENDED_STATES: &[u8] = b"var/lib/apt/extended_states";
 
 /// apt's `extended_states`: `Auto-Installed: 1` for every package installed only as a
 /// dependency, as `apt-get install` records it (so `apt-mark showauto` and `apt autoremove`
-/// are right). The base image's marks are kept, and a package the base had installed keeps
-/// its mark when it is only upgraded; one asked for by name becomes manual. `None` when
-/// there is nothing to write.
+/// are right). The base image's marks are kept in their order and new ones follow by name;
+/// a package the base had installed keeps its mark when it is only upgraded; one asked for
+/// by name becomes manual. `None` when there is nothing to write.
 fn extended_states(
     base: Option<&str>,
     base_status: Option<&str>,
     packages: &[LockedPackage],
     native: &str,
 ) -> Option<Vec<u8>> {
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeSet;
     let arch_of = |a: &str| if a == "all" { native } else { a }.to_string();
-    let mut auto: BTreeMap<(String, String), ()> = BTreeMap::new();
+    // The base's entries in their order (apt rewrites the file keeping it), then the new
+    // ones by name.
+    let mut auto: Vec<(String, String)> = Vec::new();
     for p in base
         .and_then(|b| crate::apt::control::parse(b).ok())
         .unwrap_or_default()
     {
         if let (Some(name), Some("1")) = (p.get("Package"), p.get("Auto-Installed")) {
             let arch = p.get("Architecture").unwrap_or(native);
-            auto.insert((name.to_string(), arch_of(arch)), ());
+            auto.push((name.to_string(), arch_of(arch)));
         }
     }
     let in_base: BTreeSet<String> = base_status
@@ -241,21 +243,23 @@ fn extended_states(
         .into_iter()
         .map(|p| p.name)
         .collect();
-    for p in packages {
+    let mut new: Vec<&LockedPackage> = packages.iter().collect();
+    new.sort_by(|a, b| a.name.cmp(&b.name));
+    for p in new {
         let key = (p.name.clone(), arch_of(&p.arch));
         if p.auto {
-            if !in_base.contains(&p.name) {
-                auto.insert(key, ());
+            if !in_base.contains(&p.name) && !auto.contains(&key) {
+                auto.push(key);
             }
         } else {
-            auto.remove(&key);
+            auto.retain(|k| *k != key);
         }
     }
     if auto.is_empty() && base.is_none() {
         return None;
     }
     let mut out = String::new();
-    for (name, arch) in auto.keys() {
+    for (name, arch) in &auto {
         out.push_str(&format!(
             "Package: {name}\nArchitecture: {arch}\nAuto-Installed: 1\n\n"
         ));

@@ -256,12 +256,22 @@ impl Realizer<'_> {
                 shell,
                 user,
                 network,
+                env,
             } => {
                 reporter.report(Event::Stage("unpacking the image for a run step"));
+                let base_env = self
+                    .base
+                    .config
+                    .as_ref()
+                    .and_then(|c| c.config().as_ref())
+                    .and_then(|c| c.env().clone())
+                    .unwrap_or_default();
+                let env = crate::recipe::interp::merged_env(&base_env, env);
                 let how = run::How {
                     shell,
                     user: user.as_deref(),
                     network: *network,
+                    env: &env,
                 };
                 run::command(plan, step, command, &how, cache, &self.layers)?
             }

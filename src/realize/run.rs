@@ -352,6 +352,8 @@ pub struct How<'a> {
     pub shell: &'a [String],
     pub user: Option<&'a str>,
     pub network: bool,
+    /// The image's environment (base config with `[env]` applied), as a RUN gets it.
+    pub env: &'a [(String, String)],
 }
 
 use crate::tool::sh_quote;
@@ -382,12 +384,18 @@ pub fn command(
                 )
             }
         };
+        let mut env: Vec<(&str, &str)> = how
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        env.push(("IMGBUILD_RUN", command));
         sandbox::run(
             bwrap,
             root,
             command.lines().next().unwrap_or(command),
             &script,
-            &[("IMGBUILD_RUN", command)],
+            &env,
             how.network,
             plan.mtime,
         )?;

@@ -1,7 +1,8 @@
 //! The users step: `[[group]]` and `[[user]]` written into `/etc/passwd`, `/etc/group`,
 //! `/etc/shadow` and `/etc/gshadow` (starting from the image's own), home directories seeded
-//! from `/etc/skel`, and sudoers drop-ins, as `groupadd`, `useradd -m -U` and a
-//! `/etc/sudoers.d` file would leave them.
+//! from `/etc/skel` with the image's `login.defs` home mode, subordinate id ranges in
+//! `/etc/subuid` and `/etc/subgid` when the image has them, and sudoers drop-ins, as
+//! `groupadd`, `useradd -m -U` and a `/etc/sudoers.d` file would leave them.
 
 use super::tree::{NodeKind, Tree};
 use crate::layer::Meta;
@@ -28,6 +29,8 @@ impl From<&str> for OwnerError {
 
 /// First id handed out to users and groups without one, as `/etc/login.defs` UID_MIN.
 const ID_MIN: u32 = 1000;
+/// UID_MAX / GID_MAX of Debian's `/etc/login.defs`.
+const ID_MAX: u32 = 60000;
 
 /// A failure naming the recipe field at fault.
 #[derive(Debug)]
@@ -60,12 +63,22 @@ fn id_of(row: &[String]) -> Option<u32> {
     row.get(2)?.parse().ok()
 }
 
+/// The id useradd/groupadd hand out: one above the highest in use between UID_MIN and
+/// UID_MAX (1000..=60000), or UID_MIN when none is; only when that passes UID_MAX, the lowest
+/// free one.
 fn next_free(used: &[Vec<String>]) -> u32 {
-    let mut id = ID_MIN;
-    while used.iter().any(|r| id_of(r) == Some(id)) {
-        id += 1;
+    let in_range = |id: &u32| (ID_MIN..=ID_MAX).contains(id);
+    match used.iter().filter_map(|r| id_of(r)).filter(in_range).max() {
+        Some(top) if top < ID_MAX => top + 1,
+        Some(_) => {
+            let mut id = ID_MIN;
+            while used.iter().any(|r| id_of(r) == Some(id)) {
+                id += 1;
+            }
+            id
+        }
+        None => ID_MIN,
     }
-    id
 }
 
 /// A new group with no members, in `/etc/group` and `/etc/gshadow`.
@@ -301,11 +314,63 @@ impl Accounts {
     }
 }
 
+/// The mode `useradd -m` gives a home in this image: `HOME_MODE` of `/etc/login.defs`, else
+/// what its `UMASK` leaves of 0777 (Debian: 022, so 0755; Ubuntu sets HOME_MODE 0750).
+fn home_mode(lower: &LowerFs) -> u32 {
+    let defs = lower
+        .read(b"etc/login.defs")
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default();
+    let value = |key: &str| {
+        defs.lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(key)).then(|| w.next()).flatten()
+            })
+            .and_then(|v| u32::from_str_radix(v.trim_start_matches("0o"), 8).ok())
+    };
+    match value("HOME_MODE") {
+        Some(m) => m & 0o7777,
+        None => 0o777 & !value("UMASK").unwrap_or(0o022),
+    }
+}
+
+/// `/etc/subuid` or `/etc/subgid` with a range for each new user, as useradd adds one when
+/// the file exists: 65536 ids from 100000 or after the last range (SUB_UID_MIN/COUNT).
+fn subordinate(lower: &LowerFs, file: &str, users: &[(String, bool)]) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(lower.read(file.as_bytes())?).into_owned();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut next = lines
+        .iter()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            Some(f.get(1)?.parse::<u64>().ok()? + f.get(2)?.parse::<u64>().ok()?)
+        })
+        .max()
+        .unwrap_or(100_000)
+        .max(100_000);
+    let mut changed = false;
+    for (name, new) in users {
+        if *new && !lines.iter().any(|l| l.split(':').next() == Some(name)) {
+            lines.push(format!("{name}:{next}:65536"));
+            next += 65536;
+            changed = true;
+        }
+    }
+    changed.then(|| {
+        let mut out = lines.join("\n");
+        out.push('\n');
+        out.into_bytes()
+    })
+}
+
 /// A user's home (its parents root's), seeded from `/etc/skel` as `useradd -m` does, and its
 /// sudoers drop-in.
 fn home(tree: &mut Tree, lower: &LowerFs, u: &User, uid: u32, gid: u32, home: &str) {
     let owner = Meta {
-        mode: 0o750,
+        mode: home_mode(lower),
         uid: uid as u64,
         gid: gid as u64,
     };
@@ -353,9 +418,17 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
     let mut acc = Accounts::read(lower);
     acc.add_groups(groups)?;
     let mut tree = Tree::default();
+    let mut created = Vec::new();
     for (i, u) in users.iter().enumerate() {
+        let new = !acc.passwd.iter().any(|r| r[0] == u.name);
         let (uid, gid, home_dir) = acc.add_user(i, u)?;
         home(&mut tree, lower, u, uid, gid, &home_dir);
+        created.push((u.name.clone(), new));
+    }
+    for f in ["etc/subuid", "etc/subgid"] {
+        if let Some(body) = subordinate(lower, f, &created) {
+            file(&mut tree, lower, &format!("/{f}"), body, Meta::FILE);
+        }
     }
     let Accounts {
         passwd,

@@ -161,6 +161,26 @@ pub fn expand_platform(url: &str, platform: &str) -> Result<String, ExpandError>
 
 /// Docker ENV semantics: `$NAME` and `${NAME}` take the value of an earlier variable (or the
 /// base image's), and an undefined one expands to the empty string.
+/// The environment after applying `[env]` over the base image's (`KEY=VALUE` strings),
+/// each value expanded Docker-style against what is set before it.
+pub fn merged_env(base: &[String], recipe: &[(String, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = base
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_string(), v.to_string())
+        })
+        .collect();
+    for (k, v) in recipe {
+        let v = expand_env(v, &env);
+        match env.iter_mut().find(|(ek, _)| ek == k) {
+            Some(slot) => slot.1 = v,
+            None => env.push((k.clone(), v)),
+        }
+    }
+    env
+}
+
 pub fn expand_env(value: &str, env: &[(String, String)]) -> String {
     let get = |name: &str| {
         env.iter()

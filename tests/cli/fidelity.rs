@@ -103,8 +103,8 @@ const ALLOWED: &[(&str, &str)] = &[
 const LINE_SETS: &[&str] = &["etc/shells", "var/lib/dpkg/triggers/File"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    kind: char,
+pub(crate) struct Entry {
+    pub(crate) kind: char,
     mode: u32,
     uid: u32,
     gid: u32,
@@ -113,7 +113,7 @@ struct Entry {
     xattrs: String,
 }
 
-fn tree(root: &Path) -> BTreeMap<String, Entry> {
+pub(crate) fn tree(root: &Path) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
     for e in walkdir::WalkDir::new(root).min_depth(1) {
         let e = e.unwrap();

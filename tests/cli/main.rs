@@ -10,6 +10,7 @@ mod apt;
 mod build;
 mod distroless;
 mod fidelity;
+mod oracle;
 mod cache;
 mod errors;
 mod hostile;

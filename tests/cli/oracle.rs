@@ -1,0 +1,289 @@
+//! The import oracle (live: the Debian mirror comes from this machine's apt configuration).
+//! Each fixture Dockerfile under `fixtures/dockerfiles/NAME/` (written for these tests, in the
+//! styles real Dockerfiles use) is built by buildah (vfs storage, chroot isolation) and, after
+//! `imgbuild import`, by imgbuild, both from the same bookworm minbase layout imgbuild made
+//! (`FROM ${BASE}`, given as `oci:PATH:latest`). The two images are unpacked with umoci and
+//! compared path by path: kind, mode, owner, content or link target, extended attributes.
+//! Every difference must be on the commented allowlist below.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command as Std;
+use std::sync::OnceLock;
+
+use super::fidelity::{Entry, tree};
+use super::proxmox::mirror;
+use super::{Work, assert_ok, repo, stderr, stdout};
+
+/// Paths that may differ between buildah's and imgbuild's build of the same Dockerfile.
+/// An entry ending in `/` is a prefix.
+const ALLOWED: &[(&str, &str)] = &[
+    (
+        "etc/hostname",
+        "buildah leaves its RUN mount points behind as empty files",
+    ),
+    (
+        "etc/hosts",
+        "buildah leaves its RUN mount points behind as empty files",
+    ),
+    (
+        "etc/resolv.conf",
+        "buildah leaves its RUN mount points behind as empty files",
+    ),
+    (
+        "var/log/",
+        "logs of apt and dpkg runs: imgbuild removes them (they differ on every build)",
+    ),
+    (
+        "var/cache/debconf/",
+        "debconf's caches and their -old backups, rewritten by every apt run",
+    ),
+    (
+        "var/cache/ldconfig/aux-cache",
+        "ld.so's cache of file stamps: imgbuild removes it",
+    ),
+    ("var/lib/dpkg/status-old", "backups imgbuild removes"),
+    ("var/lib/dpkg/lock-frontend", "apt's lock files"),
+    (
+        "var/cache/apt/",
+        "apt's package caches (pkgcache.bin) and lock",
+    ),
+    (
+        "var/lib/apt/lists/",
+        "apt's lists: the Dockerfile removes them, imgbuild never writes them",
+    ),
+    ("etc/shadow-", "backups imgbuild removes"),
+    ("etc/passwd-", "backups imgbuild removes"),
+    ("etc/group-", "backups imgbuild removes"),
+    ("etc/gshadow-", "backups imgbuild removes"),
+    ("etc/subuid-", "backups imgbuild removes"),
+    ("etc/subgid-", "backups imgbuild removes"),
+];
+
+/// The minbase layout both builds start from, made once. In a lowercase directory: buildah
+/// names the container after the layout's path, and a reference must be lowercase.
+fn minbase() -> &'static Path {
+    static BASE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, path) = BASE.get_or_init(|| {
+        let keep = tempfile::Builder::new()
+            .prefix("imgbuild-oracle-")
+            .rand_bytes(0)
+            .suffix(&std::process::id().to_string())
+            .tempdir()
+            .unwrap();
+        let work = Work::setup();
+        let out = keep.path().join("minbase");
+        let o = work
+            .cmd()
+            .args(["--quiet", "--var", &format!("mirror={}", mirror()), "build"])
+            .arg(work.path("recipes/bookworm-minbase.toml"))
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        (keep, out)
+    });
+    path
+}
+
+fn allowed(path: &str) -> Option<&'static str> {
+    ALLOWED
+        .iter()
+        .find(|(p, _)| {
+            if p.ends_with('/') {
+                path.starts_with(p)
+            } else {
+                path == *p
+            }
+        })
+        .map(|(_, why)| *why)
+}
+
+/// `/etc/shadow` with each entry's "last changed" day blanked: useradd writes the build day
+/// (buildah's RUN has no SOURCE_DATE_EPOCH), imgbuild the day of the recipe's build time.
+fn shadow_without_days(root: &Path) -> Vec<String> {
+    fs::read_to_string(root.join("etc/shadow"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let mut f: Vec<&str> = l.split(':').collect();
+            if f.len() > 2 {
+                f[2] = "";
+            }
+            f.join(":")
+        })
+        .collect()
+}
+
+fn stanzas(path: &Path) -> BTreeSet<String> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .split("\n\n")
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn buildah(store: &Path) -> Std {
+    let mut c = Std::new("buildah");
+    c.arg("--storage-driver")
+        .arg("vfs")
+        .arg("--root")
+        .arg(store.join("root"))
+        .arg("--runroot")
+        .arg(store.join("run"));
+    c
+}
+
+/// Builds `fixture` both ways; the differences not on the allowlist.
+fn compare(work: &Work, fixture: &Path) -> Result<usize, Vec<String>> {
+    let name = fixture.file_name().unwrap().to_string_lossy().into_owned();
+    let ctx = work.path(&format!("ctx-{name}"));
+    super::copy_dir(fixture, &ctx);
+    let base = format!("oci:{}:latest", minbase().display());
+    let store = work.path("buildah");
+
+    let o = buildah(&store)
+        .args(["bud", "--isolation", "chroot", "--layers=false"])
+        .args(["--build-arg", &format!("BASE={base}")])
+        .args(["-t", &format!("oracle-{name}")])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let theirs = work.path(&format!("buildah-{name}"));
+    let o = buildah(&store)
+        .arg("push")
+        .arg(format!("oracle-{name}"))
+        .arg(format!("oci:{}:latest", theirs.display()))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+
+    let recipe = ctx.join("imported.toml");
+    let o = work
+        .cmd()
+        .current_dir(&ctx)
+        .args(["import", "Dockerfile", "-o"])
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let o = work
+        .cmd()
+        .args(["--var", &format!("BASE={base}"), "check"])
+        .arg(&recipe)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{name}: check refuses the import:\n{}",
+        stderr(&o)
+    );
+    let parsed: toml::Value = toml::from_str(&fs::read_to_string(&recipe).unwrap()).unwrap();
+    for r in parsed
+        .get("run")
+        .and_then(|r| r.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let cmd = r["command"].as_str().unwrap();
+        let o = Std::new("bash").args(["-n", "-c", cmd]).output().unwrap();
+        assert!(o.status.success(), "{name}: bash -n refuses {cmd:?}");
+    }
+    let ours = work.path(&format!("imgbuild-{name}"));
+    let o = work
+        .cmd()
+        .args(["--var", &format!("BASE={base}"), "build"])
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&ours)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{name}: imgbuild build fails:\n{}",
+        stderr(&o)
+    );
+
+    let unpack = |layout: &Path, to: &Path| {
+        let o = Std::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:latest", layout.display()))
+            .arg(to)
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        to.join("rootfs")
+    };
+    let a = unpack(&theirs, &work.path(&format!("b-{name}")));
+    let b = unpack(&ours, &work.path(&format!("i-{name}")));
+    let (ta, tb): (BTreeMap<String, Entry>, BTreeMap<String, Entry>) = (tree(&a), tree(&b));
+    let mut unexpected = Vec::new();
+    for path in ta.keys().chain(tb.keys()).collect::<BTreeSet<_>>() {
+        let (x, y) = (ta.get(path), tb.get(path));
+        if x == y || allowed(path).is_some() {
+            continue;
+        }
+        if path == "etc/shadow" && shadow_without_days(&a) == shadow_without_days(&b) {
+            continue;
+        }
+        // apt keeps the file's entries in its own package order; it reads them as a set.
+        if path == "var/lib/apt/extended_states" && stanzas(&a.join(path)) == stanzas(&b.join(path))
+        {
+            continue;
+        }
+        let mut detail = format!("{name}: {path}\n  buildah:  {x:?}\n  imgbuild: {y:?}");
+        // Two files: what differs in them.
+        if let (Some(x), Some(y)) = (x, y)
+            && x.kind == 'f'
+            && y.kind == 'f'
+        {
+            let d = Std::new("diff")
+                .arg("-u")
+                .arg(a.join(path))
+                .arg(b.join(path))
+                .output()
+                .unwrap();
+            let text = stdout(&d);
+            let lines: Vec<&str> = text.lines().skip(2).take(20).collect();
+            detail.push_str(&format!("\n  {}", lines.join("\n  ")));
+        }
+        unexpected.push(detail);
+    }
+    if unexpected.is_empty() {
+        Ok(ta.len())
+    } else {
+        Err(unexpected)
+    }
+}
+
+#[test]
+fn imported_dockerfiles_build_what_buildah_builds() {
+    let work = Work::setup();
+    let mut fixtures: Vec<PathBuf> = fs::read_dir(repo().join("fixtures/dockerfiles"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("Dockerfile").is_file())
+        .collect();
+    fixtures.sort();
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    for f in &fixtures {
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        match compare(&work, f) {
+            Ok(n) => rows.push(format!("| {name} | {n} paths | identical |")),
+            Err(diffs) => {
+                rows.push(format!("| {name} | | {} differences |", diffs.len()));
+                failures.extend(diffs);
+            }
+        }
+    }
+    eprintln!("\n| fixture | buildah's image | imgbuild's |\n|---|---:|---|");
+    for r in &rows {
+        eprintln!("{r}");
+    }
+    assert!(failures.is_empty(), "differences:\n{}", failures.join("\n"));
+}
