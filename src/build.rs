@@ -357,6 +357,9 @@ fn write_layout(
         entrypoint: r.image.entrypoint.clone(),
         cmd: r.image.cmd.clone(),
         labels: r.image.labels.clone(),
+        expose: r.image.expose.clone(),
+        volumes: r.image.volumes.clone(),
+        stop_signal: r.image.stop_signal.clone(),
     };
     let history = layers
         .iter()

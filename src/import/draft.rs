@@ -56,6 +56,9 @@ pub struct Draft {
     pub vars: Vec<(String, String)>,
     pub env: Vec<(String, String)>,
     pub labels: Vec<(String, String)>,
+    pub expose: Vec<String>,
+    pub volumes: Vec<String>,
+    pub stop_signal: Option<String>,
     pub user: Option<String>,
     pub workdir: Option<String>,
     pub shell: Option<Vec<String>>,
@@ -332,6 +335,15 @@ impl Draft {
         }
         if let Some(c) = &self.cmd {
             o.push_str(&format!("cmd = {}\n", arr(c)));
+        }
+        if !self.expose.is_empty() {
+            o.push_str(&format!("expose = {}\n", arr(&self.expose)));
+        }
+        if !self.volumes.is_empty() {
+            o.push_str(&format!("volumes = {}\n", arr(&self.volumes)));
+        }
+        if let Some(s) = &self.stop_signal {
+            o.push_str(&format!("stop_signal = {}\n", q(s)));
         }
         if !self.labels.is_empty() {
             let l: Vec<String> = self

@@ -143,6 +143,7 @@ pub fn import_to(
         message,
     };
     let (text, heredocs) = heredocs(text).map_err(|(line, m)| err(line, m))?;
+    let (text, more_args) = normalize(&text);
     let text = text.as_str();
     let df = Dockerfile::parse(text).map_err(|e| {
         let msg = e.to_string();
@@ -163,14 +164,17 @@ pub fn import_to(
     let mut warnings = Vec::new();
     let mut args: Vec<(String, String)> = Vec::new();
     for a in &df.global_args {
-        args.push((
-            a.name.content.clone(),
-            a.value
-                .as_ref()
-                .map(|v| v.content.clone())
-                .unwrap_or_default(),
-        ));
+        let value = a.value.as_ref().map(|v| v.content.clone());
+        declare(&mut args, &[], &a.name.content, value);
+        for (name, value) in more_args
+            .get(&line_of(text, a.span.start))
+            .into_iter()
+            .flatten()
+        {
+            declare(&mut args, &[], name, value.clone());
+        }
     }
+    let globals = args.clone();
     let stages: Vec<_> = df.iter_stages().collect();
     let Some(last) = stages.last() else {
         return Err(err(1, "no FROM instruction".into()));
@@ -194,13 +198,11 @@ pub fn import_to(
         match ins {
             Instruction::From(f) => d.base = subst(&f.image.content, &args),
             Instruction::Arg(a) => {
-                let v = a
-                    .value
-                    .as_ref()
-                    .map(|v| v.content.clone())
-                    .unwrap_or_default();
-                args.retain(|(n, _)| *n != a.name.content);
-                args.push((a.name.content.clone(), v));
+                let value = a.value.as_ref().map(|v| v.content.clone());
+                declare(&mut args, &globals, &a.name.content, value);
+                for (name, value) in more_args.get(&at.line).into_iter().flatten() {
+                    declare(&mut args, &globals, name, value.clone());
+                }
             }
             Instruction::Env(e) => {
                 for v in &e.vars {
@@ -255,6 +257,104 @@ pub fn import_to(
         warnings,
         context_paths,
     })
+}
+
+/// An ARG: a default naming earlier build arguments refers to them (`${var.X}`), and an ARG
+/// without one inside a stage takes the global ARG's default, as Docker does (it does not
+/// wipe it).
+fn declare(
+    args: &mut Vec<(String, String)>,
+    globals: &[(String, String)],
+    name: &str,
+    value: Option<String>,
+) {
+    let value = match value {
+        Some(v) => subst_args(&v, args),
+        None => globals
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default(),
+    };
+    args.retain(|(n, _)| n != name);
+    args.push((name.to_string(), value));
+}
+
+/// ARG names past an ARG's first, by the line the ARG starts on: (name, default).
+type MoreArgs = std::collections::BTreeMap<usize, Vec<(String, Option<String>)>>;
+
+/// What the Dockerfile parser cannot read, rewritten without moving any line: quotes in a
+/// FROM line's image (`FROM debian:"${X}"`, which Docker unquotes) are dropped, and an ARG
+/// with several names keeps its first, the others returned by line (the ARG's first line).
+fn normalize(text: &str) -> (String, MoreArgs) {
+    let mut more = std::collections::BTreeMap::new();
+    let lines: Vec<&str> = text.split('\n').collect();
+    let mut out: Vec<String> = Vec::with_capacity(lines.len());
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        let word = line
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        if word == "FROM" {
+            out.push(line.replace(['"', '\''], ""));
+            i += 1;
+            continue;
+        }
+        if word != "ARG" {
+            out.push(line.to_string());
+            i += 1;
+            continue;
+        }
+        // The whole instruction, over its continuation lines.
+        let first = i;
+        let mut joined = String::new();
+        loop {
+            let l = lines[i];
+            match l.trim_end().strip_suffix('\\') {
+                Some(head) if i + 1 < lines.len() => {
+                    joined.push_str(head);
+                    joined.push(' ');
+                    i += 1;
+                }
+                _ => {
+                    joined.push_str(l);
+                    i += 1;
+                    break;
+                }
+            }
+        }
+        let rest = joined.trim_start()[3..].trim();
+        let words: Vec<String> = shell::split(rest)
+            .ok()
+            .and_then(|c| c.into_iter().next())
+            .and_then(|c| c.stages.into_iter().next())
+            .unwrap_or_default();
+        if words.len() < 2 {
+            out.extend(lines[first..i].iter().map(|l| l.to_string()));
+            continue;
+        }
+        let quote = |w: &str| match w.split_once('=') {
+            Some((n, v)) => format!("{n}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")),
+            None => w.to_string(),
+        };
+        out.push(format!("ARG {}", quote(&words[0])));
+        // Blank lines where the continuation was, so later lines keep their numbers.
+        out.extend(std::iter::repeat_n(String::new(), i - first - 1));
+        more.insert(
+            first + 1,
+            words[1..]
+                .iter()
+                .map(|w| match w.split_once('=') {
+                    Some((n, v)) => (n.to_string(), Some(v.to_string())),
+                    None => (w.clone(), None),
+                })
+                .collect(),
+        );
+    }
+    (out.join("\n"), more)
 }
 
 /// Where an instruction is, for its warnings and errors.
@@ -463,6 +563,26 @@ fn misc(
                 )
             });
         }
+        // Docker expands ENV in these; each of them also sets image configuration only.
+        "EXPOSE" => {
+            let text = expand_env(&args_text, &d.known_env);
+            for p in text.split_whitespace() {
+                if !d.expose.iter().any(|e| e == p) {
+                    d.expose.push(p.to_string());
+                }
+            }
+        }
+        "VOLUME" => {
+            let text = expand_env(&args_text, &d.known_env);
+            let dirs = serde_json::from_str::<Vec<String>>(&text)
+                .unwrap_or_else(|_| text.split_whitespace().map(str::to_string).collect());
+            for v in dirs {
+                if !d.volumes.contains(&v) {
+                    d.volumes.push(v);
+                }
+            }
+        }
+        "STOPSIGNAL" => d.stop_signal = Some(expand_env(&args_text, &d.known_env)),
         "SHELL" => match serde_json::from_str::<Vec<String>>(&args_text) {
             Ok(v) => d.shell = Some(v),
             Err(_) => return Err(at.err("SHELL needs a JSON array".into())),

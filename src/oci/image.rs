@@ -33,6 +33,12 @@ pub struct RuntimeSpec {
     pub entrypoint: Option<Vec<String>>,
     pub cmd: Option<Vec<String>>,
     pub labels: BTreeMap<String, String>,
+    /// Added to the base's (`80/tcp`; a bare number gets `/tcp`, as Docker writes it).
+    pub expose: Vec<String>,
+    /// Added to the base's.
+    pub volumes: Vec<String>,
+    /// Replaces the base's.
+    pub stop_signal: Option<String>,
 }
 
 /// One history entry per layer (and none for config-only changes).
@@ -111,13 +117,42 @@ pub fn config(
                 .collect::<std::collections::HashMap<_, _>>(),
         );
     }
-    if let Some(p) = bc.as_ref().and_then(|c| c.exposed_ports().clone()) {
-        cb = cb.exposed_ports(p);
+    let mut ports = bc
+        .as_ref()
+        .and_then(|c| c.exposed_ports().clone())
+        .unwrap_or_default();
+    for p in &spec.expose {
+        let p = if p.contains('/') {
+            p.clone()
+        } else {
+            format!("{p}/tcp")
+        };
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
     }
-    if let Some(v) = bc.as_ref().and_then(|c| c.volumes().clone()) {
-        cb = cb.volumes(v);
+    ports.sort();
+    if !ports.is_empty() {
+        cb = cb.exposed_ports(ports);
     }
-    if let Some(s) = bc.as_ref().and_then(|c| c.stop_signal().clone()) {
+    let mut volumes = bc
+        .as_ref()
+        .and_then(|c| c.volumes().clone())
+        .unwrap_or_default();
+    for v in &spec.volumes {
+        if !volumes.contains(v) {
+            volumes.push(v.clone());
+        }
+    }
+    volumes.sort();
+    if !volumes.is_empty() {
+        cb = cb.volumes(volumes);
+    }
+    if let Some(s) = spec
+        .stop_signal
+        .clone()
+        .or_else(|| bc.as_ref().and_then(|c| c.stop_signal().clone()))
+    {
         cb = cb.stop_signal(s);
     }
     let arch = match spec.platform.split_once('/').map(|(_, a)| a) {

@@ -66,6 +66,14 @@ pub struct Image {
     pub cmd: Option<Vec<String>>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Ports the image listens on (`80`, `80/tcp`, `53/udp`): the config's ExposedPorts.
+    #[serde(default)]
+    pub expose: Vec<String>,
+    /// Directories the runtime should mount a volume on: the config's Volumes.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// The signal that stops the container (`SIGTERM`, `SIGQUIT`, `9`).
+    pub stop_signal: Option<String>,
 }
 
 fn default_base() -> String {

@@ -367,6 +367,22 @@ const SNIPPETS: &[(&str, &str, &[&str], usize)] = &[
         0,
     ),
     (
+        "quotes in FROM are Docker's, not the image name's",
+        "ARG X=12\nFROM debian:\"${X}\" AS y\n",
+        &["base = \"debian:${var.X}\""],
+        0,
+    ),
+    (
+        "several names on one ARG, over continuation lines",
+        "ARG A=1 \\\n    B=\"two words\"\nRUN echo $A $B > /x\n",
+        &[
+            "\"A\" = \"1\"",
+            "\"B\" = \"two words\"",
+            "echo ${var.A} ${var.B} > /x",
+        ],
+        1,
+    ),
+    (
         "|| keeps the RUN whole",
         "RUN apt-get install -y fortune || true\n",
         &["command = \"apt-get install -y fortune || true\""],
@@ -481,6 +497,8 @@ fn snippets_map_to_recipe_fragments() {
     for (case, body, want, runs) in SNIPPETS {
         let text = if *case == "ARG before FROM" {
             "ARG IMG=debian:12\nFROM ${IMG}\n".to_string()
+        } else if body.contains("FROM ") {
+            body.to_string()
         } else {
             format!("FROM debian:12\n{body}")
         };

@@ -126,6 +126,17 @@ fn stanzas(path: &Path) -> BTreeSet<String> {
         .collect()
 }
 
+/// The image config of the layout's `latest`, read through skopeo.
+fn config(layout: &Path) -> serde_json::Value {
+    let o = Std::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("oci:{}:latest", layout.display()))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    serde_json::from_str(&stdout(&o)).unwrap()
+}
+
 fn buildah(store: &Path) -> Std {
     let mut c = Std::new("buildah");
     c.arg("--storage-driver")
@@ -222,6 +233,26 @@ fn compare(work: &Work, fixture: &Path) -> Result<usize, Vec<String>> {
     let b = unpack(&ours, &work.path(&format!("i-{name}")));
     let (ta, tb): (BTreeMap<String, Entry>, BTreeMap<String, Entry>) = (tree(&a), tree(&b));
     let mut unexpected = Vec::new();
+    // The runtime configuration: everything but labels (buildah adds its version) and
+    // history.
+    let (ca, cb) = (config(&theirs), config(&ours));
+    for field in [
+        "Env",
+        "User",
+        "WorkingDir",
+        "Entrypoint",
+        "Cmd",
+        "ExposedPorts",
+        "Volumes",
+        "StopSignal",
+    ] {
+        let (x, y) = (&ca["config"][field], &cb["config"][field]);
+        if x != y {
+            unexpected.push(format!(
+                "{name}: config {field}\n  buildah:  {x}\n  imgbuild: {y}"
+            ));
+        }
+    }
     for path in ta.keys().chain(tb.keys()).collect::<BTreeSet<_>>() {
         let (x, y) = (ta.get(path), tb.get(path));
         if x == y || allowed(path).is_some() {

@@ -247,6 +247,32 @@ fn image(c: &mut Checker, loaded: &Loaded) -> BaseRef {
             BaseRef::Scratch
         }
     };
+    for (i, port) in r.image.expose.iter().enumerate() {
+        let (num, proto) = port.split_once('/').unwrap_or((port.as_str(), "tcp"));
+        if !matches!(num.parse::<u32>(), Ok(1..=65535)) || !matches!(proto, "tcp" | "udp" | "sctp")
+        {
+            c.error(
+                &image.key("expose").index(i),
+                format!("`{port}` is not a port: write NUMBER or NUMBER/tcp|udp|sctp (1 to 65535)"),
+            );
+        }
+    }
+    for (i, v) in r.image.volumes.iter().enumerate() {
+        c.image_path(&image.key("volumes").index(i), v);
+    }
+    if let Some(sig) = &r.image.stop_signal {
+        let name_ok = sig.strip_prefix("SIG").is_some_and(|n| {
+            !n.is_empty()
+                && n.chars()
+                    .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit() || ch == '+')
+        });
+        if !name_ok && !matches!(sig.parse::<u32>(), Ok(1..=64)) {
+            c.error(
+                &image.key("stop_signal"),
+                format!("`{sig}` is not a signal: write a name such as SIGTERM or a number"),
+            );
+        }
+    }
     if let Some(w) = &r.image.workdir {
         c.image_path(&image.key("workdir"), w);
     }
