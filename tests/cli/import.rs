@@ -64,7 +64,7 @@ fn stages_and_unmapped_instructions_are_reported() {
     let df = w.path("Dockerfile");
     fs::write(
         &df,
-        "ARG BASE=ubuntu:22.04\nFROM golang AS build\nRUN go build -o /app .\nFROM ${BASE}\nCOPY --from=build /app /app\nEXPOSE 80\nRUN make -j4 && ln -sf /app /usr/bin/app\nCMD [\"/app\"]\n",
+        "ARG BASE=ubuntu:22.04\nFROM golang AS build\nRUN go build -o /app .\nFROM ${BASE}\nCOPY --from=build /app /app\nEXPOSE 80\nRUN make -j4 && ln -sf /app /usr/bin/app\nCMD [\"/app\"]\nHEALTHCHECK CMD /app --check\n",
     )
     .unwrap();
     let o = w.cmd().arg("import").arg(&df).output().unwrap();
@@ -88,7 +88,8 @@ fn stages_and_unmapped_instructions_are_reported() {
         e.contains("Dockerfile:5: COPY --from another stage is not imported"),
         "{e}"
     );
-    assert!(e.contains("Dockerfile:6: EXPOSE is not imported"), "{e}");
+    assert!(recipe.contains("expose = [\"80\"]"), "{recipe}");
+    assert!(e.contains("Dockerfile:9: HEALTHCHECK is not imported"), "{e}");
     assert!(
         e.contains("Dockerfile:7: kept as a [[run]] step: make -j4 && ln -sf"),
         "{e}"
