@@ -89,7 +89,10 @@ fn stages_and_unmapped_instructions_are_reported() {
         "{e}"
     );
     assert!(recipe.contains("expose = [\"80\"]"), "{recipe}");
-    assert!(e.contains("Dockerfile:9: HEALTHCHECK is not imported"), "{e}");
+    assert!(
+        e.contains("Dockerfile:9: HEALTHCHECK is not imported"),
+        "{e}"
+    );
     assert!(
         e.contains("Dockerfile:7: kept as a [[run]] step: make -j4 && ln -sf"),
         "{e}"
