@@ -113,7 +113,12 @@ impl Draft {
     pub fn push_run(&mut self, command: String) {
         let command = match &self.workdir {
             Some(w) if w != "/" => {
-                let w = shell_quote(w);
+                // A `$` is left for the shell (a base image's variable): double quotes.
+                let w = if w.contains('$') {
+                    format!("\"{w}\"")
+                } else {
+                    crate::tool::sh_quote(w)
+                };
                 format!("mkdir -p {w} && cd {w} || exit 1\n{command}")
             }
             _ => command,
@@ -518,16 +523,4 @@ fn substitute(value: &str, key: &str, by: &str) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// `s` as one shell word (single quotes, unless it needs none).
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-+:@%=${}".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }

@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use super::apt::{dpkg_list, fixture, unpack};
+use super::apt_repo::{dpkg_list, fixture, unpack};
 use super::{assert_ok, stderr, tool};
 
 /// The fixture recipe's package list set to `packages` (a TOML array).

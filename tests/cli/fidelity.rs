@@ -12,7 +12,7 @@ use std::process::Command as Std;
 
 use sha2::{Digest as _, Sha256};
 
-use super::apt::{dpkg_list, unpack};
+use super::apt_repo::{dpkg_list, unpack};
 use super::proxmox::mirror;
 use super::{Work, assert_ok, stdout, tool};
 

@@ -520,24 +520,7 @@ fn snippets_map_to_recipe_fragments() {
             "{case}: [[run]] steps in\n{recipe}"
         );
         // Every run is valid shell.
-        let parsed: toml::Value = toml::from_str(&recipe).unwrap();
-        for r in parsed
-            .get("run")
-            .and_then(|r| r.as_array())
-            .into_iter()
-            .flatten()
-        {
-            let cmd = r["command"].as_str().unwrap();
-            let o = std::process::Command::new("bash")
-                .args(["-n", "-c", cmd])
-                .output()
-                .unwrap();
-            assert!(
-                o.status.success(),
-                "{case}: bash -n refuses {cmd:?}: {}",
-                stderr(&o)
-            );
-        }
+        crate::assert_runs_parse(&recipe, case);
         if *runs > 0 {
             assert!(stderr(&o).contains("Dockerfile:"), "{case}: {}", stderr(&o));
         }

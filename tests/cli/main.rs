@@ -7,6 +7,7 @@ mod fake_proxmox;
 mod http;
 
 mod apt;
+mod apt_repo;
 mod build;
 mod distroless;
 mod fidelity;
@@ -164,4 +165,26 @@ pub fn tool(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|e| panic!("{program} is needed for this test (.ci/run installs it): {e}"));
     assert_ok(&o);
     stdout(&o)
+}
+
+/// Every `[[run]]` command of the recipe text `recipe` is valid shell (`bash -n`).
+pub fn assert_runs_parse(recipe: &str, label: &str) {
+    let parsed: toml::Value = toml::from_str(recipe).unwrap();
+    for r in parsed
+        .get("run")
+        .and_then(|r| r.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let cmd = r["command"].as_str().unwrap();
+        let o = std::process::Command::new("bash")
+            .args(["-n", "-c", cmd])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{label}: bash -n refuses {cmd:?}: {}",
+            stderr(&o)
+        );
+    }
 }

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use crate::apt::{fixture_repo, pkg, recipe};
+use crate::apt_repo::{fixture_repo, pkg, recipe};
 use crate::servers::{Mode, Registry};
 use crate::{FileServer, Work, assert_ok, stderr, stdout, tool};
 

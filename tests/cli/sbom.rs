@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::apt::{dpkg_list, fixture_repo, recipe, unpack};
+use crate::apt_repo::{dpkg_list, fixture_repo, recipe, unpack};
 use crate::{FileServer, Work, assert_ok, repo};
 
 fn validate(doc: &Path) {
