@@ -108,6 +108,15 @@ fn arr(v: &[String]) -> String {
 }
 
 impl Draft {
+    /// `path` as a RUN in the current WORKDIR (`/` without one) names it.
+    fn in_workdir(&self, path: String) -> String {
+        if path.starts_with('/') || path.starts_with('$') {
+            return path;
+        }
+        let dir = self.workdir.as_deref().unwrap_or("/").trim_end_matches('/');
+        format!("{dir}/{}", path.trim_start_matches("./"))
+    }
+
     /// Appends `command` as a `[[run]]` step in the Dockerfile's current USER and WORKDIR
     /// (Docker makes the WORKDIR if it is missing).
     pub fn push_run(&mut self, command: String) {
@@ -159,20 +168,28 @@ impl Draft {
                     self.ppas.push(p);
                 }
             }
-            Fragment::Download { url, dest } => self.downloads.push(Download {
-                url: subst(&url, args),
-                dest: Some(subst(&dest, args)),
-                ..Default::default()
-            }),
-            Fragment::Extract { url, dir, strip } => self.downloads.push(Download {
-                url: subst(&url, args),
-                extract: Some(subst(&dir, args)),
-                strip,
-                ..Default::default()
-            }),
-            Fragment::Symlink { target, path } => self
-                .symlinks
-                .push((subst(&path, args), subst(&target, args))),
+            // A RUN's relative paths are relative to the WORKDIR it runs in.
+            Fragment::Download { url, dest } => {
+                let dest = self.in_workdir(subst(&dest, args));
+                self.downloads.push(Download {
+                    url: subst(&url, args),
+                    dest: Some(dest),
+                    ..Default::default()
+                })
+            }
+            Fragment::Extract { url, dir, strip } => {
+                let dir = self.in_workdir(subst(&dir, args));
+                self.downloads.push(Download {
+                    url: subst(&url, args),
+                    extract: Some(dir),
+                    strip,
+                    ..Default::default()
+                })
+            }
+            Fragment::Symlink { target, path } => {
+                let path = self.in_workdir(subst(&path, args));
+                self.symlinks.push((path, subst(&target, args)))
+            }
             Fragment::User {
                 name,
                 shell,
@@ -203,7 +220,7 @@ impl Draft {
                 self.upgrade_pip |= upgrade_pip;
             }
             Fragment::Chmod { mode, path } => {
-                let path = subst(&path, args);
+                let path = self.in_workdir(subst(&path, args));
                 match self
                     .downloads
                     .iter_mut()

@@ -46,7 +46,8 @@ fn line_of(text: &str, offset: usize) -> usize {
 /// `$NAME` / `${NAME}` of an ENV set earlier in the stage replaced by its value at that point,
 /// as Docker expands ENV, WORKDIR, USER, COPY, LABEL and the like at build time. `known` holds
 /// each name's value, itself already expanded. Names the Dockerfile never set (the base
-/// image's own ENV) are left for the recipe, which cannot know them here.
+/// image's own ENV), and values built on them, are left for the recipe and the shell, which
+/// expand them against the image's environment.
 fn expand_env(s: &str, known: &std::collections::BTreeMap<String, String>) -> String {
     let mut out = String::new();
     let mut rest = s;
@@ -70,7 +71,12 @@ fn expand_env(s: &str, known: &std::collections::BTreeMap<String, String>) -> St
                 .unwrap_or(after.len());
             (&after[..end], end)
         };
-        match known.get(name).filter(|_| !name.is_empty()) {
+        // A value that still refers to the base image's variables (`$PATH`) is left as a
+        // reference: the shell or the recipe expands it against the image's environment.
+        match known
+            .get(name)
+            .filter(|v| !name.is_empty() && !v.contains('$'))
+        {
             Some(v) => {
                 out.push_str(v);
                 rest = &after[len..];
@@ -405,6 +411,13 @@ fn run_shell(
         whole(d, warnings);
         return Ok(());
     }
+    // The ENV set so far is in the RUN's environment: commands lifted into recipe fields
+    // (package names, URLs, link targets) get its values, as the shell would give them.
+    let expanded = expand_env(script, &d.known_env);
+    let cmds = match shell::split(&expanded) {
+        Ok(c) if c.len() == cmds.len() && shell::is_plain_list(&c) => c,
+        _ => cmds,
+    };
     let fragments: Vec<Fragment> = cmds.iter().map(recognize).collect();
     if !shell::is_and_chain(&cmds) && fragments.contains(&Fragment::Unknown) {
         whole(d, warnings);

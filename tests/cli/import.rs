@@ -387,6 +387,24 @@ const SNIPPETS: &[(&str, &str, &[&str], usize)] = &[
         1,
     ),
     (
+        "ENV values reach the commands import lifts",
+        "ENV PG_MAJOR=15 BIN=/opt/bin\nRUN apt-get install -y postgresql-$PG_MAJOR && ln -s /usr/lib/postgresql/${PG_MAJOR}/bin/psql $BIN/psql\n",
+        &[
+            "packages = [\"postgresql-15\"]",
+            "path = \"/opt/bin/psql\"\ntarget = \"/usr/lib/postgresql/15/bin/psql\"",
+        ],
+        0,
+    ),
+    (
+        "relative paths in lifted commands are the WORKDIR's",
+        "WORKDIR /opt/tools\nRUN curl -fsSL -o tool.tgz https://files.example.invalid/tool.tgz && ln -s tool.tgz current\n",
+        &[
+            "dest = \"/opt/tools/tool.tgz\"",
+            "path = \"/opt/tools/current\"\ntarget = \"tool.tgz\"",
+        ],
+        0,
+    ),
+    (
         "|| keeps the RUN whole",
         "RUN apt-get install -y fortune || true\n",
         &["command = \"apt-get install -y fortune || true\""],
