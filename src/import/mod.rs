@@ -440,6 +440,57 @@ fn run_shell(
     Ok(())
 }
 
+/// Directories every Debian or Ubuntu base has: `COPY f /usr/local/bin` copies into them, as
+/// Docker does when the destination exists as a directory (which import cannot see).
+const BASE_DIRS: &[&str] = &[
+    "/bin",
+    "/sbin",
+    "/etc",
+    "/opt",
+    "/root",
+    "/srv",
+    "/tmp",
+    "/var",
+    "/home",
+    "/usr",
+    "/usr/bin",
+    "/usr/sbin",
+    "/usr/lib",
+    "/usr/share",
+    "/usr/local",
+    "/usr/local/bin",
+    "/usr/local/sbin",
+    "/usr/local/lib",
+    "/usr/local/share",
+    "/usr/local/etc",
+];
+
+/// A COPY destination as Docker reads it: ENV expanded, relative to the WORKDIR (`.` is the
+/// WORKDIR itself), and with a trailing `/` when it names a directory (it ends with `/` or
+/// `/.`, several sources are copied, or it is one of [`BASE_DIRS`]).
+fn copy_dest(d: &Draft, raw: &str, sources: usize) -> String {
+    let mut dest = expand_env(raw, &d.known_env);
+    if !dest.starts_with('/') && !dest.starts_with('$') {
+        let wd = d.workdir.as_deref().unwrap_or("/").trim_end_matches('/');
+        dest = format!("{wd}/{dest}");
+    }
+    let dir = dest.ends_with('/')
+        || dest.ends_with("/.")
+        || sources > 1
+        || BASE_DIRS.contains(&dest.as_str());
+    let mut dest = dest
+        .trim_end_matches("/.")
+        .trim_end_matches('/')
+        .replace("/./", "/");
+    if dir {
+        dest.push('/');
+    }
+    if dest.is_empty() {
+        dest.push('/');
+    }
+    dest
+}
+
 /// COPY: an apt sources list from the context becomes apt sources, a directory one file entry
 /// per file, anything else a `[[file]]`.
 fn copy(
@@ -490,7 +541,7 @@ fn copy(
                 src.content
             )));
         }
-        let dest = &c.destination.content;
+        let dest = &copy_dest(d, &c.destination.content, c.sources.len());
         // A sources list from the context becomes apt sources.
         if dest.starts_with("/etc/apt/sources.list.d")
             && src.content.ends_with(".list")

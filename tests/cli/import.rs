@@ -405,6 +405,17 @@ const SNIPPETS: &[(&str, &str, &[&str], usize)] = &[
         0,
     ),
     (
+        "COPY destinations relative to WORKDIR and into existing directories",
+        "WORKDIR /app\nCOPY run.sh .\nCOPY tool.sh /usr/local/bin\nCOPY a.txt b.txt ./data/\n",
+        &[
+            "dest = \"/app/run.sh\"",
+            "dest = \"/usr/local/bin/tool.sh\"",
+            "dest = \"/app/data/a.txt\"",
+            "dest = \"/app/data/b.txt\"",
+        ],
+        0,
+    ),
+    (
         "|| keeps the RUN whole",
         "RUN apt-get install -y fortune || true\n",
         &["command = \"apt-get install -y fortune || true\""],
