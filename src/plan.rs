@@ -8,8 +8,8 @@
 //! changes its key and every key after it, and none before.
 //!
 //! Steps come in a fixed order: apt packages (a few layers, then dpkg's database, then the
-//! configure step run in a sandbox), downloads (one layer each), users and groups, files,
-//! symlinks, services.
+//! configure step run in a sandbox), downloads (one layer each), users and groups,
+//! directories, files, symlinks, services, runs.
 //!
 //! Apt packages are spread over [`APT_LAYERS`] layers by a hash of their source package
 //! name. Those layers do not chain to each other: each one's key covers only what comes
@@ -69,6 +69,14 @@ pub enum DownloadTarget {
 }
 
 #[derive(Debug, Clone)]
+pub struct PlannedDir {
+    pub path: String,
+    pub mode: u32,
+    pub owner: Option<String>,
+    pub field: FieldPath,
+}
+
+#[derive(Debug, Clone)]
 pub struct PlannedDownload {
     pub url: String,
     pub sha256: Digest,
@@ -84,6 +92,8 @@ pub enum StepKind {
         groups: Vec<Group>,
         users: Vec<User>,
     },
+    /// `[[directory]]`: (path, mode, owner, field).
+    Directories(Vec<PlannedDir>),
     Files(Vec<PlannedFile>),
     Symlinks(Vec<(String, String)>),
     Services(Vec<String>),
@@ -214,6 +224,7 @@ pub fn compile(
         });
     }
     c.users(&cx)?;
+    c.directories(&cx);
     c.files(&cx)?;
     c.symlinks(&cx)?;
     c.services(&cx)?;
@@ -482,9 +493,10 @@ impl Compiler {
         if !r.user.is_empty() || !r.group.is_empty() {
             let def = json!({
                 "kind": "users",
-                "groups": r.group.iter().map(|g| json!({"name": g.name, "gid": g.gid})).collect::<Vec<_>>(),
+                "groups": r.group.iter().map(|g| json!({"name": g.name, "gid": g.gid, "system": g.system})).collect::<Vec<_>>(),
                 "users": r.user.iter().map(|u| json!({
                     "name": u.name, "uid": u.uid, "groups": u.groups, "shell": u.shell, "home": u.home, "sudo": u.sudo,
+                    "system": u.system, "create_home": u.create_home,
                 })).collect::<Vec<_>>(),
             });
             let names: Vec<&str> = r
@@ -613,6 +625,34 @@ impl Compiler {
         let name = format!("apt sources {}", names.join(" "));
         self.push(StepKind::Files(files), name, def);
         Ok(())
+    }
+
+    /// `[[directory]]`: one step, after the users (a directory may be theirs).
+    fn directories(&mut self, cx: &Inputs) {
+        let r = &cx.loaded.recipe;
+        if r.directory.is_empty() {
+            return;
+        }
+        let dirs: Vec<PlannedDir> = r
+            .directory
+            .iter()
+            .enumerate()
+            .map(|(i, d)| PlannedDir {
+                path: d.path.clone(),
+                mode: d.mode.map_or(0o755, |m| m.0),
+                owner: d.owner.clone(),
+                field: FieldPath::root().key("directory").index(i),
+            })
+            .collect();
+        let def = json!({
+            "kind": "directories",
+            "dirs": dirs.iter().map(|d| json!({"path": d.path, "mode": d.mode, "owner": d.owner})).collect::<Vec<_>>(),
+        });
+        let name = format!(
+            "directories {}",
+            dirs.iter().map(|d| d.path.as_str()).collect::<Vec<_>>().join(" ")
+        );
+        self.push(StepKind::Directories(dirs), name, def);
     }
 
     /// `[[file]]`: one step, keyed by content digests.

@@ -243,6 +243,10 @@ struct UserEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     sudo: Option<String>,
     lock_passwd: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    system: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    no_create_home: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     ssh_authorized_keys: Vec<String>,
 }
@@ -297,6 +301,8 @@ fn users(loaded: &Loaded, ci: &CloudInit, full: bool) -> Vec<UserEntry> {
                 .filter(|s| full && s.as_str() == "nopasswd")
                 .map(|_| "ALL=(ALL) NOPASSWD:ALL".to_string()),
             lock_passwd: true,
+            system: full && u.system,
+            no_create_home: full && !u.create_home.unwrap_or(!u.system),
             ssh_authorized_keys: ci.ssh_authorized_keys.clone(),
         })
         .collect()

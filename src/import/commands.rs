@@ -30,8 +30,27 @@ pub enum Fragment {
         name: String,
         shell: Option<String>,
         groups: Vec<String>,
-        uid: Option<u32>,
+        /// As written: a number or a build argument.
+        uid: Option<String>,
         home: Option<String>,
+        /// `-r`: a system account.
+        system: bool,
+        /// `-m` (adduser's default).
+        create_home: bool,
+        /// `-g GROUP`: the primary group, by name or gid.
+        primary: Option<String>,
+    },
+    /// `groupadd [-r] [-g GID] NAME`, `addgroup [--system] [--gid GID] NAME`.
+    Group {
+        name: String,
+        /// As written: a number or a build argument.
+        gid: Option<String>,
+        system: bool,
+    },
+    /// `usermod -aG GROUPS USER`.
+    AddToGroups {
+        user: String,
+        groups: Vec<String>,
     },
     /// `echo "NAME ALL=(ALL) NOPASSWD:ALL" >> /etc/sudoers.d/F`.
     Sudo {
@@ -56,6 +75,17 @@ pub enum Fragment {
     Chmod {
         mode: u32,
         path: String,
+    },
+    /// `mkdir [-p] [-m MODE] DIR...`.
+    Mkdir {
+        paths: Vec<String>,
+        mode: Option<u32>,
+    },
+    /// `chown [-R] OWNER PATH...`.
+    Chown {
+        owner: String,
+        paths: Vec<String>,
+        recursive: bool,
     },
     Unknown,
 }
@@ -162,6 +192,8 @@ fn useradd(args: &[String], adduser: bool) -> Fragment {
     let mut uid = None;
     let mut groups = Vec::new();
     let mut create_home = adduser;
+    let mut system = false;
+    let mut primary = None;
     // adduser's default shell (DSHELL in adduser.conf); useradd's is /bin/sh, as [[user]]'s.
     if adduser {
         shell = Some("/bin/bash".to_string());
@@ -208,12 +240,13 @@ fn useradd(args: &[String], adduser: bool) -> Fragment {
         match (k.as_str(), v) {
             ("s" | "shell", Some(v)) => shell = Some(v),
             ("d" | "home-dir" | "home", Some(v)) => home = Some(v),
-            ("u" | "uid", Some(v)) => match v.parse::<u32>() {
-                Ok(n) => uid = Some(n),
-                Err(_) => return Fragment::Unknown,
-            },
+            ("u" | "uid", Some(v)) if is_id(&v) => uid = Some(v),
             ("G" | "groups", Some(v)) => groups.extend(v.split(',').map(str::to_string)),
             ("m" | "create-home", None) => create_home = true,
+            ("M" | "no-create-home", None) => create_home = false,
+            // adduser --system means other defaults (home, shell, primary group): a run.
+            ("r" | "system", None) if !adduser => system = true,
+            ("g" | "gid", Some(v)) => primary = Some(v),
             // The group of the user's name: what [[user]] makes anyway.
             ("U" | "user-group", None) => {}
             ("q" | "quiet", None) if adduser => {}
@@ -226,14 +259,83 @@ fn useradd(args: &[String], adduser: bool) -> Fragment {
         name = Some(n.clone());
     }
     match name {
-        Some(name) if create_home => Fragment::User {
+        Some(name) => Fragment::User {
             name,
             shell,
             groups: groups.into_iter().filter(|g| !g.is_empty()).collect(),
             uid,
             home,
+            system,
+            create_home,
+            primary,
         },
-        // Without a home (Debian's useradd makes none unless -m): not what [[user]] makes.
+        _ => Fragment::Unknown,
+    }
+}
+
+/// A uid or gid as a recipe can hold it: a number, or one variable (`$UID`, `${UID}`).
+fn is_id(v: &str) -> bool {
+    let var = |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    v.parse::<u32>().is_ok()
+        || v.strip_prefix("${").and_then(|r| r.strip_suffix('}')).is_some_and(var)
+        || v.strip_prefix('$').is_some_and(var)
+}
+
+/// `groupadd` and Debian's `addgroup`: a name, `-g`/`--gid`, `-r`/`--system`, `-f` (nothing
+/// to do when it exists, which [[group]] does anyway).
+fn groupadd(args: &[String]) -> Fragment {
+    let mut gid = None;
+    let mut system = false;
+    let mut names = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let (k, inline) = match a.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k, Some(v.to_string())),
+            _ => (a.as_str(), None),
+        };
+        match k {
+            "-g" | "--gid" => match inline.or_else(|| it.next().cloned()) {
+                Some(v) if is_id(&v) => gid = Some(v),
+                _ => return Fragment::Unknown,
+            },
+            "-r" | "--system" => system = true,
+            "-f" | "--force" | "--quiet" | "-q" => {}
+            o if o.starts_with('-') => return Fragment::Unknown,
+            n => names.push(n.to_string()),
+        }
+    }
+    match names.as_slice() {
+        [name] => Fragment::Group {
+            name: name.clone(),
+            gid,
+            system,
+        },
+        _ => Fragment::Unknown,
+    }
+}
+
+/// `usermod -aG GROUPS USER` (`-a -G`, `--append --groups`); anything else stays a run.
+fn usermod(args: &[String]) -> Fragment {
+    let mut append = false;
+    let mut groups = None;
+    let mut users = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-a" | "--append" => append = true,
+            "-aG" | "-G" | "--groups" => {
+                append |= a == "-aG";
+                groups = it.next().cloned();
+            }
+            o if o.starts_with('-') => return Fragment::Unknown,
+            u => users.push(u.to_string()),
+        }
+    }
+    match (append, groups, users.as_slice()) {
+        (true, Some(g), [user]) => Fragment::AddToGroups {
+            user: user.clone(),
+            groups: g.split(',').filter(|g| !g.is_empty()).map(str::to_string).collect(),
+        },
         _ => Fragment::Unknown,
     }
 }
@@ -276,6 +378,57 @@ fn long_takes_value(a: &str, adduser: bool) -> bool {
                 | "selinux-user"
                 | "selinux-range"
         )
+    }
+}
+
+/// `mkdir` with `-p`, `-m MODE` (octal) and `-v`; any other option stays a run.
+fn mkdir(args: &[String]) -> Fragment {
+    let mut paths = Vec::new();
+    let mut mode = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-p" | "--parents" | "-v" | "--verbose" | "-pv" | "-vp" => {}
+            "-m" | "--mode" => match it.next().and_then(|m| u32::from_str_radix(m, 8).ok()) {
+                Some(m) if m <= 0o7777 => mode = Some(m),
+                _ => return Fragment::Unknown,
+            },
+            o if o.starts_with('-') => return Fragment::Unknown,
+            p => paths.push(p.to_string()),
+        }
+    }
+    if paths.is_empty() {
+        return Fragment::Unknown;
+    }
+    Fragment::Mkdir { paths, mode }
+}
+
+/// `chown [-R] USER[:GROUP] PATH...` (a numeric or named owner; `USER:` and `:GROUP` stay runs).
+fn chown(args: &[String]) -> Fragment {
+    let mut recursive = false;
+    let mut words = Vec::new();
+    for a in args {
+        match a.as_str() {
+            "-R" | "--recursive" => recursive = true,
+            o if o.starts_with('-') => return Fragment::Unknown,
+            w => words.push(w.to_string()),
+        }
+    }
+    let Some((owner, paths)) = words.split_first() else {
+        return Fragment::Unknown;
+    };
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    };
+    if paths.is_empty() || !owner.split(':').all(name_ok) || owner.split(':').count() > 2 {
+        return Fragment::Unknown;
+    }
+    Fragment::Chown {
+        owner: owner.clone(),
+        paths: paths.to_vec(),
+        recursive,
     }
 }
 
@@ -383,6 +536,8 @@ pub fn recognize(cmd: &Command) -> Fragment {
                 _ => Fragment::Unknown,
             }
         }
+        "groupadd" | "addgroup" => groupadd(args),
+        "usermod" => usermod(args),
         "useradd" => useradd(args, false),
         "adduser" => useradd(args, true),
         "echo" => match args {
@@ -410,6 +565,8 @@ pub fn recognize(cmd: &Command) -> Fragment {
         {
             pip(&args[2..])
         }
+        "mkdir" => mkdir(args),
+        "chown" => chown(args),
         "chmod" => match args {
             [mode, path] => {
                 let m = if mode == "+x" || mode == "a+x" || mode == "755" {
@@ -508,6 +665,9 @@ mod tests {
                 groups: vec!["docker".into(), "sudo".into()],
                 uid: None,
                 home: None,
+                system: false,
+                create_home: true,
+                primary: None,
             }
         );
         assert_eq!(
@@ -518,8 +678,28 @@ mod tests {
                 groups: vec![],
                 uid: None,
                 home: None,
+                system: false,
+                create_home: true,
+                primary: None,
             }
         );
+        assert_eq!(
+            one("groupadd -r --gid=120 svc"),
+            Fragment::Group {
+                name: "svc".into(),
+                gid: Some("120".into()),
+                system: true
+            }
+        );
+        assert_eq!(
+            one("usermod -aG docker,sudo dev"),
+            Fragment::AddToGroups {
+                user: "dev".into(),
+                groups: vec!["docker".into(), "sudo".into()]
+            }
+        );
+        assert_eq!(one("usermod -G docker dev"), Fragment::Unknown);
+        assert_eq!(one("groupadd -o -g 5 x"), Fragment::Unknown);
         assert_eq!(
             one("echo \"coder ALL=(ALL) NOPASSWD:ALL\" >>/etc/sudoers.d/nopasswd"),
             Fragment::Sudo {

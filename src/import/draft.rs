@@ -33,14 +33,34 @@ pub struct Download {
     pub mode: Option<u32>,
 }
 
+/// A `[[directory]]`.
+#[derive(Debug, Clone, Default)]
+pub struct Dir {
+    pub path: String,
+    pub mode: Option<u32>,
+    pub owner: Option<String>,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct User {
     pub name: String,
-    pub uid: Option<u32>,
+    /// A number, or `${var.X}`.
+    pub uid: Option<String>,
     pub home: Option<String>,
     pub shell: Option<String>,
     pub groups: Vec<String>,
     pub sudo: bool,
+    pub system: bool,
+    pub create_home: bool,
+}
+
+/// A `[[group]]`.
+#[derive(Debug, Clone, Default)]
+pub struct Group {
+    pub name: String,
+    /// A number, or `${var.X}`.
+    pub gid: Option<String>,
+    pub system: bool,
 }
 
 /// A `[[run]]` step as Docker would run it: as the USER then in effect, with the network.
@@ -70,9 +90,11 @@ pub struct Draft {
     pub downloads: Vec<Download>,
     pub pip: Vec<String>,
     pub upgrade_pip: bool,
+    pub groups: Vec<Group>,
     pub users: Vec<User>,
     pub symlinks: Vec<(String, String)>,
     pub services: Vec<String>,
+    pub directories: Vec<Dir>,
     pub files: Vec<(String, String)>,
     /// A copied file's mode (when not 0644) and owner, by destination.
     pub file_attrs: std::collections::BTreeMap<String, (Option<u32>, Option<String>)>,
@@ -83,6 +105,8 @@ pub struct Draft {
     /// Each ENV's value so far, expanded as Docker would at this point of the Dockerfile (for
     /// WORKDIR, USER...); not written out.
     pub known_env: std::collections::BTreeMap<String, String>,
+    /// Directories the Dockerfile made so far (WORKDIR, `mkdir`), for COPY destinations.
+    pub dirs: std::collections::BTreeSet<String>,
 }
 
 /// An apt source from a `deb` line; `key` is a file next to the recipe.
@@ -100,6 +124,15 @@ fn q(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
+/// A uid or gid: a TOML integer, or a string for a variable (the recipe reads both).
+fn id(v: &str) -> String {
+    if v.parse::<u32>().is_ok() {
+        v.to_string()
+    } else {
+        q(v)
+    }
+}
+
 fn arr(v: &[String]) -> String {
     format!(
         "[{}]",
@@ -115,6 +148,33 @@ impl Draft {
         }
         let dir = self.workdir.as_deref().unwrap_or("/").trim_end_matches('/');
         format!("{dir}/{}", path.trim_start_matches("./"))
+    }
+
+    /// Whether `path` (absolute, no trailing `/`) is a directory at this point of the
+    /// Dockerfile: one it made, or the parent of a file it copied or downloaded.
+    pub fn is_dir(&self, path: &str) -> bool {
+        let under = |p: &str| {
+            p.strip_prefix(path)
+                .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+        };
+        self.dirs.iter().any(|d| d == path || under(d))
+            || self.files.iter().any(|(_, dest)| under(dest))
+            || self.downloads.iter().any(|d| {
+                d.extract.as_deref() == Some(path)
+                    || d.extract.as_deref().is_some_and(under)
+                    || d.dest.as_deref().is_some_and(under)
+            })
+    }
+
+    /// Whether the recipe writes anything under the directory `path`.
+    fn has_content(&self, path: &str) -> bool {
+        let inside = |p: &str| p.strip_prefix(path).is_some_and(|r| r.starts_with('/'));
+        self.directories.iter().any(|d| inside(&d.path))
+            || self.files.iter().any(|(_, d)| inside(d))
+            || self.downloads.iter().any(|d| {
+                d.extract.as_deref() == Some(path)
+                    || d.dest.as_deref().or(d.extract.as_deref()).is_some_and(inside)
+            })
     }
 
     /// Appends `command` as a `[[run]]` step in the Dockerfile's current USER and WORKDIR
@@ -196,14 +256,58 @@ impl Draft {
                 groups,
                 uid,
                 home,
-            } => self.users.push(User {
-                name: subst(&name, args),
-                uid,
-                home: home.map(|h| subst(&h, args)),
-                shell,
-                groups,
-                sudo: false,
-            }),
+                system,
+                create_home,
+                primary,
+            } => {
+                let name = subst(&name, args);
+                // A primary group is what [[user]] gives: the group of the user's name, when
+                // the Dockerfile made it just before.
+                if let Some(p) = primary.map(|p| subst(&p, args)) {
+                    let own = self.groups.iter().find(|g| g.name == name);
+                    let same = own.is_some_and(|g| p == g.name || g.gid.as_ref() == Some(&p));
+                    if !same {
+                        return fail(format!(
+                            "useradd -g {p}: a primary group other than a group named {name} made before it"
+                        ));
+                    }
+                }
+                self.users.push(User {
+                    name,
+                    uid: uid.map(|u| subst(&u, args)),
+                    home: home.map(|h| subst(&h, args)),
+                    shell,
+                    groups,
+                    sudo: false,
+                    system,
+                    create_home,
+                })
+            }
+            Fragment::Group { name, gid, system } => {
+                // [[group]]s are made before [[user]]s: a group added after a user without a
+                // gid would get another id than groupadd gives it there.
+                if gid.is_none() && !self.users.is_empty() {
+                    return fail(format!("groupadd {name} after a useradd, without a gid"));
+                }
+                self.groups.push(Group {
+                    name: subst(&name, args),
+                    gid: gid.map(|g| subst(&g, args)),
+                    system,
+                });
+            }
+            Fragment::AddToGroups { user, groups } => {
+                let user = subst(&user, args);
+                match self.users.iter_mut().find(|u| u.name == user) {
+                    Some(u) => {
+                        for g in groups {
+                            if !u.groups.contains(&g) {
+                                u.groups.push(g);
+                            }
+                        }
+                    }
+                    None => return fail(format!("usermod of {user}, who is not created here")),
+                }
+            }
             Fragment::Sudo { user } => {
                 let user = subst(&user, args);
                 match self.users.iter_mut().find(|u| u.name == user) {
@@ -219,8 +323,55 @@ impl Draft {
                 self.pip.extend(packages);
                 self.upgrade_pip |= upgrade_pip;
             }
+            Fragment::Mkdir { paths, mode } => {
+                for p in paths {
+                    let path = self.in_workdir(subst(&p, args));
+                    let path = path.trim_end_matches('/').to_string();
+                    if self.directories.iter().any(|d| d.path == path) {
+                        continue;
+                    }
+                    self.dirs.insert(path.clone());
+                    self.directories.push(Dir {
+                        path,
+                        mode,
+                        owner: None,
+                    });
+                }
+            }
+            Fragment::Chown {
+                owner,
+                paths,
+                recursive,
+            } => {
+                let owner = subst(&owner, args);
+                for p in paths {
+                    let path = self.in_workdir(subst(&p, args));
+                    let path = path.trim_end_matches('/').to_string();
+                    // `-R` over a directory made here is the directory alone while nothing
+                    // the recipe writes is under it.
+                    if recursive && self.has_content(&path) {
+                        return fail(format!("chown -R of {path}, which has content"));
+                    }
+                    match self.directories.iter_mut().find(|d| d.path == path) {
+                        Some(d) => d.owner = Some(owner.clone()),
+                        None => {
+                            return fail(format!(
+                                "chown of {path}, which is not a directory made here"
+                            ));
+                        }
+                    }
+                }
+            }
             Fragment::Chmod { mode, path } => {
                 let path = self.in_workdir(subst(&path, args));
+                if let Some(d) = self
+                    .directories
+                    .iter_mut()
+                    .find(|d| d.path == path.trim_end_matches('/'))
+                {
+                    d.mode = Some(mode);
+                    return Ok(());
+                }
                 match self
                     .downloads
                     .iter_mut()
@@ -436,10 +587,25 @@ impl Draft {
             }
             o.push_str(&format!("packages = {}\n", arr(&self.pip)));
         }
+        for g in &self.groups {
+            o.push_str(&format!("\n[[group]]\nname = {}\n", q(&g.name)));
+            if let Some(gid) = &g.gid {
+                o.push_str(&format!("gid = {}\n", id(gid)));
+            }
+            if g.system {
+                o.push_str("system = true\n");
+            }
+        }
         for u in &self.users {
             o.push_str(&format!("\n[[user]]\nname = {}\n", q(&u.name)));
-            if let Some(uid) = u.uid {
-                o.push_str(&format!("uid = {uid}\n"));
+            if u.system {
+                o.push_str("system = true\n");
+            }
+            if u.create_home == u.system {
+                o.push_str(&format!("create_home = {}\n", u.create_home));
+            }
+            if let Some(uid) = &u.uid {
+                o.push_str(&format!("uid = {}\n", id(uid)));
             }
             if let Some(h) = &u.home {
                 o.push_str(&format!("home = {}\n", q(h)));
@@ -452,6 +618,15 @@ impl Draft {
             }
             if u.sudo {
                 o.push_str("sudo = \"nopasswd\"\n");
+            }
+        }
+        for d in &self.directories {
+            o.push_str(&format!("\n[[directory]]\npath = {}\n", q(&d.path)));
+            if let Some(m) = d.mode {
+                o.push_str(&format!("mode = 0o{m:o}\n"));
+            }
+            if let Some(w) = &d.owner {
+                o.push_str(&format!("owner = {}\n", q(w)));
             }
         }
         for (src, dest) in &self.files {

@@ -12,6 +12,7 @@ pub mod commands;
 mod draft;
 mod preprocess;
 pub mod shell;
+mod vars;
 
 use std::path::Path;
 
@@ -20,6 +21,7 @@ use dockerfile_parser::{Dockerfile, Instruction, ShellOrExecExpr};
 use self::commands::{Fragment, recognize};
 use self::draft::Draft;
 use self::preprocess::{heredoc_index, heredocs, normalize};
+use self::vars::{arg_definitions, declare, expand_env, has_operator_form, subst, subst_args};
 
 /// A converted Dockerfile.
 #[derive(Debug, Clone)]
@@ -43,91 +45,6 @@ pub struct ImportError {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-/// `$NAME` / `${NAME}` of an ENV set earlier in the stage replaced by its value at that point,
-/// as Docker expands ENV, WORKDIR, USER, COPY, LABEL and the like at build time. `known` holds
-/// each name's value, itself already expanded. Names the Dockerfile never set (the base
-/// image's own ENV), and values built on them, are left for the recipe and the shell, which
-/// expand them against the image's environment.
-fn expand_env(s: &str, known: &std::collections::BTreeMap<String, String>) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        let (name, len) = if let Some(inner) = after.strip_prefix('{') {
-            match inner.find('}') {
-                Some(end)
-                    if inner[..end]
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
-                {
-                    (&inner[..end], end + 2)
-                }
-                _ => ("", 0),
-            }
-        } else {
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(after.len());
-            (&after[..end], end)
-        };
-        // A value that still refers to the base image's variables (`$PATH`) is left as a
-        // reference: the shell or the recipe expands it against the image's environment.
-        match known
-            .get(name)
-            .filter(|v| !name.is_empty() && !v.contains('$'))
-        {
-            Some(v) => {
-                out.push_str(v);
-                rest = &after[len..];
-            }
-            None => {
-                out.push('$');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-/// `$X` / `${X}` of a declared ARG become `${var.X}`; `$(uname -m)`-style substitutions become
-/// the recipe's platform variables.
-fn subst(s: &str, args: &[(String, String)]) -> String {
-    let out = s
-        .replace("$(uname -m)", "${uname_m}")
-        .replace("$(dpkg --print-architecture)", "${arch}")
-        .replace("$(uname -s)", "${os}");
-    subst_args(&out, args)
-}
-
-/// Only ARG references become `${var.X}`: what a `[[run]]` command gets (a RUN sees the
-/// build arguments in its environment, a run step the recipe's variables), while command
-/// substitutions such as `$(uname -m)` stay for the shell, which runs in the image.
-fn subst_args(s: &str, args: &[(String, String)]) -> String {
-    let mut out = s.to_string();
-    for (name, _) in args {
-        out = out.replace(&format!("${{{name}}}"), &format!("${{var.{name}}}"));
-        // `$NAME` not followed by a name character.
-        let plain = format!("${name}");
-        let mut res = String::new();
-        let mut rest = out.as_str();
-        while let Some(i) = rest.find(&plain) {
-            let after = &rest[i + plain.len()..];
-            res.push_str(&rest[..i]);
-            if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
-                res.push_str(&plain);
-            } else {
-                res.push_str(&format!("${{var.{name}}}"));
-            }
-            rest = after;
-        }
-        res.push_str(rest);
-        out = res;
-    }
-    out
 }
 
 /// Converts `text` (the Dockerfile called `file`, for messages) into a recipe. `context` is
@@ -221,9 +138,11 @@ pub fn import_to(
                 }
             }
             Instruction::Label(l) => {
+                // Docker expands ENV and ARG references in label values.
                 for lab in &l.labels {
-                    d.labels
-                        .push((lab.name.content.clone(), lab.value.content.clone()));
+                    let value = expand_env(&subst_args(&lab.value.content, &args), &d.known_env);
+                    d.labels.retain(|(k, _)| *k != lab.name.content);
+                    d.labels.push((lab.name.content.clone(), value));
                 }
             }
             Instruction::Run(r) => match &r.expr {
@@ -267,27 +186,6 @@ pub fn import_to(
     })
 }
 
-/// An ARG: a default naming earlier build arguments refers to them (`${var.X}`), and an ARG
-/// without one inside a stage takes the global ARG's default, as Docker does (it does not
-/// wipe it).
-fn declare(
-    args: &mut Vec<(String, String)>,
-    globals: &[(String, String)],
-    name: &str,
-    value: Option<String>,
-) {
-    let value = match value {
-        Some(v) => subst_args(&v, args),
-        None => globals
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default(),
-    };
-    args.retain(|(n, _)| n != name);
-    args.push((name.to_string(), value));
-}
-
 /// Where an instruction is, for its warnings and errors.
 struct At<'a> {
     file: &'a str,
@@ -328,6 +226,7 @@ fn run_shell(
     let whole = |d: &mut Draft, warnings: &mut Vec<String>| {
         let cmd = subst_args(script.trim(), args);
         if !cmd.is_empty() {
+            let cmd = format!("{}{cmd}", arg_definitions(script, args));
             warnings.push(at.here(format!("kept whole as a [[run]] step: {cmd}")));
             d.push_run(cmd);
         }
@@ -343,7 +242,18 @@ fn run_shell(
         Ok(c) if c.len() == cmds.len() && shell::is_plain_list(&c) => c,
         _ => cmds,
     };
-    let fragments: Vec<Fragment> = cmds.iter().map(recognize).collect();
+    // A `${X%%pattern}` left unexpanded (a build argument's, the base image's) can only be
+    // read by a shell: such a command stays in a run.
+    let fragments: Vec<Fragment> = cmds
+        .iter()
+        .map(|c| {
+            if has_operator_form(&c.text) {
+                Fragment::Unknown
+            } else {
+                recognize(c)
+            }
+        })
+        .collect();
     if !shell::is_and_chain(&cmds) && fragments.contains(&Fragment::Unknown) {
         whole(d, warnings);
         return Ok(());
@@ -358,12 +268,16 @@ fn run_shell(
         }
     }
     if !rest.is_empty() {
-        let cmd = rest.join(" && ");
+        let joined = rest.join(" && ");
+        let cmd = format!("{}{joined}", arg_definitions(&joined, args));
         warnings.push(at.here(format!("kept as a [[run]] step: {cmd}")));
         d.push_run(cmd);
     }
     Ok(())
 }
+
+/// The label an imported HEALTHCHECK becomes.
+pub const HEALTHCHECK_LABEL: &str = "imgbuild.healthcheck";
 
 /// Directories every Debian or Ubuntu base has: `COPY f /usr/local/bin` copies into them, as
 /// Docker does when the destination exists as a directory (which import cannot see).
@@ -402,7 +316,8 @@ fn copy_dest(d: &Draft, raw: &str, sources: usize) -> String {
     let dir = dest.ends_with('/')
         || dest.ends_with("/.")
         || sources > 1
-        || BASE_DIRS.contains(&dest.as_str());
+        || BASE_DIRS.contains(&dest.as_str())
+        || d.is_dir(&dest);
     let mut dest = dest
         .trim_end_matches("/.")
         .trim_end_matches('/')
@@ -543,14 +458,16 @@ fn misc(
         "WORKDIR" => {
             // Docker resolves a relative WORKDIR against the previous one.
             let w = expand_env(&args_text, &d.known_env);
-            d.workdir = Some(if w.starts_with('/') || w.starts_with("${") {
+            let w = if w.starts_with('/') || w.starts_with("${") {
                 w
             } else {
                 format!(
                     "{}/{w}",
                     d.workdir.as_deref().unwrap_or("").trim_end_matches('/')
                 )
-            });
+            };
+            d.dirs.insert(w.trim_end_matches('/').to_string());
+            d.workdir = Some(w);
         }
         // Docker expands ENV in these; each of them also sets image configuration only.
         "EXPOSE" => {
@@ -569,6 +486,16 @@ fn misc(
                 if !d.volumes.contains(&v) {
                     d.volumes.push(v);
                 }
+            }
+        }
+        // The OCI configuration has no health check (buildah and podman drop it from OCI
+        // images): the command is kept as the label `imgbuild.healthcheck`, options and all,
+        // for a runtime or an orchestrator to read; `HEALTHCHECK NONE` removes it.
+        "HEALTHCHECK" => {
+            d.labels.retain(|(k, _)| k != HEALTHCHECK_LABEL);
+            if !args_text.eq_ignore_ascii_case("none") {
+                d.labels
+                    .push((HEALTHCHECK_LABEL.into(), expand_env(&args_text, &d.known_env)));
             }
         }
         "STOPSIGNAL" => d.stop_signal = Some(expand_env(&args_text, &d.known_env)),

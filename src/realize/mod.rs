@@ -407,6 +407,27 @@ fn build_step(
         StepKind::Users { groups, users: us } => Some(
             users::build(lower, groups, us).map_err(|e| loaded.error_at(&e.field, e.message))?,
         ),
+        StepKind::Directories(dirs) => {
+            let mut t = Tree::default();
+            for d in dirs {
+                let (uid, gid) = owner(loaded, lower, d.owner.as_deref(), &d.field)?;
+                // `mkdir -p` then `chown`: the parents it makes are root's.
+                let p = crate::lower::norm(d.path.as_bytes());
+                let parent = p.iter().rposition(|b| *b == b'/').map_or(&p[..0], |i| &p[..i]);
+                t.parents(lower, &lower.resolve(parent), Meta::DIR);
+                t.add(
+                    lower,
+                    &d.path,
+                    NodeKind::Dir,
+                    Meta {
+                        mode: d.mode,
+                        uid,
+                        gid,
+                    },
+                );
+            }
+            Some(t)
+        }
         StepKind::Files(files) => {
             let mut t = Tree::default();
             for f in files {

@@ -63,6 +63,28 @@ fn id_of(row: &[String]) -> Option<u32> {
     row.get(2)?.parse().ok()
 }
 
+/// SYS_UID_MIN..=SYS_UID_MAX (and the GID pair) of Debian's `/etc/login.defs`.
+const SYS_MIN: u32 = 100;
+const SYS_MAX: u32 = 999;
+
+/// The id `useradd -r`/`groupadd -r` hand out: the highest free one in the system range.
+fn next_free_system(used: &[Vec<String>]) -> Option<u32> {
+    (SYS_MIN..=SYS_MAX)
+        .rev()
+        .find(|id| !used.iter().any(|r| id_of(r) == Some(*id)))
+}
+
+/// A new id for a user or group: system or regular.
+fn new_id(used: &[Vec<String>], system: bool) -> Result<u32, String> {
+    if system {
+        next_free_system(used).ok_or_else(|| {
+            format!("no free system id left in {SYS_MIN}..{SYS_MAX}: give one explicitly")
+        })
+    } else {
+        Ok(next_free(used))
+    }
+}
+
 /// The id useradd/groupadd hand out: one above the highest in use between UID_MIN and
 /// UID_MAX (1000..=60000), or UID_MIN when none is; only when that passes UID_MAX, the lowest
 /// free one.
@@ -207,7 +229,13 @@ impl Accounts {
                 }
                 continue;
             }
-            let gid = g.gid.unwrap_or_else(|| next_free(group));
+            let gid = match g.gid {
+                Some(id) => id,
+                None => new_id(group, g.system).map_err(|message| FieldError {
+                    field: field.key("gid"),
+                    message,
+                })?,
+            };
             if group.iter().any(|r| id_of(r) == Some(gid)) {
                 return Err(FieldError {
                     field: field.key("gid"),
@@ -234,7 +262,10 @@ impl Accounts {
         let uid = match (u.uid, existing) {
             (Some(id), _) => id,
             (None, Some(pos)) => id_of(&passwd[pos]).unwrap_or(ID_MIN),
-            (None, None) => next_free(passwd),
+            (None, None) => new_id(passwd, u.system).map_err(|message| FieldError {
+                field: field.key("uid"),
+                message,
+            })?,
         };
         if passwd
             .iter()
@@ -250,7 +281,10 @@ impl Accounts {
             Some(r) => id_of(r).unwrap_or(uid),
             None => {
                 let gid = if group.iter().any(|r| id_of(r) == Some(uid)) {
-                    next_free(group)
+                    new_id(group, u.system).map_err(|message| FieldError {
+                        field: field.key("uid"),
+                        message,
+                    })?
                 } else {
                     uid
                 };
@@ -303,9 +337,16 @@ impl Accounts {
             None => passwd.push(row),
         }
         if !shadow.iter().any(|r| r[0] == u.name) {
-            // Locked password, no aging: the same line on every build.
+            // Locked password, no last-change day: the same line on every build. useradd
+            // gives a system account no aging fields.
+            let aging = if u.system {
+                ["", "", ""]
+            } else {
+                ["0", "99999", "7"]
+            };
+            let [min, max, warn] = aging;
             shadow.push(
-                [u.name.as_str(), "!", "", "0", "99999", "7", "", "", ""]
+                [u.name.as_str(), "!", "", min, max, warn, "", "", ""]
                     .map(String::from)
                     .to_vec(),
             );
@@ -366,9 +407,8 @@ fn subordinate(lower: &LowerFs, file: &str, users: &[(String, bool)]) -> Option<
     })
 }
 
-/// A user's home (its parents root's), seeded from `/etc/skel` as `useradd -m` does, and its
-/// sudoers drop-in.
-fn home(tree: &mut Tree, lower: &LowerFs, u: &User, uid: u32, gid: u32, home: &str) {
+/// A user's home (its parents root's), seeded from `/etc/skel` as `useradd -m` does.
+fn home(tree: &mut Tree, lower: &LowerFs, uid: u32, gid: u32, home: &str) {
     let owner = Meta {
         mode: home_mode(lower),
         uid: uid as u64,
@@ -398,6 +438,10 @@ fn home(tree: &mut Tree, lower: &LowerFs, u: &User, uid: u32, gid: u32, home: &s
             _ => {}
         }
     }
+}
+
+/// The user's sudoers drop-in, for `sudo = "nopasswd"`.
+fn sudo_rule(tree: &mut Tree, lower: &LowerFs, u: &User) {
     if u.sudo.as_deref() == Some("nopasswd") {
         let rule = format!("{} ALL=(ALL) NOPASSWD:ALL\n", u.name);
         file(
@@ -422,8 +466,12 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
     for (i, u) in users.iter().enumerate() {
         let new = !acc.passwd.iter().any(|r| r[0] == u.name);
         let (uid, gid, home_dir) = acc.add_user(i, u)?;
-        home(&mut tree, lower, u, uid, gid, &home_dir);
-        created.push((u.name.clone(), new));
+        if u.create_home.unwrap_or(!u.system) {
+            home(&mut tree, lower, uid, gid, &home_dir);
+        }
+        sudo_rule(&mut tree, lower, u);
+        // useradd gives system accounts no subordinate ids.
+        created.push((u.name.clone(), new && !u.system));
     }
     for f in ["etc/subuid", "etc/subgid"] {
         if let Some(body) = subordinate(lower, f, &created) {

@@ -182,37 +182,178 @@ pub fn merged_env(base: &[String], recipe: &[(String, String)]) -> Vec<(String, 
 }
 
 pub fn expand_env(value: &str, env: &[(String, String)]) -> String {
-    let get = |name: &str| {
+    let lookup = |name: &str| {
         env.iter()
             .rev()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
-            .unwrap_or_default()
     };
+    expand_docker(value, &lookup, Unset::Empty)
+}
+
+/// What a variable without a value expands to in [`expand_docker`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unset {
+    /// Nothing, as Docker expands an unset variable (the whole environment is known).
+    Empty,
+    /// The text as written: the variable may be set where the text is used later.
+    Keep,
+}
+
+/// Docker's variable expansion in Dockerfile words (ENV, WORKDIR, LABEL...): `$NAME`,
+/// `${NAME}`, `${NAME:-word}`, `${NAME-word}`, `${NAME:+word}`, `${NAME+word}`, and the
+/// pattern forms `${NAME#pattern}`, `${NAME##pattern}`, `${NAME%pattern}`, `${NAME%%pattern}`
+/// (patterns of `*`, `?` and literal characters). `lookup` gives a variable's value; one
+/// it does not know expands as `unset` says.
+pub fn expand_docker(s: &str, lookup: &dyn Fn(&str) -> Option<String>, unset: Unset) -> String {
     let mut out = String::new();
-    let mut rest = value;
+    let mut rest = s;
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let after = &rest[i + 1..];
-        if let Some(inner) = after.strip_prefix('{')
-            && let Some(end) = inner.find('}')
-        {
-            out.push_str(&get(&inner[..end]));
-            rest = &inner[end + 1..];
+        if after.starts_with('{') {
+            let Some((form, len)) = braced(after) else {
+                // Unclosed: the text as written.
+                out.push_str(&rest[i..]);
+                return out;
+            };
+            match form.eval(lookup, unset) {
+                Some(v) => out.push_str(&v),
+                None => out.push_str(&rest[i..i + 1 + len]),
+            }
+            rest = &after[len..];
             continue;
         }
-        let n = after
+        let end = after
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(after.len());
-        if n == 0 {
-            out.push('$');
-        } else {
-            out.push_str(&get(&after[..n]));
+        match (end, lookup(&after[..end])) {
+            (0, _) => out.push('$'),
+            (_, Some(v)) => out.push_str(&v),
+            (_, None) if unset == Unset::Empty => {}
+            (_, None) => out.push_str(&rest[i..i + 1 + end]),
         }
-        rest = &after[n..];
+        rest = &after[end..];
     }
     out.push_str(rest);
     out
+}
+
+/// `${NAME}` or `${NAME<op>word}`, as Docker's Dockerfile expansion reads it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Braced<'a> {
+    pub name: &'a str,
+    /// `""` for a plain `${NAME}`; else `:-`, `-`, `:+`, `+`, `#`, `##`, `%`, `%%`.
+    pub op: &'a str,
+    pub word: &'a str,
+}
+
+const OPS: [&str; 8] = [":-", ":+", "##", "%%", "-", "+", "#", "%"];
+
+/// Reads the `{...}` after a `$` (`after` starts with `{`): the form and the length of the
+/// `{...}` text, or `None` when there is no closing brace. A `${` inside the word nests.
+pub fn braced(after: &str) -> Option<(Braced<'_>, usize)> {
+    let inner = after.strip_prefix('{')?;
+    let mut depth = 0usize;
+    let mut end = None;
+    let bytes = inner.as_bytes();
+    for (j, &b) in bytes.iter().enumerate() {
+        match b {
+            b'{' if j > 0 && bytes[j - 1] == b'$' => depth += 1,
+            b'}' if depth == 0 => {
+                end = Some(j);
+                break;
+            }
+            b'}' => depth -= 1,
+            _ => {}
+        }
+    }
+    let end = end?;
+    let body = &inner[..end];
+    let n = body
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(body.len());
+    let (name, tail) = body.split_at(n);
+    let (op, word) = if tail.is_empty() {
+        ("", "")
+    } else {
+        match OPS.iter().find(|op| tail.starts_with(**op)) {
+            Some(op) => (*op, &tail[op.len()..]),
+            // `${1abc}`-style text or an operator Docker does not know: not a variable.
+            None => ("?", tail),
+        }
+    };
+    Some((Braced { name, op, word }, end + 2))
+}
+
+impl Braced<'_> {
+    /// The expansion; `None` leaves the text as written (an unknown variable with
+    /// [`Unset::Keep`], a form or pattern Docker's expansion does not have).
+    fn eval(&self, lookup: &dyn Fn(&str) -> Option<String>, unset: Unset) -> Option<String> {
+        if self.name.is_empty() || self.op == "?" {
+            return None;
+        }
+        let v = match lookup(self.name) {
+            Some(v) => Some(v),
+            None if unset == Unset::Keep => return None,
+            None => None,
+        };
+        let word = || expand_docker(self.word, lookup, unset);
+        Some(match (self.op, v) {
+            ("", v) => v.unwrap_or_default(),
+            (":-", Some(v)) | ("-", Some(v)) if !(v.is_empty() && self.op == ":-") => v,
+            (":-" | "-", _) => word(),
+            (":+", Some(v)) | ("+", Some(v)) if !(v.is_empty() && self.op == ":+") => word(),
+            (":+" | "+", _) => String::new(),
+            (_, None) => String::new(),
+            (op, Some(v)) => {
+                let pat = word();
+                if pat.contains('$') {
+                    return None;
+                }
+                trim_pattern(&v, &pat, op)?
+            }
+        })
+    }
+}
+
+/// `v` with the shortest (`#`, `%`) or longest (`##`, `%%`) prefix (`#`) or suffix (`%`)
+/// matching the shell pattern `pat` removed. Only `*`, `?` and literal characters are read;
+/// a bracket expression or a backslash gives `None` (the text is left to the shell).
+fn trim_pattern(v: &str, pat: &str, op: &str) -> Option<String> {
+    if pat.contains(['[', '\\', '\'', '"']) {
+        return None;
+    }
+    let p: Vec<char> = pat.chars().collect();
+    let chars: Vec<char> = v.chars().collect();
+    let n = chars.len();
+    let prefix = op.starts_with('#');
+    let longest = op.len() == 2;
+    let mut cuts: Vec<usize> = (0..=n).collect();
+    if longest == prefix {
+        cuts.reverse();
+    }
+    for k in cuts {
+        let (part, keep) = if prefix {
+            (&chars[..k], &chars[k..])
+        } else {
+            (&chars[k..], &chars[..k])
+        };
+        if glob(&p, part) {
+            return Some(keep.iter().collect());
+        }
+    }
+    Some(v.to_string())
+}
+
+/// Whether `s` matches the pattern `p` of `*`, `?` and literal characters as a whole.
+fn glob(p: &[char], s: &[char]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some(('*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+        Some(('?', rest)) => !s.is_empty() && glob(rest, &s[1..]),
+        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+    }
 }
 
 enum Lookup {
@@ -268,6 +409,10 @@ mod tests {
             "/bin:/usr/local/go/bin"
         );
         assert_eq!(expand_env("${UNSET}x$", &env), "x$");
+        assert_eq!(
+            expand_env("${UNSET:-d}|${GOROOT##*/}|${GOROOT%/*}|${UNSET#x}|${PATH:+p}", &env),
+            "d|go|/usr/local||p"
+        );
     }
 
     #[test]

@@ -14,7 +14,6 @@ mod validate;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 
 pub use diag::{Diagnostic, FieldPath, Severity, SpanIndex};
 pub use model::*;
@@ -240,8 +239,13 @@ pub fn parse(
     if !diags.is_empty() {
         return Err(RecipeError::Invalid(diags));
     }
-    let recipe = Recipe::deserialize(value)
-        .map_err(|e| err(None, String::new(), e.message().to_string()))?;
+    // A value that became wrong by interpolation (`uid = "${var.UID}"` with UID not a
+    // number): the path of the field names where it is in the source.
+    let recipe: Recipe = serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = FieldPath::parse(&e.path().to_string());
+        let span = spans.span_of(&field);
+        err(span, field.to_string(), e.inner().message().to_string())
+    })?;
 
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() {

@@ -30,6 +30,8 @@ pub struct Recipe {
     #[serde(default, deserialize_with = "ordered_map")]
     pub env: Vec<(String, String)>,
     #[serde(default)]
+    pub directory: Vec<Directory>,
+    #[serde(default)]
     pub file: Vec<FileSpec>,
     #[serde(default)]
     pub download: Vec<Download>,
@@ -119,6 +121,16 @@ impl fmt::Display for Mode {
     }
 }
 
+/// `[[directory]]`: a directory made (or given this mode and owner) as `mkdir -p` + `chown` +
+/// `chmod` would; parents it makes are root's, 0755.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    pub path: String,
+    pub mode: Option<Mode>,
+    pub owner: Option<String>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSpec {
@@ -155,19 +167,31 @@ pub struct Symlink {
 #[serde(deny_unknown_fields)]
 pub struct Group {
     pub name: String,
+    #[serde(default, deserialize_with = "opt_id")]
     pub gid: Option<u32>,
+    /// A system group (`groupadd -r`): its gid, when not given, from the top of
+    /// SYS_GID_MIN..SYS_GID_MAX down.
+    #[serde(default)]
+    pub system: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
     pub name: String,
+    #[serde(default, deserialize_with = "opt_id")]
     pub uid: Option<u32>,
     #[serde(default)]
     pub groups: Vec<String>,
     pub shell: Option<String>,
     pub home: Option<String>,
     pub sudo: Option<String>,
+    /// A system account (`useradd -r`): uid and group from the system range (from its top
+    /// down), no password aging, no subordinate ids, and no home made unless `create_home`.
+    #[serde(default)]
+    pub system: bool,
+    /// Make the home from `/etc/skel` (`useradd -m`); default: yes, except for system users.
+    pub create_home: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -329,6 +353,29 @@ pub struct CloudInitPart {
 
 fn default_part_type() -> String {
     "text/x-shellscript".into()
+}
+
+/// A uid or gid: an integer, or a string of digits (what `"${var.UID}"` gives).
+fn opt_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(i64),
+        Str(String),
+    }
+    let id = match Raw::deserialize(d)? {
+        Raw::Int(i) => u32::try_from(i).ok(),
+        // The first, uninterpolated reading of the recipe (see `recipe::load`) sees the
+        // variable itself; the second reads its value.
+        Raw::Str(s) if s.contains("${var.") => return Ok(None),
+        Raw::Str(s) => s.trim().parse::<u32>().ok(),
+    };
+    match id {
+        Some(id) => Ok(Some(id)),
+        None => Err(serde::de::Error::custom(
+            "an id must be a whole number from 0 to 4294967295",
+        )),
+    }
 }
 
 /// Deserializes a TOML table into `(key, string value)` pairs in document order.

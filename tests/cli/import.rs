@@ -89,9 +89,10 @@ fn stages_and_unmapped_instructions_are_reported() {
         "{e}"
     );
     assert!(recipe.contains("expose = [\"80\"]"), "{recipe}");
+    // The OCI configuration has no health check: it becomes a label.
     assert!(
-        e.contains("Dockerfile:9: HEALTHCHECK is not imported"),
-        "{e}"
+        recipe.contains("\"imgbuild.healthcheck\" = \"CMD /app --check\""),
+        "{recipe}"
     );
     assert!(
         e.contains("Dockerfile:7: kept as a [[run]] step: make -j4 && ln -sf"),
@@ -347,16 +348,65 @@ const SNIPPETS: &[(&str, &str, &[&str], usize)] = &[
         0,
     ),
     (
-        "a system user stays a run",
+        "a system user",
         "RUN useradd -r -s /usr/sbin/nologin svc\n",
-        &["command = \"useradd -r -s /usr/sbin/nologin svc\""],
+        &["name = \"svc\"\nsystem = true\nshell = \"/usr/sbin/nologin\""],
+        0,
+    ),
+    (
+        "a user without a home",
+        "RUN useradd -s /bin/bash nohome\n",
+        &["name = \"nohome\"\ncreate_home = false\nshell = \"/bin/bash\""],
+        0,
+    ),
+    (
+        "groupadd then useradd into that group (the devcontainer pattern)",
+        "ARG USERNAME=dev\nARG UID=1001\nRUN groupadd --gid $UID $USERNAME && useradd --uid $UID --gid $UID -m $USERNAME && usermod -aG sudo $USERNAME\n",
+        &[
+            "[[group]]\nname = \"${var.USERNAME}\"",
+            "[[user]]\nname = \"${var.USERNAME}\"",
+            "groups = [\"sudo\"]",
+        ],
+        0,
+    ),
+    (
+        "a primary group other than the user's own stays a run",
+        "RUN useradd -m -g users dev\n",
+        &["command = \"useradd -m -g users dev\""],
         1,
     ),
     (
-        "a user without a home stays a run",
-        "RUN useradd -s /bin/bash nohome\n",
-        &["command = \"useradd -s /bin/bash nohome\""],
+        "a group added after a user, without a gid, stays a run",
+        "RUN useradd -m dev && groupadd docker\n",
+        &["[[user]]\nname = \"dev\"", "command = \"groupadd docker\""],
         1,
+    ),
+    (
+        "mkdir, chown and chmod of the directory",
+        "RUN useradd -m app && mkdir -p /srv/app/data /var/cache/app && chown -R app:app /srv/app/data && chmod 700 /var/cache/app\n",
+        &[
+            "[[directory]]\npath = \"/srv/app/data\"\nowner = \"app:app\"",
+            "[[directory]]\npath = \"/var/cache/app\"\nmode = 0o700",
+        ],
+        0,
+    ),
+    (
+        "chown of something not made here stays a run",
+        "RUN chown -R nobody /opt\n",
+        &["command = \"chown -R nobody /opt\""],
+        1,
+    ),
+    (
+        "a build argument in a ${X%%pattern} form stays for the shell, defined",
+        "ARG PG=16.2\nRUN curl -fsSLo /tmp/pg.tgz https://example.org/pg/${PG%%.*}/pg.tgz\n",
+        &["command = \"\"\"\nPG='${var.PG}'\ncurl -fsSLo /tmp/pg.tgz https://example.org/pg/${PG%%.*}/pg.tgz\"\"\""],
+        1,
+    ),
+    (
+        "an ENV in a ${X%%pattern} form is expanded where Docker expands it",
+        "ENV GO_VERSION=1.22.5\nWORKDIR /opt/go-${GO_VERSION%.*}\nLABEL version=\"${GO_VERSION%%.*}\"\n",
+        &["workdir = \"/opt/go-1.22\"", "\"version\" = \"1\""],
+        0,
     ),
     (
         "a primary group stays a run",
@@ -447,12 +497,12 @@ const SNIPPETS: &[(&str, &str, &[&str], usize)] = &[
     ),
     (
         "after a run, later commands stay runs in order",
-        "RUN groupadd -g 1500 devs\nRUN useradd -m -G devs alice\n",
+        "RUN ./configure\nRUN groupadd -g 1500 devs\nRUN useradd -m -G devs alice\n",
         &[
             "command = \"groupadd -g 1500 devs\"",
             "command = \"useradd -m -G devs alice\"",
         ],
-        2,
+        3,
     ),
     (
         "runs keep USER and WORKDIR, and get the network",

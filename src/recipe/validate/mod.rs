@@ -289,7 +289,8 @@ fn image(c: &mut Checker, loaded: &Loaded) -> BaseRef {
     base
 }
 
-/// `[[file]]`, `[[download]]`, `[[symlink]]`: paths, sources, and no entry under another.
+/// `[[directory]]`, `[[file]]`, `[[download]]`, `[[symlink]]`: paths, sources, and no entry
+/// under another.
 fn entries(c: &mut Checker, r: &super::Recipe) {
     let root = FieldPath::root();
     let mut dests: BTreeSet<String> = BTreeSet::new();
@@ -306,6 +307,25 @@ fn entries(c: &mut Checker, r: &super::Recipe) {
             c.error(p, format!("`{dest}` is written by more than one entry"));
         }
     };
+
+    let mut dirs: Vec<(String, FieldPath)> = Vec::new();
+    for (i, d) in r.directory.iter().enumerate() {
+        let p = root.key("directory").index(i);
+        c.entry_path(&p.key("path"), &d.path);
+        let norm: String = d
+            .path
+            .split('/')
+            .filter(|x| !x.is_empty() && *x != ".")
+            .collect::<Vec<_>>()
+            .join("/");
+        if dirs.iter().any(|(n, _)| *n == norm) {
+            c.error(&p.key("path"), format!("`{}` is declared twice", d.path));
+        }
+        dirs.push((norm, p.key("path")));
+        if let Some(o) = &d.owner {
+            c.owner(&p.key("owner"), o);
+        }
+    }
 
     for (i, f) in r.file.iter().enumerate() {
         let p = root.key("file").index(i);
@@ -376,6 +396,12 @@ fn entries(c: &mut Checker, r: &super::Recipe) {
     // A file or symlink cannot also be a directory of another entry (`/etc/a` and `/etc/a/b`):
     // the layer would hold both and tools would reject or silently white one out.
     let mut under: Vec<(String, FieldPath)> = leaves.clone();
+    for (dir, dp) in &dirs {
+        if let Some((_, lp)) = leaves.iter().find(|(l, _)| l == dir) {
+            c.error(dp, format!("`/{dir}` is a directory here and a file or symlink at `{lp}`"));
+        }
+        under.push((dir.clone(), dp.clone()));
+    }
     for (i, d) in r.download.iter().enumerate() {
         if let Some(dir) = &d.extract {
             let norm: String = dir
