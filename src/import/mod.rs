@@ -21,7 +21,10 @@ use dockerfile_parser::{Dockerfile, Instruction, ShellOrExecExpr};
 use self::commands::{Fragment, recognize};
 use self::draft::Draft;
 use self::preprocess::{heredoc_index, heredocs, normalize};
-use self::vars::{arg_definitions, declare, expand_env, has_operator_form, subst, subst_args};
+use self::vars::{
+    arg_definitions, declare, expand_env, expand_env_in_script, has_operator_form, subst,
+    subst_args,
+};
 
 /// A converted Dockerfile.
 #[derive(Debug, Clone)]
@@ -237,7 +240,7 @@ fn run_shell(
     }
     // The ENV set so far is in the RUN's environment: commands lifted into recipe fields
     // (package names, URLs, link targets) get its values, as the shell would give them.
-    let expanded = expand_env(script, &d.known_env);
+    let expanded = expand_env_in_script(script, &d.known_env);
     let cmds = match shell::split(&expanded) {
         Ok(c) if c.len() == cmds.len() && shell::is_plain_list(&c) => c,
         _ => cmds,

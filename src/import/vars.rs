@@ -11,11 +11,20 @@ use crate::recipe::interp::{Unset, braced, expand_docker};
 /// each name's value, itself already expanded. Names the Dockerfile never set (the base
 /// image's own ENV), and values built on them, are left for the recipe and the shell, which
 /// expand them against the image's environment.
+/// [`expand_env`] for a RUN's script: a variable the Dockerfile never set is left to the shell
+/// whatever the form (the script may set it, the runtime may: `HOME`, `USER`).
+pub(super) fn expand_env_in_script(s: &str, known: &BTreeMap<String, String>) -> String {
+    let lookup = |name: &str| known.get(name).filter(|v| !v.contains('$')).cloned();
+    expand_docker(s, &lookup, Unset::Keep)
+}
+
 pub(super) fn expand_env(s: &str, known: &BTreeMap<String, String>) -> String {
     // A value that still refers to the base image's variables (`$PATH`) is not expanded:
     // the shell or the recipe expands it against the image's environment.
+    // `${X:-default}` of a variable the Dockerfile never set takes its default (as it does
+    // on a base image that does not set X either, which Debian's and Ubuntu's do not).
     let lookup = |name: &str| known.get(name).filter(|v| !v.contains('$')).cloned();
-    expand_docker(s, &lookup, Unset::Keep)
+    expand_docker(s, &lookup, Unset::Default)
 }
 
 /// Whether `s` has a `${NAME<op>word}` form left unexpanded (its variable is a build argument
@@ -76,7 +85,7 @@ mod tests {
         assert_eq!(x("${V%x}"), "15.4.1");
         assert_eq!(x("${P##*/}-${V:0:2}"), "go-${V:0:2}");
         assert_eq!(x("${E:-def}/${E-def}/${V:+set}/${E:+set}"), "def//set/");
-        assert_eq!(x("${UNSET:-d} ${B%%:*} $V ${V}x"), "${UNSET:-d} ${B%%:*} 15.4.1 15.4.1x");
+        assert_eq!(x("${UNSET:-d} ${B%%:*} $V ${V}x"), "d ${B%%:*} 15.4.1 15.4.1x");
         assert_eq!(x("${V%%[0-9]}"), "${V%%[0-9]}");
         assert_eq!(x("${V:-${P}}"), "15.4.1");
         assert_eq!(x("${E:-${P}/bin}"), "/usr/local/go/bin");

@@ -63,15 +63,30 @@ fn id_of(row: &[String]) -> Option<u32> {
     row.get(2)?.parse().ok()
 }
 
-/// SYS_UID_MIN..=SYS_UID_MAX (and the GID pair) of Debian's `/etc/login.defs`.
-const SYS_MIN: u32 = 100;
+/// SYS_UID_MIN..=SYS_UID_MAX (and the GID pair): shadow's defaults, which Debian's
+/// `/etc/login.defs` leaves commented out (101, and UID_MIN - 1).
+const SYS_MIN: u32 = 101;
 const SYS_MAX: u32 = 999;
 
-/// The id `useradd -r`/`groupadd -r` hand out: the highest free one in the system range.
+/// The id `useradd -r`/`groupadd -r` hand out (shadow's `find_new_uid`/`find_new_gid`):
+/// the first free one below the lowest system id in use, so a deleted account's id is not
+/// reused; from the top of the range down when none is in use or the lowest is SYS_MIN; the
+/// highest free one anywhere in the range when that finds nothing.
 fn next_free_system(used: &[Vec<String>]) -> Option<u32> {
-    (SYS_MIN..=SYS_MAX)
+    let taken = |id: u32| used.iter().any(|r| id_of(r) == Some(id));
+    let lowest = used
+        .iter()
+        .filter_map(|r| id_of(r))
+        .filter(|id| (SYS_MIN..=SYS_MAX).contains(id))
+        .min();
+    let start = match lowest {
+        Some(l) if l > SYS_MIN => l - 1,
+        _ => SYS_MAX,
+    };
+    (SYS_MIN..=start)
         .rev()
-        .find(|id| !used.iter().any(|r| id_of(r) == Some(*id)))
+        .find(|id| !taken(*id))
+        .or_else(|| (SYS_MIN..=SYS_MAX).rev().find(|id| !taken(*id)))
 }
 
 /// A new id for a user or group: system or regular.
@@ -503,4 +518,27 @@ pub fn build(lower: &LowerFs, groups: &[Group], users: &[User]) -> Result<Tree, 
         file(&mut tree, lower, "/etc/gshadow", join(&gshadow), secret);
     }
     Ok(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(ids: &[u32]) -> Vec<Vec<String>> {
+        ids.iter()
+            .map(|i| vec![format!("g{i}"), "x".into(), i.to_string()])
+            .collect()
+    }
+
+    #[test]
+    fn system_ids_are_allocated_as_shadow_does() {
+        // None in the range (users = 100 is below SYS_MIN): from the top.
+        assert_eq!(next_free_system(&rows(&[0, 100, 1000])), Some(999));
+        // Below the lowest in use, not in a gap above it.
+        assert_eq!(next_free_system(&rows(&[999, 450])), Some(449));
+        // The lowest in use is SYS_MIN: from the top down.
+        assert_eq!(next_free_system(&rows(&[101, 999])), Some(998));
+        let all: Vec<u32> = (SYS_MIN..=SYS_MAX).collect();
+        assert_eq!(next_free_system(&rows(&all)), None);
+    }
 }

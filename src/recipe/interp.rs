@@ -198,6 +198,10 @@ pub enum Unset {
     Empty,
     /// The text as written: the variable may be set where the text is used later.
     Keep,
+    /// As `Keep`, except that `${NAME:-word}` / `${NAME-word}` take their word: the import's
+    /// reading of a variable its Dockerfile never set, for a value that must be literal
+    /// (a WORKDIR, a COPY destination), assuming the base image does not set it either.
+    Default,
 }
 
 /// Docker's variable expansion in Dockerfile words (ENV, WORKDIR, LABEL...): `$NAME`,
@@ -231,6 +235,7 @@ pub fn expand_docker(s: &str, lookup: &dyn Fn(&str) -> Option<String>, unset: Un
             (0, _) => out.push('$'),
             (_, Some(v)) => out.push_str(&v),
             (_, None) if unset == Unset::Empty => {}
+            (_, None) if unset == Unset::Default => out.push_str(&rest[i..i + 1 + end]),
             (_, None) => out.push_str(&rest[i..i + 1 + end]),
         }
         rest = &after[end..];
@@ -296,6 +301,7 @@ impl Braced<'_> {
         let v = match lookup(self.name) {
             Some(v) => Some(v),
             None if unset == Unset::Keep => return None,
+            None if unset == Unset::Default && !matches!(self.op, ":-" | "-") => return None,
             None => None,
         };
         let word = || expand_docker(self.word, lookup, unset);
