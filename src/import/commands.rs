@@ -76,6 +76,20 @@ pub enum Fragment {
         mode: u32,
         path: String,
     },
+    /// `echo "SHA256  FILE" | sha256sum -c -`: the checksum of a file a download wrote.
+    Checksum {
+        sha256: String,
+        file: String,
+    },
+    /// `tar -xf FILE [-C DIR] [--strip-components=N]`: a downloaded archive unpacked (`dir`
+    /// `None`: into the working directory).
+    ExtractFile {
+        file: String,
+        dir: Option<String>,
+        strip: u32,
+    },
+    /// `rm [-f] [-r] PATH...` of paths other than apt's lists.
+    Remove(Vec<String>),
     /// `mkdir [-p] [-m MODE] DIR...`.
     Mkdir {
         paths: Vec<String>,
@@ -131,9 +145,15 @@ fn opt_value(args: &[String], short: &str, long: &str) -> Option<String> {
     None
 }
 
+/// The URL among `args`: `http(s)://...`, or one starting with a variable (`$BASE_URL/x`,
+/// which the draft accepts only for a build argument).
 fn url_in(args: &[String]) -> Option<String> {
     args.iter()
         .find(|a| a.starts_with("http://") || a.starts_with("https://"))
+        .or_else(|| {
+            args.iter()
+                .find(|a| a.starts_with('$') && !a.starts_with("$(") && a.contains('/'))
+        })
         .cloned()
 }
 
@@ -178,6 +198,22 @@ fn tar_extract(stage: &[String]) -> Option<(String, u32)> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     Some((dir, strip))
+}
+
+/// The archive `tar` reads: `-f FILE`, `--file[=]FILE`, `-xzf FILE`, or `xzf FILE`.
+fn tar_file(args: &[String]) -> Option<String> {
+    let mut it = args.iter().enumerate();
+    while let Some((i, a)) = it.next() {
+        if let Some(v) = a.strip_prefix("--file=") {
+            return Some(v.to_string());
+        }
+        let bundle = (a.starts_with('-') && !a.starts_with("--"))
+            || (i == 0 && !a.starts_with('-') && a.chars().all(|c| c.is_ascii_alphabetic()));
+        if a == "--file" || (bundle && a.ends_with('f')) {
+            return it.next().map(|(_, v)| v.clone());
+        }
+    }
+    None
 }
 
 /// `useradd` and Debian's `adduser`, read option by option. Only what a `[[user]]` states
@@ -486,6 +522,27 @@ pub fn recognize(cmd: &Command) -> Fragment {
         {
             return Fragment::Key { url, dest };
         }
+        // `echo "HASH  FILE" | sha256sum -c -` (`*FILE` in binary mode; `--strict`, `-s`).
+        if let (Some(e), Some(c)) = (pa.first(), pb.first())
+            && e == "echo"
+            && c == "sha256sum"
+            && pb[1..].iter().any(|a| a == "-c" || a == "--check")
+            && pb[1..].iter().all(|a| {
+                matches!(a.as_str(), "-c" | "--check" | "-" | "--strict" | "-s" | "--status" | "-w" | "--warn" | "--quiet")
+            })
+            && let [line] = &pa[1..]
+            && let Some((hash, file)) = line.split_once(char::is_whitespace)
+        {
+            let file = file.trim_start().trim_start_matches('*');
+            let hex = hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit());
+            let var = hash.starts_with('$') && !hash[1..].contains('$');
+            if (hex || var) && !file.is_empty() && !file.contains(char::is_whitespace) {
+                return Fragment::Checksum {
+                    sha256: hash.to_string(),
+                    file: file.to_string(),
+                };
+            }
+        }
         if let (Some(e), Some(t)) = (pa.first(), pb.first())
             && e == "echo"
             && t == "tee"
@@ -520,6 +577,20 @@ pub fn recognize(cmd: &Command) -> Fragment {
         {
             Fragment::Drop("imgbuild keeps no apt lists in the image")
         }
+        "rm" if args
+            .iter()
+            .all(|a| !a.starts_with('-') || matches!(a.as_str(), "-f" | "-r" | "-rf" | "-fr" | "-R" | "-Rf" | "-fR")) =>
+        {
+            Fragment::Remove(operands(args))
+        }
+        "tar" => match (tar_file(args), tar_extract(words)) {
+            (Some(file), Some((_, strip))) => Fragment::ExtractFile {
+                file,
+                dir: opt_value(args, "-C", "--directory"),
+                strip,
+            },
+            _ => Fragment::Unknown,
+        },
         "curl" | "wget" => match curl_or_wget(words, prog == "wget") {
             Some((url, Some(dest))) => Fragment::Download { url, dest },
             _ => Fragment::Unknown,

@@ -27,6 +27,9 @@ fn fail<T>(m: String) -> Result<T, DraftError> {
 #[derive(Debug, Clone, Default)]
 pub struct Download {
     pub url: String,
+    pub sha256: Option<String>,
+    /// The file the Dockerfile downloaded to and then unpacked (and removed).
+    pub unpacked_from: Option<String>,
     pub dest: Option<String>,
     pub extract: Option<String>,
     pub strip: u32,
@@ -229,6 +232,55 @@ impl Draft {
                 }
             }
             // A RUN's relative paths are relative to the WORKDIR it runs in.
+            Fragment::Download { url, .. } | Fragment::Extract { url, .. }
+                if !(url.starts_with("http") || subst(&url, args).starts_with("${var.")) =>
+            {
+                return fail(format!("download from {url}, which no build argument names"));
+            }
+            Fragment::Checksum { sha256, file } => {
+                let file = self.in_workdir(subst(&file, args));
+                match self
+                    .downloads
+                    .iter_mut()
+                    .find(|d| d.dest.as_deref() == Some(file.as_str()))
+                {
+                    Some(d) => d.sha256 = Some(subst(&sha256, args)),
+                    None => return fail(format!("checksum of {file}, which no download writes")),
+                }
+            }
+            Fragment::ExtractFile { file, dir, strip } => {
+                let file = self.in_workdir(subst(&file, args));
+                let dir = match dir {
+                    Some(d) => self.in_workdir(subst(&d, args)),
+                    None => self.workdir.clone().unwrap_or_else(|| "/".into()),
+                };
+                match self
+                    .downloads
+                    .iter_mut()
+                    .find(|d| d.dest.as_deref() == Some(file.as_str()))
+                {
+                    Some(d) => {
+                        d.dest = None;
+                        d.extract = Some(dir);
+                        d.strip = strip;
+                        d.unpacked_from = Some(file);
+                    }
+                    None => return fail(format!("tar of {file}, which no download writes")),
+                }
+            }
+            // Only the archive a download wrote and an unpack consumed (see run_shell).
+            Fragment::Remove(paths) => {
+                for p in paths {
+                    let p = self.in_workdir(subst(&p, args));
+                    if !self
+                        .downloads
+                        .iter()
+                        .any(|d| d.unpacked_from.as_deref() == Some(p.as_str()))
+                    {
+                        return fail(format!("rm of {p}"));
+                    }
+                }
+            }
             Fragment::Download { url, dest } => {
                 let dest = self.in_workdir(subst(&dest, args));
                 self.downloads.push(Download {
@@ -567,6 +619,9 @@ impl Draft {
     fn steps_toml(&self, o: &mut String) {
         for d in &self.downloads {
             o.push_str(&format!("\n[[download]]\nurl = {}\n", q(&d.url)));
+            if let Some(h) = &d.sha256 {
+                o.push_str(&format!("sha256 = {}\n", q(h)));
+            }
             if let Some(dest) = &d.dest {
                 o.push_str(&format!("dest = {}\n", q(dest)));
             }

@@ -257,6 +257,32 @@ fn run_shell(
             }
         })
         .collect();
+    // A downloaded archive is unpacked declaratively only when the RUN then removes it (an
+    // `[[download]] extract` leaves no archive behind), and only archives may be removed.
+    let unpacked: Vec<&String> = fragments
+        .iter()
+        .filter_map(|f| match f {
+            Fragment::ExtractFile { file, .. } => Some(file),
+            _ => None,
+        })
+        .collect();
+    let fragments: Vec<Fragment> = fragments
+        .iter()
+        .enumerate()
+        .map(|(i, f)| match f {
+            // The removal must follow with only lifted commands between: a run left between
+            // them would look for the archive.
+            Fragment::ExtractFile { file, .. } => {
+                let removed = fragments[i + 1..]
+                    .iter()
+                    .take_while(|g| **g != Fragment::Unknown)
+                    .any(|g| matches!(g, Fragment::Remove(p) if p.contains(file) && p.iter().all(|x| unpacked.contains(&x))));
+                if removed { f.clone() } else { Fragment::Unknown }
+            }
+            Fragment::Remove(p) if !p.iter().all(|x| unpacked.contains(&x)) => Fragment::Unknown,
+            f => f.clone(),
+        })
+        .collect();
     if !shell::is_and_chain(&cmds) && fragments.contains(&Fragment::Unknown) {
         whole(d, warnings);
         return Ok(());
@@ -512,9 +538,7 @@ fn misc(
                 [src, dest] if src.starts_with("http") => d.downloads.push(draft::Download {
                     url: src.to_string(),
                     dest: Some(dest.to_string()),
-                    extract: None,
-                    strip: 0,
-                    mode: None,
+                    ..Default::default()
                 }),
                 [src, dest] => d.files.push((src.to_string(), dest.to_string())),
                 _ => warnings.push(at.here(format!("ADD {args_text} is not imported"))),

@@ -2,7 +2,8 @@
 //! Each fixture Dockerfile under `fixtures/dockerfiles/NAME/` (written for these tests, in the
 //! styles real Dockerfiles use) is built by buildah (vfs storage, chroot isolation) and, after
 //! `imgbuild import`, by imgbuild, both from the same bookworm minbase layout imgbuild made
-//! (`FROM ${BASE}`, given as `oci:PATH:latest`). The two images are unpacked with umoci and
+//! (`FROM ${BASE}`, given as `oci:PATH:latest`; `MIRROR` is the Debian mirror, for fixtures
+//! that download from it). The two images are unpacked with umoci and
 //! compared path by path: kind, mode, owner, content or link target, extended attributes.
 //! Every difference must be on the commented allowlist below.
 
@@ -159,6 +160,7 @@ fn compare(work: &Work, fixture: &Path) -> Result<usize, Vec<String>> {
     let o = buildah(&store)
         .args(["bud", "--isolation", "chroot", "--layers=false"])
         .args(["--build-arg", &format!("BASE={base}")])
+        .args(["--build-arg", &format!("MIRROR={}", mirror())])
         .args(["-t", &format!("oracle-{name}")])
         .arg(&ctx)
         .output()
@@ -184,7 +186,8 @@ fn compare(work: &Work, fixture: &Path) -> Result<usize, Vec<String>> {
     assert_ok(&o);
     let o = work
         .cmd()
-        .args(["--var", &format!("BASE={base}"), "check"])
+        .args(["--var", &format!("BASE={base}")])
+        .args(["--var", &format!("MIRROR={}", mirror()), "check"])
         .arg(&recipe)
         .output()
         .unwrap();
@@ -197,7 +200,8 @@ fn compare(work: &Work, fixture: &Path) -> Result<usize, Vec<String>> {
     let ours = work.path(&format!("imgbuild-{name}"));
     let o = work
         .cmd()
-        .args(["--var", &format!("BASE={base}"), "build"])
+        .args(["--var", &format!("BASE={base}")])
+        .args(["--var", &format!("MIRROR={}", mirror()), "build"])
         .arg(&recipe)
         .arg("--out")
         .arg(&ours)
