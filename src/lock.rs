@@ -53,6 +53,9 @@ pub struct Lock {
     pub sources: Vec<LockedSource>,
     #[serde(default, rename = "package")]
     pub packages: Vec<LockedPackage>,
+    /// `[apt] build_packages` and what they need beyond `packages`.
+    #[serde(default, rename = "build_package", skip_serializing_if = "Vec::is_empty")]
+    pub build_packages: Vec<LockedPackage>,
     #[serde(default, rename = "download")]
     pub downloads: Vec<LockedDownload>,
     #[serde(default)]
@@ -191,6 +194,18 @@ impl Lock {
         }
         for n in old.keys().filter(|n| !newm.contains_key(*n)) {
             out.push(format!("{n}: {} -> (removed)", old[n].version));
+        }
+        let oldb: BTreeMap<&str, &str> = self
+            .build_packages
+            .iter()
+            .map(|p| (p.name.as_str(), p.version.as_str()))
+            .collect();
+        for p in &new.build_packages {
+            match oldb.get(p.name.as_str()) {
+                Some(v) if *v == p.version => {}
+                Some(v) => out.push(format!("build {}: {v} -> {}", p.name, p.version)),
+                None => out.push(format!("build {}: (new) -> {}", p.name, p.version)),
+            }
         }
         let oldpip: BTreeMap<&str, &str> = self
             .pip
@@ -374,7 +389,7 @@ pub fn inputs(loaded: &Loaded, base: &BaseImage) -> Result<Digest, LockError> {
             "sources": a.sources.iter().zip(&keys).map(|(s, k)| json!({
                 "name": s.name, "uri": s.uri, "suite": s.suite, "components": s.components, "key": k,
             })).collect::<Vec<_>>(),
-            "packages": a.packages, "upgrade": a.upgrade, "bootstrap": a.bootstrap,
+            "packages": a.packages, "build_packages": a.build_packages, "upgrade": a.upgrade, "bootstrap": a.bootstrap,
             "recommends": a.install_recommends, "ppa_base": a.ppa_base,
         })
     });
@@ -399,7 +414,12 @@ pub fn needed(loaded: &Loaded) -> bool {
     let r = &loaded.recipe;
     r.apt
         .as_ref()
-        .is_some_and(|a| !a.packages.is_empty() || a.bootstrap.is_some() || a.upgrade)
+        .is_some_and(|a| {
+            !a.packages.is_empty()
+                || !a.build_packages.is_empty()
+                || a.bootstrap.is_some()
+                || a.upgrade
+        })
         || r.download.iter().any(|d| d.sha256.is_none())
         || r.pip.as_ref().is_some_and(|p| !p.packages.is_empty())
 }
@@ -421,6 +441,7 @@ pub fn resolve(
         inputs: inputs(loaded, base)?,
         sources: Vec::new(),
         packages: Vec::new(),
+        build_packages: Vec::new(),
         downloads: Vec::new(),
         pip: Vec::new(),
     };
@@ -459,7 +480,9 @@ pub fn resolve(
         };
         let (picked, manual) =
             resolve::resolve_marked(&u, &installed, &req).map_err(|e| LockError::Resolve(e.0))?;
-        for p in picked {
+        let locked = |p: &universe::Package,
+                      manual: &std::collections::BTreeSet<String>|
+         -> Result<LockedPackage, LockError> {
             let repo = p.repo.map(|i| &sources[i]);
             let sha256 = Digest::parse(&format!("sha256:{}", p.sha256)).map_err(|_| {
                 LockError::Resolve(format!(
@@ -467,7 +490,7 @@ pub fn resolve(
                     p.name, p.version
                 ))
             })?;
-            lock.packages.push(LockedPackage {
+            Ok(LockedPackage {
                 name: p.name.clone(),
                 version: p.version.to_string(),
                 arch: p.arch.clone(),
@@ -477,7 +500,37 @@ pub fn resolve(
                 size: p.size,
                 sha256,
                 auto: !manual.contains(&p.name),
-            });
+            })
+        };
+        for p in &picked {
+            lock.packages.push(locked(p, &manual)?);
+        }
+        // Build packages: the image's request and theirs resolved together (so they agree on
+        // every shared package); what that adds is installed for the runs only.
+        if !apt.build_packages.is_empty() {
+            let both = Request {
+                packages: apt
+                    .packages
+                    .iter()
+                    .chain(&apt.build_packages)
+                    .cloned()
+                    .collect(),
+                ..req
+            };
+            let (all, manual) = resolve::resolve_marked(&u, &installed, &both)
+                .map_err(|e| LockError::Resolve(format!("build packages: {}", e.0)))?;
+            for p in &all {
+                match lock.packages.iter().find(|l| l.name == p.name && l.arch == p.arch) {
+                    Some(l) if l.version == p.version.to_string() => {}
+                    Some(l) => {
+                        return Err(LockError::Resolve(format!(
+                            "build packages need {} {}, the image has {}: add it to packages",
+                            p.name, p.version, l.version
+                        )));
+                    }
+                    None => lock.build_packages.push(locked(p, &manual)?),
+                }
+            }
         }
     }
     for d in r.download.iter().filter(|d| d.sha256.is_none()) {

@@ -106,6 +106,10 @@ pub enum StepKind {
     /// `pip install` of pinned, hash-checked wheels (downloaded into the cache), offline in
     /// the sandbox with the image's own python.
     Pip(Vec<LockedPip>),
+    /// `[apt] build_packages`, installed with dpkg over the image for the runs after it. Its
+    /// layer is not part of the image: the runs see it below them (see
+    /// [`StepKind::transient`]).
+    BuildPackages(Vec<LockedPackage>),
     /// A command run in the sandbox; the layer is what it changed.
     Run {
         command: String,
@@ -119,6 +123,12 @@ pub enum StepKind {
 }
 
 impl StepKind {
+    /// Whether the step's layer stays out of the image: it is only below the steps after it
+    /// while they are built.
+    pub fn transient(&self) -> bool {
+        matches!(self, StepKind::BuildPackages(_))
+    }
+
     /// Whether realizing the step records its entries in the lower view itself (otherwise
     /// the view reads the step's layer back before the next step that needs it).
     pub fn records_lower(&self) -> bool {
@@ -128,6 +138,7 @@ impl StepKind {
                 | StepKind::DpkgDatabase(_)
                 | StepKind::Configure(_)
                 | StepKind::Pip(_)
+                | StepKind::BuildPackages(_)
                 | StepKind::Run { .. }
         )
     }
@@ -764,10 +775,30 @@ impl Compiler {
         Ok(())
     }
 
-    /// `[[run]]`: one step each.
+    /// `[[run]]`: one step each, after the build packages (when there are any).
     fn runs(&mut self, cx: &Inputs) -> Result<(), PlanError> {
-        let Inputs { loaded, .. } = *cx;
+        let Inputs { loaded, lock, .. } = *cx;
         let r = &loaded.recipe;
+        let build: &[LockedPackage] = lock.map_or(&[], |l| &l.build_packages);
+        if !build.is_empty() && !r.run.is_empty() {
+            let def = json!({
+                "kind": "build-packages",
+                "packages": build.iter().map(|p| json!({"name": p.name, "version": p.version, "arch": p.arch, "sha256": p.sha256})).collect::<Vec<_>>(),
+            });
+            let asked: Vec<&str> = r
+                .apt
+                .iter()
+                .flat_map(|a| a.build_packages.iter().map(String::as_str))
+                .collect();
+            self.push(
+                StepKind::BuildPackages(build.to_vec()),
+                format!(
+                    "build packages {} (for the runs, not in the image)",
+                    asked.join(" ")
+                ),
+                def,
+            );
+        }
         for run in &r.run {
             // A command is its own definition: there is nothing else to key it on. With
             // `network = true` its output can change without its key changing (like `RUN`).

@@ -10,6 +10,8 @@ pub enum Fragment {
     /// Nothing to do in a recipe; the reason is shown in the import report.
     Drop(&'static str),
     AptInstall(Vec<String>),
+    /// `apt-get purge|remove [--auto-remove] PKGS`.
+    AptPurge(Vec<String>),
     AptUpgrade,
     /// `ppa:OWNER/NAME`.
     Ppa(String),
@@ -158,7 +160,18 @@ fn url_in(args: &[String]) -> Option<String> {
 }
 
 fn apt(args: &[String]) -> Fragment {
-    let ops = operands(args);
+    // Operands, without the values of `-o NAME=VALUE`, `-t RELEASE`, `-c FILE`.
+    let mut ops = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "-o" | "--option" | "-t" | "--target-release" | "-c" | "--config-file" => {
+                it.next();
+            }
+            a if a.starts_with('-') => {}
+            a => ops.push(a.to_string()),
+        }
+    }
     match ops.first().map(String::as_str) {
         Some("update") => Fragment::Drop("the package indexes are read at lock time"),
         Some("clean" | "autoclean" | "autoremove") => {
@@ -166,6 +179,7 @@ fn apt(args: &[String]) -> Fragment {
         }
         Some("upgrade" | "dist-upgrade" | "full-upgrade") => Fragment::AptUpgrade,
         Some("install") if ops.len() > 1 => Fragment::AptInstall(ops[1..].to_vec()),
+        Some("purge" | "remove") if ops.len() > 1 => Fragment::AptPurge(ops[1..].to_vec()),
         _ => Fragment::Unknown,
     }
 }

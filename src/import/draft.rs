@@ -88,6 +88,8 @@ pub struct Draft {
     pub entrypoint: Option<Vec<String>>,
     pub cmd: Option<Vec<String>>,
     pub packages: Vec<String>,
+    /// Packages a RUN installs and later purges in the same RUN: `[apt] build_packages`.
+    pub build_packages: Vec<String>,
     pub upgrade: bool,
     pub ppas: Vec<String>,
     pub downloads: Vec<Download>,
@@ -207,6 +209,9 @@ impl Draft {
     pub fn apply(&mut self, f: Fragment, args: &[(String, String)]) -> Result<(), DraftError> {
         match f {
             Fragment::Drop(_) | Fragment::Unknown => {}
+            // Only purges of this RUN's build packages get here (see run_shell): they are
+            // never in the image.
+            Fragment::AptPurge(_) => {}
             Fragment::Key { url, dest } => self.keys.push((dest, url)),
             Fragment::SourceLine { line, file } => {
                 let name = file
@@ -583,6 +588,7 @@ impl Draft {
     /// `[apt]` and its sources.
     fn apt_toml(&self, o: &mut String) {
         if !self.packages.is_empty()
+            || !self.build_packages.is_empty()
             || self.upgrade
             || !self.ppas.is_empty()
             || !self.sources.is_empty()
@@ -592,6 +598,12 @@ impl Draft {
                 o.push_str("upgrade = true\n");
             }
             o.push_str(&format!("packages = {}\n", arr(&self.packages)));
+            if !self.build_packages.is_empty() {
+                o.push_str(&format!(
+                    "build_packages = {}\n",
+                    arr(&self.build_packages)
+                ));
+            }
             for src in &self.sources {
                 o.push_str(&format!(
                     "\n[[apt.sources]]\nname = {}\nuri = {}\nsuite = {}\ncomponents = {}\n",

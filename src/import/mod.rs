@@ -283,12 +283,54 @@ fn run_shell(
             f => f.clone(),
         })
         .collect();
+    // Packages installed and then purged by the same RUN are build packages: present for the
+    // runs, never in the image; the purge goes with them.
+    let purged: Vec<String> = fragments
+        .iter()
+        .filter_map(|f| match f {
+            Fragment::AptPurge(p) => Some(p.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let installed: Vec<String> = fragments
+        .iter()
+        .filter_map(|f| match f {
+            Fragment::AptInstall(p) => Some(p.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let is_build = |p: &String| purged.contains(p) && installed.contains(p);
+    // Those this RUN's lifted installs made build packages; a purge of only those goes.
+    let mut this_build: Vec<String> = Vec::new();
     if !shell::is_and_chain(&cmds) && fragments.contains(&Fragment::Unknown) {
         whole(d, warnings);
         return Ok(());
     }
     let mut rest: Vec<String> = Vec::new();
     for (c, f) in cmds.iter().zip(fragments) {
+        let f = match f {
+            Fragment::AptInstall(p) if rest.is_empty() => {
+                let (build, keep): (Vec<String>, Vec<String>) = p.into_iter().partition(is_build);
+                for b in build {
+                    if !d.build_packages.contains(&b) {
+                        d.build_packages.push(b.clone());
+                    }
+                    this_build.push(b);
+                }
+                Fragment::AptInstall(keep)
+            }
+            Fragment::AptPurge(p) if p.iter().all(|x| this_build.contains(x)) => {
+                warnings.push(at.here(format!(
+                    "{} installed and purged by this RUN: build_packages, for the runs only",
+                    p.join(" ")
+                )));
+                continue;
+            }
+            Fragment::AptPurge(_) => Fragment::Unknown,
+            f => f,
+        };
         if !rest.is_empty() || f == Fragment::Unknown {
             rest.push(subst_args(&c.text, args));
         } else if let Err(m) = d.apply(f, args) {

@@ -99,6 +99,7 @@ pub fn realize(
         apt_built: BTreeMap::new(),
         lower: LowerFs::default(),
         layers: base.layers.clone(),
+        transient: Vec::new(),
     };
     let mut out = Vec::new();
     let total = plan.steps.len();
@@ -123,6 +124,11 @@ pub fn realize(
             digest: &record.digest,
             size: record.size,
         });
+        // A transient layer (build packages) is below the later steps' sandboxes only.
+        if step.kind.transient() {
+            r.transient.push(record);
+            continue;
+        }
         r.layers.push(record.clone());
         if !was_hit && step.kind.records_lower() && r.lower.scanned() + 1 == r.layers.len() {
             r.lower.mark_scanned(r.layers.len());
@@ -175,7 +181,9 @@ fn prefetch_missing(
     prefetch(cache, &missing, reporter)?;
     let debs: Vec<&crate::lock::LockedPackage> = todo()
         .filter_map(|(s, _)| match &s.kind {
-            StepKind::AptPackages(p) | StepKind::DpkgDatabase(p) => Some(p),
+            StepKind::AptPackages(p) | StepKind::DpkgDatabase(p) | StepKind::BuildPackages(p) => {
+                Some(p)
+            }
             _ => None,
         })
         .flatten()
@@ -199,6 +207,8 @@ struct Realizer<'a> {
     apt_built: BTreeMap<usize, LayerRecord>,
     lower: LowerFs,
     layers: Vec<LayerRecord>,
+    /// Layers below the runs but not in the image (build packages).
+    transient: Vec<LayerRecord>,
 }
 
 impl Realizer<'_> {
@@ -273,7 +283,13 @@ impl Realizer<'_> {
                     network: *network,
                     env: &env,
                 };
-                run::command(plan, step, command, &how, cache, &self.layers)?
+                let below: Vec<LayerRecord> =
+                    self.layers.iter().chain(&self.transient).cloned().collect();
+                run::command(plan, step, command, &how, cache, &below)?
+            }
+            StepKind::BuildPackages(pkgs) => {
+                reporter.report(Event::Stage("unpacking the image for the build packages"));
+                run::build_packages(plan, step, pkgs, cache, &self.layers)?
             }
             StepKind::DpkgDatabase(pkgs) => {
                 // Only the base's dpkg files are read: the view below the package layers has
@@ -466,6 +482,7 @@ fn build_step(
             Some(services::build(lower, units).map_err(|m| loaded.error_at(&field, m.0))?)
         }
         StepKind::DpkgDatabase(_)
+        | StepKind::BuildPackages(_)
         | StepKind::AptPackages(_)
         | StepKind::Configure(_)
         | StepKind::Pip(_)

@@ -347,6 +347,63 @@ pub fn pip(
     })
 }
 
+const BUILD_DEBS: &str = "var/cache/imgbuild-build-debs";
+
+/// `[apt] build_packages`: the locked .debs copied from the cache into the root and installed
+/// with the image's own dpkg, offline (`dpkg -i` unpacks them all, then configures them in
+/// dependency order), services kept from starting; the .debs are removed again.
+pub fn build_packages(
+    plan: &Plan,
+    step: &Step,
+    packages: &[LockedPackage],
+    cache: &Cache,
+    layers: &[LayerRecord],
+) -> Result<LayerRecord, RealizeError> {
+    in_root(plan, step, cache, layers, |root| {
+        let io = |source| {
+            RealizeError::Sandbox(SandboxError::Io {
+                action: "stage build packages in",
+                path: root.join(BUILD_DEBS),
+                source,
+            })
+        };
+        let confined = Root::open(root).map_err(io)?;
+        if !super::chrootless::has_shell(&confined) {
+            return Err(RealizeError::Layer {
+                step: step.name.clone(),
+                source: std::io::Error::other(
+                    "build packages are installed with the image's own shell and dpkg, and this image has no /bin/sh",
+                ),
+            });
+        }
+        confined.dir(BUILD_DEBS.as_bytes(), true).map_err(io)?;
+        for (i, p) in packages.iter().enumerate() {
+            let mut blob = std::fs::File::open(cache.blob_path(&p.sha256)).map_err(io)?;
+            let rel = format!("{BUILD_DEBS}/{i:05}.deb");
+            confined
+                .write_file(rel.as_bytes(), Attrs::FILE, None, &mut blob)
+                .map_err(io)?;
+        }
+        let bwrap = &sandbox::bwrap()?;
+        let script = format!(
+            "set -e\nprintf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d\n\
+             chmod 755 /usr/sbin/policy-rc.d\n\
+             dpkg --force-confdef --force-confold -i /{BUILD_DEBS}/*.deb\n\
+             rm -rf /{BUILD_DEBS} /usr/sbin/policy-rc.d"
+        );
+        sandbox::run(
+            bwrap,
+            root,
+            "dpkg -i (build packages)",
+            &script,
+            &[("DEBIAN_FRONTEND", "noninteractive")],
+            false,
+            plan.mtime,
+        )?;
+        Ok(())
+    })
+}
+
 /// How a `[[run]]` command runs.
 pub struct How<'a> {
     pub shell: &'a [String],

@@ -109,6 +109,7 @@ impl Loaded {
         let apt = v.recipe.apt.get_or_insert_with(|| Apt {
             sources: Vec::new(),
             packages: Vec::new(),
+            build_packages: Vec::new(),
             upgrade: false,
             bootstrap: None,
             install_recommends: false,

@@ -208,6 +208,11 @@ pub struct Apt {
     pub sources: Vec<AptSource>,
     #[serde(default)]
     pub packages: Vec<String>,
+    /// Packages present for the `[[run]]` steps only (compilers, `-dev` headers): installed
+    /// over the image before the first run and absent from the image, as a Dockerfile's
+    /// `apt-get purge --auto-remove` of its build dependencies intends.
+    #[serde(default)]
+    pub build_packages: Vec<String>,
     #[serde(default)]
     pub upgrade: bool,
     pub bootstrap: Option<String>,

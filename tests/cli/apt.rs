@@ -594,3 +594,58 @@ fn a_source_for_another_architecture_is_not_used() {
     assert_ok(&work.cmd().arg("lock").arg(&r).output().unwrap());
     assert!(server.hits("/dists/test/InRelease") >= 1);
 }
+
+#[test]
+fn build_packages_are_there_for_the_runs_and_absent_from_the_image() {
+    let f = fixture(r#"["fixture-ping"]"#);
+    let (work, r) = (&f.work, &f.recipe);
+    let text = fs::read_to_string(r)
+        .unwrap()
+        .replace("[apt]\n", "[apt]\nbuild_packages = [\"fixture-hello\"]\n");
+    let text = format!(
+        "{text}\n[[run]]\ncommand = \"hello-fixture > /etc/built-with-hello && cat /var/lib/fixture/configured >> /etc/built-with-hello\"\n"
+    );
+    fs::write(r, text).unwrap();
+    let meta = work.build_metadata(work.cmd(), r, "out/bp");
+    // Locked apart from the image's packages: fixture-hello and what only it needs.
+    let lock = fs::read_to_string(r.with_extension("lock")).unwrap();
+    let build_part = &lock[lock.find("[[build_package]]").expect(&lock)..];
+    for p in ["fixture-hello", "fixture-lib", "fixture-provider"] {
+        assert!(build_part.contains(&format!("name = \"{p}\"")), "{p}: {lock}");
+    }
+    assert!(!build_part.contains("name = \"fixture-ping\""), "{lock}");
+    // The run had the build package, configured (its postinst ran).
+    let rootfs = unpack(work, "out/bp");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/built-with-hello")).unwrap(),
+        "hello from the fixture\nconfigure\n"
+    );
+    // The image has neither its files nor its dpkg records.
+    for gone in [
+        "usr/bin/hello-fixture",
+        "etc/fixture.conf",
+        "var/lib/fixture/configured",
+        "usr/lib/fixture/version",
+    ] {
+        assert!(!rootfs.join(gone).exists(), "{gone} is in the image");
+    }
+    let list = dpkg_list(&rootfs);
+    assert!(list.contains("ii  fixture-ping 1.0"), "{list}");
+    for p in ["fixture-hello", "fixture-lib", "fixture-provider"] {
+        assert!(!list.contains(p), "{p} in the image's dpkg status:\n{list}");
+    }
+    let steps: Vec<&str> = meta["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["step"].as_str().unwrap())
+        .collect();
+    assert!(
+        !steps.iter().any(|s| s.starts_with("build packages")),
+        "{steps:?}"
+    );
+    assert!(steps.iter().any(|s| s.starts_with("run hello-fixture")), "{steps:?}");
+    // Rebuilt from a fresh cache: the same image.
+    let again = work.build_metadata(work.cmd_with_cache(&work.path("cache2")), r, "out/bp2");
+    assert_eq!(again["manifest"], meta["manifest"]);
+}

@@ -553,7 +553,24 @@ fn packages(c: &mut Checker, r: &super::Recipe) {
                 ),
             }
         }
-        for (i, pkg) in apt.packages.iter().enumerate() {
+        if !apt.build_packages.is_empty() && r.run.is_empty() {
+            c.warn(
+                &p.key("build_packages"),
+                "build packages are installed for the [[run]] steps only, and there are none",
+            );
+        }
+        let named = apt
+            .packages
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (p.key("packages").index(i), n))
+            .chain(
+                apt.build_packages
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| (p.key("build_packages").index(i), n)),
+            );
+        for (field, pkg) in named {
             let name = pkg.split(['=', ':']).next().unwrap_or("");
             let ok = name.len() >= 2
                 && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -561,10 +578,7 @@ fn packages(c: &mut Checker, r: &super::Recipe) {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
             if !ok {
-                c.error(
-                    &p.key("packages").index(i),
-                    format!("`{pkg}` is not a Debian package name"),
-                );
+                c.error(&field, format!("`{pkg}` is not a Debian package name"));
             }
         }
         if let Some(b) = &apt.bootstrap
