@@ -242,11 +242,12 @@ pub fn parse(
     }
     // A value that became wrong by interpolation (`uid = "${var.UID}"` with UID not a
     // number): the path of the field names where it is in the source.
-    let recipe: Recipe = serde_path_to_error::deserialize(value).map_err(|e| {
+    let mut recipe: Recipe = serde_path_to_error::deserialize(value).map_err(|e| {
         let field = FieldPath::parse(&e.path().to_string());
         let span = spans.span_of(&field);
         err(span, field.to_string(), e.inner().message().to_string())
     })?;
+    recipe.for_platform();
 
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let dir = if dir.as_os_str().is_empty() {

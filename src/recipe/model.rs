@@ -154,6 +154,40 @@ pub struct Download {
     pub strip_components: u32,
     /// Archive format when the URL does not tell: `tar`, `tar.gz`, `tar.xz`, `zip`.
     pub format: Option<String>,
+    /// Per Debian architecture (`amd64`, `arm64`...): the URL and sha256 for that platform,
+    /// over `url` and `sha256` (see [`Recipe::for_platform`]).
+    #[serde(default)]
+    pub arch: BTreeMap<String, ArchDownload>,
+}
+
+/// `[download.arch.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchDownload {
+    pub url: Option<String>,
+    pub sha256: Option<String>,
+}
+
+impl Recipe {
+    /// Applies the `[download.arch.ARCH]` entries of the image's platform, so every later
+    /// stage reads one `url` and `sha256` per download. A download without an entry for the
+    /// platform keeps its own (validation says it is missing).
+    pub fn for_platform(&mut self) {
+        let vars = crate::recipe::interp::platform_vars(&self.image.platform);
+        let Some(arch) = vars.get("arch") else {
+            return;
+        };
+        for d in &mut self.download {
+            if let Some(a) = d.arch.get(arch) {
+                if let Some(u) = &a.url {
+                    d.url = u.clone();
+                }
+                if let Some(s) = &a.sha256 {
+                    d.sha256 = Some(s.clone());
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -390,3 +390,41 @@ fn two_builds_sharing_one_cache_at_once_both_succeed() {
     assert_eq!(stdout(&a), stdout(&b));
     assert_eq!(fs::read_dir(w.path("cache/tmp")).unwrap().count(), 0);
 }
+
+#[test]
+fn per_architecture_downloads_take_the_platforms_url_and_sha256() {
+    let w = Work::setup();
+    let before = metadata(&w, "out/plain");
+    let text = fs::read_to_string(w.recipe()).unwrap();
+    let good = "c212129d36064fe914d54dc970b6f4c4bd52fffc6157623422c751f454ca3855";
+    let plain = "url = \"${var.fixtures}/compose-${os}-${uname_m}\"\nsha256 = \"c212129d36064fe914d54dc970b6f4c4bd52fffc6157623422c751f454ca3855\"\ndest = \"/usr/local/bin/docker-compose\"\nmode = 0o755\n";
+    assert!(text.contains(plain));
+    // The top-level URL is wrong on purpose: amd64's entry replaces it, and its sha256 is the
+    // only one given.
+    let per_arch = format!(
+        "url = \"${{var.fixtures}}/no-such-file\"\ndest = \"/usr/local/bin/docker-compose\"\nmode = 0o755\n\n\
+         [download.arch.amd64]\nurl = \"${{var.fixtures}}/compose-linux-x86_64\"\nsha256 = \"{good}\"\n\n\
+         [download.arch.arm64]\nurl = \"${{var.fixtures}}/compose-linux-aarch64\"\nsha256 = \"{}\"\n",
+        "1".repeat(64)
+    );
+    fs::write(w.recipe(), text.replace(plain, &per_arch)).unwrap();
+    let after = metadata(&w, "out/per-arch");
+    // The same download for linux/amd64: the same image.
+    assert_eq!(after["manifest"], before["manifest"]);
+    // A platform the download has no entry for is refused by check, naming the field.
+    let only_arm = text.replace(
+        plain,
+        &format!(
+            "url = \"${{var.fixtures}}/compose\"\ndest = \"/usr/local/bin/docker-compose\"\n\n[download.arch.arm64]\nsha256 = \"{good}\"\n"
+        ),
+    );
+    fs::write(w.recipe(), only_arm).unwrap();
+    let o = w.cmd().arg("check").arg(w.recipe()).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("`download[1].arch`: no entry for amd64 (the platform is linux/amd64); there are: arm64"),
+        "{e}"
+    );
+    assert!(e.contains("hello.toml:"), "{e}");
+}

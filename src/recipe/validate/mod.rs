@@ -430,6 +430,20 @@ fn entries(c: &mut Checker, r: &super::Recipe) {
 
 /// A download's URL (platform variables, scheme, no credentials) and its sha256.
 fn download_source(c: &mut Checker, p: &FieldPath, d: &super::Download, platform: &str) {
+    if !d.arch.is_empty() {
+        let vars = super::interp::platform_vars(platform);
+        let arch = vars.get("arch").map(String::as_str).unwrap_or_default();
+        if !d.arch.contains_key(arch) {
+            let have: Vec<&str> = d.arch.keys().map(String::as_str).collect();
+            c.error(
+                &p.key("arch"),
+                format!(
+                    "no entry for {arch} (the platform is {platform}); there are: {}",
+                    have.join(", ")
+                ),
+            );
+        }
+    }
     match super::interp::expand_platform(&d.url, platform) {
         Err(e) => c.error(&p.key("url"), e.0),
         Ok(u) if crate::http::has_userinfo(&u) => c.error(&p.key("url"), CREDENTIALS),
