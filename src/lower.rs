@@ -32,6 +32,8 @@ pub struct LowerEntry {
 pub struct LowerFs {
     entries: BTreeMap<Vec<u8>, LowerEntry>,
     scanned: usize,
+    /// Files whose contents the build needs besides the usual ones (`[[file]] append`).
+    extra: std::collections::BTreeSet<Vec<u8>>,
 }
 
 fn wanted(path: &[u8]) -> bool {
@@ -73,6 +75,21 @@ pub fn norm(path: &[u8]) -> Vec<u8> {
 }
 
 impl LowerFs {
+    /// Keeps the contents of `path` too (before the first `advance`).
+    pub fn keep(&mut self, path: &str) {
+        self.extra.insert(norm(path.as_bytes()));
+    }
+
+    fn wants(&self, path: &[u8]) -> bool {
+        // A kept path may name the file through a symlinked directory (`/bin` -> `usr/bin`).
+        wanted(path)
+            || (!self.extra.is_empty()
+                && self
+                    .extra
+                    .iter()
+                    .any(|x| x == path || self.resolve(x) == path))
+    }
+
     /// Brings the view up to date with `layers` (scanning only those not seen yet).
     pub fn advance(&mut self, cache: &Cache, layers: &[LayerRecord]) -> io::Result<()> {
         while self.scanned < layers.len() {
@@ -122,7 +139,7 @@ impl LowerFs {
             if kind != Kind::Dir {
                 self.remove_tree(&path);
             }
-            let data = if kind == Kind::File && wanted(&path) && e.size() < (32 << 20) {
+            let data = if kind == Kind::File && self.wants(&path) && e.size() < (32 << 20) {
                 let mut buf = Vec::new();
                 e.read_to_end(&mut buf)?;
                 Some(buf)
@@ -144,7 +161,7 @@ impl LowerFs {
     /// Records an entry a step just wrote, so later steps in this build see it.
     pub fn insert(&mut self, path: &[u8], kind: Kind, meta: Meta, data: Option<Vec<u8>>) {
         let path = norm(path);
-        let data = data.filter(|_| wanted(&path));
+        let data = data.filter(|_| self.wants(&path));
         self.entries.insert(path, LowerEntry { kind, meta, data });
     }
 

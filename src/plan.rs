@@ -53,6 +53,10 @@ pub struct PlannedFile {
     pub mode: u32,
     pub owner: Option<String>,
     pub field: FieldPath,
+    /// Appended to the image's file, whose mode and owner it keeps unless given (`mode_set`,
+    /// `owner`); a new file when there is none.
+    pub append: bool,
+    pub mode_set: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -609,6 +613,8 @@ impl Compiler {
                     mode: 0o644,
                     owner: None,
                     field: field.key("key"),
+                    append: false,
+                    mode_set: true,
                 });
             }
             files.push(PlannedFile {
@@ -619,6 +625,8 @@ impl Compiler {
                 mode: 0o644,
                 owner: None,
                 field,
+                append: false,
+                mode_set: true,
             });
         }
         if files.is_empty() {
@@ -705,11 +713,19 @@ impl Compiler {
                     mode: f.mode.map_or(0o644, |m| m.0),
                     owner: f.owner.clone(),
                     field,
+                    append: f.append,
+                    mode_set: f.mode.is_some(),
                 });
             }
             let def = json!({
                 "kind": "files",
-                "files": files.iter().map(|f| json!({"dest": f.dest, "sha256": f.digest, "mode": f.mode, "owner": f.owner})).collect::<Vec<_>>(),
+                "files": files.iter().map(|f| {
+                    let mut v = json!({"dest": f.dest, "sha256": f.digest, "mode": f.mode, "owner": f.owner});
+                    if f.append {
+                        v["append"] = json!({"mode_set": f.mode_set});
+                    }
+                    v
+                }).collect::<Vec<_>>(),
             });
             let name = format!(
                 "files {}",

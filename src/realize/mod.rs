@@ -101,6 +101,14 @@ pub fn realize(
         layers: base.layers.clone(),
         transient: Vec::new(),
     };
+    // `[[file]] append` reads the image's file.
+    for s in &plan.steps {
+        if let StepKind::Files(files) = &s.kind {
+            for f in files.iter().filter(|f| f.append) {
+                r.lower.keep(&f.dest);
+            }
+        }
+    }
     let mut out = Vec::new();
     let total = plan.steps.len();
     for (index, (step, hit)) in plan.steps.iter().zip(hits).enumerate() {
@@ -365,6 +373,42 @@ fn owner(
     }
 }
 
+/// `[[file]] append`: the path it writes (the image's file, through its symlinks), the image's
+/// contents followed by the recipe's bytes, and the existing file's metadata if there is one.
+fn appended(
+    lower: &LowerFs,
+    f: &crate::plan::PlannedFile,
+) -> io::Result<(String, Vec<u8>, Option<Meta>)> {
+    let path = crate::lower::norm(f.dest.as_bytes());
+    let resolved = lower.resolve(&path);
+    let (mut bytes, kept) = match lower.get(&resolved) {
+        Some(e) if e.kind == crate::lower::Kind::File => match lower.read(&path) {
+            Some(d) => (d.to_vec(), Some(e.meta)),
+            None => {
+                return Err(io::Error::other(format!(
+                    "cannot append to /{}: its contents are not at hand (larger than 32 MiB, or \
+                     `dest` names it through a symlink: give its real path)",
+                    String::from_utf8_lossy(&resolved)
+                )));
+            }
+        },
+        Some(_) => {
+            return Err(io::Error::other(format!(
+                "cannot append to /{}: it is not a regular file",
+                String::from_utf8_lossy(&resolved)
+            )));
+        }
+        None => (Vec::new(), None),
+    };
+    match &f.source {
+        FileSource::Inline(b) => bytes.extend_from_slice(b.as_slice()),
+        FileSource::Path(p) => bytes.extend(std::fs::read(p)?),
+    }
+    // `>>` writes through a symlink to the file it names.
+    let dest = format!("/{}", String::from_utf8_lossy(&resolved));
+    Ok((dest, bytes, kept))
+}
+
 fn build_step(
     loaded: &Loaded,
     plan: &Plan,
@@ -448,20 +492,32 @@ fn build_step(
             let mut t = Tree::default();
             for f in files {
                 let (uid, gid) = owner(loaded, lower, f.owner.as_deref(), &f.field)?;
-                let kind = NodeKind::File {
-                    source: f.source.clone(),
-                    size: f.size,
+                let mut meta = Meta {
+                    mode: f.mode,
+                    uid,
+                    gid,
                 };
-                t.add(
-                    lower,
-                    &f.dest,
-                    kind,
-                    Meta {
-                        mode: f.mode,
-                        uid,
-                        gid,
-                    },
-                );
+                let mut dest = f.dest.clone();
+                let kind = if f.append {
+                    let (resolved, bytes, kept) = appended(lower, f).map_err(layer_err)?;
+                    dest = resolved;
+                    if let Some(k) = kept {
+                        meta.mode = if f.mode_set { f.mode } else { k.mode };
+                        if f.owner.is_none() {
+                            (meta.uid, meta.gid) = (k.uid, k.gid);
+                        }
+                    }
+                    NodeKind::File {
+                        size: bytes.len() as u64,
+                        source: FileSource::Inline(bytes),
+                    }
+                } else {
+                    NodeKind::File {
+                        source: f.source.clone(),
+                        size: f.size,
+                    }
+                };
+                t.add(lower, &dest, kind, meta);
             }
             Some(t)
         }

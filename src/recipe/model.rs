@@ -139,6 +139,10 @@ pub struct FileSpec {
     pub src: Option<String>,
     pub mode: Option<Mode>,
     pub owner: Option<String>,
+    /// Add to the end of the image's file (`>>`), which keeps its mode and owner unless
+    /// given; made as a new file when there is none.
+    #[serde(default)]
+    pub append: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -649,3 +649,39 @@ fn build_packages_are_there_for_the_runs_and_absent_from_the_image() {
     let again = work.build_metadata(work.cmd_with_cache(&work.path("cache2")), r, "out/bp2");
     assert_eq!(again["manifest"], meta["manifest"]);
 }
+
+#[test]
+fn files_append_to_what_the_image_has_keeping_its_mode_and_owner() {
+    let f = fixture(r#"["fixture-hello"]"#);
+    let (work, r) = (&f.work, &f.recipe);
+    let text = fs::read_to_string(r).unwrap();
+    // A package's conffile, a file reached through merged /usr's /bin symlink, a new file.
+    let text = format!(
+        "{text}\n[[file]]\ndest = \"/etc/fixture.conf\"\ncontent = \"extra=1\\n\"\nappend = true\n\
+         \n[[file]]\ndest = \"/bin/hello-old-path\"\ncontent = \"echo appended\\n\"\nappend = true\n\
+         \n[[file]]\ndest = \"/etc/appended-new\"\ncontent = \"first\\n\"\nappend = true\nmode = 0o600\n"
+    );
+    fs::write(r, text).unwrap();
+    work.build_metadata(work.cmd(), r, "out/append");
+    let rootfs = unpack(work, "out/append");
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/fixture.conf")).unwrap(),
+        "greeting=hello\nextra=1\n"
+    );
+    let old_path = rootfs.join("usr/bin/hello-old-path");
+    assert_eq!(
+        fs::read_to_string(&old_path).unwrap(),
+        "#!/bin/sh\necho appended\n"
+    );
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // The package's mode is kept; /bin stays the symlink it was.
+    assert_eq!(fs::metadata(&old_path).unwrap().permissions().mode() & 0o7777, 0o755);
+    assert!(fs::symlink_metadata(rootfs.join("bin")).unwrap().file_type().is_symlink());
+    let new = fs::metadata(rootfs.join("etc/appended-new")).unwrap();
+    assert_eq!(new.permissions().mode() & 0o7777, 0o600);
+    assert_eq!(new.uid(), 0);
+    assert_eq!(
+        fs::read_to_string(rootfs.join("etc/appended-new")).unwrap(),
+        "first\n"
+    );
+}
