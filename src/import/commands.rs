@@ -92,6 +92,11 @@ pub enum Fragment {
     },
     /// `rm [-f] [-r] PATH...` of paths other than apt's lists.
     Remove(Vec<String>),
+    /// `echo WORDS >> PATH`: a line added to a file.
+    Append {
+        path: String,
+        content: String,
+    },
     /// `mkdir [-p] [-m MODE] DIR...`.
     Mkdir {
         paths: Vec<String>,
@@ -212,6 +217,32 @@ fn tar_extract(stage: &[String]) -> Option<(String, u32)> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     Some((dir, strip))
+}
+
+/// `echo WORDS >> PATH` (or `>>PATH`): the line echo writes. Only what prints the same in
+/// every shell's echo: no option, no backslash (dash's echo reads escapes), and nothing left
+/// for the shell to expand.
+fn echo_append(args: &[String]) -> Fragment {
+    let Some(at) = args.iter().position(|a| a.starts_with(">>")) else {
+        return Fragment::Unknown;
+    };
+    let (words, redirect) = args.split_at(at);
+    let path = match redirect {
+        [op, path] if op == ">>" => path.clone(),
+        [glued] if glued.len() > 2 => glued[2..].to_string(),
+        _ => return Fragment::Unknown,
+    };
+    let plain = |w: &String| !w.contains(['\\', '$', '`']);
+    if words.first().is_some_and(|w| w.starts_with('-'))
+        || !words.iter().all(plain)
+        || path.contains(['$', '`', '*', '?'])
+    {
+        return Fragment::Unknown;
+    }
+    Fragment::Append {
+        path,
+        content: format!("{}\n", words.join(" ")),
+    }
 }
 
 /// The archive `tar` reads: `-f FILE`, `--file[=]FILE`, `-xzf FILE`, or `xzf FILE`.
@@ -635,7 +666,7 @@ pub fn recognize(cmd: &Command) -> Fragment {
             {
                 sudo_line(line)
             }
-            _ => Fragment::Unknown,
+            _ => echo_append(args),
         },
         "systemctl" => match operands(args).split_first() {
             Some((verb, units)) if verb == "enable" && !units.is_empty() => {

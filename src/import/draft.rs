@@ -100,6 +100,8 @@ pub struct Draft {
     pub symlinks: Vec<(String, String)>,
     pub services: Vec<String>,
     pub directories: Vec<Dir>,
+    /// Lines added to files (`echo ... >> PATH`): (path, content), one entry per path.
+    pub appends: Vec<(String, String)>,
     pub files: Vec<(String, String)>,
     /// A copied file's mode (when not 0644) and owner, by destination.
     pub file_attrs: std::collections::BTreeMap<String, (Option<u32>, Option<String>)>,
@@ -379,6 +381,24 @@ impl Draft {
             } => {
                 self.pip.extend(packages);
                 self.upgrade_pip |= upgrade_pip;
+            }
+            Fragment::Append { path, content } => {
+                let path = self.in_workdir(subst(&path, args));
+                let content = subst(&content, args);
+                // [[user]]s are made before [[file]]s: a line added to the account files
+                // would land after users it preceded. A copied file is one entry already.
+                if path.starts_with("/etc/passwd")
+                    || path.starts_with("/etc/group")
+                    || path.starts_with("/etc/shadow")
+                    || path.starts_with("/etc/gshadow")
+                    || self.files.iter().any(|(_, d)| *d == path)
+                {
+                    return fail(format!("a line added to {path}"));
+                }
+                match self.appends.iter_mut().find(|(p, _)| *p == path) {
+                    Some((_, c)) => c.push_str(&content),
+                    None => self.appends.push((path, content)),
+                }
             }
             Fragment::Mkdir { paths, mode } => {
                 for p in paths {
@@ -710,6 +730,13 @@ impl Draft {
                     o.push_str(&format!("owner = {}\n", q(w)));
                 }
             }
+        }
+        for (path, content) in &self.appends {
+            o.push_str(&format!(
+                "\n[[file]]\ndest = {}\ncontent = {}\nappend = true\n",
+                q(path),
+                q(content)
+            ));
         }
         for (path, target) in &self.symlinks {
             o.push_str(&format!(

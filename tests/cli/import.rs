@@ -391,6 +391,21 @@ const SNIPPETS: &[(&str, &str, &[&str], usize)] = &[
         0,
     ),
     (
+        "lines added to files",
+        "RUN echo 'export EDITOR=vim' >> /etc/bash.bashrc && echo \"alias ll='ls -l'\" >>/etc/bash.bashrc && echo en_US.UTF-8 UTF-8 >> /etc/locale.gen\n",
+        &[
+            "dest = \"/etc/bash.bashrc\"\ncontent = \"\"\"\nexport EDITOR=vim\nalias ll='ls -l'\n\"\"\"\nappend = true",
+            "dest = \"/etc/locale.gen\"\ncontent = \"\"\"\nen_US.UTF-8 UTF-8\n\"\"\"\nappend = true",
+        ],
+        0,
+    ),
+    (
+        "echo with escapes or variables, or into the account files, stays a run",
+        "RUN echo 'a\\tb' >> /etc/x && echo $HOME >> /etc/y\nRUN echo 'x:1000:' >> /etc/group\n",
+        &["command = '''echo 'a\\tb' >> /etc/x && echo $HOME >> /etc/y'''", "command = \"echo 'x:1000:' >> /etc/group\""],
+        2,
+    ),
+    (
         "chown of something not made here stays a run",
         "RUN chown -R nobody /opt\n",
         &["command = \"chown -R nobody /opt\""],
