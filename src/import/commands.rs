@@ -656,18 +656,26 @@ pub fn recognize(cmd: &Command) -> Fragment {
         "usermod" => usermod(args),
         "useradd" => useradd(args, false),
         "adduser" => useradd(args, true),
-        "echo" => match args {
-            [line, op, path] if (op == ">>" || op == ">") && path.starts_with("/etc/sudoers") => {
-                sudo_line(line)
+        // A user's rule in its own drop-in is what `[[user]] sudo` writes; a rule in another
+        // file is a line added to that file.
+        "echo" => {
+            let target = match args {
+                [line, op, path] if op == ">>" || op == ">" => Some((line, path.as_str())),
+                [line, redirect] => redirect
+                    .strip_prefix(">>")
+                    .or_else(|| redirect.strip_prefix('>'))
+                    .map(|p| (line, p)),
+                _ => None,
+            };
+            match target.map(|(line, path)| (sudo_line(line), path)) {
+                Some((Fragment::Sudo { user }, path))
+                    if path == format!("/etc/sudoers.d/{user}") =>
+                {
+                    Fragment::Sudo { user }
+                }
+                _ => echo_append(args),
             }
-            [line, redirect]
-                if redirect.starts_with(">>/etc/sudoers")
-                    || redirect.starts_with(">/etc/sudoers") =>
-            {
-                sudo_line(line)
-            }
-            _ => echo_append(args),
-        },
+        }
         "systemctl" => match operands(args).split_first() {
             Some((verb, units)) if verb == "enable" && !units.is_empty() => {
                 Fragment::Enable(units.to_vec())

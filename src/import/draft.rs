@@ -421,26 +421,42 @@ impl Draft {
                 recursive,
             } => {
                 let owner = subst(&owner, args);
-                for p in paths {
-                    let path = self.in_workdir(subst(&p, args));
-                    let path = path.trim_end_matches('/').to_string();
+                let paths: Vec<String> = paths
+                    .iter()
+                    .map(|p| {
+                        let p = self.in_workdir(subst(p, args));
+                        p.trim_end_matches('/').to_string()
+                    })
+                    .collect();
+                // All or nothing: a command that stays a run must not have changed the draft.
+                for path in &paths {
                     // `-R` over a directory made here is the directory alone while nothing
                     // the recipe writes is under it.
-                    if recursive && self.has_content(&path) {
+                    if recursive && self.has_content(path) {
                         return fail(format!("chown -R of {path}, which has content"));
                     }
-                    match self.directories.iter_mut().find(|d| d.path == path) {
-                        Some(d) => d.owner = Some(owner.clone()),
-                        None => {
-                            return fail(format!(
-                                "chown of {path}, which is not a directory made here"
-                            ));
-                        }
+                    if !self.directories.iter().any(|d| d.path == *path) {
+                        return fail(format!(
+                            "chown of {path}, which is not a directory made here"
+                        ));
+                    }
+                }
+                for d in &mut self.directories {
+                    if paths.contains(&d.path) {
+                        d.owner = Some(owner.clone());
                     }
                 }
             }
             Fragment::Chmod { mode, path } => {
                 let path = self.in_workdir(subst(&path, args));
+                // The sudoers drop-in of a user with `sudo`: 0440 already.
+                if mode == 0o440
+                    && self.users.iter().any(|u| {
+                        u.sudo && path == format!("/etc/sudoers.d/{}", u.name)
+                    })
+                {
+                    return Ok(());
+                }
                 if let Some(d) = self
                     .directories
                     .iter_mut()
