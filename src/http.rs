@@ -226,6 +226,42 @@ pub fn error(url: &str, what: &'static str, source: reqwest::Error) -> HttpError
 /// `GET url` with the status checked and the netrc's credentials for its host: the one way
 /// imgbuild starts a download (downloads, lock pins, apt indexes and packages). Connection
 /// errors, stalls and 5xx/429 answers are retried ([`ATTEMPTS`] in all, with backoff).
+/// The body of `url`, at most `limit` bytes, fetched again when it stalls (an index, a
+/// signature: small files read whole).
+pub fn get_small(
+    client: &reqwest::blocking::Client,
+    url: &str,
+    limit: u64,
+) -> Result<Vec<u8>, HttpError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let resp = get(client, url)?;
+        let mut body = StallReader::new(resp);
+        match read_limited(&mut body, limit) {
+            Ok(b) => return Ok(b),
+            Err(_) if body.stalled && attempt < ATTEMPTS => backoff(attempt),
+            Err(_) if body.stalled => {
+                return Err(HttpError::Stalled {
+                    url: redact(url),
+                    what: "no data",
+                    secs: timeout().as_secs(),
+                });
+            }
+            Err(source) => {
+                return Err(HttpError::Cache {
+                    url: redact(url),
+                    source: crate::cache::CacheError::Io {
+                        action: "read",
+                        path: redact(url).into(),
+                        source,
+                    },
+                });
+            }
+        }
+    }
+}
+
 pub fn get(
     client: &reqwest::blocking::Client,
     url: &str,

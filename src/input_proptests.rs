@@ -1,6 +1,6 @@
 //! Every reader of outside input survives arbitrary bytes and structured mutations of real
 //! inputs: recipe TOML, Dockerfiles, deb822 control and relations, InRelease, layer tars,
-//! .debs, OCI index/manifest/config JSON, Proxmox answers. No panic, and each case in bounded
+//! .debs, OCI index/manifest/config JSON, Proxmox answers, OpenPGP keys and signatures. No panic, and each case in bounded
 //! time (cargo-fuzz needs a nightly toolchain; these run in `cargo test`).
 
 use std::time::{Duration, Instant};
@@ -73,6 +73,21 @@ proptest! {
         bounded(Duration::from_secs(5), || {
             let text = String::from_utf8_lossy(&raw).into_owned();
             let _ = crate::recipe::parse("fuzz.toml".as_ref(), text, &[]);
+        })?;
+    }
+
+    #[test]
+    fn openpgp_keys_and_detached_signatures(key in bytes(), sig in bytes(), armored in any::<bool>()) {
+        bounded(Duration::from_secs(5), || {
+            let mut sig = sig;
+            if armored {
+                let mut a = b"-----BEGIN PGP SIGNATURE-----\n\n".to_vec();
+                a.extend_from_slice(&sig);
+                a.extend_from_slice(b"\n-----END PGP SIGNATURE-----\n");
+                sig = a;
+            }
+            let _ = crate::openpgp::keyring(&key);
+            let _ = crate::openpgp::verify_detached(&[], None, &sig, &b"data"[..]);
         })?;
     }
 

@@ -30,6 +30,8 @@ pub(crate) mod parallel;
 pub(crate) mod tool;
 /// Root-confined filesystem access and the one layer applier.
 pub(crate) mod rootfs;
+/// OpenPGP keyrings and detached signatures.
+pub(crate) mod openpgp;
 /// Progress events; library code reports, commands display.
 pub mod report;
 /// The content-addressed cache.

@@ -54,7 +54,11 @@ pub struct Lock {
     #[serde(default, rename = "package")]
     pub packages: Vec<LockedPackage>,
     /// `[apt] build_packages` and what they need beyond `packages`.
-    #[serde(default, rename = "build_package", skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        rename = "build_package",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub build_packages: Vec<LockedPackage>,
     #[serde(default, rename = "download")]
     pub downloads: Vec<LockedDownload>,
@@ -125,6 +129,60 @@ pub enum LockError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{url}: signature {signature} (key {key}): {source}")]
+    Signature {
+        url: String,
+        signature: String,
+        key: PathBuf,
+        source: crate::openpgp::SignatureError,
+    },
+}
+
+/// A download's detached signature to check: its URL, the signer's key file, and the
+/// fingerprint the key must have.
+#[derive(Debug, Clone)]
+pub struct SignatureCheck {
+    pub url: String,
+    pub key: PathBuf,
+    pub signer: Option<String>,
+}
+
+/// Checks the file `blob` (the download of `url`, in the cache) against its signature.
+pub fn verify_signature(
+    client: &reqwest::blocking::Client,
+    check: &SignatureCheck,
+    url: &str,
+    blob: &Path,
+) -> Result<(), LockError> {
+    let fail = |source| LockError::Signature {
+        url: redact(url),
+        signature: redact(&check.url),
+        key: check.key.clone(),
+        source,
+    };
+    let sig = crate::http::get_small(client, &check.url, 1 << 20)?;
+    let key = crate::fsutil::read_bounded(&check.key, 16 << 20)
+        .map_err(|e| fail(crate::openpgp::SignatureError::Io(e)))?;
+    let keys = crate::openpgp::keyring(&key).map_err(fail)?;
+    let data = std::fs::File::open(blob).map_err(|e| fail(e.into()))?;
+    crate::openpgp::verify_detached(
+        &keys,
+        check.signer.as_deref(),
+        &sig,
+        std::io::BufReader::new(data),
+    )
+    .map_err(fail)?;
+    Ok(())
+}
+
+/// The signature check `[[download]]` asks for, URLs expanded for the platform.
+pub fn signature_check(loaded: &Loaded, d: &crate::recipe::Download) -> Option<SignatureCheck> {
+    let url = expand_platform(d.signature.as_ref()?, &loaded.recipe.image.platform).ok()?;
+    Some(SignatureCheck {
+        url,
+        key: loaded.resolve(d.signature_key.as_ref()?),
+        signer: d.signer.clone(),
+    })
 }
 
 pub fn read(path: &Path) -> Result<Option<Lock>, LockError> {
@@ -412,15 +470,9 @@ pub fn inputs(loaded: &Loaded, base: &BaseImage) -> Result<Digest, LockError> {
 /// Whether the recipe needs a lock at all (apt packages or unpinned downloads).
 pub fn needed(loaded: &Loaded) -> bool {
     let r = &loaded.recipe;
-    r.apt
-        .as_ref()
-        .is_some_and(|a| {
-            !a.packages.is_empty()
-                || !a.build_packages.is_empty()
-                || a.bootstrap.is_some()
-                || a.upgrade
-        })
-        || r.download.iter().any(|d| d.sha256.is_none())
+    r.apt.as_ref().is_some_and(|a| {
+        !a.packages.is_empty() || !a.build_packages.is_empty() || a.bootstrap.is_some() || a.upgrade
+    }) || r.download.iter().any(|d| d.sha256.is_none())
         || r.pip.as_ref().is_some_and(|p| !p.packages.is_empty())
 }
 
@@ -520,7 +572,11 @@ pub fn resolve(
             let (all, manual) = resolve::resolve_marked(&u, &installed, &both)
                 .map_err(|e| LockError::Resolve(format!("build packages: {}", e.0)))?;
             for p in &all {
-                match lock.packages.iter().find(|l| l.name == p.name && l.arch == p.arch) {
+                match lock
+                    .packages
+                    .iter()
+                    .find(|l| l.name == p.name && l.arch == p.arch)
+                {
                     Some(l) if l.version == p.version.to_string() => {}
                     Some(l) => {
                         return Err(LockError::Resolve(format!(
@@ -538,6 +594,10 @@ pub fn resolve(
             continue;
         };
         let sha256 = pin(&client, cache, &url, reporter)?;
+        // Trust on first use, unless the file is signed: then only what its signer signed.
+        if let Some(check) = signature_check(loaded, d) {
+            verify_signature(&client, &check, &url, &cache.blob_path(&sha256))?;
+        }
         lock.downloads.push(LockedDownload { url, sha256 });
     }
     Ok(lock)

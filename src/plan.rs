@@ -84,6 +84,9 @@ pub struct PlannedDir {
 pub struct PlannedDownload {
     pub url: String,
     pub sha256: Digest,
+    /// Checked when the file is fetched into the cache (not part of the key: the sha256
+    /// already names the content).
+    pub signature: Option<crate::lock::SignatureCheck>,
     pub target: DownloadTarget,
     pub owner: Option<String>,
     pub field: FieldPath,
@@ -454,6 +457,7 @@ impl Compiler {
             };
             self.push(
                 StepKind::Download(PlannedDownload {
+                    signature: crate::lock::signature_check(loaded, d),
                     url,
                     sha256,
                     target,
@@ -669,7 +673,10 @@ impl Compiler {
         });
         let name = format!(
             "directories {}",
-            dirs.iter().map(|d| d.path.as_str()).collect::<Vec<_>>().join(" ")
+            dirs.iter()
+                .map(|d| d.path.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         self.push(StepKind::Directories(dirs), name, def);
     }

@@ -6,7 +6,7 @@
 
 use std::io::Read;
 
-use pgp::composed::{CleartextSignedMessage, PublicOrSecret, SignedPublicKey};
+use pgp::composed::{CleartextSignedMessage, SignedPublicKey};
 
 use super::control;
 use super::universe::Universe;
@@ -101,18 +101,7 @@ fn keys(src: &Source) -> Result<Vec<SignedPublicKey>, RepoError> {
         .keyring
         .as_deref()
         .ok_or_else(|| err("no key: add `key = \"FILE\"` to the source".into()))?;
-    let (iter, _) = PublicOrSecret::from_reader_many(bytes).map_err(|e| err(e.to_string()))?;
-    let mut out = Vec::new();
-    for k in iter {
-        match k.map_err(|e| err(e.to_string()))? {
-            PublicOrSecret::Public(k) => out.push(k),
-            PublicOrSecret::Secret(k) => out.push(k.to_public_key()),
-        }
-    }
-    if out.is_empty() {
-        return Err(err("the file holds no key".into()));
-    }
-    Ok(out)
+    crate::openpgp::keyring(bytes).map_err(|e| err(e.to_string()))
 }
 
 /// Verifies a cleartext-signed `InRelease` against the source's keys (primary keys and
@@ -174,36 +163,8 @@ fn listed(release: &str) -> Result<(Vec<Listed>, String, bool), ReleaseError> {
 }
 
 fn get_text(client: &reqwest::blocking::Client, url: &str) -> Result<String, DownloadError> {
-    // Fetched again when the body stalls, like every idempotent read.
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let resp = crate::http::get(client, url)?;
-        let mut body = crate::http::StallReader::new(resp);
-        match crate::http::read_limited(&mut body, 256 << 20) {
-            Ok(b) => return Ok(String::from_utf8_lossy(&b).into_owned()),
-            Err(_) if body.stalled && attempt < crate::http::ATTEMPTS => {
-                crate::http::backoff(attempt)
-            }
-            Err(_) if body.stalled => {
-                return Err(DownloadError::Stalled {
-                    url: redact(url),
-                    what: "no data",
-                    secs: crate::http::timeout().as_secs(),
-                });
-            }
-            Err(source) => {
-                return Err(DownloadError::Cache {
-                    url: redact(url),
-                    source: crate::cache::CacheError::Io {
-                        action: "read",
-                        path: redact(url).into(),
-                        source,
-                    },
-                });
-            }
-        }
-    }
+    let b = crate::http::get_small(client, url, 256 << 20)?;
+    Ok(String::from_utf8_lossy(&b).into_owned())
 }
 
 /// Fetches and verifies the indexes of `src` for `arch` into `universe` (as repository number

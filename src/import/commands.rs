@@ -358,7 +358,9 @@ fn useradd(args: &[String], adduser: bool) -> Fragment {
 fn is_id(v: &str) -> bool {
     let var = |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
     v.parse::<u32>().is_ok()
-        || v.strip_prefix("${").and_then(|r| r.strip_suffix('}')).is_some_and(var)
+        || v.strip_prefix("${")
+            .and_then(|r| r.strip_suffix('}'))
+            .is_some_and(var)
         || v.strip_prefix('$').is_some_and(var)
 }
 
@@ -415,7 +417,11 @@ fn usermod(args: &[String]) -> Fragment {
     match (append, groups, users.as_slice()) {
         (true, Some(g), [user]) => Fragment::AddToGroups {
             user: user.clone(),
-            groups: g.split(',').filter(|g| !g.is_empty()).map(str::to_string).collect(),
+            groups: g
+                .split(',')
+                .filter(|g| !g.is_empty())
+                .map(str::to_string)
+                .collect(),
         },
         _ => Fragment::Unknown,
     }
@@ -573,7 +579,17 @@ pub fn recognize(cmd: &Command) -> Fragment {
             && c == "sha256sum"
             && pb[1..].iter().any(|a| a == "-c" || a == "--check")
             && pb[1..].iter().all(|a| {
-                matches!(a.as_str(), "-c" | "--check" | "-" | "--strict" | "-s" | "--status" | "-w" | "--warn" | "--quiet")
+                matches!(
+                    a.as_str(),
+                    "-c" | "--check"
+                        | "-"
+                        | "--strict"
+                        | "-s"
+                        | "--status"
+                        | "-w"
+                        | "--warn"
+                        | "--quiet"
+                )
             })
             && let [line] = &pa[1..]
             && let Some((hash, file)) = line.split_once(char::is_whitespace)
@@ -622,9 +638,13 @@ pub fn recognize(cmd: &Command) -> Fragment {
         {
             Fragment::Drop("imgbuild keeps no apt lists in the image")
         }
-        "rm" if args
-            .iter()
-            .all(|a| !a.starts_with('-') || matches!(a.as_str(), "-f" | "-r" | "-rf" | "-fr" | "-R" | "-Rf" | "-fR")) =>
+        "rm" if args.iter().all(|a| {
+            !a.starts_with('-')
+                || matches!(
+                    a.as_str(),
+                    "-f" | "-r" | "-rf" | "-fr" | "-R" | "-Rf" | "-fR"
+                )
+        }) =>
         {
             Fragment::Remove(operands(args))
         }

@@ -180,7 +180,10 @@ impl Draft {
             || self.files.iter().any(|(_, d)| inside(d))
             || self.downloads.iter().any(|d| {
                 d.extract.as_deref() == Some(path)
-                    || d.dest.as_deref().or(d.extract.as_deref()).is_some_and(inside)
+                    || d.dest
+                        .as_deref()
+                        .or(d.extract.as_deref())
+                        .is_some_and(inside)
             })
     }
 
@@ -242,7 +245,9 @@ impl Draft {
             Fragment::Download { url, .. } | Fragment::Extract { url, .. }
                 if !(url.starts_with("http") || subst(&url, args).starts_with("${var.")) =>
             {
-                return fail(format!("download from {url}, which no build argument names"));
+                return fail(format!(
+                    "download from {url}, which no build argument names"
+                ));
             }
             Fragment::Checksum { sha256, file } => {
                 let file = self.in_workdir(subst(&file, args));
@@ -451,9 +456,10 @@ impl Draft {
                 let path = self.in_workdir(subst(&path, args));
                 // The sudoers drop-in of a user with `sudo`: 0440 already.
                 if mode == 0o440
-                    && self.users.iter().any(|u| {
-                        u.sudo && path == format!("/etc/sudoers.d/{}", u.name)
-                    })
+                    && self
+                        .users
+                        .iter()
+                        .any(|u| u.sudo && path == format!("/etc/sudoers.d/{}", u.name))
                 {
                     return Ok(());
                 }
@@ -635,10 +641,7 @@ impl Draft {
             }
             o.push_str(&format!("packages = {}\n", arr(&self.packages)));
             if !self.build_packages.is_empty() {
-                o.push_str(&format!(
-                    "build_packages = {}\n",
-                    arr(&self.build_packages)
-                ));
+                o.push_str(&format!("build_packages = {}\n", arr(&self.build_packages)));
             }
             for src in &self.sources {
                 o.push_str(&format!(

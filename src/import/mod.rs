@@ -565,8 +565,10 @@ fn misc(
         "HEALTHCHECK" => {
             d.labels.retain(|(k, _)| k != HEALTHCHECK_LABEL);
             if !args_text.eq_ignore_ascii_case("none") {
-                d.labels
-                    .push((HEALTHCHECK_LABEL.into(), expand_env(&args_text, &d.known_env)));
+                d.labels.push((
+                    HEALTHCHECK_LABEL.into(),
+                    expand_env(&args_text, &d.known_env),
+                ));
             }
         }
         "STOPSIGNAL" => d.stop_signal = Some(expand_env(&args_text, &d.known_env)),

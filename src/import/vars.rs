@@ -66,44 +66,6 @@ pub(super) fn arg_definitions(script: &str, args: &[(String, String)]) -> String
         .collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
-    }
-
-    #[test]
-    fn operator_forms_expand_as_docker_does() {
-        let k = env(&[("V", "15.4.1"), ("E", ""), ("P", "/usr/local/go"), ("B", "$PATH")]);
-        let x = |s: &str| expand_env(s, &k);
-        assert_eq!(x("${V%%.*}"), "15");
-        assert_eq!(x("${V%.*}"), "15.4");
-        assert_eq!(x("${V#*.}"), "4.1");
-        assert_eq!(x("${V##*.}"), "1");
-        assert_eq!(x("${V%x}"), "15.4.1");
-        assert_eq!(x("${P##*/}-${V:0:2}"), "go-${V:0:2}");
-        assert_eq!(x("${E:-def}/${E-def}/${V:+set}/${E:+set}"), "def//set/");
-        assert_eq!(x("${UNSET:-d} ${B%%:*} $V ${V}x"), "d ${B%%:*} 15.4.1 15.4.1x");
-        assert_eq!(x("${V%%[0-9]}"), "${V%%[0-9]}");
-        assert_eq!(x("${V:-${P}}"), "15.4.1");
-        assert_eq!(x("${E:-${P}/bin}"), "/usr/local/go/bin");
-        assert_eq!(x("a ${unclosed"), "a ${unclosed");
-        assert!(has_operator_form("x ${A%%.*} y"));
-        assert!(!has_operator_form("x ${A} $B y"));
-    }
-
-    #[test]
-    fn build_arguments_in_operator_forms_are_defined_for_the_shell() {
-        let args = vec![("PG".to_string(), "16.2".to_string())];
-        assert_eq!(
-            arg_definitions("echo ${PG%%.*} ${PG%%.*} ${OTHER#x} ${PG}", &args),
-            "PG='${var.PG}'\n"
-        );
-    }
-}
-
 /// `$X` / `${X}` of a declared ARG become `${var.X}`; `$(uname -m)`-style substitutions become
 /// the recipe's platform variables.
 pub(super) fn subst(s: &str, args: &[(String, String)]) -> String {
@@ -162,3 +124,50 @@ pub(super) fn declare(
     args.push((name.to_string(), value));
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn operator_forms_expand_as_docker_does() {
+        let k = env(&[
+            ("V", "15.4.1"),
+            ("E", ""),
+            ("P", "/usr/local/go"),
+            ("B", "$PATH"),
+        ]);
+        let x = |s: &str| expand_env(s, &k);
+        assert_eq!(x("${V%%.*}"), "15");
+        assert_eq!(x("${V%.*}"), "15.4");
+        assert_eq!(x("${V#*.}"), "4.1");
+        assert_eq!(x("${V##*.}"), "1");
+        assert_eq!(x("${V%x}"), "15.4.1");
+        assert_eq!(x("${P##*/}-${V:0:2}"), "go-${V:0:2}");
+        assert_eq!(x("${E:-def}/${E-def}/${V:+set}/${E:+set}"), "def//set/");
+        assert_eq!(
+            x("${UNSET:-d} ${B%%:*} $V ${V}x"),
+            "d ${B%%:*} 15.4.1 15.4.1x"
+        );
+        assert_eq!(x("${V%%[0-9]}"), "${V%%[0-9]}");
+        assert_eq!(x("${V:-${P}}"), "15.4.1");
+        assert_eq!(x("${E:-${P}/bin}"), "/usr/local/go/bin");
+        assert_eq!(x("a ${unclosed"), "a ${unclosed");
+        assert!(has_operator_form("x ${A%%.*} y"));
+        assert!(!has_operator_form("x ${A} $B y"));
+    }
+
+    #[test]
+    fn build_arguments_in_operator_forms_are_defined_for_the_shell() {
+        let args = vec![("PG".to_string(), "16.2".to_string())];
+        assert_eq!(
+            arg_definitions("echo ${PG%%.*} ${PG%%.*} ${OTHER#x} ${PG}", &args),
+            "PG='${var.PG}'\n"
+        );
+    }
+}

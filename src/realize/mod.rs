@@ -65,6 +65,9 @@ pub enum RealizeError {
     Sandbox(#[from] sandbox::SandboxError),
     #[error(transparent)]
     Chrootless(#[from] chrootless::ChrootlessError),
+    /// A download whose signature does not check out.
+    #[error(transparent)]
+    Signature(#[from] crate::lock::LockError),
 }
 
 /// Realizes every step of `plan` on top of `base`.
@@ -187,6 +190,20 @@ fn prefetch_missing(
         })
         .collect();
     prefetch(cache, &missing, reporter)?;
+    // A signed download is checked once it is in the cache, before any step uses it.
+    if missing.iter().any(|d| d.signature.is_some()) {
+        let client = crate::http::client().map_err(|source| {
+            RealizeError::from(crate::http::HttpError::Http {
+                url: "(client)".into(),
+                source,
+            })
+        })?;
+        for d in &missing {
+            if let Some(check) = &d.signature {
+                crate::lock::verify_signature(&client, check, &d.url, &cache.blob_path(&d.sha256))?;
+            }
+        }
+    }
     let debs: Vec<&crate::lock::LockedPackage> = todo()
         .filter_map(|(s, _)| match &s.kind {
             StepKind::AptPackages(p) | StepKind::DpkgDatabase(p) | StepKind::BuildPackages(p) => {
@@ -473,7 +490,10 @@ fn build_step(
                 let (uid, gid) = owner(loaded, lower, d.owner.as_deref(), &d.field)?;
                 // `mkdir -p` then `chown`: the parents it makes are root's.
                 let p = crate::lower::norm(d.path.as_bytes());
-                let parent = p.iter().rposition(|b| *b == b'/').map_or(&p[..0], |i| &p[..i]);
+                let parent = p
+                    .iter()
+                    .rposition(|b| *b == b'/')
+                    .map_or(&p[..0], |i| &p[..i]);
                 t.parents(lower, &lower.resolve(parent), Meta::DIR);
                 t.add(
                     lower,

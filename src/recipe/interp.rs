@@ -416,7 +416,10 @@ mod tests {
         );
         assert_eq!(expand_env("${UNSET}x$", &env), "x$");
         assert_eq!(
-            expand_env("${UNSET:-d}|${GOROOT##*/}|${GOROOT%/*}|${UNSET#x}|${PATH:+p}", &env),
+            expand_env(
+                "${UNSET:-d}|${GOROOT##*/}|${GOROOT%/*}|${UNSET#x}|${PATH:+p}",
+                &env
+            ),
             "d|go|/usr/local||p"
         );
     }

@@ -14,7 +14,6 @@ mod validate;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-
 pub use diag::{Diagnostic, FieldPath, Severity, SpanIndex};
 pub use model::*;
 pub use validate::archive_format as validate_archive_format;

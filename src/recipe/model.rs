@@ -162,6 +162,13 @@ pub struct Download {
     /// over `url` and `sha256` (see [`Recipe::for_platform`]).
     #[serde(default)]
     pub arch: BTreeMap<String, ArchDownload>,
+    /// A detached OpenPGP signature of the file (`.asc`, `.sig`), checked with
+    /// `signature_key` when the file is fetched.
+    pub signature: Option<String>,
+    /// The signer's public key, a file next to the recipe.
+    pub signature_key: Option<String>,
+    /// The signer's primary key fingerprint: only that key of `signature_key` may have signed.
+    pub signer: Option<String>,
 }
 
 /// `[download.arch.NAME]`.
@@ -170,6 +177,7 @@ pub struct Download {
 pub struct ArchDownload {
     pub url: Option<String>,
     pub sha256: Option<String>,
+    pub signature: Option<String>,
 }
 
 impl Recipe {
@@ -188,6 +196,9 @@ impl Recipe {
                 }
                 if let Some(s) = &a.sha256 {
                     d.sha256 = Some(s.clone());
+                }
+                if let Some(s) = &a.signature {
+                    d.signature = Some(s.clone());
                 }
             }
         }

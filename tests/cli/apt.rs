@@ -611,7 +611,10 @@ fn build_packages_are_there_for_the_runs_and_absent_from_the_image() {
     let lock = fs::read_to_string(r.with_extension("lock")).unwrap();
     let build_part = &lock[lock.find("[[build_package]]").expect(&lock)..];
     for p in ["fixture-hello", "fixture-lib", "fixture-provider"] {
-        assert!(build_part.contains(&format!("name = \"{p}\"")), "{p}: {lock}");
+        assert!(
+            build_part.contains(&format!("name = \"{p}\"")),
+            "{p}: {lock}"
+        );
     }
     assert!(!build_part.contains("name = \"fixture-ping\""), "{lock}");
     // The run had the build package, configured (its postinst ran).
@@ -644,7 +647,10 @@ fn build_packages_are_there_for_the_runs_and_absent_from_the_image() {
         !steps.iter().any(|s| s.starts_with("build packages")),
         "{steps:?}"
     );
-    assert!(steps.iter().any(|s| s.starts_with("run hello-fixture")), "{steps:?}");
+    assert!(
+        steps.iter().any(|s| s.starts_with("run hello-fixture")),
+        "{steps:?}"
+    );
     // Rebuilt from a fresh cache: the same image.
     let again = work.build_metadata(work.cmd_with_cache(&work.path("cache2")), r, "out/bp2");
     assert_eq!(again["manifest"], meta["manifest"]);
@@ -675,8 +681,16 @@ fn files_append_to_what_the_image_has_keeping_its_mode_and_owner() {
     );
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     // The package's mode is kept; /bin stays the symlink it was.
-    assert_eq!(fs::metadata(&old_path).unwrap().permissions().mode() & 0o7777, 0o755);
-    assert!(fs::symlink_metadata(rootfs.join("bin")).unwrap().file_type().is_symlink());
+    assert_eq!(
+        fs::metadata(&old_path).unwrap().permissions().mode() & 0o7777,
+        0o755
+    );
+    assert!(
+        fs::symlink_metadata(rootfs.join("bin"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
     let new = fs::metadata(rootfs.join("etc/appended-new")).unwrap();
     assert_eq!(new.permissions().mode() & 0o7777, 0o600);
     assert_eq!(new.uid(), 0);

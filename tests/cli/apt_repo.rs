@@ -44,6 +44,50 @@ impl Signer {
         fs::write(to, o.stdout).unwrap();
     }
 
+    /// The primary key's fingerprint.
+    pub(crate) fn fingerprint(&self) -> String {
+        let o = Std::new("gpg")
+            .arg("--homedir")
+            .arg(self.home.path())
+            .args(["--batch", "--with-colons", "--list-keys"])
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("fpr:"))
+            .and_then(|l| l.split(':').find(|f| !f.is_empty()))
+            .unwrap()
+            .to_string()
+    }
+
+    /// Adds a signing subkey, which gpg then signs with.
+    pub(crate) fn add_signing_subkey(&self) {
+        let o = Std::new("gpg")
+            .arg("--homedir")
+            .arg(self.home.path())
+            .args(["--batch", "--passphrase", "", "--quick-add-key"])
+            .arg(self.fingerprint())
+            .args(["ed25519", "sign", "never"])
+            .output()
+            .unwrap();
+        assert_ok(&o);
+    }
+
+    /// A detached signature of `input`.
+    pub(crate) fn detach_sign(&self, input: &Path, output: &Path, armor: bool) {
+        let _ = fs::remove_file(output);
+        let mut c = Std::new("gpg");
+        c.arg("--homedir")
+            .arg(self.home.path())
+            .args(["--batch", "--yes", "--detach-sign"]);
+        if armor {
+            c.arg("--armor");
+        }
+        let o = c.arg("-o").arg(output).arg(input).output().unwrap();
+        assert_ok(&o);
+    }
+
     fn clearsign(&self, input: &Path, output: &Path) {
         let _ = fs::remove_file(output);
         let o = Std::new("gpg")

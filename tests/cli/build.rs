@@ -423,8 +423,100 @@ fn per_architecture_downloads_take_the_platforms_url_and_sha256() {
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     let e = stderr(&o);
     assert!(
-        e.contains("`download[1].arch`: no entry for amd64 (the platform is linux/amd64); there are: arm64"),
+        e.contains(
+            "`download[1].arch`: no entry for amd64 (the platform is linux/amd64); there are: arm64"
+        ),
         "{e}"
     );
     assert!(e.contains("hello.toml:"), "{e}");
+}
+
+#[test]
+fn signed_downloads_are_checked_against_the_pinned_signer() {
+    use crate::apt_repo::Signer;
+    let w = Work::setup();
+    let files = w.path("signed");
+    fs::create_dir_all(&files).unwrap();
+    let compose = files.join("compose");
+    fs::copy(
+        crate::repo().join("fixtures/downloads/compose-linux-x86_64"),
+        &compose,
+    )
+    .unwrap();
+    let server = crate::FileServer::start(&files);
+    // Upstream signs with a subkey (as most release keys do); the recipe pins the primary.
+    let upstream = Signer::new("upstream");
+    upstream.add_signing_subkey();
+    fs::create_dir_all(w.path("recipes/keys")).unwrap();
+    upstream.export(&w.path("recipes/keys/upstream.asc"), true);
+    upstream.detach_sign(&compose, &files.join("compose.asc"), true);
+    let text = fs::read_to_string(w.recipe()).unwrap();
+    let plain = "url = \"${var.fixtures}/compose-${os}-${uname_m}\"\nsha256 = \"c212129d36064fe914d54dc970b6f4c4bd52fffc6157623422c751f454ca3855\"\n";
+    assert!(text.contains(plain));
+    let signed = |sha: bool| {
+        format!(
+            "url = \"{0}/compose\"\n{1}signature = \"{0}/compose.asc\"\nsignature_key = \"keys/upstream.asc\"\nsigner = \"{2}\"\n",
+            server.url,
+            if sha {
+                "sha256 = \"c212129d36064fe914d54dc970b6f4c4bd52fffc6157623422c751f454ca3855\"\n"
+            } else {
+                ""
+            },
+            upstream.fingerprint()
+        )
+    };
+    fs::write(w.recipe(), text.replace(plain, &signed(true))).unwrap();
+    let build = |cache: &str, out: &str| {
+        w.cmd_with_cache(&w.path(cache))
+            .arg("build")
+            .arg(w.recipe())
+            .arg("--out")
+            .arg(w.path(out))
+            .output()
+            .unwrap()
+    };
+    assert_ok(&build("c1", "out/good"));
+
+    // Signed by another key: refused on a fresh cache, naming the download and the signer.
+    let mallory = Signer::new("mallory");
+    mallory.detach_sign(&compose, &files.join("compose.asc"), false);
+    let o = build("c2", "out/mallory");
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("compose.asc"), "{e}");
+    assert!(
+        e.contains(&format!(
+            "made by a key other than {}",
+            upstream.fingerprint()
+        )),
+        "{e}"
+    );
+    assert!(!w.path("out/mallory").exists());
+
+    // Unpinned, so the lock trusts the signature: an altered file with upstream's signature
+    // of the original is refused by `lock`.
+    upstream.detach_sign(&compose, &files.join("compose.asc"), true);
+    fs::write(&compose, b"#!/bin/sh\necho altered\n").unwrap();
+    fs::write(w.recipe(), text.replace(plain, &signed(false))).unwrap();
+    let o = w.cmd().arg("lock").arg(w.recipe()).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("the signature does not match the file"),
+        "{}",
+        stderr(&o)
+    );
+
+    // A signature without its key is a recipe error, at check.
+    let broken = text.replace(
+        plain,
+        &signed(true).replace("signature_key = \"keys/upstream.asc\"\n", ""),
+    );
+    fs::write(w.recipe(), broken).unwrap();
+    let o = w.cmd().arg("check").arg(w.recipe()).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("`download[1].signature`: a signature needs `signature_key`"),
+        "{}",
+        stderr(&o)
+    );
 }

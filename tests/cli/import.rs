@@ -402,7 +402,10 @@ const SNIPPETS: &[(&str, &str, &[&str], usize)] = &[
     (
         "echo with escapes or variables, or into the account files, stays a run",
         "RUN echo 'a\\tb' >> /etc/x && echo $HOME >> /etc/y\nRUN echo 'x:1000:' >> /etc/group\n",
-        &["command = '''echo 'a\\tb' >> /etc/x && echo $HOME >> /etc/y'''", "command = \"echo 'x:1000:' >> /etc/group\""],
+        &[
+            "command = '''echo 'a\\tb' >> /etc/x && echo $HOME >> /etc/y'''",
+            "command = \"echo 'x:1000:' >> /etc/group\"",
+        ],
         2,
     ),
     (
@@ -414,7 +417,9 @@ const SNIPPETS: &[(&str, &str, &[&str], usize)] = &[
     (
         "a build argument in a ${X%%pattern} form stays for the shell, defined",
         "ARG PG=16.2\nRUN curl -fsSLo /tmp/pg.tgz https://example.org/pg/${PG%%.*}/pg.tgz\n",
-        &["command = \"\"\"\nPG='${var.PG}'\ncurl -fsSLo /tmp/pg.tgz https://example.org/pg/${PG%%.*}/pg.tgz\"\"\""],
+        &[
+            "command = \"\"\"\nPG='${var.PG}'\ncurl -fsSLo /tmp/pg.tgz https://example.org/pg/${PG%%.*}/pg.tgz\"\"\"",
+        ],
         1,
     ),
     (

@@ -398,7 +398,10 @@ fn entries(c: &mut Checker, r: &super::Recipe) {
     let mut under: Vec<(String, FieldPath)> = leaves.clone();
     for (dir, dp) in &dirs {
         if let Some((_, lp)) = leaves.iter().find(|(l, _)| l == dir) {
-            c.error(dp, format!("`/{dir}` is a directory here and a file or symlink at `{lp}`"));
+            c.error(
+                dp,
+                format!("`/{dir}` is a directory here and a file or symlink at `{lp}`"),
+            );
         }
         under.push((dir.clone(), dp.clone()));
     }
@@ -430,6 +433,46 @@ fn entries(c: &mut Checker, r: &super::Recipe) {
 
 /// A download's URL (platform variables, scheme, no credentials) and its sha256.
 fn download_source(c: &mut Checker, p: &FieldPath, d: &super::Download, platform: &str) {
+    match (&d.signature, &d.signature_key) {
+        (Some(sig), Some(key)) => {
+            c.recipe_file(&p.key("signature_key"), key);
+            match super::interp::expand_platform(sig, platform) {
+                Err(e) => c.error(&p.key("signature"), e.0),
+                Ok(u) if !(u.starts_with("http://") || u.starts_with("https://")) => c.error(
+                    &p.key("signature"),
+                    format!("`{u}` must be an http:// or https:// URL"),
+                ),
+                Ok(_) => {}
+            }
+            if d.signer.is_none() {
+                c.warn(
+                    &p.key("signature_key"),
+                    "no `signer`: any key in the file may have signed; pin one by its fingerprint",
+                );
+            }
+        }
+        (Some(_), None) => c.error(
+            &p.key("signature"),
+            "a signature needs `signature_key`, the signer's public key file",
+        ),
+        (None, Some(_)) => c.error(
+            &p.key("signature_key"),
+            "`signature_key` without `signature` (the signature's URL)",
+        ),
+        (None, None) if d.signer.is_some() => {
+            c.error(&p.key("signer"), "`signer` without `signature`")
+        }
+        (None, None) => {}
+    }
+    if let Some(f) = &d.signer {
+        let n = crate::openpgp::normalize_fingerprint(f);
+        if !(n.len() == 40 || n.len() == 64) || !n.chars().all(|c| c.is_ascii_hexdigit()) {
+            c.error(
+                &p.key("signer"),
+                format!("`{f}` is not an OpenPGP fingerprint (40 or 64 hex digits)"),
+            );
+        }
+    }
     if !d.arch.is_empty() {
         let vars = super::interp::platform_vars(platform);
         let arch = vars.get("arch").map(String::as_str).unwrap_or_default();
