@@ -8,8 +8,10 @@
 //! assert!(r.recipe.contains("packages = [\"curl\"]"));
 //! ```
 
+mod accounts;
 pub mod commands;
 mod draft;
+mod emit;
 mod preprocess;
 pub mod shell;
 mod vars;
