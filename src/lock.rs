@@ -253,36 +253,46 @@ impl Lock {
         for n in old.keys().filter(|n| !newm.contains_key(*n)) {
             out.push(format!("{n}: {} -> (removed)", old[n].version));
         }
-        let oldb: BTreeMap<&str, &str> = self
-            .build_packages
-            .iter()
-            .map(|p| (p.name.as_str(), p.version.as_str()))
-            .collect();
-        for p in &new.build_packages {
-            match oldb.get(p.name.as_str()) {
-                Some(v) if *v == p.version => {}
-                Some(v) => out.push(format!("build {}: {v} -> {}", p.name, p.version)),
-                None => out.push(format!("build {}: (new) -> {}", p.name, p.version)),
-            }
-        }
-        let oldpip: BTreeMap<&str, &str> = self
-            .pip
-            .iter()
-            .map(|p| (p.name.as_str(), p.version.as_str()))
-            .collect();
-        for p in &new.pip {
-            match oldpip.get(p.name.as_str()) {
-                Some(v) if *v == p.version => {}
-                Some(v) => out.push(format!("pip {}: {v} -> {}", p.name, p.version)),
-                None => out.push(format!("pip {}: (new) -> {}", p.name, p.version)),
-            }
-        }
+        let pairs = |v: &[LockedPackage]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|p| (p.name.clone(), p.version.clone()))
+                .collect()
+        };
+        versions_diff(
+            &mut out,
+            "build ",
+            &pairs(&self.build_packages),
+            &pairs(&new.build_packages),
+        );
+        let pip = |v: &[LockedPip]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|p| (p.name.clone(), p.version.clone()))
+                .collect()
+        };
+        versions_diff(&mut out, "pip ", &pip(&self.pip), &pip(&new.pip));
         for d in &new.downloads {
             if self.download(&d.url) != Some(&d.sha256) {
                 out.push(format!("{}: pinned {}", redact(&d.url), d.sha256));
             }
         }
         out
+    }
+}
+
+/// `PREFIXname: old -> new` (or `(new) -> v`) for each name of `new` whose version changed.
+fn versions_diff(
+    out: &mut Vec<String>,
+    prefix: &str,
+    old: &[(String, String)],
+    new: &[(String, String)],
+) {
+    let old: BTreeMap<&str, &str> = old.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    for (n, v) in new {
+        match old.get(n.as_str()) {
+            Some(o) if o == v => {}
+            Some(o) => out.push(format!("{prefix}{n}: {o} -> {v}")),
+            None => out.push(format!("{prefix}{n}: (new) -> {v}")),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The drafted recipe written out as TOML, sections in the reference's order.
 
 use super::draft::Draft;
+use super::vars::substitute;
 
 /// A TOML string.
 fn q(s: &str) -> String {
@@ -271,25 +272,4 @@ fn table(o: &mut String, name: &str, kv: &[(String, String)]) {
         };
         o.push_str(&format!("{} = {}\n", q(k), q(&value)));
     }
-}
-
-/// `value` with `$key` and `${key}` replaced by `by` (a whole name: `$PATHX` is left alone).
-fn substitute(value: &str, key: &str, by: &str) -> String {
-    let braced = format!("${{{key}}}");
-    let value = value.replace(&braced, by);
-    let plain = format!("${key}");
-    let mut out = String::new();
-    let mut rest = value.as_str();
-    while let Some(i) = rest.find(&plain) {
-        let after = &rest[i + plain.len()..];
-        out.push_str(&rest[..i]);
-        if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
-            out.push_str(&plain);
-        } else {
-            out.push_str(by);
-        }
-        rest = after;
-    }
-    out.push_str(rest);
-    out
 }

@@ -82,24 +82,29 @@ pub(super) fn subst(s: &str, args: &[(String, String)]) -> String {
 pub(super) fn subst_args(s: &str, args: &[(String, String)]) -> String {
     let mut out = s.to_string();
     for (name, _) in args {
-        out = out.replace(&format!("${{{name}}}"), &format!("${{var.{name}}}"));
-        // `$NAME` not followed by a name character.
-        let plain = format!("${name}");
-        let mut res = String::new();
-        let mut rest = out.as_str();
-        while let Some(i) = rest.find(&plain) {
-            let after = &rest[i + plain.len()..];
-            res.push_str(&rest[..i]);
-            if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
-                res.push_str(&plain);
-            } else {
-                res.push_str(&format!("${{var.{name}}}"));
-            }
-            rest = after;
-        }
-        res.push_str(rest);
-        out = res;
+        out = substitute(&out, name, &format!("${{var.{name}}}"));
     }
+    out
+}
+
+/// `value` with `$key` and `${key}` replaced by `by` (a whole name: `$PATHX` is left alone).
+pub(super) fn substitute(value: &str, key: &str, by: &str) -> String {
+    let braced = format!("${{{key}}}");
+    let value = value.replace(&braced, by);
+    let plain = format!("${key}");
+    let mut out = String::new();
+    let mut rest = value.as_str();
+    while let Some(i) = rest.find(&plain) {
+        let after = &rest[i + plain.len()..];
+        out.push_str(&rest[..i]);
+        if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            out.push_str(&plain);
+        } else {
+            out.push_str(by);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
     out
 }
 

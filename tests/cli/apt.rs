@@ -36,12 +36,7 @@ fn lock_build_configure_and_read_back_with_dpkg() {
     );
 
     let meta = work.build_metadata(work.cmd(), &r, "out/apt");
-    let steps: Vec<&str> = meta["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["step"].as_str().unwrap())
-        .collect();
+    let steps = step_names(&meta);
     assert!(steps[0].starts_with("merged /usr"), "{steps:?}");
     assert!(
         steps.iter().any(|s| s.starts_with("dpkg --configure -a")),
@@ -637,12 +632,7 @@ fn build_packages_are_there_for_the_runs_and_absent_from_the_image() {
     for p in ["fixture-hello", "fixture-lib", "fixture-provider"] {
         assert!(!list.contains(p), "{p} in the image's dpkg status:\n{list}");
     }
-    let steps: Vec<&str> = meta["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["step"].as_str().unwrap())
-        .collect();
+    let steps = step_names(&meta);
     assert!(
         !steps.iter().any(|s| s.starts_with("build packages")),
         "{steps:?}"
@@ -698,4 +688,14 @@ fn files_append_to_what_the_image_has_keeping_its_mode_and_owner() {
         fs::read_to_string(rootfs.join("etc/appended-new")).unwrap(),
         "first\n"
     );
+}
+
+/// The step names of a build's layers, from its metadata.
+fn step_names(meta: &serde_json::Value) -> Vec<&str> {
+    meta["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["step"].as_str().unwrap())
+        .collect()
 }
