@@ -350,8 +350,9 @@ pub fn pip(
 const BUILD_DEBS: &str = "var/cache/imgbuild-build-debs";
 
 /// `[apt] build_packages`: the locked .debs copied from the cache into the root and installed
-/// with the image's own dpkg, offline (`dpkg -i` unpacks them all, then configures them in
-/// dependency order), services kept from starting; the .debs are removed again.
+/// with the image's own dpkg, offline: all unpacked first (in lock order, so a Pre-Depends
+/// inside the set is not enforced at unpack: the lock already holds the whole closure), then
+/// configured in dependency order; services kept from starting; the .debs removed again.
 pub fn build_packages(
     plan: &Plan,
     step: &Step,
@@ -388,7 +389,8 @@ pub fn build_packages(
         let script = format!(
             "set -e\nprintf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d\n\
              chmod 755 /usr/sbin/policy-rc.d\n\
-             dpkg --force-confdef --force-confold -i /{BUILD_DEBS}/*.deb\n\
+             dpkg --force-confdef --force-confold --force-depends --unpack /{BUILD_DEBS}/*.deb\n\
+             dpkg --force-confdef --force-confold --configure -a\n\
              rm -rf /{BUILD_DEBS} /usr/sbin/policy-rc.d"
         );
         sandbox::run(
