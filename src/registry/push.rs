@@ -18,9 +18,13 @@ use crate::report::{Dir, Event, Reporter};
 
 /// Blobs up to this size go in one PUT with the digest.
 const MONOLITHIC: u64 = 4 << 20;
-/// Larger blobs go in streamed PATCH chunks of up to this size (then an empty PUT), so a
-/// failure costs at most one chunk where the registry keeps the session.
-const CHUNK: u64 = 512 << 20;
+/// Larger blobs go in streamed PATCH chunks of up to this size (then an empty PUT). The size
+/// weighs two costs: a failure re-sends at most one chunk where the registry keeps the
+/// session (64 MiB: under a second at 1 Gbit/s, about 5 s at 100 Mbit/s), and every chunk
+/// costs one request round trip (one per 64 MiB is under 1% of the time even at a 50 ms
+/// round trip on a 1 Gbit/s link). Registries that take chunks accept this size (ECR wants at
+/// least 5 MiB per chunk but the last).
+const CHUNK: u64 = 64 << 20;
 /// Blobs in flight at once: all layers of a typical image, so none waits for another.
 const PARALLEL: usize = 8;
 

@@ -6,7 +6,7 @@ use std::fs;
 
 use serde_json::Value;
 
-use crate::servers::{FaultProxy, Mode, Registry, TokenServer, p};
+use crate::servers::{FaultProxy, Faults, Mode, Registry, TokenServer, p};
 use crate::{Work, assert_ok, stderr, stdout, tool};
 
 fn with_creds(mut c: assert_cmd::Command, reg: &Registry) -> assert_cmd::Command {
@@ -237,7 +237,7 @@ fn build_with_noise(w: &Work, size: usize) -> String {
 /// Pushes through a fault proxy, then checks the image straight from the registry.
 fn push_through_faults(size: usize, method: &str) {
     let reg = Registry::start(Mode::Plain);
-    let proxy = FaultProxy::start(reg.host.clone());
+    let proxy = FaultProxy::start(reg.host.clone(), Faults::CutFirstUpload);
     let w = Work::setup();
     let digest = build_with_noise(&w, size);
     let o = w
@@ -286,9 +286,84 @@ fn a_dropped_connection_and_a_503_still_give_a_complete_push() {
 
 #[test]
 fn a_chunked_upload_cut_midway_still_completes() {
-    // 40 MiB: chunked PATCHes of 32 MiB; the first is cut. Distribution drops a session after a
-    // cut PATCH (a Range query answers 404), so the blob starts over on a fresh session.
+    // 40 MiB: one PATCH (under a chunk), cut. Distribution drops a session after a cut PATCH
+    // (a Range query answers 404), so the blob starts over on a fresh session.
     push_through_faults(40 << 20, "PATCH");
+}
+
+#[test]
+fn a_multi_chunk_upload_resumes_from_the_registrys_range() {
+    // 150 MiB of noise: a layer of three PATCHes (64 MiB chunks). The second is refused as
+    // often as a request is tried; the push then asks where the upload stands (GET: `Range:
+    // 0-67108863`, the session kept) and goes on from there instead of starting over.
+    let reg = Registry::start(Mode::Plain);
+    let proxy = FaultProxy::start(reg.host.clone(), Faults::RefuseLaterChunks);
+    let w = Work::setup();
+    let digest = build_with_noise(&w, 150 << 20);
+    let o = w
+        .cmd()
+        .args(["--insecure-registry", &proxy.host])
+        .arg("push")
+        .arg(w.path("out/hello"))
+        .arg(format!("{}/chunked:1", proxy.host))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert_eq!(stdout(&o).trim(), digest);
+    let chunk = 64u64 << 20;
+    let log = proxy.log.lock().unwrap().clone();
+    let refused = proxy.cut.lock().unwrap().clone();
+    assert!(
+        refused.ends_with(&format!(" {}-{}", chunk, 2 * chunk - 1)),
+        "the second chunk was refused: {refused:?}"
+    );
+    assert_eq!(proxy.injected.lock().unwrap().len(), 5);
+    let big: Vec<&String> = log
+        .iter()
+        .filter(|l| {
+            l.starts_with("PATCH ") || (l.starts_with("GET ") && l.contains("/blobs/uploads/"))
+        })
+        .collect();
+    let status = big
+        .iter()
+        .position(|l| l.starts_with("GET "))
+        .unwrap_or_else(|| {
+            let all: Vec<String> = log
+                .iter()
+                .map(|l| {
+                    let w: Vec<&str> = l.split(' ').collect();
+                    format!("{} {}", w[0], w[w.len() - 1])
+                })
+                .collect();
+            panic!("the upload's state was asked: {all:?}")
+        });
+    let after: Vec<&str> = big[status + 1..]
+        .iter()
+        .map(|l| l.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(
+        after.first().copied(),
+        Some(format!("{}-{}", chunk, 2 * chunk - 1).as_str()),
+        "resumed at the second chunk: {big:?}"
+    );
+    assert!(
+        after
+            .get(1)
+            .is_some_and(|r| r.starts_with(&format!("{}-", 2 * chunk))),
+        "then the third: {big:?}"
+    );
+    assert_eq!(
+        big.iter().filter(|l| l.ends_with(" 0-67108863")).count(),
+        1,
+        "no restart from 0: {big:?}"
+    );
+    // The blob is intact: skopeo checks every digest as it copies.
+    skopeo(&[
+        "copy".into(),
+        "--src-tls-verify=false".into(),
+        format!("docker://{}/chunked:1", reg.host),
+        format!("oci:{}:x", w.path("back").display()),
+    ]);
 }
 
 #[test]

@@ -200,18 +200,31 @@ pub fn p<'a>(d: &'a Path, name: &str) -> &'a str {
     )
 }
 
-/// A proxy in front of a registry that parses requests and injects faults: the first HEAD
-/// gets a 503, and the first blob upload body over 64 KiB is cut off halfway (connection
-/// dropped). Everything else is forwarded untouched.
+/// Which faults a [`FaultProxy`] injects.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Faults {
+    /// The first HEAD gets a 503, and the first blob upload body over 64 KiB is cut off
+    /// halfway (connection dropped).
+    CutFirstUpload,
+    /// The first PATCH after an upload's first chunk is answered 503, five times (as often as
+    /// the registry client tries a request), without reaching the registry, which keeps the
+    /// session.
+    RefuseLaterChunks,
+}
+
+/// A proxy in front of a registry that parses requests and injects faults (see [`Faults`]).
+/// Everything else is forwarded untouched.
 pub struct FaultProxy {
     pub host: String,
     pub injected: std::sync::Arc<std::sync::Mutex<Vec<&'static str>>>,
     /// The request line of the request that was cut.
     pub cut: std::sync::Arc<std::sync::Mutex<String>>,
+    /// Each request forwarded: `METHOD PATH [Content-Range]`.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl FaultProxy {
-    pub fn start(upstream: String) -> FaultProxy {
+    pub fn start(upstream: String, kind: Faults) -> FaultProxy {
         use std::io::{BufRead, BufReader, Read, Write};
         use std::sync::{Arc, Mutex};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -220,11 +233,14 @@ impl FaultProxy {
         let faults = injected.clone();
         let cut: Arc<Mutex<String>> = Arc::default();
         let cut_line = cut.clone();
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log_w = log.clone();
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let upstream = upstream.clone();
                 let faults = faults.clone();
                 let cut_line = cut_line.clone();
+                let log_w = log_w.clone();
                 std::thread::spawn(move || {
                     let Ok(server) = std::net::TcpStream::connect(&upstream) else {
                         return;
@@ -262,6 +278,39 @@ impl FaultProxy {
                             return;
                         }
                         let mut f = faults.lock().unwrap();
+                        let range = text.lines().find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-range:")
+                                .map(|v| v.trim().to_string())
+                        });
+                        let first = text.lines().next().unwrap_or("").to_string();
+                        let request = match &range {
+                            Some(r) => format!("{first} {r}"),
+                            None => first,
+                        };
+                        if kind == Faults::RefuseLaterChunks {
+                            let later = text.starts_with("PATCH ")
+                                && range.as_deref().is_some_and(|r| !r.starts_with("0-"));
+                            if later && f.iter().filter(|x| **x == "503").count() < 5 {
+                                f.push("503");
+                                drop(f);
+                                log_w.lock().unwrap().push(format!("REFUSED {request}"));
+                                *cut_line.lock().unwrap() = request;
+                                let mut c = client.try_clone().unwrap();
+                                let _ = c.write_all(
+                                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+                                );
+                                continue;
+                            }
+                            drop(f);
+                            log_w.lock().unwrap().push(request);
+                            if server.write_all(&head).is_err() || server.write_all(&body).is_err()
+                            {
+                                return;
+                            }
+                            continue;
+                        }
+                        log_w.lock().unwrap().push(request);
                         if text.starts_with("HEAD ") && !f.contains(&"503") {
                             f.push("503");
                             drop(f);
@@ -297,6 +346,7 @@ impl FaultProxy {
             host,
             injected,
             cut,
+            log,
         }
     }
 }
