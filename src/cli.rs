@@ -233,6 +233,9 @@ pub enum CacheCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Hash every cached blob (builds trust a blob whose inode, size and times are unchanged
+    /// since it was hashed); corrupt ones are removed and reported, exit 1
+    Verify,
     /// Remove least recently used keys and blobs until the cache is at most SIZE (e.g. 20G);
     /// waits for running builds, never removes a blob a kept key needs
     Gc {

@@ -342,7 +342,7 @@ pub fn fetch(
 ) -> Result<(), HttpError> {
     let shown = redact(url);
     if cache.has_blob(sha256) {
-        match cache.verify_blob(sha256) {
+        match cache.check_blob(sha256) {
             Ok(_) => return Ok(()),
             Err(e) => reporter.report(Event::Warning(&format!("{e}; downloading again"))),
         }

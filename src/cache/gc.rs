@@ -181,14 +181,14 @@ pub fn gc(cache: &Cache, max_size: u64) -> Result<Removed, CacheError> {
                 if *n == 0
                     && let Some(b) = by_hex.get(hex.as_str())
                 {
-                    remove(&b.path)?;
+                    remove_blob(&b.path)?;
                     out.blobs += 1;
                     out.bytes += b.size;
                     size -= b.size;
                 }
             }
             Unit::Blob(b) => {
-                remove(&b.path)?;
+                remove_blob(&b.path)?;
                 out.blobs += 1;
                 out.bytes += b.size;
                 size -= b.size;
@@ -226,7 +226,7 @@ pub fn prune(cache: &Cache, older_than: Duration) -> Result<Removed, CacheError>
         }
         // A layer blob goes with its last key; any other blob by its own last use.
         if b.layer || b.age_secs >= limit {
-            remove(&b.path)?;
+            remove_blob(&b.path)?;
             out.blobs += 1;
             out.bytes += b.size;
             size -= b.size;
@@ -245,6 +245,15 @@ pub fn prune(cache: &Cache, older_than: Duration) -> Result<Removed, CacheError>
     }
     out.size_after = size;
     Ok(out)
+}
+
+/// A blob (`ROOT/blobs/sha256/HEX`) and its stamp (`ROOT/stamps/HEX`).
+fn remove_blob(path: &Path) -> Result<(), CacheError> {
+    remove(path)?;
+    if let (Some(root), Some(name)) = (path.ancestors().nth(3), path.file_name()) {
+        remove(&root.join("stamps").join(name))?;
+    }
+    Ok(())
 }
 
 fn remove(path: &Path) -> Result<(), CacheError> {

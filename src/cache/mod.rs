@@ -7,12 +7,16 @@
 //! | `blobs/sha256/<hex>`    | layer blobs, base image blobs and downloads, named by digest   |
 //! | `keys/<hex>.json`       | a [`LayerRecord`] per step cache key                           |
 //! | `hashes/<hex>`          | sha256 of an input file, keyed by its path, inode, size, times |
+//! | `stamps/<hex>`          | a blob's inode, size, mtime and ctime when it was last hashed  |
 //! | `tmp/`                  | temp files, renamed into the buckets above when complete       |
 //! | `lock`                  | builds hold it shared, `cache gc`/`prune` exclusively ([`gc`]) |
 //!
 //! Every write is a temp file plus a rename, so a reader never sees a partial blob and two
 //! builds sharing one cache only ever race to rename identical content into place. Blobs are
 //! hashed while written ([`BlobWriter`]) and refused when the digest is not the one expected.
+//! A blob used again is trusted while its stamp holds ([`Cache::check_blob`]: a truncated,
+//! rewritten or replaced file changes its size, ctime or inode) and hashed again otherwise;
+//! `imgbuild cache verify` hashes every blob, as `git fsck` does.
 
 use std::fs::{self, File};
 use std::io::{self, BufReader, Write};
@@ -175,9 +179,92 @@ impl Cache {
         Ok(size)
     }
 
+    fn stamp_path(&self, digest: &Digest) -> PathBuf {
+        self.root.join("stamps").join(digest.hex())
+    }
+
+    /// A blob as it is on disk now: inode, size, mtime and ctime (to the nanosecond).
+    fn stamp_of(path: &Path) -> io::Result<(String, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let md = fs::metadata(path)?;
+        Ok((
+            format!(
+                "{} {} {}.{} {}.{}",
+                md.ino(),
+                md.len(),
+                md.mtime(),
+                md.mtime_nsec(),
+                md.ctime(),
+                md.ctime_nsec()
+            ),
+            md.len(),
+        ))
+    }
+
+    /// Records that blob `digest` was hashed as it is now.
+    fn record_stamp(&self, digest: &Digest) {
+        let path = self.blob_path(digest);
+        if let Ok((stamp, _)) = Self::stamp_of(&path) {
+            let _ = fsutil::write_atomic(&self.stamp_path(digest), stamp.as_bytes());
+        }
+    }
+
+    /// A cached blob about to be used: trusted when it is still the file that was hashed
+    /// (same inode, size, mtime and ctime as its stamp), hashed again otherwise (and removed
+    /// when it no longer matches its name). Marks it used now (for `gc` and `prune`) and
+    /// returns its size. No O(size) work for a blob that did not change.
+    pub fn check_blob(&self, digest: &Digest) -> Result<u64, CacheError> {
+        let path = self.blob_path(digest);
+        let (now, size) = Self::stamp_of(&path).map_err(io_err("stat cached blob", &path))?;
+        let recorded = fs::read_to_string(self.stamp_path(digest)).unwrap_or_default();
+        let size = if recorded == now {
+            size
+        } else {
+            self.verify_blob(digest)?
+        };
+        // The use time is the blob's mtime: the stamp follows it.
+        gc::touch(&path);
+        self.record_stamp(digest);
+        Ok(size)
+    }
+
+    /// Hashes every blob (`imgbuild cache verify`): the digests of those that did not match
+    /// their names, which are removed (their next use fetches or rebuilds them), and how
+    /// many blobs were read.
+    pub fn verify_all(&self) -> Result<(usize, Vec<CacheError>), CacheError> {
+        let dir = self.root.join("blobs/sha256");
+        let mut names: Vec<String> = match fs::read_dir(&dir) {
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_err("list", &dir)(e)),
+        };
+        names.sort();
+        let mut bad = Vec::new();
+        let mut n = 0;
+        for name in names {
+            let Ok(digest) = Digest::parse(&format!("sha256:{name}")) else {
+                continue;
+            };
+            n += 1;
+            match self.verify_blob(&digest) {
+                Ok(_) => self.record_stamp(&digest),
+                Err(e) => {
+                    let _ = fs::remove_file(self.stamp_path(&digest));
+                    bad.push(e);
+                }
+            }
+        }
+        Ok((n, bad))
+    }
+
     /// Starts writing a new blob; [`BlobWriter::commit`] names it by its digest.
     pub fn blob_writer(&self) -> Result<BlobWriter, CacheError> {
-        BlobWriter::create(&self.root.join("tmp"), &self.root.join("blobs/sha256"))
+        let mut w = BlobWriter::create(&self.root.join("tmp"), &self.root.join("blobs/sha256"))?;
+        w.stamps = Some(self.root.join("stamps"));
+        Ok(w)
     }
 
     /// Streams `reader` (a download, a pulled blob) into the cache as blob `expected`, calling
@@ -212,7 +299,7 @@ impl Cache {
     /// Copies a file into the cache, checking it against `expected`.
     pub fn import_file(&self, src: &Path, expected: &Digest) -> Result<u64, CacheError> {
         if self.has_blob(expected) {
-            return self.verify_blob(expected);
+            return self.check_blob(expected);
         }
         let mut f = File::open(src).map_err(io_err("open", src))?;
         let mut w = self.blob_writer()?;
@@ -292,6 +379,8 @@ pub struct BlobWriter {
     inner: HashingWriter<io::BufWriter<NamedTempFile>>,
     tmp_dir: PathBuf,
     dest_dir: PathBuf,
+    /// Where the cache keeps blob stamps: the committed blob was hashed just now.
+    stamps: Option<PathBuf>,
 }
 
 impl BlobWriter {
@@ -303,6 +392,7 @@ impl BlobWriter {
             inner: HashingWriter::new(io::BufWriter::with_capacity(1 << 20, tmp)),
             tmp_dir: tmp_dir.to_path_buf(),
             dest_dir: dest_dir.to_path_buf(),
+            stamps: None,
         })
     }
 
@@ -330,9 +420,14 @@ impl BlobWriter {
         let dest = self.dest_dir.join(digest.hex());
         tmp.persist(&dest).map_err(|e| CacheError::Io {
             action: "store blob",
-            path: dest,
+            path: dest.clone(),
             source: e.error,
         })?;
+        if let Some(dir) = &self.stamps
+            && let Ok((stamp, _)) = Cache::stamp_of(&dest)
+        {
+            let _ = fsutil::write_atomic(&dir.join(digest.hex()), stamp.as_bytes());
+        }
         Ok((digest, size))
     }
 }

@@ -1,5 +1,5 @@
-//! `imgbuild cache ls | gc --max-size SIZE | prune --older-than DUR`: what the cache holds,
-//! and keeping it small. Listings and what was removed on stdout.
+//! `imgbuild cache ls | verify | gc --max-size SIZE | prune --older-than DUR`: what the cache
+//! holds, that it is intact, and keeping it small. Listings and what was removed on stdout.
 
 use anyhow::{Context, Result};
 use imgbuild::cache::{Cache, gc};
@@ -35,6 +35,24 @@ pub fn run(g: &Global, cmd: &CacheCommand) -> Result<()> {
                 loose.len(),
                 human(inv.size)
             );
+        }
+        CacheCommand::Verify => {
+            let cache = super::cache(g)?;
+            let (n, bad) = cache.verify_all().context("verifying the cache")?;
+            for e in &bad {
+                outln!("corrupt (removed): {e}");
+            }
+            outln!(
+                "{}: {n} blobs hashed, {} corrupt",
+                root.display(),
+                bad.len()
+            );
+            if !bad.is_empty() {
+                anyhow::bail!(
+                    "{} cached blob(s) did not match their digest; they were removed and will be fetched or rebuilt",
+                    bad.len()
+                );
+            }
         }
         CacheCommand::Gc { max_size } => {
             let max = imgbuild::fsutil::parse_size(max_size)

@@ -70,7 +70,7 @@ pub fn packages(
     for p in packages {
         let path = cache.blob_path(&p.sha256);
         let name = label(p);
-        cache.verify_blob(&p.sha256)?;
+        cache.check_blob(&p.sha256)?;
         let control = deb::control(&path, &name).map_err(deb_err)?;
         let (list, md5sums) = u
             .data(&path, &name, &control.conffiles())

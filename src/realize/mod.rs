@@ -160,7 +160,7 @@ fn cache_hits(plan: &Plan, cache: &Cache, reporter: &dyn Reporter) -> Vec<Option
         .iter()
         .map(|s| {
             let rec = cache.get_key(&s.key)?;
-            match cache.verify_blob(&rec.digest) {
+            match cache.check_blob(&rec.digest) {
                 Ok(_) => Some(rec),
                 Err(e) => {
                     reporter.report(Event::Warning(&format!(

@@ -64,7 +64,7 @@ fn fetch_blob(
     digest: &Digest,
     reporter: &dyn Reporter,
 ) -> Result<(), RegistryError> {
-    if cache.has_blob(digest) && cache.verify_blob(digest).is_ok() {
+    if cache.has_blob(digest) && cache.check_blob(digest).is_ok() {
         return Ok(());
     }
     let url = client.url(&format!("/v2/{}/blobs/{digest}", r.repository));

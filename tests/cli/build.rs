@@ -520,3 +520,89 @@ fn signed_downloads_are_checked_against_the_pinned_signer() {
         stderr(&o)
     );
 }
+
+#[test]
+fn cached_blobs_are_trusted_by_their_stamp_and_hashed_again_when_changed() {
+    use std::os::unix::fs::MetadataExt;
+    let w = Work::setup();
+    let first = metadata(&w, "out/a");
+    let manifest = first["manifest"].as_str().unwrap().to_string();
+    let layer = first["layers"][3]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let blob = w.path(&format!("cache/blobs/sha256/{layer}"));
+    assert!(
+        w.path(&format!("cache/stamps/{layer}")).is_file(),
+        "stamped when stored"
+    );
+    let rebuild = |out: &str| {
+        let o = w
+            .cmd()
+            .arg("build")
+            .arg(w.recipe())
+            .arg("--out")
+            .arg(w.path(out))
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        assert_eq!(stdout(&o).trim(), manifest);
+        stderr(&o)
+    };
+    let same_size_garbage = |path: &std::path::Path| {
+        let len = fs::metadata(path).unwrap().len() as usize;
+        vec![b'x'; len]
+    };
+    // Rewritten in place, same size, mtime put back: the ctime moved, so it is hashed again.
+    let mtime = fs::metadata(&blob).unwrap().modified().unwrap();
+    let garbage = same_size_garbage(&blob);
+    fs::write(&blob, &garbage).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&blob)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    assert!(rebuild("out/b").contains("digest mismatch"));
+    // Replaced by another file (another inode), same size and mtime: hashed again.
+    let ino = fs::metadata(&blob).unwrap().ino();
+    let other = w.path("other");
+    fs::write(&other, same_size_garbage(&blob)).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&other)
+        .unwrap()
+        .set_modified(fs::metadata(&blob).unwrap().modified().unwrap())
+        .unwrap();
+    fs::rename(&other, &blob).unwrap();
+    assert_ne!(fs::metadata(&blob).unwrap().ino(), ino);
+    assert!(rebuild("out/c").contains("digest mismatch"));
+    // Unchanged: trusted, not hashed (no mismatch), the same image.
+    assert!(!rebuild("out/d").contains("digest mismatch"));
+
+    // `cache verify` hashes everything: a healthy cache passes...
+    let o = w.cmd().args(["cache", "verify"]).output().unwrap();
+    assert_ok(&o);
+    assert!(stdout(&o).contains(" 0 corrupt"), "{}", stdout(&o));
+    // ...and a blob whose stamp was made to match its corrupt content (what bit rot looks
+    // like to a stamp) is found, named, and removed.
+    fs::write(&blob, same_size_garbage(&blob)).unwrap();
+    let md = fs::metadata(&blob).unwrap();
+    let forged = format!(
+        "{} {} {}.{} {}.{}",
+        md.ino(),
+        md.len(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec()
+    );
+    fs::write(w.path(&format!("cache/stamps/{layer}")), forged).unwrap();
+    let o = w.cmd().args(["cache", "verify"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains(&layer), "{}", stdout(&o));
+    assert!(stdout(&o).contains(" 1 corrupt"), "{}", stdout(&o));
+    assert!(!blob.exists());
+    assert!(!rebuild("out/e").contains("digest mismatch"));
+}
