@@ -470,8 +470,8 @@ pub fn recognize(cmd: &Command) -> Fragment {
         "usermod" => usermod(args),
         "useradd" => useradd(args, false),
         "adduser" => useradd(args, true),
-        // A user's rule in its own drop-in is what `[[user]] sudo` writes; a rule in another
-        // file is a line added to that file.
+        // A passwordless rule for a user, in any sudoers file, is `[[user]] sudo` (which
+        // writes it as `/etc/sudoers.d/USER`, 0440); other lines are lines added to the file.
         "echo" => {
             let target = match args {
                 [line, op, path] if op == ">>" || op == ">" => Some((line, path.as_str())),
@@ -482,9 +482,7 @@ pub fn recognize(cmd: &Command) -> Fragment {
                 _ => None,
             };
             match target.map(|(line, path)| (sudo_line(line), path)) {
-                Some((Fragment::Sudo { user }, path))
-                    if path == format!("/etc/sudoers.d/{user}") =>
-                {
+                Some((Fragment::Sudo { user }, path)) if path.starts_with("/etc/sudoers") => {
                     Fragment::Sudo { user }
                 }
                 _ => echo_append(args),
@@ -665,7 +663,7 @@ mod tests {
         assert_eq!(one("usermod -G docker dev"), Fragment::Unknown);
         assert_eq!(one("groupadd -o -g 5 x"), Fragment::Unknown);
         assert_eq!(
-            one("echo \"coder ALL=(ALL) NOPASSWD:ALL\" >>/etc/sudoers.d/coder"),
+            one("echo \"coder ALL=(ALL) NOPASSWD:ALL\" >>/etc/sudoers.d/nopasswd"),
             Fragment::Sudo {
                 user: "coder".into()
             }
