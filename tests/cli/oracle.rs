@@ -155,7 +155,9 @@ fn compare(work: &Work, fixture: &Path) -> Result<usize, Vec<String>> {
     let ctx = work.path(&format!("ctx-{name}"));
     super::copy_dir(fixture, &ctx);
     let base = format!("oci:{}:latest", minbase().display());
-    let store = work.path("buildah");
+    // One buildah store per fixture (vfs keeps a full copy of every layer), removed with the
+    // fixture's other trees once compared: twenty fixtures would otherwise hold 16 GB.
+    let store = work.path(&format!("buildah-store-{name}"));
 
     let o = buildah(&store)
         .args(["bud", "--isolation", "chroot", "--layers=false"])
@@ -286,6 +288,16 @@ fn compare(work: &Work, fixture: &Path) -> Result<usize, Vec<String>> {
             detail.push_str(&format!("\n  {}", lines.join("\n  ")));
         }
         unexpected.push(detail);
+    }
+    for dir in [
+        ctx,
+        store,
+        theirs,
+        ours,
+        work.path(&format!("b-{name}")),
+        work.path(&format!("i-{name}")),
+    ] {
+        let _ = fs::remove_dir_all(dir);
     }
     if unexpected.is_empty() {
         Ok(ta.len())
