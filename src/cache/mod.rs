@@ -185,20 +185,8 @@ impl Cache {
 
     /// A blob as it is on disk now: inode, size, mtime and ctime (to the nanosecond).
     fn stamp_of(path: &Path) -> io::Result<(String, u64)> {
-        use std::os::unix::fs::MetadataExt;
         let md = fs::metadata(path)?;
-        Ok((
-            format!(
-                "{} {} {}.{} {}.{}",
-                md.ino(),
-                md.len(),
-                md.mtime(),
-                md.mtime_nsec(),
-                md.ctime(),
-                md.ctime_nsec()
-            ),
-            md.len(),
-        ))
+        Ok((stat_stamp(&md), md.len()))
     }
 
     /// Records that blob `digest` was hashed as it is now.
@@ -315,17 +303,7 @@ impl Cache {
         use std::os::unix::fs::MetadataExt;
         let abs = path.canonicalize().map_err(io_err("resolve", path))?;
         let md = fs::metadata(&abs).map_err(io_err("stat", path))?;
-        let stamp = format!(
-            "{}\0{}:{}:{}:{}.{}:{}.{}",
-            abs.display(),
-            md.dev(),
-            md.ino(),
-            md.len(),
-            md.mtime(),
-            md.mtime_nsec(),
-            md.ctime(),
-            md.ctime_nsec()
-        );
+        let stamp = format!("{}\0{}:{}", abs.display(), md.dev(), stat_stamp(&md));
         let memo = self
             .root
             .join("hashes")
@@ -371,6 +349,21 @@ impl Cache {
     pub fn remove_key(&self, key: &Digest) {
         let _ = fs::remove_file(self.key_path(key));
     }
+}
+
+/// What tells a file's content changed without reading it: inode, size, mtime and ctime (to
+/// the nanosecond; ctime moves on every write, even one that puts the mtime back).
+fn stat_stamp(md: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{} {} {}.{} {}.{}",
+        md.ino(),
+        md.len(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec()
+    )
 }
 
 /// A blob being written: hashed as it is written, renamed to `DIR/<hex>` by
