@@ -102,6 +102,11 @@ impl LowerFs {
 
     fn scan(&mut self, blob: &Path, media_type: &str) -> io::Result<()> {
         let reader = crate::layer::decompressed(File::open(blob)?, media_type)?;
+        self.apply(reader)
+    }
+
+    /// Applies one uncompressed layer stream to the view.
+    fn apply(&mut self, reader: impl Read) -> io::Result<()> {
         let mut ar = tar::Archive::new(reader);
         for entry in ar.entries()? {
             let mut e = entry?;
@@ -111,9 +116,7 @@ impl LowerFs {
                 None => (&b""[..], &path[..]),
             };
             if name == b".wh..wh..opq" {
-                let d = dir.to_vec();
-                self.entries
-                    .retain(|k, _| !(k.starts_with(&d) && k.len() > d.len()));
+                self.remove_under(dir);
                 continue;
             }
             if let Some(hidden) = name.strip_prefix(b".wh.") {
@@ -155,7 +158,23 @@ impl LowerFs {
         self.entries.remove(path);
         let mut prefix = path.to_vec();
         prefix.push(b'/');
-        self.entries.retain(|k, _| !k.starts_with(&prefix));
+        self.remove_under(&prefix);
+    }
+
+    /// Removes the entries strictly under `prefix` (empty, or a directory ending in `/`).
+    /// They sort together: a range, not a pass over every entry (this runs for each
+    /// non-directory of every layer read).
+    fn remove_under(&mut self, prefix: &[u8]) {
+        let under: Vec<Vec<u8>> = self
+            .entries
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(k, _)| k.len() > prefix.len())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in under {
+            self.entries.remove(&k);
+        }
     }
 
     /// Records an entry a step just wrote, so later steps in this build see it.
@@ -237,5 +256,64 @@ impl LowerFs {
             }
         }
         out.join(&b'/')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(entries: &[(&str, EntryType)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind) in entries {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(*kind);
+            h.set_mode(0o755);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_size(0);
+            b.append_data(&mut h, path, &[][..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn paths(v: &LowerFs) -> Vec<String> {
+        v.entries
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn whiteouts_remove_exactly_the_tree_they_name() {
+        use EntryType::{Directory as D, Regular as F};
+        let mut v = LowerFs::default();
+        v.apply(
+            &layer(&[
+                ("a", D),
+                ("a/b", D),
+                ("a/b/c", F),
+                ("a/bc", F),
+                ("a/b.d", F),
+                ("ab", F),
+                ("x", D),
+                ("x/y", F),
+                ("x/z", D),
+                ("x/z/w", F),
+            ])[..],
+        )
+        .unwrap();
+        // `a/b` hidden: its subtree goes, `a/bc` and `a/b.d` (which sort around it) stay.
+        v.apply(&layer(&[("a/.wh.b", F)])[..]).unwrap();
+        assert_eq!(
+            paths(&v),
+            ["a", "a/b.d", "a/bc", "ab", "x", "x/y", "x/z", "x/z/w"]
+        );
+        // A file replacing a directory removes what was under it.
+        v.apply(&layer(&[("x/z", F)])[..]).unwrap();
+        assert_eq!(paths(&v), ["a", "a/b.d", "a/bc", "ab", "x", "x/y", "x/z"]);
+        // An opaque directory keeps itself, loses everything below.
+        v.apply(&layer(&[("x/.wh..wh..opq", F)])[..]).unwrap();
+        assert_eq!(paths(&v), ["a", "a/b.d", "a/bc", "ab", "x"]);
     }
 }
