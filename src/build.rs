@@ -345,7 +345,16 @@ fn write_layout(
         .collect();
     let mut keep = BTreeSet::new();
     for l in &all {
-        layout.put_file(&cache.blob_path(&l.digest), &l.digest)?;
+        // A blob the layout already has is not read again while its stat is the one it had
+        // when last hashed (the cache's input-file memo: path, inode, size, mtime, ctime), so
+        // a build that changes nothing does no work in the size of the image.
+        let dest = layout.blob_path(&l.digest);
+        let present = cache
+            .file_digest(&dest)
+            .is_ok_and(|(d, n)| d == l.digest && n == l.size);
+        if !present {
+            layout.put_file(&cache.blob_path(&l.digest), &l.digest)?;
+        }
         keep.insert(l.digest.clone());
     }
     let created = image::rfc3339(mtime);

@@ -105,6 +105,67 @@ impl LowerFs {
         self.apply(reader)
     }
 
+    /// Makes the view that of the unpacked image at `root` (the build's live root), in place
+    /// of reading its layers again.
+    pub fn load_root(&mut self, root: &Path) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        self.entries.clear();
+        for e in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
+            let e = e.map_err(io::Error::from)?;
+            let m = e.metadata().map_err(io::Error::from)?;
+            let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+            let ft = m.file_type();
+            let kind = if ft.is_dir() {
+                Kind::Dir
+            } else if ft.is_file() {
+                Kind::File
+            } else if ft.is_symlink() {
+                Kind::Symlink(
+                    std::fs::read_link(e.path())?
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec(),
+                )
+            } else {
+                Kind::Other
+            };
+            let meta = Meta {
+                mode: m.permissions().mode() & 0o7777,
+                uid: u64::from(m.uid()),
+                gid: u64::from(m.gid()),
+            };
+            let entry = LowerEntry {
+                kind,
+                meta,
+                data: None,
+            };
+            self.entries
+                .insert(rel.as_os_str().as_bytes().to_vec(), entry);
+        }
+        // The contents, once every path is known (a kept path may name its file through a
+        // symlink), read inside the root: the image's symlinks never lead out of it.
+        let confined = crate::rootfs::Root::open(root)?;
+        let want: Vec<Vec<u8>> = self
+            .entries
+            .iter()
+            .filter(|(p, e)| e.kind == Kind::File && self.wants(p))
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in want {
+            let f = confined.open_file(&p)?;
+            if f.metadata()?.len() >= (32 << 20) {
+                continue;
+            }
+            let mut buf = Vec::new();
+            f.take(32 << 20).read_to_end(&mut buf)?;
+            if let Some(e) = self.entries.get_mut(&p) {
+                e.data = Some(buf);
+            }
+        }
+        Ok(())
+    }
+
     /// Applies one uncompressed layer stream to the view.
     fn apply(&mut self, reader: impl Read) -> io::Result<()> {
         let mut ar = tar::Archive::new(reader);

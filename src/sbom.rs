@@ -19,7 +19,7 @@ use crate::lower::LowerFs;
 pub const MEDIA_TYPE: &str = "application/spdx+json";
 
 /// A Debian package of the base image: name, version, architecture.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BasePackage {
     pub name: String,
     pub version: String,
@@ -38,6 +38,27 @@ pub enum BaseStatusError {
 /// The packages the base image's dpkg status lists as installed (none for scratch or an image
 /// without dpkg); an error when the image has a status that cannot be read.
 pub fn base_packages(cache: &Cache, base: &BaseImage) -> Result<Vec<BasePackage>, BaseStatusError> {
+    // Read once per base image: the list is kept in the cache under the layers' digests.
+    let ids: Vec<&str> = base.layers.iter().map(|l| l.digest.as_str()).collect();
+    let key = crate::digest::Digest::of(format!("base-packages\n{}", ids.join("\n")).as_bytes());
+    if let Some(list) = cache
+        .fact(&key)
+        .and_then(|b| serde_json::from_slice::<Vec<BasePackage>>(&b).ok())
+    {
+        return Ok(list);
+    }
+    let list = read_base_packages(cache, base)?;
+    if let Ok(bytes) = serde_json::to_vec(&list) {
+        // Only a shortcut: a build whose cache cannot take it reads the layers next time too.
+        let _ = cache.put_fact(&key, &bytes);
+    }
+    Ok(list)
+}
+
+fn read_base_packages(
+    cache: &Cache,
+    base: &BaseImage,
+) -> Result<Vec<BasePackage>, BaseStatusError> {
     let mut lower = LowerFs::default();
     lower
         .advance(cache, &base.layers)

@@ -232,15 +232,17 @@ pub fn prune(cache: &Cache, older_than: Duration) -> Result<Removed, CacheError>
             size -= b.size;
         }
     }
-    let hdir = cache.root.join("hashes");
     let now = SystemTime::now();
-    for e in fs::read_dir(&hdir)
-        .map_err(io_err("list", &hdir))?
-        .flatten()
-    {
-        let used = e.metadata().and_then(|m| m.modified());
-        if used.is_ok_and(|t| age(now, t) >= limit) {
-            remove(&e.path())?;
+    for bucket in ["hashes", "facts"] {
+        let dir = cache.root.join(bucket);
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let used = e.metadata().and_then(|m| m.modified());
+            if used.is_ok_and(|t| age(now, t) >= limit) {
+                remove(&e.path())?;
+            }
         }
     }
     out.size_after = size;

@@ -8,6 +8,8 @@
 //! | `keys/<hex>.json`       | a [`LayerRecord`] per step cache key                           |
 //! | `hashes/<hex>`          | sha256 of an input file, keyed by its path, inode, size, times |
 //! | `stamps/<hex>`          | a blob's inode, size, mtime and ctime when it was last hashed  |
+//! | `facts/<hex>`           | what was read out of blobs, by the digest of what it was read  |
+//! |                         | from (the base image's installed packages, for the SBOM)       |
 //! | `tmp/`                  | temp files, renamed into the buckets above when complete       |
 //! | `lock`                  | builds hold it shared, `cache gc`/`prune` exclusively ([`gc`]) |
 //!
@@ -104,7 +106,7 @@ impl Cache {
         exclusive: bool,
         waiting: &dyn Fn(),
     ) -> Result<Self, CacheError> {
-        for sub in ["blobs/sha256", "keys", "hashes", "tmp"] {
+        for sub in ["blobs/sha256", "keys", "hashes", "facts", "tmp"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("create cache directory", &p))?;
         }
@@ -319,6 +321,17 @@ impl Cache {
             digest_reader(BufReader::with_capacity(1 << 20, f)).map_err(io_err("read", path))?;
         fsutil::write_atomic(&memo, digest.as_str().as_bytes()).map_err(io_err("write", &memo))?;
         Ok((digest, size))
+    }
+
+    /// A fact recorded under `key` (see the `facts/` bucket), if any.
+    pub fn fact(&self, key: &Digest) -> Option<Vec<u8>> {
+        fs::read(self.root.join("facts").join(key.hex())).ok()
+    }
+
+    /// Records a fact under `key`: the digest of the inputs it was derived from.
+    pub fn put_fact(&self, key: &Digest, bytes: &[u8]) -> Result<(), CacheError> {
+        let path = self.root.join("facts").join(key.hex());
+        fsutil::write_atomic(&path, bytes).map_err(io_err("write", &path))
     }
 
     fn key_path(&self, key: &Digest) -> PathBuf {

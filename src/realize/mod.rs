@@ -5,7 +5,7 @@
 pub mod apt;
 mod chrootless;
 mod extract;
-
+mod live;
 mod run;
 pub mod sandbox;
 mod services;
@@ -102,7 +102,8 @@ pub fn realize(
         apt_built: BTreeMap::new(),
         lower: LowerFs::default(),
         layers: base.layers.clone(),
-        transient: Vec::new(),
+        below_runs: base.layers.clone(),
+        live: live::LiveRoot::default(),
     };
     // `[[file]] append` reads the image's file.
     for s in &plan.steps {
@@ -135,9 +136,9 @@ pub fn realize(
             digest: &record.digest,
             size: record.size,
         });
+        r.below_runs.push(record.clone());
         // A transient layer (build packages) is below the later steps' sandboxes only.
         if step.kind.transient() {
-            r.transient.push(record);
             continue;
         }
         r.layers.push(record.clone());
@@ -231,9 +232,12 @@ struct Realizer<'a> {
     apt_lower: Option<LowerFs>,
     apt_built: BTreeMap<usize, LayerRecord>,
     lower: LowerFs,
+    /// The image's layers so far.
     layers: Vec<LayerRecord>,
-    /// Layers below the runs but not in the image (build packages).
-    transient: Vec<LayerRecord>,
+    /// Every layer so far, in step order, with those not in the image (build packages): what
+    /// the steps that run programs run on.
+    below_runs: Vec<LayerRecord>,
+    live: live::LiveRoot,
 }
 
 impl Realizer<'_> {
@@ -271,20 +275,26 @@ impl Realizer<'_> {
                     })?
             }
             StepKind::Configure(pkgs) => {
-                reporter.report(Event::Stage("unpacking the image for dpkg --configure"));
                 let n = plan
                     .steps
                     .iter()
                     .filter(|s| matches!(s.kind, StepKind::AptPackages(_)))
                     .count();
                 let start = self.base.layers.len() + self.first_apt.unwrap_or(index);
-                run::configure(plan, step, pkgs, cache, &self.layers, start..start + n)?
+                run::configure(
+                    plan,
+                    step,
+                    pkgs,
+                    cache,
+                    &mut self.live,
+                    &self.below_runs,
+                    start..start + n,
+                )?
             }
             StepKind::Pip(pins) => {
                 let refs: Vec<&crate::lock::LockedPip> = pins.iter().collect();
                 run::prefetch_wheels(cache, &refs, reporter)?;
-                reporter.report(Event::Stage("unpacking the image for pip install"));
-                run::pip(plan, step, pins, cache, &self.layers)?
+                run::pip(plan, step, pins, cache, &mut self.live, &self.below_runs)?
             }
             StepKind::Run {
                 command,
@@ -293,7 +303,6 @@ impl Realizer<'_> {
                 network,
                 env,
             } => {
-                reporter.report(Event::Stage("unpacking the image for a run step"));
                 let base_env = self
                     .base
                     .config
@@ -308,13 +317,18 @@ impl Realizer<'_> {
                     network: *network,
                     env: &env,
                 };
-                let below: Vec<LayerRecord> =
-                    self.layers.iter().chain(&self.transient).cloned().collect();
-                run::command(plan, step, command, &how, cache, &below)?
+                run::command(
+                    plan,
+                    step,
+                    command,
+                    &how,
+                    cache,
+                    &mut self.live,
+                    &self.below_runs,
+                )?
             }
             StepKind::BuildPackages(pkgs) => {
-                reporter.report(Event::Stage("unpacking the image for the build packages"));
-                run::build_packages(plan, step, pkgs, cache, &self.layers)?
+                run::build_packages(plan, step, pkgs, cache, &mut self.live, &self.below_runs)?
             }
             StepKind::DpkgDatabase(pkgs) => {
                 // Only the base's dpkg files are read: the view below the package layers has
@@ -326,6 +340,19 @@ impl Realizer<'_> {
                 w.finish(step.name.clone())?
             }
             _ => {
+                // After a step that ran programs the view is behind; the root they ran on
+                // holds the image so far, and is read instead of the layers.
+                if self.lower.scanned() < self.layers.len()
+                    && let Some(root) = self.live.holding(&self.layers)
+                {
+                    self.lower
+                        .load_root(root)
+                        .map_err(|source| RealizeError::Lower {
+                            step: step.name.clone(),
+                            source,
+                        })?;
+                    self.lower.mark_scanned(self.layers.len());
+                }
                 self.lower
                     .advance(cache, &self.layers)
                     .map_err(|source| RealizeError::Lower {

@@ -1,14 +1,12 @@
 //! Steps that run programs inside the image, in the [`sandbox`](super::sandbox): dpkg's
-//! configure, `pip install` of pinned wheels, and `[[run]]` commands. Each one unpacks the
-//! layers so far into a temporary root in the cache, runs, cleans non-reproducible leftovers,
-//! and turns the difference into a layer.
-
-use std::path::Path;
+//! configure, `pip install` of pinned wheels, build packages and `[[run]]` commands. Each
+//! one runs on the build's [`LiveRoot`] (the image so far), cleans non-reproducible
+//! leftovers, and turns the difference into a layer.
 
 use super::RealizeError;
+use super::live::LiveRoot;
 use super::sandbox::{self, SandboxError};
 use crate::cache::{Cache, LayerRecord};
-use crate::layer::LayerWriter;
 use crate::lock::{LockedPackage, LockedPip};
 use crate::plan::{Plan, Step};
 use crate::report::Reporter;
@@ -16,48 +14,6 @@ use crate::rootfs::{Attrs, Root};
 
 /// How many wheels are downloaded at once.
 const PARALLEL_WHEELS: usize = 6;
-
-/// Unpacks `layers` into a temporary root, calls `f` on it, and returns the diff as a layer
-/// (`IMGBUILD_KEEP_ROOTFS=1` leaves it behind for debugging).
-fn in_root(
-    plan: &Plan,
-    step: &Step,
-    cache: &Cache,
-    layers: &[LayerRecord],
-    f: impl FnOnce(&Path) -> Result<(), RealizeError>,
-) -> Result<LayerRecord, RealizeError> {
-    in_root_with(plan, step, cache, layers, 0..0, f)
-}
-
-/// [`in_root`], with the layers in `independent` unpacked concurrently.
-fn in_root_with(
-    plan: &Plan,
-    step: &Step,
-    cache: &Cache,
-    layers: &[LayerRecord],
-    independent: std::ops::Range<usize>,
-    f: impl FnOnce(&Path) -> Result<(), RealizeError>,
-) -> Result<LayerRecord, RealizeError> {
-    let dir = tempfile::Builder::new()
-        .prefix("rootfs-")
-        .tempdir_in(sandbox::work_dir(cache))
-        .map_err(|source| RealizeError::Layer {
-            step: step.name.clone(),
-            source,
-        })?;
-    let (root, _guard) = if crate::settings::get().keep_roots {
-        (dir.keep(), None)
-    } else {
-        (dir.path().to_path_buf(), Some(dir))
-    };
-    sandbox::materialize_with(cache, layers, independent, &root, plan.mtime)?;
-    let before = sandbox::snapshot(&root)?;
-    f(&root)?;
-    sandbox::clean(&root, &before)?;
-    let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
-    sandbox::diff(&root, &before, &mut w)?;
-    Ok(w.finish(step.name.clone())?)
-}
 
 /// `dpkg --configure -a` over the image so far. The packages' `preinst install` scripts run
 /// first, as dpkg would have run them before unpacking, with the environment dpkg gives
@@ -68,10 +24,11 @@ pub fn configure(
     step: &Step,
     packages: &[LockedPackage],
     cache: &Cache,
+    live: &mut LiveRoot,
     layers: &[LayerRecord],
     package_layers: std::ops::Range<usize>,
 ) -> Result<LayerRecord, RealizeError> {
-    in_root_with(plan, step, cache, layers, package_layers, |root| {
+    live.step(plan, step, cache, layers, package_layers, |root| {
         let confined = Root::open(root).map_err(|source| {
             RealizeError::Sandbox(SandboxError::Io {
                 action: "open",
@@ -298,9 +255,10 @@ pub fn pip(
     step: &Step,
     pins: &[LockedPip],
     cache: &Cache,
+    live: &mut LiveRoot,
     layers: &[LayerRecord],
 ) -> Result<LayerRecord, RealizeError> {
-    in_root(plan, step, cache, layers, |root| {
+    live.step(plan, step, cache, layers, 0..0, |root| {
         let bwrap = &sandbox::bwrap()?;
         let dir = root.join(WHEELS);
         let io = |source| {
@@ -358,9 +316,10 @@ pub fn build_packages(
     step: &Step,
     packages: &[LockedPackage],
     cache: &Cache,
+    live: &mut LiveRoot,
     layers: &[LayerRecord],
 ) -> Result<LayerRecord, RealizeError> {
-    in_root(plan, step, cache, layers, |root| {
+    live.step(plan, step, cache, layers, 0..0, |root| {
         let io = |source| {
             RealizeError::Sandbox(SandboxError::Io {
                 action: "stage build packages in",
@@ -426,9 +385,10 @@ pub fn command(
     command: &str,
     how: &How<'_>,
     cache: &Cache,
+    live: &mut LiveRoot,
     layers: &[LayerRecord],
 ) -> Result<LayerRecord, RealizeError> {
-    in_root(plan, step, cache, layers, |root| {
+    live.step(plan, step, cache, layers, 0..0, |root| {
         let bwrap = &sandbox::bwrap()?;
         let shell: Vec<String> = how.shell.iter().map(|w| sh_quote(w)).collect();
         let shell = shell.join(" ");

@@ -425,12 +425,17 @@ fn stamp(r: &Root, rel: &[u8]) -> Option<Stamp> {
 }
 
 /// Writes what changed under `root` since `before` into `w`: new and changed entries with
-/// their metadata and extended attributes, whiteouts for what was removed.
+/// their metadata and extended attributes, whiteouts for what was removed. The root is left
+/// as unpacking the layer would leave it (see [`crate::rootfs::apply`]), so later steps can
+/// work on it: the regular files written get `mtime`, and what a layer does not hold
+/// (device nodes, FIFOs, sockets) is removed.
 pub fn diff(
     root: &Path,
     before: &HashMap<Vec<u8>, Stamp>,
     w: &mut LayerWriter,
+    mtime: u64,
 ) -> Result<usize, SandboxError> {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
     use std::os::unix::ffi::OsStrExt;
     let after = snapshot(root)?;
     let mut changes: BTreeMap<&[u8], bool> = BTreeMap::new(); // path -> removed
@@ -499,8 +504,11 @@ pub fn diff(
             // A `setcap` in a maintainer script changes only the attributes (and the ctime
             // the snapshot compares): the file is written again with them.
             w.xattrs(crate::rootfs::xattr::read_fd(&f).map_err(io)?);
-            w.file(rel, meta, len, BufReader::with_capacity(1 << 20, f))
+            w.file(rel, meta, len, BufReader::with_capacity(1 << 20, &f))
                 .map_err(io)?;
+            f.set_modified(time).map_err(io)?;
+        } else {
+            r.remove(rel).map_err(io)?;
         }
     }
     Ok(n)
@@ -555,7 +563,7 @@ mod tests {
         let cache = Cache::open(&dir.path().join("cache")).unwrap();
         let spec = CompressionSpec::new(Compression::Gzip, None);
         let mut w = LayerWriter::new(&cache, spec, 0).unwrap();
-        diff(&root, &before, &mut w).unwrap();
+        diff(&root, &before, &mut w, 0).unwrap();
         let rec = w.finish("test".into()).unwrap();
         let got = entries(&cache, &rec);
         let names: Vec<&str> = got.iter().map(|(p, _, _)| p.as_str()).collect();

@@ -646,6 +646,61 @@ fn build_packages_are_there_for_the_runs_and_absent_from_the_image() {
     assert_eq!(again["manifest"], meta["manifest"]);
 }
 
+/// The steps after the first that runs programs work on one root carried forward; the image
+/// must be the one a build that unpacks cached layers for each step makes. Built three ways:
+/// all at once (configure, users, two runs on the carried root), and in three builds on
+/// another cache, so the users step reads the cached layers and the last run starts from a
+/// root unpacked from them. The last run looks at what the one before left: a file's mtime
+/// (a carried root must have the layer's, not the time of the run) and a FIFO (a layer cannot
+/// hold one, so a carried root must not either).
+#[test]
+fn a_root_carried_from_step_to_step_builds_what_cached_layers_build() {
+    let f = fixture(r#"["fixture-hello"]"#);
+    let (work, r) = (&f.work, &f.recipe);
+    let apt_only = fs::read_to_string(r).unwrap();
+    let user = "\n[[user]]\nname = \"builder\"\nuid = 1500\n";
+    let run1 = "\n[[run]]\ncommand = \"mkdir -p /opt && echo a > /opt/a && mkfifo /opt/fifo && hello-fixture > /opt/hello\"\n";
+    let run2 = r#"
+[[run]]
+command = '''
+([ /opt/a -nt /usr/bin/hello-fixture ] && echo newer || echo same age) > /opt/seen
+([ -p /opt/fifo ] && echo fifo || echo no fifo) >> /opt/seen
+sed -n 's/^\(builder:x:[0-9]*\):.*/\1/p' /etc/passwd >> /opt/seen
+'''
+"#;
+    let whole = format!("{apt_only}{user}{run1}{run2}");
+    fs::write(r, &whole).unwrap();
+    let meta = work.build_metadata(work.cmd(), r, "out/carried");
+    let rootfs = unpack(work, "out/carried");
+    let seen = fs::read_to_string(rootfs.join("opt/seen")).unwrap();
+    assert_eq!(seen, "same age\nno fifo\nbuilder:x:1500\n");
+    assert!(!rootfs.join("opt/fifo").exists());
+
+    let other = work.cmd_with_cache(&work.path("cache2"));
+    for (i, text) in [apt_only.clone(), format!("{apt_only}{user}{run1}")]
+        .iter()
+        .enumerate()
+    {
+        fs::write(r, text).unwrap();
+        work.build_metadata(
+            work.cmd_with_cache(&work.path("cache2")),
+            r,
+            &format!("out/part{i}"),
+        );
+    }
+    fs::write(r, &whole).unwrap();
+    let stepwise = work.build_metadata(other, r, "out/stepwise");
+    let built: Vec<&str> = stepwise["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["cache"] == "miss")
+        .map(|l| l["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(built.len(), 1, "only the last run is built: {built:?}");
+    assert_eq!(stepwise["manifest"], meta["manifest"]);
+}
+
 #[test]
 fn files_append_to_what_the_image_has_keeping_its_mode_and_owner() {
     let f = fixture(r#"["fixture-hello"]"#);

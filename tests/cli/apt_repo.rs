@@ -172,6 +172,7 @@ fn host_tools() -> Vec<(String, Vec<u8>, u32)> {
         "[",
         "setcap",
         "getcap",
+        "mkfifo",
     ] {
         let path = ["/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/"]
             .iter()

@@ -606,3 +606,53 @@ fn cached_blobs_are_trusted_by_their_stamp_and_hashed_again_when_changed() {
     assert!(!blob.exists());
     assert!(!rebuild("out/e").contains("digest mismatch"));
 }
+
+/// A rebuild into the same layout does not read the blobs it already holds while their stat is
+/// the one they had when hashed; a blob changed there since (rewritten in place with its mtime
+/// put back, or truncated) is hashed, found wrong and written again.
+#[test]
+fn an_output_layout_keeps_its_blobs_and_mends_a_changed_one() {
+    use sha2::{Digest as _, Sha256};
+    let w = Work::setup();
+    let first = metadata(&w, "out/a");
+    let layer = first["layers"][3]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let blob = w.path(&format!("out/a/blobs/sha256/{layer}"));
+    let sha = |p: &std::path::Path| format!("{:x}", Sha256::digest(fs::read(p).unwrap()));
+    let rebuild = || {
+        let again = metadata(&w, "out/a");
+        assert_eq!(again["manifest"], first["manifest"]);
+    };
+    // Unchanged: left as it is (same inode, same ctime: not even rewritten).
+    use std::os::unix::fs::MetadataExt;
+    let before = fs::metadata(&blob).unwrap();
+    rebuild();
+    let after = fs::metadata(&blob).unwrap();
+    assert_eq!(
+        (before.ino(), before.ctime(), before.ctime_nsec()),
+        (after.ino(), after.ctime(), after.ctime_nsec())
+    );
+    // Rewritten in place, same size, mtime put back: mended.
+    let mtime = after.modified().unwrap();
+    fs::write(&blob, vec![b'x'; after.len() as usize]).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&blob)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    rebuild();
+    assert_eq!(sha(&blob), layer);
+    // Truncated: mended.
+    fs::File::options()
+        .write(true)
+        .open(&blob)
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    rebuild();
+    assert_eq!(sha(&blob), layer);
+}

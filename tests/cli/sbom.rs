@@ -294,6 +294,13 @@ fn multi_arch_packages_are_listed_once_each_and_an_unreadable_status_is_said() {
         .filter(|p| p["name"] == "libc6")
         .collect();
     assert_eq!(libc.len(), 2, "one per architecture: {libc:?}");
+    // Built again: the base's list comes from the cache (read once per base), the same.
+    let sbom = std::fs::read(w.path("out/ma/sbom.spdx.json")).unwrap();
+    crate::assert_ok(&build_on_status(&w, "ma", status));
+    assert_eq!(
+        std::fs::read(w.path("out/ma/sbom.spdx.json")).unwrap(),
+        sbom
+    );
     // A status that cannot be read: the build says so instead of listing nothing silently.
     let o = build_on_status(
         &w,
@@ -301,6 +308,17 @@ fn multi_arch_packages_are_listed_once_each_and_an_unreadable_status_is_said() {
         b"Package: broken\n continuation without a field\n\x00\n",
     );
     crate::assert_ok(&o);
+    assert!(
+        crate::stderr(&o).contains("SBOM: the base image's /var/lib/dpkg/status cannot be read"),
+        "{}",
+        crate::stderr(&o)
+    );
+    // Not remembered as an empty list: said again.
+    let o = build_on_status(
+        &w,
+        "broken",
+        b"Package: broken\n continuation without a field\n\x00\n",
+    );
     assert!(
         crate::stderr(&o).contains("SBOM: the base image's /var/lib/dpkg/status cannot be read"),
         "{}",

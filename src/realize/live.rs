@@ -1,0 +1,125 @@
+//! The build's one materialized root: the image so far, unpacked once into the sandbox work
+//! directory and moved forward step by step. A step that runs programs (dpkg's configure,
+//! pip, build packages, `[[run]]`) works on it in place; its layer is the difference against
+//! a snapshot taken just before. Layers built another way (files, users, package layers) are
+//! unpacked onto it before the next step that needs it, so no step unpacks the image again.
+//!
+//! Snapshot and diff rather than an overlayfs upper directory: the diff needs only a tmpfs
+//! and works unprivileged, where an overlay mount needs root (or a user namespace with a
+//! kernel that allows it there) and leaves whiteouts as character devices to translate. The
+//! snapshot is a `stat` of every path (tens of milliseconds for a 40,000-entry image).
+//!
+//! After a step the root is what unpacking its layer would have made (see
+//! [`super::sandbox::diff`]): regular files it wrote get the build's mtime and entries a layer
+//! cannot hold are removed, so a step never sees a difference between a root carried forward
+//! and one unpacked from cached layers.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use super::RealizeError;
+use super::sandbox;
+use crate::cache::{Cache, LayerRecord};
+use crate::digest::Digest;
+use crate::layer::LayerWriter;
+use crate::plan::{Plan, Step};
+
+/// The root and the layers it holds.
+#[derive(Default)]
+pub struct LiveRoot {
+    dir: Option<(PathBuf, Option<tempfile::TempDir>)>,
+    /// The digests of the layers unpacked or made in it, in order.
+    held: Vec<Digest>,
+}
+
+impl LiveRoot {
+    /// The root's path, when it holds exactly `layers`.
+    pub fn holding(&self, layers: &[LayerRecord]) -> Option<&Path> {
+        let same = self.held.len() == layers.len()
+            && self.held.iter().zip(layers).all(|(h, l)| *h == l.digest);
+        self.dir.as_ref().filter(|_| same).map(|(p, _)| p.as_path())
+    }
+
+    /// Brings the root to `layers`: only the layers after those it holds are unpacked (those
+    /// in `independent`, indices into `layers`, concurrently). A root holding anything that
+    /// is not a prefix of `layers` is started again.
+    fn advance(
+        &mut self,
+        cache: &Cache,
+        layers: &[LayerRecord],
+        independent: Range<usize>,
+        mtime: u64,
+    ) -> Result<PathBuf, RealizeError> {
+        let prefix = self.held.len() <= layers.len()
+            && self.held.iter().zip(layers).all(|(h, l)| *h == l.digest);
+        if !prefix {
+            self.reset();
+        }
+        let root = match &self.dir {
+            Some((p, _)) => p.clone(),
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("rootfs-")
+                    .tempdir_in(sandbox::work_dir(cache))
+                    .map_err(|source| RealizeError::Layer {
+                        step: "unpack the image".into(),
+                        source,
+                    })?;
+                // `IMGBUILD_KEEP_ROOTFS=1` leaves it behind for debugging.
+                let (path, guard) = if crate::settings::get().keep_roots {
+                    (dir.keep(), None)
+                } else {
+                    (dir.path().to_path_buf(), Some(dir))
+                };
+                self.dir = Some((path.clone(), guard));
+                path
+            }
+        };
+        let k = self.held.len();
+        let shifted = independent.start.saturating_sub(k)..independent.end.saturating_sub(k);
+        if let Err(e) = sandbox::materialize_with(cache, &layers[k..], shifted, &root, mtime) {
+            self.reset();
+            return Err(e.into());
+        }
+        self.held = layers.iter().map(|l| l.digest.clone()).collect();
+        Ok(root)
+    }
+
+    /// Forgets the root (a failed step leaves it in no known state).
+    fn reset(&mut self) {
+        self.dir = None;
+        self.held.clear();
+    }
+
+    /// Brings the root to `layers`, calls `f` on it, and returns what `f` changed as `step`'s
+    /// layer; the root then holds that layer too.
+    pub fn step(
+        &mut self,
+        plan: &Plan,
+        step: &Step,
+        cache: &Cache,
+        layers: &[LayerRecord],
+        independent: Range<usize>,
+        f: impl FnOnce(&Path) -> Result<(), RealizeError>,
+    ) -> Result<LayerRecord, RealizeError> {
+        let root = self.advance(cache, layers, independent, plan.mtime)?;
+        let result = (|| {
+            let before = sandbox::snapshot(&root)?;
+            f(&root)?;
+            sandbox::clean(&root, &before)?;
+            let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
+            sandbox::diff(&root, &before, &mut w, plan.mtime)?;
+            Ok(w.finish(step.name.clone())?)
+        })();
+        match result {
+            Ok(rec) => {
+                self.held.push(rec.digest.clone());
+                Ok(rec)
+            }
+            Err(e) => {
+                self.reset();
+                Err(e)
+            }
+        }
+    }
+}
