@@ -3,6 +3,12 @@
 # alternating tool and peer each round:
 #   gzip: imgbuild layer --compression gzip   vs  tar | tee >(sha256sum) | pigz -n -p2 -6 | tee | sha256sum
 #   zstd: imgbuild layer --compression zstd   vs  tar | tee >(sha256sum) | zstd -3 -T2   | tee | sha256sum
+#   and the image builders' commit of the same tree: `buildah commit` (vfs storage, gzip) and
+#   `umoci repack` (gzip), the tree copied in untimed.
+# Every command must succeed; the goals (>= 1.6x buildah with output no larger, >= 2.5x
+# umoci, >= 2x the zstd pipeline, peak memory under 200 MB) are checked: exit 1 when missed.
+# Caches: none on either side (each round writes fresh output; the tree is in the page cache
+# for everyone).
 # Prints seconds, MB/s (of the uncompressed tar), compressed size and peak RSS for each, and
 # the speed ratio and size difference of each pair.
 #
@@ -12,7 +18,7 @@
 #   ROUNDS  rounds of the four runs (default 2); the best time of each tool is reported
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for t in pigz zstd tar sha256sum /usr/bin/time; do
+for t in pigz zstd tar sha256sum /usr/bin/time buildah umoci; do
   command -v "$t" >/dev/null || { echo "compare.sh needs $t (scripts/deps installs it)" >&2; exit 1; }
 done
 
@@ -71,6 +77,26 @@ for r in $(seq "$rounds"); do
     rm -f "$out"
     echo "round $r $comp: imgbuild ${best[imgbuild-$comp]}s, peer ${best[peer-$comp]}s (best so far)" >&2
   done
+  # The image builders' own commit of the same tree (gzip): the tree is copied in untimed,
+  # each round into a fresh container / bundle, then only the commit is timed.
+  bs=(--storage-driver vfs --root "$work/bstore" --runroot "$work/brun")
+  ctr=$(buildah "${bs[@]}" from scratch)
+  mnt=$(buildah "${bs[@]}" mount "$ctr")
+  cp -a "$tree/." "$mnt/"
+  rm -rf "$work/boci"
+  run buildah buildah "${bs[@]}" commit --disable-compression=false --format oci "$ctr" "oci:$work/boci:x"
+  note buildah "$secs" "$kb" "$(find "$work/boci/blobs" -type f -printf '%s\n' | sort -n | tail -1)"
+  buildah "${bs[@]}" rm "$ctr" > /dev/null
+  rm -rf "$work/bstore" "$work/brun" "$work/boci"
+  rm -rf "$work/uoci" "$work/bundle"
+  umoci init --layout "$work/uoci"
+  umoci new --image "$work/uoci:b"
+  umoci unpack --image "$work/uoci:b" "$work/bundle" > /dev/null
+  cp -a "$tree/." "$work/bundle/rootfs/"
+  run umoci umoci repack --image "$work/uoci:n" "$work/bundle"
+  note umoci "$secs" "$kb" "$(find "$work/uoci/blobs" -type f -printf '%s\n' | sort -n | tail -1)"
+  rm -rf "$work/uoci" "$work/bundle"
+  echo "round $r: buildah commit ${best[buildah]}s, umoci repack ${best[umoci]}s (best so far)" >&2
 done
 
 mb() { awk "BEGIN{printf \"%.0f\", $tar_bytes / 1e6 / $1}"; }
@@ -91,3 +117,28 @@ for comp in gzip zstd; do
   done
   awk "BEGIN{printf \"  %s: imgbuild is %.2fx the pipeline's throughput, size %+.2f%%\n\", \"$comp\", ${best[peer-$comp]}/${best[imgbuild-$comp]}, (${size[imgbuild-$comp]}-${size[peer-$comp]})*100/${size[peer-$comp]}}"
 done
+for k in buildah umoci; do
+  case $k in
+    buildah) label="buildah commit (vfs, gzip)";;
+    umoci) label="umoci repack (gzip)";;
+  esac
+  printf '%-34s %8s %8s %12.1f %9.0f\n' "$label" "${best[$k]}" "$(mb "${best[$k]}")" \
+    "$(awk "BEGIN{print ${size[$k]}/1e6}")" "$(awk "BEGIN{print ${rss[$k]}/1024}")"
+  awk "BEGIN{printf \"  imgbuild (gzip) is %.2fx %s, size %+.2f%%\n\", ${best[$k]}/${best[imgbuild-gzip]}, \"$k\", (${size[imgbuild-gzip]}-${size[$k]})*100/${size[$k]}}"
+done
+
+# The goals (issue 16): checked, not only printed.
+missed=
+ge() { awk "BEGIN{exit !($1 >= $2)}"; }
+ge "$(awk "BEGIN{print ${best[buildah]}/${best[imgbuild-gzip]}}")" 1.6 || missed="$missed buildah-1.6x"
+ge "${size[buildah]}" "${size[imgbuild-gzip]}" || missed="$missed size<=buildah"
+ge "$(awk "BEGIN{print ${best[umoci]}/${best[imgbuild-gzip]}}")" 2.5 || missed="$missed umoci-2.5x"
+ge "$(awk "BEGIN{print ${best[peer-zstd]}/${best[imgbuild-zstd]}}")" 2 || missed="$missed zstd-2x"
+for comp in gzip zstd; do
+  ge 204800 "${rss[imgbuild-$comp]}" || missed="$missed memory-$comp"
+done
+if [ -n "$missed" ]; then
+  echo "goals missed:$missed" >&2
+  exit 1
+fi
+echo "goals met: >= 1.6x buildah commit and no larger, >= 2.5x umoci repack, >= 2x zstd -T2, peak < 200 MB"
