@@ -43,13 +43,18 @@ fetch_dists() { # fetch_dists UPSTREAM LOCALDIR SUITE
   d=$dir/dists/$suite
   mkdir -p "$d/main/binary-amd64"
   curl -fsS --max-time 120 -o "$d/InRelease" "$up/dists/$suite/InRelease"
+  local got=0
   for f in Packages.xz Packages.gz; do
-    curl -fsS --max-time 300 -o "$d/main/binary-amd64/$f" "$up/dists/$suite/main/binary-amd64/$f"
+    # A suite has one or both (the smaller suites only .xz).
+    curl -fsS --max-time 300 -o "$d/main/binary-amd64/$f" "$up/dists/$suite/main/binary-amd64/$f" \
+      2>/dev/null || { rm -f "$d/main/binary-amd64/$f"; continue; }
+    got=1
     local h
     h=$(sha256sum "$d/main/binary-amd64/$f" | cut -d' ' -f1)
     mkdir -p "$d/main/binary-amd64/by-hash/SHA256"
     ln -f "$d/main/binary-amd64/$f" "$d/main/binary-amd64/by-hash/SHA256/$h"
   done
+  [ "$got" = 1 ] || { echo "no Packages index for $suite" >&2; exit 1; }
 }
 echo "building the partial mirror (indexes of ${#suites[@]}+1 suites) ..." >&2
 for s in "${suites[@]}"; do fetch_dists "$upstream" "$mirror/debian" "$s"; done
@@ -107,7 +112,7 @@ mm() { # cold: mmdebstrap keeps no cache between runs unless told to
 timed() { # timed VAR CMD...: seconds into VAR; the bench fails with the command
   local s e
   s=$(date +%s.%N)
-  "${@:2}" || { echo "$2 failed" >&2; exit 1; }
+  "${@:2}" > /dev/null || { echo "$2 failed" >&2; exit 1; }
   e=$(date +%s.%N)
   printf -v "$1" '%s' "$(echo "$e - $s" | bc)"
 }

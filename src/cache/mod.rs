@@ -155,12 +155,24 @@ impl Cache {
 
     /// Whether the blob is here; if so it is marked as used now (for `gc` and `prune`).
     pub fn has_blob(&self, digest: &Digest) -> bool {
-        let path = self.blob_path(digest);
-        let here = path.is_file();
+        let here = self.blob_path(digest).is_file();
         if here {
-            gc::touch(&path);
+            self.mark_used(digest);
         }
         here
+    }
+
+    /// Marks blob `digest` used now (its mtime, which `gc` and `prune` go by). The touch
+    /// moves its ctime: a stamp that held before it is moved along (the content did not
+    /// change), a stale one stays stale (the next [`Cache::check_blob`] hashes the blob).
+    fn mark_used(&self, digest: &Digest) {
+        let path = self.blob_path(digest);
+        let held = Self::stamp_of(&path).ok().map(|(s, _)| s)
+            == fs::read_to_string(self.stamp_path(digest)).ok();
+        gc::touch(&path);
+        if held {
+            self.record_stamp(digest);
+        }
     }
 
     /// Hashes a cached blob and compares it with its name. A blob that fails is removed, so
