@@ -19,6 +19,8 @@ use crate::oci::image::{self, RuntimeSpec};
 use crate::oci::layout::{Desc, Layout};
 use crate::oci::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST, OciError};
 use crate::plan::{self, Plan, PlanError};
+/// The build's one materialized root, carried from the lock's pip resolution into the steps.
+pub use crate::realize::LiveRoot;
 use crate::realize::{self, LayerOutcome, RealizeError};
 use crate::recipe::{BaseRef, FieldPath, Loaded, RecipeError};
 use crate::registry::{self, ClientOptions, Reference, RegistryError};
@@ -104,10 +106,11 @@ pub fn prepare(
     cache: &Cache,
     mtime: u64,
     opts: &Options,
+    live: &mut LiveRoot,
     reporter: &dyn Reporter,
 ) -> Result<(BaseImage, Plan, Option<Lock>), BuildError> {
     let base = resolve_base(loaded, cache, &opts.client, reporter)?;
-    let lock = obtain_lock(loaded, &base, cache, mtime, opts, reporter)?;
+    let lock = obtain_lock(loaded, &base, cache, mtime, opts, live, reporter)?;
     let plan = plan::compile(
         loaded,
         base.digest.as_ref(),
@@ -135,6 +138,7 @@ pub fn obtain_lock(
     cache: &Cache,
     mtime: u64,
     opts: &Options,
+    live: &mut LiveRoot,
     reporter: &dyn Reporter,
 ) -> Result<Option<Lock>, BuildError> {
     let locked = opts.locked;
@@ -160,20 +164,22 @@ pub fn obtain_lock(
         }
         _ => {}
     }
-    let fresh = resolve_lock(loaded, base, cache, mtime, opts.configure, reporter)?;
+    let fresh = resolve_lock(loaded, base, cache, mtime, opts.configure, live, reporter)?;
     lock::write(&path, &fresh)?;
     reporter.report(Event::Stage(&format!("wrote {}", path.display())));
     Ok(Some(fresh))
 }
 
 /// A fresh lock: apt packages resolved and downloads pinned ([`lock::resolve`]), then `[pip]`
-/// packages pinned by running the image's own pip resolver over the image built so far.
+/// packages pinned by running the image's own pip resolver over the image built so far (on
+/// `live`, which the build then carries on with).
 pub fn resolve_lock(
     loaded: &Loaded,
     base: &BaseImage,
     cache: &Cache,
     mtime: u64,
     configure: bool,
+    live: &mut LiveRoot,
     reporter: &dyn Reporter,
 ) -> Result<Lock, BuildError> {
     let mut fresh = lock::resolve(loaded, base, cache, reporter)?;
@@ -193,7 +199,7 @@ pub fn resolve_lock(
         Some(&fresh),
         configure,
     )?;
-    let outcomes = realize::realize(loaded, &plan, base, cache, reporter)?;
+    let outcomes = realize::realize(loaded, &plan, base, cache, live, reporter)?;
     let layers: Vec<LayerRecord> = base
         .layers
         .iter()
@@ -201,7 +207,7 @@ pub fn resolve_lock(
         .chain(outcomes.into_iter().map(|o| o.record))
         .collect();
     reporter.report(Event::Stage("resolving pip packages with the image's pip"));
-    let report = realize::pip_report(cache, &layers, &pip_requests(pip), mtime)?;
+    let report = realize::pip_report(cache, live, &layers, &pip_requests(pip), mtime)?;
     fresh.pip = lock::parse_pip_report(&report).map_err(|e| LockError::Resolve(e.0))?;
     Ok(fresh)
 }
@@ -262,8 +268,11 @@ pub fn build(
     reporter: &dyn Reporter,
 ) -> Result<BuildOutput, BuildError> {
     reporter.report(Event::Stage("resolving base image"));
-    let (base, plan, lock) = prepare(loaded, cache, mtime, opts, reporter)?;
-    let layers = realize::realize(loaded, &plan, &base, cache, reporter)?;
+    // One root for the whole build: pip's resolution (when the lock is made) and the steps.
+    let mut live = LiveRoot::default();
+    let (base, plan, lock) = prepare(loaded, cache, mtime, opts, &mut live, reporter)?;
+    let layers = realize::realize(loaded, &plan, &base, cache, &mut live, reporter)?;
+    drop(live);
     reporter.report(Event::Stage("writing image layout"));
     let mut output = write_layout(loaded, cache, out, mtime, &base, &layers).map_err(|source| {
         BuildError::Output {

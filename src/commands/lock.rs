@@ -22,6 +22,7 @@ pub fn run(g: &Global, recipe: &Path) -> Result<()> {
         &cache,
         super::source_date_epoch()?,
         true,
+        &mut build::LiveRoot::default(),
         &progress,
     )
     .with_context(|| format!("locking {}", recipe.display()))?;

@@ -20,6 +20,7 @@ pub fn run(g: &Global, recipe: &Path) -> Result<()> {
         &cache,
         super::source_date_epoch()?,
         &opts,
+        &mut build::LiveRoot::default(),
         &progress,
     )?;
     match &base.digest {

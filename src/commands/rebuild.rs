@@ -251,7 +251,15 @@ fn stage_lock(
         return Ok((Vec::new(), None, staged));
     }
     let old = lock::read(&loaded.lock_path).ok().flatten();
-    let fresh = build::resolve_lock(loaded, base, cache, mtime, true, reporter)?;
+    let fresh = build::resolve_lock(
+        loaded,
+        base,
+        cache,
+        mtime,
+        true,
+        &mut build::LiveRoot::default(),
+        reporter,
+    )?;
     let changes = match &old {
         Some(o) => o.diff(&fresh),
         None => vec!["(no lock before: everything is new)".to_string()],

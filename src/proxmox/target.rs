@@ -102,9 +102,11 @@ pub fn build(
     let vm = loaded.vm_variant(&packages);
     let px = loaded.recipe.target.proxmox.clone().unwrap_or_default();
     reporter.report(Event::Stage("resolving base image (VM variant)"));
-    let (base, plan, lock) = build::prepare(&vm, cache, mtime, opts, reporter)?;
-    let outcomes =
-        realize::realize(&vm, &plan, &base, cache, reporter).map_err(BuildError::from)?;
+    let mut live = realize::LiveRoot::default();
+    let (base, plan, lock) = build::prepare(&vm, cache, mtime, opts, &mut live, reporter)?;
+    let outcomes = realize::realize(&vm, &plan, &base, cache, &mut live, reporter)
+        .map_err(BuildError::from)?;
+    drop(live);
     let layers: Vec<LayerRecord> = base
         .layers
         .iter()

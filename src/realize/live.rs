@@ -43,7 +43,7 @@ impl LiveRoot {
     /// Brings the root to `layers`: only the layers after those it holds are unpacked (those
     /// in `independent`, indices into `layers`, concurrently). A root holding anything that
     /// is not a prefix of `layers` is started again.
-    fn advance(
+    pub(super) fn advance(
         &mut self,
         cache: &Cache,
         layers: &[LayerRecord],
@@ -86,7 +86,7 @@ impl LiveRoot {
     }
 
     /// Forgets the root (a failed step leaves it in no known state).
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.dir = None;
         self.held.clear();
     }

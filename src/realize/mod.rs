@@ -17,6 +17,7 @@ use std::io;
 
 pub use crate::http::{HttpError as DownloadError, redact};
 pub use extract::ExtractError;
+pub use live::LiveRoot;
 pub use run::pip_report;
 
 use self::tree::{NodeKind, Tree};
@@ -70,12 +71,15 @@ pub enum RealizeError {
     Signature(#[from] crate::lock::LockError),
 }
 
-/// Realizes every step of `plan` on top of `base`.
+/// Realizes every step of `plan` on top of `base`. `live` is the build's root (see
+/// [`LiveRoot`]): what an earlier realization left there is used when it fits, and this one
+/// leaves its root there for what comes next (pip's resolution, the next realization).
 pub fn realize(
     loaded: &Loaded,
     plan: &Plan,
     base: &BaseImage,
     cache: &Cache,
+    live: &mut LiveRoot,
     reporter: &dyn Reporter,
 ) -> Result<Vec<LayerOutcome>, RealizeError> {
     let hits = cache_hits(plan, cache, reporter);
@@ -103,7 +107,7 @@ pub fn realize(
         lower: LowerFs::default(),
         layers: base.layers.clone(),
         below_runs: base.layers.clone(),
-        live: live::LiveRoot::default(),
+        live: std::mem::take(live),
     };
     // `[[file]] append` reads the image's file.
     for s in &plan.steps {
@@ -152,6 +156,7 @@ pub fn realize(
             hit: was_hit,
         });
     }
+    *live = std::mem::take(&mut r.live);
     Ok(out)
 }
 

@@ -423,42 +423,41 @@ pub fn command(
 }
 
 /// Asks the image's own pip what `[pip] packages` resolve to (`pip install --dry-run
-/// --report`, with the network): the pins for the lock file.
+/// --report`, with the network): the pins for the lock file. It runs on the build's root
+/// (brought to `layers`), which it must leave as it found it: when the run changed anything
+/// but the report, the root is given up (the next step unpacks the layers again).
 pub fn pip_report(
     cache: &Cache,
+    live: &mut LiveRoot,
     layers: &[LayerRecord],
     packages: &[String],
     mtime: u64,
 ) -> Result<String, RealizeError> {
     let bwrap = sandbox::bwrap()?;
-    let dir = tempfile::Builder::new()
-        .prefix("rootfs-")
-        .tempdir_in(sandbox::work_dir(cache))
-        .map_err(|source| RealizeError::Layer {
-            step: "pip resolution".into(),
-            source,
-        })?;
-    let root = dir.path();
-    sandbox::materialize(cache, layers, root, mtime)?;
+    let root = live.advance(cache, layers, 0..0, mtime)?;
+    let before = sandbox::snapshot(&root)?;
     let quoted: Vec<String> = packages
         .iter()
         .map(|p| format!("'{}'", p.replace('\'', "'\\''")))
         .collect();
     let script = format!(
         "exec python3 -m pip install --dry-run --ignore-installed --quiet --no-cache-dir \
-         --disable-pip-version-check --root-user-action=ignore --report /.imgbuild-pip-report.json {}",
+         --disable-pip-version-check --root-user-action=ignore --report /{PIP_REPORT} {}",
         quoted.join(" ")
     );
-    sandbox::run(
+    let ran = sandbox::run(
         &bwrap,
-        root,
+        &root,
         "pip install --dry-run --report",
         &script,
-        &[("PIP_BREAK_SYSTEM_PACKAGES", "1")],
+        &[
+            ("PIP_BREAK_SYSTEM_PACKAGES", "1"),
+            ("PYTHONDONTWRITEBYTECODE", "1"),
+        ],
         true,
         mtime,
-    )?;
-    let path = root.join(".imgbuild-pip-report.json");
+    );
+    let path = root.join(PIP_REPORT);
     let io = |source| {
         RealizeError::Sandbox(SandboxError::Io {
             action: "read pip's report",
@@ -466,9 +465,22 @@ pub fn pip_report(
             source,
         })
     };
-    let bytes = Root::open(root)
-        .and_then(|r| r.read_followed(b".imgbuild-pip-report.json", 64 << 20))
-        .map_err(io)?;
-    String::from_utf8(bytes)
-        .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+    let read = ran.map_err(RealizeError::from).and_then(|_output| {
+        let confined = Root::open(&root).map_err(io)?;
+        let bytes = confined
+            .read_followed(PIP_REPORT.as_bytes(), 64 << 20)
+            .map_err(io)?;
+        confined.remove(PIP_REPORT.as_bytes()).map_err(io)?;
+        String::from_utf8(bytes)
+            .map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+    });
+    let kept = sandbox::clean(&root, &before).is_ok()
+        && sandbox::snapshot(&root).is_ok_and(|after| sandbox::same_contents(&before, &after));
+    if !kept {
+        live.reset();
+    }
+    read
 }
+
+/// Where pip writes its resolution report in the root (removed once read).
+const PIP_REPORT: &str = ".imgbuild-pip-report.json";

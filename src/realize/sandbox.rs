@@ -114,8 +114,21 @@ pub fn materialize_with(
     Ok(())
 }
 
-/// What identifies a path's state: inode, change time, size.
-type Stamp = (u64, i64, i64, u64);
+/// What identifies a path's state: inode, change time, size, mode (with the file type).
+type Stamp = (u64, i64, i64, u64, u32);
+
+/// Whether two snapshots of a root show the same contents: the same paths, and every one
+/// but the directories unchanged. (A directory's ctime moves when an entry is made and
+/// removed in it again, as bwrap does with its mount points; its entries are compared.)
+pub fn same_contents(before: &HashMap<Vec<u8>, Stamp>, after: &HashMap<Vec<u8>, Stamp>) -> bool {
+    let is_dir = |s: &Stamp| rustix::fs::FileType::from_raw_mode(s.4).is_dir();
+    before.len() == after.len()
+        && before.iter().all(|(p, s)| match after.get(p) {
+            Some(t) if is_dir(s) && is_dir(t) => s.4 == t.4,
+            Some(t) => s == t,
+            None => false,
+        })
+}
 
 /// Every path under `root` (relative), with its stamp.
 pub fn snapshot(root: &Path) -> Result<HashMap<Vec<u8>, Stamp>, SandboxError> {
@@ -139,7 +152,10 @@ pub fn snapshot(root: &Path) -> Result<HashMap<Vec<u8>, Stamp>, SandboxError> {
             .as_os_str()
             .as_bytes()
             .to_vec();
-        out.insert(rel, (m.ino(), m.ctime(), m.ctime_nsec(), m.size()));
+        out.insert(
+            rel,
+            (m.ino(), m.ctime(), m.ctime_nsec(), m.size(), m.mode()),
+        );
     }
     Ok(out)
 }
@@ -420,6 +436,7 @@ fn stamp(r: &Root, rel: &[u8]) -> Option<Stamp> {
             m.st_ctime,
             m.st_ctime_nsec as i64,
             m.st_size as u64,
+            m.st_mode,
         )
     })
 }
