@@ -10,6 +10,15 @@ fn metadata(w: &Work, out: &str) -> Value {
     w.build_metadata(w.cmd(), &w.recipe(), out)
 }
 
+/// The hex digest of layer `i` of a build's metadata.
+fn layer_hex(meta: &Value, i: usize) -> String {
+    meta["layers"][i]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string()
+}
+
 #[test]
 fn same_recipe_twice_gives_the_same_digest_anywhere_anytime() {
     let a = Work::setup();
@@ -185,11 +194,7 @@ fn a_download_that_does_not_match_its_sha256_fails_and_leaves_nothing() {
 fn a_corrupted_cache_blob_is_detected_and_rebuilt() {
     let w = Work::setup();
     let first = metadata(&w, "out/a");
-    let layer = first["layers"][3]["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
+    let layer = layer_hex(&first, 3);
     fs::write(w.path(&format!("cache/blobs/sha256/{layer}")), b"garbage").unwrap();
     let o = w
         .cmd()
@@ -527,11 +532,7 @@ fn cached_blobs_are_trusted_by_their_stamp_and_hashed_again_when_changed() {
     let w = Work::setup();
     let first = metadata(&w, "out/a");
     let manifest = first["manifest"].as_str().unwrap().to_string();
-    let layer = first["layers"][3]["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
+    let layer = layer_hex(&first, 3);
     let blob = w.path(&format!("cache/blobs/sha256/{layer}"));
     assert!(
         w.path(&format!("cache/stamps/{layer}")).is_file(),
@@ -620,11 +621,7 @@ fn an_output_layout_keeps_its_blobs_and_mends_a_changed_one() {
     use sha2::{Digest as _, Sha256};
     let w = Work::setup();
     let first = metadata(&w, "out/a");
-    let layer = first["layers"][3]["digest"]
-        .as_str()
-        .unwrap()
-        .trim_start_matches("sha256:")
-        .to_string();
+    let layer = layer_hex(&first, 3);
     let blob = w.path(&format!("out/a/blobs/sha256/{layer}"));
     let sha = |p: &std::path::Path| format!("{:x}", Sha256::digest(fs::read(p).unwrap()));
     let rebuild = || {
