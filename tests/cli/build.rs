@@ -10,6 +10,19 @@ fn metadata(w: &Work, out: &str) -> Value {
     w.build_metadata(w.cmd(), &w.recipe(), out)
 }
 
+/// Overwrites `path` in place with as many `x` bytes, then puts its mtime back: only the
+/// ctime tells it changed.
+fn rewrite_keeping_mtime(path: &std::path::Path) {
+    let md = fs::metadata(path).unwrap();
+    fs::write(path, vec![b'x'; md.len() as usize]).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(md.modified().unwrap())
+        .unwrap();
+}
+
 /// The hex digest of layer `i` of a build's metadata.
 fn layer_hex(meta: &Value, i: usize) -> String {
     meta["layers"][i]["digest"]
@@ -556,15 +569,7 @@ fn cached_blobs_are_trusted_by_their_stamp_and_hashed_again_when_changed() {
         vec![b'x'; len]
     };
     // Rewritten in place, same size, mtime put back: the ctime moved, so it is hashed again.
-    let mtime = fs::metadata(&blob).unwrap().modified().unwrap();
-    let garbage = same_size_garbage(&blob);
-    fs::write(&blob, &garbage).unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&blob)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    rewrite_keeping_mtime(&blob);
     assert!(rebuild("out/b").contains("digest mismatch"));
     // Replaced by another file (another inode), same size and mtime: hashed again.
     let ino = fs::metadata(&blob).unwrap().ino();
@@ -638,14 +643,7 @@ fn an_output_layout_keeps_its_blobs_and_mends_a_changed_one() {
         (after.ino(), after.ctime(), after.ctime_nsec())
     );
     // Rewritten in place, same size, mtime put back: mended.
-    let mtime = after.modified().unwrap();
-    fs::write(&blob, vec![b'x'; after.len() as usize]).unwrap();
-    fs::File::options()
-        .write(true)
-        .open(&blob)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    rewrite_keeping_mtime(&blob);
     rebuild();
     assert_eq!(sha(&blob), layer);
     // Truncated: mended.
