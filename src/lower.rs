@@ -111,22 +111,24 @@ impl LowerFs {
         use std::os::unix::ffi::OsStrExt;
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         self.entries.clear();
+        let confined = crate::rootfs::Root::open(root)?;
         for e in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
             let e = e.map_err(io::Error::from)?;
             let m = e.metadata().map_err(io::Error::from)?;
-            let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+            let rel = e
+                .path()
+                .strip_prefix(root)
+                .unwrap_or(e.path())
+                .as_os_str()
+                .as_bytes()
+                .to_vec();
             let ft = m.file_type();
             let kind = if ft.is_dir() {
                 Kind::Dir
             } else if ft.is_file() {
                 Kind::File
             } else if ft.is_symlink() {
-                Kind::Symlink(
-                    std::fs::read_link(e.path())?
-                        .as_os_str()
-                        .as_bytes()
-                        .to_vec(),
-                )
+                Kind::Symlink(confined.read_link(&rel)?)
             } else {
                 Kind::Other
             };
@@ -140,12 +142,10 @@ impl LowerFs {
                 meta,
                 data: None,
             };
-            self.entries
-                .insert(rel.as_os_str().as_bytes().to_vec(), entry);
+            self.entries.insert(rel, entry);
         }
         // The contents, once every path is known (a kept path may name its file through a
         // symlink), read inside the root: the image's symlinks never lead out of it.
-        let confined = crate::rootfs::Root::open(root)?;
         let want: Vec<Vec<u8>> = self
             .entries
             .iter()

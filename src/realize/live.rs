@@ -35,9 +35,13 @@ pub struct LiveRoot {
 impl LiveRoot {
     /// The root's path, when it holds exactly `layers`.
     pub fn holding(&self, layers: &[LayerRecord]) -> Option<&Path> {
-        let same = self.held.len() == layers.len()
-            && self.held.iter().zip(layers).all(|(h, l)| *h == l.digest);
+        let same = self.held.len() == layers.len() && self.holds_start_of(layers);
         self.dir.as_ref().filter(|_| same).map(|(p, _)| p.as_path())
+    }
+
+    /// Whether the layers it holds are the first ones of `layers`.
+    fn holds_start_of(&self, layers: &[LayerRecord]) -> bool {
+        self.held.len() <= layers.len() && self.held.iter().zip(layers).all(|(h, l)| *h == l.digest)
     }
 
     /// Brings the root to `layers`: only the layers after those it holds are unpacked (those
@@ -50,9 +54,7 @@ impl LiveRoot {
         independent: Range<usize>,
         mtime: u64,
     ) -> Result<PathBuf, RealizeError> {
-        let prefix = self.held.len() <= layers.len()
-            && self.held.iter().zip(layers).all(|(h, l)| *h == l.digest);
-        if !prefix {
+        if !self.holds_start_of(layers) {
             self.reset();
         }
         let root = match &self.dir {
