@@ -363,6 +363,9 @@ fn write_layout(
             .is_ok_and(|(d, n)| d == l.digest && n == l.size);
         if !present {
             layout.put_file(&cache.blob_path(&l.digest), &l.digest)?;
+            // Hashed while copied: the next build trusts it without reading it again. (Only
+            // a shortcut: without the memo, that build hashes the blob once.)
+            let _ = cache.remember_file_digest(&dest, &l.digest);
         }
         keep.insert(l.digest.clone());
     }

@@ -314,14 +314,7 @@ impl Cache {
     /// device, inode, size, mtime and ctime are unchanged is not read again. (ctime changes on
     /// every write, even one that restores the mtime.)
     pub fn file_digest(&self, path: &Path) -> Result<(Digest, u64), CacheError> {
-        use std::os::unix::fs::MetadataExt;
-        let abs = path.canonicalize().map_err(io_err("resolve", path))?;
-        let md = fs::metadata(&abs).map_err(io_err("stat", path))?;
-        let stamp = format!("{}\0{}:{}", abs.display(), md.dev(), stat_stamp(&md));
-        let memo = self
-            .root
-            .join("hashes")
-            .join(Digest::of(stamp.as_bytes()).hex());
+        let (abs, md, memo) = self.file_memo(path)?;
         if let Some(d) = fs::read_to_string(&memo)
             .ok()
             .and_then(|s| Digest::parse(s.trim()).ok())
@@ -333,6 +326,27 @@ impl Cache {
             digest_reader(BufReader::with_capacity(1 << 20, f)).map_err(io_err("read", path))?;
         fsutil::write_atomic(&memo, digest.as_str().as_bytes()).map_err(io_err("write", &memo))?;
         Ok((digest, size))
+    }
+
+    /// Records that the file at `path`, as it is now, has `digest` (it was just hashed while
+    /// written), so [`Cache::file_digest`] does not read it again.
+    pub fn remember_file_digest(&self, path: &Path, digest: &Digest) -> Result<(), CacheError> {
+        let (_, _, memo) = self.file_memo(path)?;
+        fsutil::write_atomic(&memo, digest.as_str().as_bytes()).map_err(io_err("write", &memo))
+    }
+
+    /// The file's canonical path, its metadata, and where its digest is remembered (keyed by
+    /// path, device, inode, size, mtime and ctime).
+    fn file_memo(&self, path: &Path) -> Result<(PathBuf, fs::Metadata, PathBuf), CacheError> {
+        use std::os::unix::fs::MetadataExt;
+        let abs = path.canonicalize().map_err(io_err("resolve", path))?;
+        let md = fs::metadata(&abs).map_err(io_err("stat", path))?;
+        let stamp = format!("{}\0{}:{}", abs.display(), md.dev(), stat_stamp(&md));
+        let memo = self
+            .root
+            .join("hashes")
+            .join(Digest::of(stamp.as_bytes()).hex());
+        Ok((abs, md, memo))
     }
 
     /// A fact recorded under `key` (see the `facts/` bucket), if any.
