@@ -22,7 +22,8 @@ impl Digest {
         Self::from_hasher(Sha256::new_with_prefix(bytes))
     }
 
-    fn from_hasher(h: Sha256) -> Self {
+    /// The digest a finished hasher gives.
+    pub fn from_hasher(h: Sha256) -> Self {
         Digest(format!("sha256:{}", hex::encode(h.finalize())))
     }
 

@@ -1,11 +1,11 @@
 //! The HTTP side of the distribution API: TLS and CA choice, auth challenges (basic and
 //! bearer tokens), and retries with backoff on connection errors, 408, 429 and 5xx.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use reqwest::blocking::{Body, Client, RequestBuilder, Response};
+use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::{Method, StatusCode, header};
 
 use super::RegistryError;
@@ -291,23 +291,6 @@ impl RegistryClient {
                 Ok(format!("Bearer {token}"))
             }
         }
-    }
-
-    /// A request body streamed from `path`, re-opened for each retry.
-    pub fn file_body(path: &Path, offset: u64, len: u64) -> Result<Body, RegistryError> {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut f = std::fs::File::open(path).map_err(|source| RegistryError::Io {
-            action: "open blob",
-            path: path.to_path_buf(),
-            source,
-        })?;
-        f.seek(SeekFrom::Start(offset))
-            .map_err(|source| RegistryError::Io {
-                action: "seek in blob",
-                path: path.to_path_buf(),
-                source,
-            })?;
-        Ok(Body::sized(f.take(len), len))
     }
 }
 

@@ -11,6 +11,7 @@ pub mod pull;
 pub mod push;
 pub mod reference;
 pub mod referrers;
+pub mod upload;
 
 use std::path::PathBuf;
 

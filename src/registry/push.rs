@@ -3,12 +3,13 @@
 //! digest, then the tag.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use reqwest::header;
 use reqwest::{Method, StatusCode};
 
 use super::client::{RegistryClient, error_message};
+use super::upload::Verifier;
 use super::{Reference, RegistryError};
 use crate::cache::Cache;
 use crate::digest::Digest;
@@ -91,7 +92,7 @@ fn push_blob(
     };
     let up = Upload {
         client,
-        path: layout.blob_path(&d.digest),
+        verifier: Verifier::new(&layout.blob_path(&d.digest), &d.digest, d.size),
         start_url: client.url(&format!("/v2/{repo}/blobs/uploads/")),
         shown: format!("{}/{}@{}", dest.registry, repo, d.digest.short()),
         reporter,
@@ -157,10 +158,11 @@ fn try_mount(
     Ok(Mount::Session(None))
 }
 
-/// One blob's upload: its file, where sessions start, its name in progress events.
+/// One blob's upload: its file (hashed as it is sent), where sessions start, its name in
+/// progress events.
 struct Upload<'a> {
     client: &'a RegistryClient,
-    path: std::path::PathBuf,
+    verifier: Arc<Verifier>,
     start_url: String,
     shown: String,
     reporter: &'a dyn Reporter,
@@ -192,8 +194,9 @@ impl Upload<'_> {
                     .header(header::CONTENT_TYPE, "application/octet-stream")
                     .header(header::CONTENT_RANGE, range.clone())
                     .timeout(crate::http::upload_timeout(len))
-                    .body(RegistryClient::file_body(&self.path, offset, len)?))
+                    .body(self.verifier.body(offset, len)?))
             });
+            self.verifier.check()?;
             match result {
                 Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
                     *location = upload_location(client, resp, "upload blob chunk to", &url)?;
@@ -248,11 +251,12 @@ impl Upload<'_> {
                     let rb = rb.header(header::CONTENT_TYPE, "application/octet-stream");
                     Ok(if rest > 0 {
                         rb.timeout(crate::http::upload_timeout(rest))
-                            .body(RegistryClient::file_body(&self.path, offset, rest)?)
+                            .body(self.verifier.body(offset, rest)?)
                     } else {
                         rb.header(header::CONTENT_LENGTH, 0)
                     })
                 });
+            self.verifier.check()?;
             match result {
                 Ok(resp) if resp.status() == StatusCode::CREATED => return Ok(()),
                 Ok(resp) if offset > 0 || sessions >= 3 => {
@@ -328,8 +332,9 @@ pub fn push(
     let blobs: Vec<Desc> = std::iter::once(manifest.config.clone())
         .chain(manifest.layers.iter().cloned())
         .collect();
-    // Blobs are not re-hashed here: what the registry already has is skipped by HEAD, and
-    // the registry checks the digest of every upload (a bad blob fails its PUT).
+    // Blobs are not hashed before the upload: what the registry already has is skipped by
+    // HEAD, and each upload hashes what it sends and stops before the last byte of a blob
+    // that does not match its digest (see `upload`); the registry checks it again.
     let mut mount_sources: Vec<String> = blobs
         .iter()
         .flat_map(|b| known_repos(cache, &dest.registry, &b.digest))

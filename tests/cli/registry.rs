@@ -367,6 +367,65 @@ fn a_multi_chunk_upload_resumes_from_the_registrys_range() {
 }
 
 #[test]
+fn a_blob_changed_in_the_layout_is_refused_before_the_registry_completes_it() {
+    // 70 MiB of noise: a layer of two PATCHes. One byte of its last MiB is changed in place
+    // (same size, same mtime): the upload hashes what it sends and cuts the second PATCH
+    // before its last byte, so the registry never gets the final PUT nor the manifest.
+    let reg = Registry::start(Mode::Plain);
+    let w = Work::setup();
+    build_with_noise(&w, 70 << 20);
+    let blobs = w.path("out/hello/blobs/sha256");
+    let layer = fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let md = fs::metadata(&layer).unwrap();
+    let mut bytes = fs::read(&layer).unwrap();
+    let at = bytes.len() - 1000;
+    bytes[at] ^= 0x55;
+    fs::write(&layer, &bytes).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&layer)
+        .unwrap()
+        .set_modified(md.modified().unwrap())
+        .unwrap();
+    let o = w
+        .cmd()
+        .args(reg.imgbuild_flags())
+        .arg("push")
+        .arg(w.path("out/hello"))
+        .arg(format!("{}/corrupt:1", reg.host))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let hex = layer.file_name().unwrap().to_str().unwrap();
+    let err = stderr(&o);
+    assert!(
+        err.contains("digest mismatch") && err.contains(hex) && err.contains("not uploaded"),
+        "{err}"
+    );
+    assert!(
+        reg.count("\"PATCH /v2/corrupt/blobs/uploads/") >= 2,
+        "{}",
+        reg.log()
+    );
+    // The other blobs' final PUTs are in the log; the changed one's is not.
+    assert!(reg.count("digest=sha256:") >= 1, "{}", reg.log());
+    assert_eq!(
+        reg.count(&format!("digest=sha256:{hex}")),
+        0,
+        "{}",
+        reg.log()
+    );
+    assert_eq!(reg.count("\"PUT /v2/corrupt/manifests/"), 0);
+    let head = reqwest::blocking::get(format!("http://{}/v2/corrupt/blobs/sha256:{hex}", reg.host))
+        .unwrap();
+    assert_eq!(head.status().as_u16(), 404);
+}
+
+#[test]
 fn login_stores_credentials_that_push_then_uses() {
     let reg = Registry::start(Mode::Basic);
     let w = Work::setup();
