@@ -184,5 +184,5 @@ missed=
 [ "$(echo "$over_med > 0.1" | bc)" = 1 ] && missed="$missed last-step"
 if [ -n "$missed" ]; then
   echo "goals missed:$missed" >&2
-  [ -z "${IMGBUILD_BENCH_NO_GOAL:-}" ] && exit 1
+  if [ -z "${IMGBUILD_BENCH_NO_GOAL:-}" ]; then exit 1; fi
 fi

@@ -6,7 +6,8 @@
 #   and the image builders' commit of the same tree: `buildah commit` (vfs storage, gzip) and
 #   `umoci repack` (gzip), the tree copied in untimed.
 # Every command must succeed; the goals (>= 1.6x buildah with output no larger, >= 2.5x
-# umoci, >= 2x the zstd pipeline, peak memory under 200 MB) are checked: exit 1 when missed.
+# umoci, >= 2x the zstd pipeline, peak memory under 200 MB) are checked: exit 1 when missed
+# (IMGBUILD_BENCH_NO_GOAL=1 reports only).
 # Caches: none on either side (each round writes fresh output; the tree is in the page cache
 # for everyone).
 # Prints seconds, MB/s (of the uncompressed tar), compressed size and peak RSS for each, and
@@ -139,6 +140,7 @@ for comp in gzip zstd; do
 done
 if [ -n "$missed" ]; then
   echo "goals missed:$missed" >&2
-  exit 1
+  if [ -z "${IMGBUILD_BENCH_NO_GOAL:-}" ]; then exit 1; fi
+else
+  echo "goals met: >= 1.6x buildah commit and no larger, >= 2.5x umoci repack, >= 2x zstd -T2, peak < 200 MB"
 fi
-echo "goals met: >= 1.6x buildah commit and no larger, >= 2.5x umoci repack, >= 2x zstd -T2, peak < 200 MB"

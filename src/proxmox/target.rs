@@ -14,7 +14,7 @@ use crate::cache::{Cache, LayerRecord};
 use crate::cloudinit::{self, CloudInitError, Flavor, seed::SeedError};
 use crate::digest::Digest;
 use crate::disk::{self, DiskError, DiskInfo, DiskOptions, Format};
-use crate::realize::{self, sandbox::SandboxError};
+use crate::realize;
 use crate::recipe::Loaded;
 use crate::report::{Event, Reporter};
 
@@ -22,12 +22,8 @@ use crate::report::{Event, Reporter};
 pub enum TargetError {
     #[error(transparent)]
     Build(#[from] BuildError),
-    #[error("flattening the image into {dir}")]
-    Flatten {
-        dir: PathBuf,
-        #[source]
-        source: SandboxError,
-    },
+    #[error("flattening the image for the disk")]
+    Flatten(#[source] realize::RealizeError),
     #[error("making the disk image")]
     Disk(#[from] DiskError),
     #[error("writing the cloud-init user-data")]
@@ -106,7 +102,6 @@ pub fn build(
     let (base, plan, lock) = build::prepare(&vm, cache, mtime, opts, &mut live, reporter)?;
     let outcomes = realize::realize(&vm, &plan, &base, cache, &mut live, reporter)
         .map_err(BuildError::from)?;
-    drop(live);
     let layers: Vec<LayerRecord> = base
         .layers
         .iter()
@@ -123,7 +118,12 @@ pub fn build(
     };
     fs::create_dir_all(dir).map_err(io("creating", dir))?;
 
+    // The root the build carried forward, brought to the last layer (a recipe whose steps
+    // ran no program has none yet: the image is unpacked here, once).
     reporter.report(Event::Stage("flattening the image for the disk"));
+    let root = live
+        .flatten(cache, &layers, mtime)
+        .map_err(TargetError::Flatten)?;
     let work = tempfile::Builder::new()
         .prefix("imgbuild-disk-")
         .tempdir_in(realize::sandbox::work_dir(cache))
@@ -131,14 +131,6 @@ pub fn build(
             "creating a work directory in",
             &realize::sandbox::work_dir(cache),
         ))?;
-    let root = work.path().join("root");
-    fs::create_dir(&root).map_err(io("creating", &root))?;
-    realize::sandbox::materialize(cache, &layers, &root, mtime).map_err(|source| {
-        TargetError::Flatten {
-            dir: root.clone(),
-            source,
-        }
-    })?;
 
     let name = px
         .name
@@ -148,7 +140,7 @@ pub fn build(
     let disk_file = format!("{name}.{}", format.extension());
     reporter.report(Event::Stage("making the disk image"));
     let info = disk::assemble(
-        &root,
+        root.path(),
         work.path(),
         &dir.join(&disk_file),
         &DiskOptions {
@@ -164,6 +156,7 @@ pub fn build(
         },
     )?;
     drop(work);
+    drop(root);
 
     reporter.report(Event::Stage("writing the cloud-init seed"));
     let snippets = cloudinit::compile(loaded, lock.as_ref(), Flavor::Clone)?;

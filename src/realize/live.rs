@@ -61,9 +61,11 @@ impl LiveRoot {
         let root = match &self.dir {
             Some((p, _)) => p.clone(),
             None => {
+                let work = sandbox::work_dir(cache);
+                sweep(&work);
                 let dir = tempfile::Builder::new()
-                    .prefix("rootfs-")
-                    .tempdir_in(sandbox::work_dir(cache))
+                    .prefix(ROOT_PREFIX)
+                    .tempdir_in(&work)
                     .map_err(|source| RealizeError::Layer {
                         step: "unpack the image".into(),
                         source,
@@ -129,26 +131,92 @@ impl LiveRoot {
     }
 }
 
+/// The image's whole root, handed to an output that reads and may change it (the disk).
+/// Dropping it removes it like a [`LiveRoot`].
+pub struct Flattened {
+    path: PathBuf,
+    _live: LiveRoot,
+}
+
+impl Flattened {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl LiveRoot {
+    /// Brings the root to `layers` (the whole image) and gives it up to its last user, which
+    /// is then free to change it: no step can run on it again.
+    pub fn flatten(
+        mut self,
+        cache: &Cache,
+        layers: &[LayerRecord],
+        mtime: u64,
+    ) -> Result<Flattened, RealizeError> {
+        let path = self.advance(cache, layers, 0..0, mtime)?;
+        Ok(Flattened { path, _live: self })
+    }
+}
+
 impl Drop for LiveRoot {
     fn drop(&mut self) {
         self.reset();
     }
 }
 
-/// Removes a root without making the build wait for it: a detached `rm -rf` in its own
-/// process group, so the command returns while the tree (50,000 entries, 0.3 s on a tmpfs for
-/// coderall) goes, and a terminal's Ctrl-C after the build does not cut it short. This is
-/// Bazel's asynchronous tree deletion, done with a process because imgbuild does not outlive
-/// its command. `--one-file-system` keeps it off anything mounted inside; a reaper thread
-/// collects its exit status while imgbuild still runs (a `rebuild` of many recipes). When
-/// `rm` cannot be started, the root is removed in place.
+/// Roots are `rootfs-XXXXXX` in the sandbox work directory; one being removed is renamed
+/// `rootfs-trash-XXXXXX` first.
+const ROOT_PREFIX: &str = "rootfs-";
+const TRASH_PREFIX: &str = "rootfs-trash-";
+
+/// Removes a root without making the build wait for it: renamed to a trash name, then a
+/// detached `rm -rf` in its own process group, so the command returns while the tree (50,000
+/// entries, 0.3 s on a tmpfs for coderall) goes, and a terminal's Ctrl-C after the build does
+/// not cut it short. This is Bazel's asynchronous tree deletion, done with a process because
+/// imgbuild does not outlive its command. A removal cut short anyway (systemd stops what a
+/// finished oneshot unit left running) is finished by the next build's [`sweep`].
+/// `--one-file-system` keeps `rm` off anything mounted inside; a reaper thread collects its
+/// exit status while imgbuild still runs (a `rebuild` of many recipes). When `rm` cannot be
+/// started, the root is removed in place.
 fn remove_detached(dir: tempfile::TempDir) {
+    let path = dir.keep();
+    let trash = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix(ROOT_PREFIX))
+        .map(|rest| path.with_file_name(format!("{TRASH_PREFIX}{rest}")));
+    let path = match trash {
+        Some(t) if std::fs::rename(&path, &t).is_ok() => t,
+        _ => path,
+    };
+    if !spawn_rm(&path) {
+        // Nothing to report to: a leftover root in the work directory is all that fails.
+        let _ = std::fs::remove_dir_all(&path);
+    }
+}
+
+/// Starts removing the roots in `work` whose removal was cut short.
+fn sweep(work: &Path) {
+    let Ok(entries) = std::fs::read_dir(work) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(TRASH_PREFIX))
+        {
+            spawn_rm(&e.path());
+        }
+    }
+}
+
+/// `rm -rf --one-file-system PATH`, detached; false when it could not be started.
+fn spawn_rm(path: &Path) -> bool {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
-    let path = dir.keep();
     let spawned = Command::new("rm")
         .args(["-rf", "--one-file-system", "--"])
-        .arg(&path)
+        .arg(path)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -157,10 +225,66 @@ fn remove_detached(dir: tempfile::TempDir) {
     match spawned {
         Ok(mut child) => {
             std::thread::spawn(move || child.wait());
+            true
         }
-        Err(_) => {
-            // Nothing to report to: a leftover root in the work directory is all that fails.
-            let _ = std::fs::remove_dir_all(&path);
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Waits (at most 10 s) until `dir` holds exactly `want`.
+    fn settles(dir: &Path, want: &[&str]) {
+        let start = Instant::now();
+        while names(dir) != want {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                names(dir)
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    fn tree(at: &Path) {
+        std::fs::create_dir_all(at.join("usr/lib")).unwrap();
+        std::fs::write(at.join("usr/lib/x"), b"x").unwrap();
+        std::os::unix::fs::symlink("/", at.join("usr/escape")).unwrap();
+    }
+
+    #[test]
+    fn a_dropped_root_goes_and_a_cut_removal_is_finished_by_the_next_sweep() {
+        let work = tempfile::tempdir().unwrap();
+        let outside = work.path().join("outside");
+        tree(&outside);
+        let root = tempfile::Builder::new()
+            .prefix(ROOT_PREFIX)
+            .tempdir_in(work.path())
+            .unwrap();
+        tree(root.path());
+        std::os::unix::fs::symlink(&outside, root.path().join("link")).unwrap();
+        remove_detached(root);
+        settles(work.path(), &["outside"]);
+        // Symlinks were removed, not followed.
+        assert_eq!(names(&outside.join("usr/lib")), ["x"]);
+
+        let cut = work.path().join(format!("{TRASH_PREFIX}abc123"));
+        tree(&cut);
+        let live = work.path().join(format!("{ROOT_PREFIX}def456"));
+        tree(&live);
+        sweep(work.path());
+        settles(work.path(), &["outside", "rootfs-def456"]);
     }
 }

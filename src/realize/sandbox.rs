@@ -68,17 +68,8 @@ fn unpack_layer(root: &Root, blob: &Path, media_type: &str, mtime: u64) -> io::R
     crate::rootfs::apply(root, reader, mtime)
 }
 
-/// Unpacks `layers` (in order, whiteouts applied) into `root`.
-pub fn materialize(
-    cache: &Cache,
-    layers: &[LayerRecord],
-    root: &Path,
-    mtime: u64,
-) -> Result<(), SandboxError> {
-    materialize_with(cache, layers, 0..0, root, mtime)
-}
-
-/// Like [`materialize`], with the layers in `independent` unpacked concurrently: they must
+/// Unpacks `layers` (in order, whiteouts applied) into `root`, those in `independent`
+/// concurrently: they must
 /// not touch each other's paths (the package layers: each file belongs to one package, and
 /// directories they share are created by whichever comes first with the same metadata).
 pub fn materialize_with(
@@ -445,7 +436,8 @@ fn stamp(r: &Root, rel: &[u8]) -> Option<Stamp> {
 /// their metadata and extended attributes, whiteouts for what was removed. The root is left
 /// as unpacking the layer would leave it (see [`crate::rootfs::apply`]), so later steps can
 /// work on it: the regular files written get `mtime`, and what a layer does not hold
-/// (device nodes, FIFOs, sockets) is removed.
+/// (device nodes, FIFOs, sockets, extended attributes other than [`crate::rootfs::xattr::kept`]
+/// ones, such as the ACLs systemd's postinst sets on `/var/log/journal`) is removed.
 pub fn diff(
     root: &Path,
     before: &HashMap<Vec<u8>, Stamp>,
@@ -502,6 +494,7 @@ pub fn diff(
         if ft.is_dir() {
             w.xattrs(r.xattrs(rel).map_err(io)?);
             w.dir(rel, meta).map_err(io)?;
+            r.remove_unkept_xattrs(rel).map_err(io)?;
         } else if ft.is_symlink() {
             let t = r.read_link(rel).map_err(io)?;
             w.symlink(rel, &t, meta).map_err(io)?;
@@ -524,6 +517,7 @@ pub fn diff(
             w.file(rel, meta, len, BufReader::with_capacity(1 << 20, &f))
                 .map_err(io)?;
             f.set_modified(time).map_err(io)?;
+            crate::rootfs::xattr::remove_unkept(&f).map_err(io)?;
         } else {
             r.remove(rel).map_err(io)?;
         }
@@ -601,5 +595,75 @@ mod tests {
         assert_eq!(link.1, tar::EntryType::Link);
         let changed = got.iter().find(|(p, _, _)| p == "etc/change").unwrap();
         assert_eq!(changed.2, b"new");
+    }
+    /// What `setfacl -m u:1000:rx` writes: version 2, then (tag, perm, id) entries.
+    fn acl() -> Vec<u8> {
+        let mut v = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (1u16, 7u16, u32::MAX),
+            (2, 5, 1000),
+            (4, 5, u32::MAX),
+            (0x10, 5, u32::MAX),
+            (0x20, 5, u32::MAX),
+        ] {
+            v.extend(tag.to_le_bytes());
+            v.extend(perm.to_le_bytes());
+            v.extend(id.to_le_bytes());
+        }
+        v
+    }
+
+    fn xattr_names(p: &Path) -> Vec<String> {
+        let mut buf = vec![0u8; 4096];
+        let n = rustix::fs::llistxattr(p, &mut buf).unwrap();
+        buf[..n]
+            .split(|b| *b == 0)
+            .filter(|n| !n.is_empty())
+            .map(|n| String::from_utf8_lossy(n).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn attributes_a_layer_cannot_hold_leave_the_root_with_the_diff() {
+        use rustix::fs::{XattrFlags, setxattr};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join("var/log/journal")).unwrap();
+        fs::write(root.join("etc-file"), "x").unwrap();
+        let before = snapshot(&root).unwrap();
+        let journal = root.join("var/log/journal");
+        let file = root.join("etc-file");
+        let flags = XattrFlags::empty();
+        setxattr(&journal, "system.posix_acl_access", &acl(), flags).unwrap();
+        setxattr(&journal, "system.posix_acl_default", &acl(), flags).unwrap();
+        setxattr(&file, "system.posix_acl_access", &acl(), flags).unwrap();
+        setxattr(&file, "user.kept", b"1", flags).unwrap();
+        assert_eq!(xattr_names(&journal).len(), 2, "the filesystem takes ACLs");
+
+        let cache = Cache::open(&dir.path().join("cache")).unwrap();
+        let spec = CompressionSpec::new(Compression::Gzip, None);
+        let mut w = LayerWriter::new(&cache, spec, 0).unwrap();
+        diff(&root, &before, &mut w, 0).unwrap();
+        let rec = w.finish("test".into()).unwrap();
+        assert!(
+            xattr_names(&journal).is_empty(),
+            "{:?}",
+            xattr_names(&journal)
+        );
+        assert_eq!(xattr_names(&file), ["user.kept"]);
+        // The layer holds the same: the user attribute, no ACL.
+        let f = File::open(cache.blob_path(&rec.digest)).unwrap();
+        let mut ar = tar::Archive::new(flate2::read::MultiGzDecoder::new(f));
+        let mut pax = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            let path = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+            if let Some(exts) = e.pax_extensions().unwrap() {
+                for x in exts {
+                    pax.push(format!("{path} {}", x.unwrap().key().unwrap()));
+                }
+            }
+        }
+        assert_eq!(pax, ["etc-file SCHILY.xattr.user.kept"]);
     }
 }

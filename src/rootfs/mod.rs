@@ -401,6 +401,15 @@ impl Root {
         }
     }
 
+    /// Removes the attributes of the file or directory `rel` that are not kept
+    /// ([`xattr::remove_unkept`]).
+    pub fn remove_unkept_xattrs(&self, rel: &[u8]) -> io::Result<()> {
+        match self.open_entry(rel)? {
+            Some(fd) => xattr::remove_unkept(fd),
+            None => Ok(()),
+        }
+    }
+
     /// Sets `attrs` (only the kept names) on the file or directory `rel`.
     pub fn set_xattrs(&self, rel: &[u8], attrs: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
         if attrs.is_empty() {

@@ -53,20 +53,25 @@ impl Source for HostPath<'_> {
     }
 }
 
-fn read(src: &dyn Source) -> io::Result<Xattrs> {
-    let mut list = [0u8; 4096];
-    let mut big;
-    let names: &[u8] = match src.list(&mut list) {
-        Ok(n) => &list[..n],
+/// The NUL-separated attribute names of `src` (none where the filesystem has no
+/// attributes at all).
+fn names(src: &dyn Source) -> io::Result<Vec<u8>> {
+    let mut list = vec![0u8; 4096];
+    let n = match src.list(&mut list) {
+        Ok(n) => n,
         Err(rustix::io::Errno::RANGE) => {
-            big = vec![0u8; XATTR_MAX];
-            let n = src.list(&mut big)?;
-            &big[..n]
+            list = vec![0u8; XATTR_MAX];
+            src.list(&mut list)?
         }
-        // The filesystem has no extended attributes at all.
-        Err(rustix::io::Errno::NOTSUP) => return Ok(Vec::new()),
+        Err(rustix::io::Errno::NOTSUP) => 0,
         Err(e) => return Err(e.into()),
     };
+    list.truncate(n);
+    Ok(list)
+}
+
+fn read(src: &dyn Source) -> io::Result<Xattrs> {
+    let names = names(src)?;
     let mut out = Vec::new();
     let mut value = Vec::new();
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
@@ -98,6 +103,31 @@ pub fn read_fd(fd: impl AsFd) -> io::Result<Xattrs> {
 /// The kept attributes of the host path `path` (a symlink's own, not its target's).
 pub fn read_path(path: &Path) -> io::Result<Xattrs> {
     read(&HostPath(path))
+}
+
+/// Removes the attributes of the open file or directory `fd` that an image does not keep
+/// (ACLs a maintainer script set, LSM labels), so a root a step ran in is what unpacking
+/// its layer gives.
+pub fn remove_unkept(fd: impl AsFd) -> io::Result<()> {
+    let names = names(&Fd(&fd))?;
+    for name in names
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty() && !kept(n))
+    {
+        match rustix::fs::fremovexattr(&fd, name) {
+            Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::Error::from(e).kind(),
+                    format!(
+                        "cannot remove extended attribute {}: {e}",
+                        String::from_utf8_lossy(name)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Sets `attrs` on the open file or directory `fd`; names that are not [`kept`] are ignored
