@@ -207,7 +207,14 @@ pub fn resolve_lock(
         .chain(outcomes.into_iter().map(|o| o.record))
         .collect();
     reporter.report(Event::Stage("resolving pip packages with the image's pip"));
-    let report = realize::pip_report(cache, live, &layers, &pip_requests(pip), mtime)?;
+    let report = realize::pip_report(
+        cache,
+        live,
+        &layers,
+        &pip_requests(pip),
+        pip.index_url.as_deref(),
+        mtime,
+    )?;
     fresh.pip = lock::parse_pip_report(&report).map_err(|e| LockError::Resolve(e.0))?;
     Ok(fresh)
 }
@@ -423,6 +430,7 @@ mod tests {
         let pip = |packages: &[&str], upgrade_pip| crate::recipe::Pip {
             packages: packages.iter().map(|p| p.to_string()).collect(),
             upgrade_pip,
+            index_url: None,
         };
         assert_eq!(
             super::pip_requests(&pip(&["ansible"], true)),

@@ -467,14 +467,19 @@ pub fn inputs(loaded: &Loaded, base: &BaseImage) -> Result<Digest, LockError> {
         .filter(|d| d.sha256.is_none())
         .filter_map(|d| expand_platform(&d.url, &r.image.platform).ok())
         .collect();
-    Ok(Digest::of(&canonical::encode(&json!({
+    let mut request = json!({
         "lock": LOCK_VERSION,
         "platform": r.image.platform,
         "base": base.digest.as_ref().map(|d| d.to_string()),
         "apt": apt,
         "downloads": unpinned,
         "pip": r.pip.as_ref().map(|p| &p.packages),
-    }))))
+    });
+    // Only when set, so the locks of recipes without it keep their request digest.
+    if let Some(index) = r.pip.as_ref().and_then(|p| p.index_url.as_ref()) {
+        request["pip_index"] = json!(index);
+    }
+    Ok(Digest::of(&canonical::encode(&request)))
 }
 
 /// Whether the recipe needs a lock at all (apt packages or unpinned downloads).

@@ -431,18 +431,20 @@ pub fn pip_report(
     live: &mut LiveRoot,
     layers: &[LayerRecord],
     packages: &[String],
+    index_url: Option<&str>,
     mtime: u64,
 ) -> Result<String, RealizeError> {
     let bwrap = sandbox::bwrap()?;
     let root = live.advance(cache, layers, 0..0, mtime)?;
     let before = sandbox::snapshot(&root)?;
-    let quoted: Vec<String> = packages
-        .iter()
-        .map(|p| format!("'{}'", p.replace('\'', "'\\''")))
-        .collect();
+    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let quoted: Vec<String> = packages.iter().map(|p| quote(p)).collect();
+    let index = index_url
+        .map(|u| format!("--index-url {} ", quote(u)))
+        .unwrap_or_default();
     let script = format!(
         "exec python3 -m pip install --dry-run --ignore-installed --quiet --no-cache-dir \
-         --disable-pip-version-check --root-user-action=ignore --report /{PIP_REPORT} {}",
+         --disable-pip-version-check --root-user-action=ignore {index}--report /{PIP_REPORT} {}",
         quoted.join(" ")
     );
     let ran = sandbox::run(

@@ -299,6 +299,11 @@ pub struct Pip {
     pub packages: Vec<String>,
     #[serde(default)]
     pub upgrade_pip: bool,
+    /// A PEP 503 simple index to resolve from instead of pip's default (a mirror, a
+    /// private index). pip gets it as `--index-url`; the files it picks are pinned by URL and
+    /// sha256 in the lock like any.
+    #[serde(default)]
+    pub index_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

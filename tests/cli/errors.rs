@@ -53,6 +53,20 @@ const HEAD: &str = "[image]\nname = \"t\"\n";
 /// (case, recipe text, expected `line:column`, expected field, expected words)
 const CASES: &[(&str, &str, &str, &str, &str)] = &[
     (
+        "pip index with credentials",
+        "[pip]\npackages = [\"x\"]\nindex_url = \"https://u:secret@pypi.example/simple\"\n",
+        "5:13",
+        "pip.index_url",
+        "holds credentials",
+    ),
+    (
+        "pip index not http",
+        "[pip]\npackages = [\"x\"]\nindex_url = \"ftp://pypi.example/simple\"\n",
+        "5:13",
+        "pip.index_url",
+        "must be an http:// or https:// URL",
+    ),
+    (
         "unknown key",
         "[image]\nname = \"t\"\nnmae = \"x\"\n",
         "3:1",

@@ -12,6 +12,7 @@ mod build;
 mod distroless;
 mod fidelity;
 mod oracle;
+mod pip;
 mod cache;
 mod errors;
 mod hostile;

@@ -35,13 +35,23 @@ impl FileServer {
                     }
                     let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
                     *counter.lock().unwrap().entry(path.clone()).or_default() += 1;
-                    let file = root.join(path.trim_start_matches('/'));
+                    let mut file = root.join(path.trim_start_matches('/'));
+                    // A directory is its index page (a PEP 503 simple index, as pip reads it).
+                    if file.is_dir() {
+                        file = file.join("index.html");
+                    }
+                    let html = file.extension().is_some_and(|e| e == "html");
+                    let kind = if html {
+                        "Content-Type: text/html\r\n"
+                    } else {
+                        ""
+                    };
                     let mut out = stream;
                     match std::fs::read(&file) {
                         Ok(body) if !path.contains("..") => {
                             let _ = write!(
                                 out,
-                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                "HTTP/1.1 200 OK\r\n{kind}Content-Length: {}\r\nConnection: close\r\n\r\n",
                                 body.len()
                             );
                             let _ = out.write_all(&body);

@@ -648,6 +648,19 @@ fn packages(c: &mut Checker, r: &super::Recipe) {
         }
     }
     if let Some(pip) = &r.pip {
+        if let Some(u) = &pip.index_url {
+            let p = root.key("pip").key("index_url");
+            if crate::http::has_userinfo(u) {
+                c.error(
+                    &p,
+                    "the index URL holds credentials (`user:password@`), which would be \
+                     published with the image (the lock names the files' URLs) and pip would \
+                     log them; an index that needs a login is not supported",
+                );
+            } else if !(u.starts_with("http://") || u.starts_with("https://")) {
+                c.error(&p, format!("`{u}` must be an http:// or https:// URL"));
+            }
+        }
         for (i, pkg) in pip.packages.iter().enumerate() {
             if pkg.trim().is_empty() {
                 c.error(
