@@ -10,10 +10,6 @@ use crate::cache::Cache;
 use crate::layer::{LayerWriter, Meta};
 use crate::lock::LockedPackage;
 use crate::lower::LowerFs;
-use crate::report::Reporter;
-
-/// How many .deb files are downloaded at once.
-const PARALLEL_DEBS: usize = 6;
 
 fn label(p: &LockedPackage) -> String {
     format!("{}_{}_{}.deb", p.name, p.version, p.arch)
@@ -33,19 +29,6 @@ fn info_name(p: &LockedPackage, control: &ControlInfo) -> String {
     } else {
         p.name.clone()
     }
-}
-
-/// Downloads the .debs the cache lacks, in parallel, each verified by its sha256.
-pub fn prefetch(
-    cache: &Cache,
-    packages: &[&LockedPackage],
-    reporter: &dyn Reporter,
-) -> Result<(), RealizeError> {
-    let items: Vec<(&str, &crate::digest::Digest)> = packages
-        .iter()
-        .map(|p| (p.url.as_str(), &p.sha256))
-        .collect();
-    crate::http::fetch_all(cache, &items, PARALLEL_DEBS, reporter).map_err(RealizeError::from)
 }
 
 fn deb_err(e: DebError) -> RealizeError {

@@ -30,8 +30,9 @@ use crate::plan::{DownloadTarget, FileSource, Plan, PlannedDownload, Step, StepK
 use crate::recipe::{FieldPath, Loaded, RecipeError};
 use crate::report::{Event, Reporter};
 
-/// How many downloads run at once.
-const PARALLEL_DOWNLOADS: usize = 4;
+/// How many files (downloads, .debs, wheels) are fetched at once: enough to keep a link busy
+/// through per-request latency, few enough not to be throttled as a crawler by a mirror.
+const PARALLEL_FETCHES: usize = 6;
 
 /// What a step produced.
 #[derive(Debug, Clone)]
@@ -89,7 +90,6 @@ pub fn realize(
         plan,
         base,
         cache,
-        reporter,
         first_apt: plan
             .steps
             .iter()
@@ -181,7 +181,9 @@ fn cache_hits(plan: &Plan, cache: &Cache, reporter: &dyn Reporter) -> Vec<Option
         .collect()
 }
 
-/// Downloads and .debs of the steps to build, fetched in parallel before any is built.
+/// What the steps to build fetch (downloads, .debs, pinned wheels), fetched in one parallel
+/// batch before any is built: the network stays busy across kinds instead of one kind after
+/// another, and wheels no longer wait for the pip step.
 fn prefetch_missing(
     plan: &Plan,
     hits: &[Option<LayerRecord>],
@@ -189,37 +191,40 @@ fn prefetch_missing(
     reporter: &dyn Reporter,
 ) -> Result<(), RealizeError> {
     let todo = || plan.steps.iter().zip(hits).filter(|(_, h)| h.is_none());
-    let missing: Vec<&PlannedDownload> = todo()
+    let downloads: Vec<&PlannedDownload> = todo()
         .filter_map(|(s, _)| match &s.kind {
             StepKind::Download(d) => Some(d),
             _ => None,
         })
         .collect();
-    prefetch(cache, &missing, reporter)?;
+    let mut items: Vec<(&str, &crate::digest::Digest)> = downloads
+        .iter()
+        .map(|d| (d.url.as_str(), &d.sha256))
+        .collect();
+    for (s, _) in todo() {
+        match &s.kind {
+            StepKind::AptPackages(p) | StepKind::DpkgDatabase(p) | StepKind::BuildPackages(p) => {
+                items.extend(p.iter().map(|p| (p.url.as_str(), &p.sha256)));
+            }
+            StepKind::Pip(pins) => items.extend(pins.iter().map(|p| (p.url.as_str(), &p.sha256))),
+            _ => {}
+        }
+    }
+    crate::http::fetch_all(cache, &items, PARALLEL_FETCHES, reporter)?;
     // A signed download is checked once it is in the cache, before any step uses it.
-    if missing.iter().any(|d| d.signature.is_some()) {
+    if downloads.iter().any(|d| d.signature.is_some()) {
         let client = crate::http::client().map_err(|source| {
             RealizeError::from(crate::http::HttpError::Http {
                 url: "(client)".into(),
                 source,
             })
         })?;
-        for d in &missing {
+        for d in &downloads {
             if let Some(check) = &d.signature {
                 crate::lock::verify_signature(&client, check, &d.url, &cache.blob_path(&d.sha256))?;
             }
         }
     }
-    let debs: Vec<&crate::lock::LockedPackage> = todo()
-        .filter_map(|(s, _)| match &s.kind {
-            StepKind::AptPackages(p) | StepKind::DpkgDatabase(p) | StepKind::BuildPackages(p) => {
-                Some(p)
-            }
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    apt::prefetch(cache, &debs, reporter)?;
     Ok(())
 }
 
@@ -231,7 +236,6 @@ struct Realizer<'a> {
     plan: &'a Plan,
     base: &'a BaseImage,
     cache: &'a Cache,
-    reporter: &'a dyn Reporter,
     first_apt: Option<usize>,
     apt_todo: Vec<usize>,
     apt_lower: Option<LowerFs>,
@@ -263,7 +267,7 @@ impl Realizer<'_> {
 
     /// Builds step `index`'s layer.
     fn build(&mut self, index: usize, step: &Step) -> Result<LayerRecord, RealizeError> {
-        let (plan, cache, reporter) = (self.plan, self.cache, self.reporter);
+        let (plan, cache) = (self.plan, self.cache);
         Ok(match &step.kind {
             StepKind::AptPackages(_) => {
                 if self.apt_built.is_empty() && self.apt_lower.is_none() {
@@ -297,8 +301,6 @@ impl Realizer<'_> {
                 )?
             }
             StepKind::Pip(pins) => {
-                let refs: Vec<&crate::lock::LockedPip> = pins.iter().collect();
-                run::prefetch_wheels(cache, &refs, reporter)?;
                 run::pip(plan, step, pins, cache, &mut self.live, &self.below_runs)?
             }
             StepKind::Run {
@@ -394,18 +396,6 @@ fn package_layers(
         Ok(())
     })?;
     Ok(done.into_inner().unwrap_or_default())
-}
-
-fn prefetch(
-    cache: &Cache,
-    downloads: &[&PlannedDownload],
-    reporter: &dyn Reporter,
-) -> Result<(), RealizeError> {
-    let items: Vec<(&str, &crate::digest::Digest)> = downloads
-        .iter()
-        .map(|d| (d.url.as_str(), &d.sha256))
-        .collect();
-    crate::http::fetch_all(cache, &items, PARALLEL_DOWNLOADS, reporter).map_err(RealizeError::from)
 }
 
 fn owner(

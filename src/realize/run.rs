@@ -9,11 +9,7 @@ use super::sandbox::{self, SandboxError};
 use crate::cache::{Cache, LayerRecord};
 use crate::lock::{LockedPackage, LockedPip};
 use crate::plan::{Plan, Step};
-use crate::report::Reporter;
 use crate::rootfs::{Attrs, Root};
-
-/// How many wheels are downloaded at once.
-const PARALLEL_WHEELS: usize = 6;
 
 /// `dpkg --configure -a` over the image so far. The packages' `preinst install` scripts run
 /// first, as dpkg would have run them before unpacking, with the environment dpkg gives
@@ -232,17 +228,6 @@ pub(super) fn unpacked_essential(root: &Root) -> Vec<String> {
             })
         })
         .collect()
-}
-
-/// Downloads the wheels the cache lacks, each verified by its sha256.
-pub fn prefetch_wheels(
-    cache: &Cache,
-    pins: &[&LockedPip],
-    reporter: &dyn Reporter,
-) -> Result<(), RealizeError> {
-    let items: Vec<(&str, &crate::digest::Digest)> =
-        pins.iter().map(|p| (p.url.as_str(), &p.sha256)).collect();
-    crate::http::fetch_all(cache, &items, PARALLEL_WHEELS, reporter).map_err(RealizeError::from)
 }
 
 const WHEELS: &str = "var/tmp/imgbuild-wheels";
