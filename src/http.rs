@@ -387,9 +387,21 @@ pub fn fetch_all(
     reporter: &dyn Reporter,
 ) -> Result<(), HttpError> {
     let mut seen = std::collections::HashSet::new();
+    // A cached file counts when it still is what was verified (its stamp, or a re-hash): a
+    // file changed in the cache is removed and fetched again here, before any step uses it.
+    let usable = |d: &Digest| {
+        cache.has_blob(d)
+            && match cache.check_blob(d) {
+                Ok(_) => true,
+                Err(e) => {
+                    reporter.report(Event::Warning(&format!("{e}; downloading again")));
+                    false
+                }
+            }
+    };
     let missing: Vec<&(&str, &Digest)> = items
         .iter()
-        .filter(|(_, d)| !cache.has_blob(d) && seen.insert(*d))
+        .filter(|(_, d)| seen.insert(*d) && !usable(d))
         .collect();
     if missing.is_empty() {
         return Ok(());

@@ -153,26 +153,10 @@ impl Cache {
         self.root.join("blobs/sha256").join(digest.hex())
     }
 
-    /// Whether the blob is here; if so it is marked as used now (for `gc` and `prune`).
+    /// Whether the blob is here. Nothing is checked or marked: whoever uses it calls
+    /// [`Cache::check_blob`] first, which does both once.
     pub fn has_blob(&self, digest: &Digest) -> bool {
-        let here = self.blob_path(digest).is_file();
-        if here {
-            self.mark_used(digest);
-        }
-        here
-    }
-
-    /// Marks blob `digest` used now (its mtime, which `gc` and `prune` go by). The touch
-    /// moves its ctime: a stamp that held before it is moved along (the content did not
-    /// change), a stale one stays stale (the next [`Cache::check_blob`] hashes the blob).
-    fn mark_used(&self, digest: &Digest) {
-        let path = self.blob_path(digest);
-        let held = Self::stamp_of(&path).ok().map(|(s, _)| s)
-            == fs::read_to_string(self.stamp_path(digest)).ok();
-        gc::touch(&path);
-        if held {
-            self.record_stamp(digest);
-        }
+        self.blob_path(digest).is_file()
     }
 
     /// Hashes a cached blob and compares it with its name. A blob that fails is removed, so

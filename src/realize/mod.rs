@@ -463,6 +463,7 @@ fn build_step(
     let tree = match &step.kind {
         StepKind::Download(d) => {
             let (uid, gid) = owner(loaded, lower, d.owner.as_deref(), &d.field)?;
+            cache.check_blob(&d.sha256)?;
             let blob = cache.blob_path(&d.sha256);
             match &d.target {
                 DownloadTarget::File { dest, mode } => {

@@ -259,6 +259,7 @@ pub fn pip(
         for p in pins {
             let file = p.url.rsplit('/').next().unwrap_or(&p.name);
             let file = file.split(['#', '?']).next().unwrap_or(file);
+            cache.check_blob(&p.sha256)?;
             let mut blob = std::fs::File::open(cache.blob_path(&p.sha256)).map_err(io)?;
             let rel = format!("{WHEELS}/{file}");
             confined
@@ -323,6 +324,7 @@ pub fn build_packages(
         }
         confined.dir(BUILD_DEBS.as_bytes(), true).map_err(io)?;
         for (i, p) in packages.iter().enumerate() {
+            cache.check_blob(&p.sha256)?;
             let mut blob = std::fs::File::open(cache.blob_path(&p.sha256)).map_err(io)?;
             let rel = format!("{BUILD_DEBS}/{i:05}.deb");
             confined

@@ -618,6 +618,44 @@ fn cached_blobs_are_trusted_by_their_stamp_and_hashed_again_when_changed() {
     assert!(!rebuild("out/e").contains("digest mismatch"));
 }
 
+/// A download changed in the cache (same size, mtime put back) is found by its stamp before a
+/// step uses it, fetched again, and the image gets the real file.
+#[test]
+fn a_download_changed_in_the_cache_is_fetched_again_before_use() {
+    let w = Work::setup();
+    w.build("out/a");
+    let sha = "c212129d36064fe914d54dc970b6f4c4bd52fffc6157623422c751f454ca3855";
+    rewrite_keeping_mtime(&w.path(&format!("cache/blobs/sha256/{sha}")));
+    // Another destination: the download's step is built again from the cached file.
+    let text = fs::read_to_string(w.recipe()).unwrap().replace(
+        "/usr/local/bin/docker-compose\"",
+        "/usr/local/bin/compose2\"",
+    );
+    fs::write(w.recipe(), text).unwrap();
+    let fetched = w.server.hits("/compose-linux-x86_64");
+    let o = w
+        .cmd()
+        .arg("build")
+        .arg(w.recipe())
+        .arg("--out")
+        .arg(w.path("out/b"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let err = stderr(&o);
+    assert!(
+        err.contains("digest mismatch") && err.contains("downloading again"),
+        "{err}"
+    );
+    assert_eq!(w.server.hits("/compose-linux-x86_64"), fetched + 1);
+    let got = fs::read(super::layout::unpack(&w, "out/b", "latest").join("usr/local/bin/compose2"))
+        .unwrap();
+    assert_eq!(
+        got,
+        fs::read(super::repo().join("fixtures/downloads/compose-linux-x86_64")).unwrap()
+    );
+}
+
 /// A rebuild into the same layout does not read the blobs it already holds while their stat is
 /// the one they had when hashed; a blob changed there since (rewritten in place with its mtime
 /// put back, or truncated) is hashed, found wrong and written again.
