@@ -116,18 +116,21 @@ pub fn remove_unkept(fd: impl AsFd) -> io::Result<()> {
     {
         match rustix::fs::fremovexattr(&fd, name) {
             Ok(()) | Err(rustix::io::Errno::NODATA) => {}
-            Err(e) => {
-                return Err(io::Error::new(
-                    io::Error::from(e).kind(),
-                    format!(
-                        "cannot remove extended attribute {}: {e}",
-                        String::from_utf8_lossy(name)
-                    ),
-                ));
-            }
+            Err(e) => return Err(failed("remove", name, e)),
         }
     }
     Ok(())
+}
+
+/// An attribute that could not be set or removed, named.
+fn failed(action: &str, name: &[u8], e: rustix::io::Errno) -> io::Error {
+    io::Error::new(
+        io::Error::from(e).kind(),
+        format!(
+            "cannot {action} extended attribute {}: {e}",
+            String::from_utf8_lossy(name)
+        ),
+    )
 }
 
 /// Sets `attrs` on the open file or directory `fd`; names that are not [`kept`] are ignored
@@ -140,15 +143,7 @@ pub fn write_fd(fd: impl AsFd, attrs: &[(Vec<u8>, Vec<u8>)]) -> io::Result<()> {
             // A filesystem without user attributes (tmpfs before Linux 6.6) loses only
             // those; a capability that cannot be kept is an error.
             Err(rustix::io::Errno::NOTSUP) if name.as_slice() != b"security.capability" => {}
-            Err(e) => {
-                return Err(io::Error::new(
-                    io::Error::from(e).kind(),
-                    format!(
-                        "cannot set extended attribute {}: {e}",
-                        String::from_utf8_lossy(name)
-                    ),
-                ));
-            }
+            Err(e) => return Err(failed("set", name, e)),
         }
     }
     Ok(())

@@ -168,14 +168,7 @@ fn a_download_that_does_not_match_its_sha256_fails_and_leaves_nothing() {
     let good = "c212129d36064fe914d54dc970b6f4c4bd52fffc6157623422c751f454ca3855";
     let bad = "0".repeat(64);
     fs::write(w.recipe(), text.replace(good, &bad)).unwrap();
-    let o = w
-        .cmd()
-        .arg("build")
-        .arg(w.recipe())
-        .arg("--out")
-        .arg(w.path("out/x"))
-        .output()
-        .unwrap();
+    let o = w.build_output("out/x");
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let err = stderr(&o);
     assert!(err.contains(&format!("expected sha256:{bad}")), "{err}");
@@ -209,14 +202,7 @@ fn a_corrupted_cache_blob_is_detected_and_rebuilt() {
     let first = metadata(&w, "out/a");
     let layer = layer_hex(&first, 3);
     fs::write(w.path(&format!("cache/blobs/sha256/{layer}")), b"garbage").unwrap();
-    let o = w
-        .cmd()
-        .arg("build")
-        .arg(w.recipe())
-        .arg("--out")
-        .arg(w.path("out/b"))
-        .output()
-        .unwrap();
+    let o = w.build_output("out/b");
     assert_ok(&o);
     assert!(stderr(&o).contains("digest mismatch"), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), first["manifest"].as_str().unwrap());
@@ -552,14 +538,7 @@ fn cached_blobs_are_trusted_by_their_stamp_and_hashed_again_when_changed() {
         "stamped when stored"
     );
     let rebuild = |out: &str| {
-        let o = w
-            .cmd()
-            .arg("build")
-            .arg(w.recipe())
-            .arg("--out")
-            .arg(w.path(out))
-            .output()
-            .unwrap();
+        let o = w.build_output(out);
         assert_ok(&o);
         assert_eq!(stdout(&o).trim(), manifest);
         stderr(&o)
@@ -633,14 +612,7 @@ fn a_download_changed_in_the_cache_is_fetched_again_before_use() {
     );
     fs::write(w.recipe(), text).unwrap();
     let fetched = w.server.hits("/compose-linux-x86_64");
-    let o = w
-        .cmd()
-        .arg("build")
-        .arg(w.recipe())
-        .arg("--out")
-        .arg(w.path("out/b"))
-        .output()
-        .unwrap();
+    let o = w.build_output("out/b");
     assert_ok(&o);
     let err = stderr(&o);
     assert!(

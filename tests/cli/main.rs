@@ -89,16 +89,20 @@ impl Work {
 
     /// Builds the example into `out` and returns the manifest digest.
     pub fn build(&self, out: &str) -> String {
-        let o = self
-            .cmd()
+        let o = self.build_output(out);
+        assert_ok(&o);
+        stdout(&o).trim().to_string()
+    }
+
+    /// Builds the example into `out`, whatever the outcome.
+    pub fn build_output(&self, out: &str) -> std::process::Output {
+        self.cmd()
             .args(["build"])
             .arg(self.recipe())
             .arg("--out")
             .arg(self.path(out))
             .output()
-            .unwrap();
-        assert_ok(&o);
-        stdout(&o).trim().to_string()
+            .unwrap()
     }
 }
 

@@ -11,7 +11,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::apt_repo::unpack;
 use super::proxmox::mirror;
-use super::{FileServer, Work, assert_ok, stdout};
+use super::{FileServer, Work};
 
 const WHEEL: &str = "hello_fixture-1.0-py3-none-any.whl";
 
@@ -99,16 +99,9 @@ command = "python3 -B -c 'import hello_fixture; print(hello_fixture.GREETING)' >
     )
     .unwrap();
     let build = |cache: &str, out: &str| {
-        let o = work
-            .cmd_with_cache(&work.path(cache))
-            .args(["--var", &format!("mirror={}", mirror()), "build"])
-            .arg(&recipe)
-            .arg("--out")
-            .arg(work.path(out))
-            .output()
-            .unwrap();
-        assert_ok(&o);
-        stdout(&o).trim().to_string()
+        let mut cmd = work.cmd_with_cache(&work.path(cache));
+        cmd.args(["--var", &format!("mirror={}", mirror())]);
+        work.build_metadata(cmd, &recipe, out)["manifest"].clone()
     };
     // Made with the lock: pip resolves on the root the apt steps left, which the build goes
     // on with.
