@@ -386,6 +386,19 @@ pub fn fetch_all(
     parallel: usize,
     reporter: &dyn Reporter,
 ) -> Result<(), HttpError> {
+    fetch_each(cache, items, parallel, reporter, &|_| {})
+}
+
+/// [`fetch_all`], calling `ready` with each digest as soon as its file is in the cache and
+/// verified (those already there first), so its users can start before the rest arrives.
+/// Missing files are fetched in the order of `items`.
+pub fn fetch_each(
+    cache: &Cache,
+    items: &[(&str, &Digest)],
+    parallel: usize,
+    reporter: &dyn Reporter,
+    ready: &(dyn Fn(&Digest) + Sync),
+) -> Result<(), HttpError> {
     let mut seen = std::collections::HashSet::new();
     // A cached file counts when it still is what was verified (its stamp, or a re-hash): a
     // file changed in the cache is removed and fetched again here, before any step uses it.
@@ -399,10 +412,14 @@ pub fn fetch_all(
                 }
             }
     };
-    let missing: Vec<&(&str, &Digest)> = items
-        .iter()
-        .filter(|(_, d)| seen.insert(*d) && !usable(d))
-        .collect();
+    let mut missing: Vec<&(&str, &Digest)> = Vec::new();
+    for item in items.iter().filter(|(_, d)| seen.insert(*d)) {
+        if usable(item.1) {
+            ready(item.1);
+        } else {
+            missing.push(item);
+        }
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -411,7 +428,9 @@ pub fn fetch_all(
         source,
     })?;
     crate::parallel::try_for_each(&missing, parallel, |(url, sha)| {
-        fetch(&client, cache, url, sha, reporter)
+        fetch(&client, cache, url, sha, reporter)?;
+        ready(sha);
+        Ok(())
     })
 }
 

@@ -2,11 +2,13 @@
 //! dpkg database layer (`status`, trigger interests) that makes them "unpacked" packages.
 
 use std::collections::HashSet;
+use std::sync::{Condvar, Mutex};
 
 use super::RealizeError;
 use crate::apt::deb::{self, ControlInfo, DebError, Unpacker};
 use crate::apt::dpkg;
 use crate::cache::Cache;
+use crate::digest::Digest;
 use crate::layer::{LayerWriter, Meta};
 use crate::lock::LockedPackage;
 use crate::lower::LowerFs;
@@ -31,6 +33,48 @@ fn info_name(p: &LockedPackage, control: &ControlInfo) -> String {
     }
 }
 
+/// The .debs being fetched while the package layers are built: a layer waits for each of its
+/// packages in turn, so downloading, xz decoding and compression overlap.
+#[derive(Default)]
+pub struct Arrivals {
+    state: Mutex<(HashSet<Digest>, bool)>,
+    changed: Condvar,
+}
+
+impl Arrivals {
+    /// `d` is in the cache, verified.
+    pub fn arrived(&self, d: &Digest) {
+        if let Ok(mut s) = self.state.lock() {
+            s.0.insert(d.clone());
+        }
+        self.changed.notify_all();
+    }
+
+    /// The fetching stopped on an error: nothing more will arrive.
+    pub fn failed(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.1 = true;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Waits until `d` arrived; fails when the fetching failed first.
+    fn wait(&self, d: &Digest, name: &str) -> Result<(), RealizeError> {
+        let stopped = || RealizeError::Layer {
+            step: name.to_string(),
+            source: std::io::Error::other("not downloaded: fetching the packages failed"),
+        };
+        let mut s = self.state.lock().map_err(|_| stopped())?;
+        while !s.0.contains(d) {
+            if s.1 {
+                return Err(stopped());
+            }
+            s = self.changed.wait(s).map_err(|_| stopped())?;
+        }
+        Ok(())
+    }
+}
+
 fn deb_err(e: DebError) -> RealizeError {
     RealizeError::Deb(e)
 }
@@ -43,6 +87,7 @@ pub fn packages(
     lower: &LowerFs,
     cache: &Cache,
     packages: &[LockedPackage],
+    arrivals: &Arrivals,
 ) -> Result<(), RealizeError> {
     let mut dirs = HashSet::new();
     let mut u = Unpacker {
@@ -53,6 +98,7 @@ pub fn packages(
     for p in packages {
         let path = cache.blob_path(&p.sha256);
         let name = label(p);
+        arrivals.wait(&p.sha256, &name)?;
         cache.check_blob(&p.sha256)?;
         let control = deb::control(&path, &name).map_err(deb_err)?;
         let (list, md5sums) = u

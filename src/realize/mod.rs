@@ -90,6 +90,7 @@ pub fn realize(
         plan,
         base,
         cache,
+        reporter,
         first_apt: plan
             .steps
             .iter()
@@ -183,7 +184,8 @@ fn cache_hits(plan: &Plan, cache: &Cache, reporter: &dyn Reporter) -> Vec<Option
 
 /// What the steps to build fetch (downloads, .debs, pinned wheels), fetched in one parallel
 /// batch before any is built: the network stays busy across kinds instead of one kind after
-/// another, and wheels no longer wait for the pip step.
+/// another, and wheels no longer wait for the pip step. The .debs of package layers to build
+/// are left to [`package_layers`], which builds while they arrive.
 fn prefetch_missing(
     plan: &Plan,
     hits: &[Option<LayerRecord>],
@@ -201,11 +203,20 @@ fn prefetch_missing(
         .iter()
         .map(|d| (d.url.as_str(), &d.sha256))
         .collect();
+    let layered: std::collections::HashSet<&crate::digest::Digest> = todo()
+        .filter_map(|(s, _)| match &s.kind {
+            StepKind::AptPackages(p) => Some(p.iter().map(|p| &p.sha256)),
+            _ => None,
+        })
+        .flatten()
+        .collect();
     for (s, _) in todo() {
         match &s.kind {
-            StepKind::AptPackages(p) | StepKind::DpkgDatabase(p) | StepKind::BuildPackages(p) => {
-                items.extend(p.iter().map(|p| (p.url.as_str(), &p.sha256)));
-            }
+            StepKind::DpkgDatabase(p) | StepKind::BuildPackages(p) => items.extend(
+                p.iter()
+                    .filter(|p| !layered.contains(&p.sha256))
+                    .map(|p| (p.url.as_str(), &p.sha256)),
+            ),
             StepKind::Pip(pins) => items.extend(pins.iter().map(|p| (p.url.as_str(), &p.sha256))),
             _ => {}
         }
@@ -236,6 +247,7 @@ struct Realizer<'a> {
     plan: &'a Plan,
     base: &'a BaseImage,
     cache: &'a Cache,
+    reporter: &'a dyn Reporter,
     first_apt: Option<usize>,
     apt_todo: Vec<usize>,
     apt_lower: Option<LowerFs>,
@@ -267,13 +279,13 @@ impl Realizer<'_> {
 
     /// Builds step `index`'s layer.
     fn build(&mut self, index: usize, step: &Step) -> Result<LayerRecord, RealizeError> {
-        let (plan, cache) = (self.plan, self.cache);
+        let (plan, cache, reporter) = (self.plan, self.cache, self.reporter);
         Ok(match &step.kind {
             StepKind::AptPackages(_) => {
                 if self.apt_built.is_empty() && self.apt_lower.is_none() {
                     let todo = self.apt_todo.clone();
                     let view = self.apt_view(index, step)?;
-                    let built = package_layers(plan, &todo, view, cache)?;
+                    let built = package_layers(plan, &todo, view, cache, reporter)?;
                     self.apt_built = built;
                 }
                 self.apt_built
@@ -373,28 +385,64 @@ impl Realizer<'_> {
 }
 
 /// Builds the package layers of steps `todo`, several at once: each one's .deb decompression
-/// (xz is single-threaded) overlaps another's compression.
+/// (xz is single-threaded) overlaps another's compression. Their .debs are fetched meanwhile,
+/// the layers' first packages first (one from each layer in turn), and each layer takes its
+/// packages as they arrive.
 fn package_layers(
     plan: &Plan,
     todo: &[usize],
     view: &LowerFs,
     cache: &Cache,
+    reporter: &dyn Reporter,
 ) -> Result<BTreeMap<usize, LayerRecord>, RealizeError> {
+    let lists: Vec<&[crate::lock::LockedPackage]> = todo
+        .iter()
+        .filter_map(|i| match &plan.steps[*i].kind {
+            StepKind::AptPackages(pkgs) => Some(pkgs.as_slice()),
+            _ => None,
+        })
+        .collect();
+    let longest = lists.iter().map(|l| l.len()).max().unwrap_or(0);
+    let debs: Vec<(&str, &crate::digest::Digest)> = (0..longest)
+        .flat_map(|k| lists.iter().filter_map(move |l| l.get(k)))
+        .map(|p| (p.url.as_str(), &p.sha256))
+        .collect();
+    let arrivals = apt::Arrivals::default();
     let done = std::sync::Mutex::new(BTreeMap::new());
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    crate::parallel::try_for_each(todo, workers, |i| -> Result<(), RealizeError> {
-        let step = &plan.steps[*i];
-        let StepKind::AptPackages(pkgs) = &step.kind else {
-            return Ok(());
-        };
-        let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
-        apt::packages(&mut w, view, cache, pkgs)?;
-        let rec = w.finish(step.name.clone())?;
-        if let Ok(mut d) = done.lock() {
-            d.insert(*i, rec);
-        }
-        Ok(())
-    })?;
+    let (fetched, built) = std::thread::scope(|s| {
+        let fetcher = s.spawn(|| {
+            let r = crate::http::fetch_each(cache, &debs, PARALLEL_FETCHES, reporter, &|d| {
+                arrivals.arrived(d)
+            });
+            if r.is_err() {
+                arrivals.failed();
+            }
+            r
+        });
+        let built = crate::parallel::try_for_each(todo, workers, |i| -> Result<(), RealizeError> {
+            let step = &plan.steps[*i];
+            let StepKind::AptPackages(pkgs) = &step.kind else {
+                return Ok(());
+            };
+            let mut w = LayerWriter::new(cache, plan.compression, plan.mtime)?;
+            apt::packages(&mut w, view, cache, pkgs, &arrivals)?;
+            let rec = w.finish(step.name.clone())?;
+            if let Ok(mut d) = done.lock() {
+                d.insert(*i, rec);
+            }
+            Ok(())
+        });
+        // A layer that failed leaves the rest of the .debs to arrive: they are cached for
+        // the next build.
+        let fetched = fetcher
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (fetched, built)
+    });
+    // The download's own error is the cause when both failed.
+    fetched?;
+    built?;
     Ok(done.into_inner().unwrap_or_default())
 }
 
