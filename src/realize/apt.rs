@@ -98,8 +98,9 @@ pub fn packages(
     for p in packages {
         let path = cache.blob_path(&p.sha256);
         let name = label(p);
+        // Arrived means checked: a cached file by its stamp (or hashed), a fetched one as it
+        // was written.
         arrivals.wait(&p.sha256, &name)?;
-        cache.check_blob(&p.sha256)?;
         let control = deb::control(&path, &name).map_err(deb_err)?;
         let (list, md5sums) = u
             .data(&path, &name, &control.conffiles())
