@@ -475,9 +475,12 @@ pub fn inputs(loaded: &Loaded, base: &BaseImage) -> Result<Digest, LockError> {
         "downloads": unpinned,
         "pip": r.pip.as_ref().map(|p| &p.packages),
     });
-    // Only when set, so the locks of recipes without it keep their request digest.
+    // Only when set, so the locks of recipes without them keep their request digest.
     if let Some(index) = r.pip.as_ref().and_then(|p| p.index_url.as_ref()) {
         request["pip_index"] = json!(index);
+    }
+    if r.pip.as_ref().is_some_and(|p| p.upgrade_pip) {
+        request["pip_upgrade"] = json!(true);
     }
     Ok(Digest::of(&canonical::encode(&request)))
 }
@@ -690,6 +693,30 @@ pub fn parse_pip_report(json: &str) -> Result<Vec<LockedPip>, PipReportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pip settings that change what pip is asked are part of a lock's inputs; a recipe
+    /// without them keeps the digest it had before they existed.
+    #[test]
+    fn pip_settings_are_lock_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest = |pip: &str| {
+            let p = dir.path().join("r.toml");
+            std::fs::write(
+                &p,
+                format!("[image]\nname = \"r\"\n[pip]\npackages = [\"x\"]\n{pip}"),
+            )
+            .unwrap();
+            let loaded = crate::recipe::load(&p, &[]).unwrap();
+            inputs(&loaded, &BaseImage::default()).unwrap()
+        };
+        let plain = digest("");
+        assert_eq!(plain, digest("upgrade_pip = false\n"));
+        let upgrade = digest("upgrade_pip = true\n");
+        let index = digest("index_url = \"https://pypi.internal/simple\"\n");
+        assert_ne!(plain, upgrade);
+        assert_ne!(plain, index);
+        assert_ne!(upgrade, index);
+    }
 
     #[test]
     fn pip_report() {
