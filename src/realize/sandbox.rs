@@ -492,9 +492,8 @@ pub fn diff(
         };
         let ft = rustix::fs::FileType::from_raw_mode(m.st_mode);
         if ft.is_dir() {
-            w.xattrs(r.xattrs(rel).map_err(io)?);
+            w.xattrs(r.settle_xattrs(rel).map_err(io)?);
             w.dir(rel, meta).map_err(io)?;
-            r.remove_unkept_xattrs(rel).map_err(io)?;
         } else if ft.is_symlink() {
             let t = r.read_link(rel).map_err(io)?;
             w.symlink(rel, &t, meta).map_err(io)?;
@@ -513,11 +512,10 @@ pub fn diff(
             let len = f.metadata().map_err(io)?.len();
             // A `setcap` in a maintainer script changes only the attributes (and the ctime
             // the snapshot compares): the file is written again with them.
-            w.xattrs(crate::rootfs::xattr::read_fd(&f).map_err(io)?);
+            w.xattrs(crate::rootfs::xattr::settle_fd(&f).map_err(io)?);
             w.file(rel, meta, len, BufReader::with_capacity(1 << 20, &f))
                 .map_err(io)?;
             f.set_modified(time).map_err(io)?;
-            crate::rootfs::xattr::remove_unkept(&f).map_err(io)?;
         } else {
             r.remove(rel).map_err(io)?;
         }

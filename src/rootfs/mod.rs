@@ -392,21 +392,13 @@ impl Root {
         io::copy(&mut f, &mut out)
     }
 
-    /// The kept extended attributes ([`xattr::kept`]) of the file or directory `rel`; other
-    /// kinds of entries (symlinks, devices, FIFOs) carry none here.
-    pub fn xattrs(&self, rel: &[u8]) -> io::Result<Xattrs> {
+    /// The kept extended attributes ([`xattr::kept`]) of the file or directory `rel`, the
+    /// others removed from it ([`xattr::settle_fd`]); other kinds of entries (symlinks,
+    /// devices, FIFOs) carry none here.
+    pub fn settle_xattrs(&self, rel: &[u8]) -> io::Result<Xattrs> {
         match self.open_entry(rel)? {
-            Some(fd) => xattr::read_fd(fd),
+            Some(fd) => xattr::settle_fd(fd),
             None => Ok(Vec::new()),
-        }
-    }
-
-    /// Removes the attributes of the file or directory `rel` that are not kept
-    /// ([`xattr::remove_unkept`]).
-    pub fn remove_unkept_xattrs(&self, rel: &[u8]) -> io::Result<()> {
-        match self.open_entry(rel)? {
-            Some(fd) => xattr::remove_unkept(fd),
-            None => Ok(()),
         }
     }
 

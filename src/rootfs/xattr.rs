@@ -31,6 +31,7 @@ pub fn kept(name: &[u8]) -> bool {
 trait Source {
     fn list(&self, buf: &mut [u8]) -> rustix::io::Result<usize>;
     fn get(&self, name: &[u8], buf: &mut [u8]) -> rustix::io::Result<usize>;
+    fn remove(&self, name: &[u8]) -> rustix::io::Result<()>;
 }
 
 struct Fd<F>(F);
@@ -41,6 +42,9 @@ impl<F: AsFd> Source for Fd<F> {
     fn get(&self, name: &[u8], buf: &mut [u8]) -> rustix::io::Result<usize> {
         rustix::fs::fgetxattr(&self.0, name, buf)
     }
+    fn remove(&self, name: &[u8]) -> rustix::io::Result<()> {
+        rustix::fs::fremovexattr(&self.0, name)
+    }
 }
 
 struct HostPath<'a>(&'a Path);
@@ -50,6 +54,9 @@ impl Source for HostPath<'_> {
     }
     fn get(&self, name: &[u8], buf: &mut [u8]) -> rustix::io::Result<usize> {
         rustix::fs::lgetxattr(self.0, name, buf)
+    }
+    fn remove(&self, name: &[u8]) -> rustix::io::Result<()> {
+        rustix::fs::lremovexattr(self.0, name)
     }
 }
 
@@ -70,12 +77,19 @@ fn names(src: &dyn Source) -> io::Result<Vec<u8>> {
     Ok(list)
 }
 
-fn read(src: &dyn Source) -> io::Result<Xattrs> {
+/// The kept attributes of `src`; with `remove_others`, the others are removed from it.
+fn read(src: &dyn Source, remove_others: bool) -> io::Result<Xattrs> {
     let names = names(src)?;
     let mut out = Vec::new();
     let mut value = Vec::new();
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         if !kept(name) {
+            if remove_others {
+                match src.remove(name) {
+                    Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+                    Err(e) => return Err(failed("remove", name, e)),
+                }
+            }
             continue;
         }
         value.resize(256, 0);
@@ -95,31 +109,16 @@ fn read(src: &dyn Source) -> io::Result<Xattrs> {
     Ok(out)
 }
 
-/// The kept attributes of the open file or directory `fd`.
-pub fn read_fd(fd: impl AsFd) -> io::Result<Xattrs> {
-    read(&Fd(fd))
+/// The kept attributes of the open file or directory `fd`, after removing the others from
+/// it (ACLs a maintainer script set, LSM labels): a root a step ran in becomes what unpacking
+/// its layer gives. One listing serves both.
+pub fn settle_fd(fd: impl AsFd) -> io::Result<Xattrs> {
+    read(&Fd(fd), true)
 }
 
 /// The kept attributes of the host path `path` (a symlink's own, not its target's).
 pub fn read_path(path: &Path) -> io::Result<Xattrs> {
-    read(&HostPath(path))
-}
-
-/// Removes the attributes of the open file or directory `fd` that an image does not keep
-/// (ACLs a maintainer script set, LSM labels), so a root a step ran in is what unpacking
-/// its layer gives.
-pub fn remove_unkept(fd: impl AsFd) -> io::Result<()> {
-    let names = names(&Fd(&fd))?;
-    for name in names
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty() && !kept(n))
-    {
-        match rustix::fs::fremovexattr(&fd, name) {
-            Ok(()) | Err(rustix::io::Errno::NODATA) => {}
-            Err(e) => return Err(failed("remove", name, e)),
-        }
-    }
-    Ok(())
+    read(&HostPath(path), false)
 }
 
 /// An attribute that could not be set or removed, named.
@@ -185,7 +184,7 @@ mod tests {
                 (b"user.z".to_vec(), b"last".to_vec()),
             ]
         );
-        assert_eq!(read_fd(&file).unwrap(), back);
+        assert_eq!(settle_fd(&file).unwrap(), back);
     }
 
     #[test]
