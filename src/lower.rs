@@ -108,20 +108,11 @@ impl LowerFs {
     /// Makes the view that of the unpacked image at `root` (the build's live root), in place
     /// of reading its layers again.
     pub fn load_root(&mut self, root: &Path) -> io::Result<()> {
-        use std::os::unix::ffi::OsStrExt;
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         self.entries.clear();
         let confined = crate::rootfs::Root::open(root)?;
-        for e in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
-            let e = e.map_err(io::Error::from)?;
-            let m = e.metadata().map_err(io::Error::from)?;
-            let rel = e
-                .path()
-                .strip_prefix(root)
-                .unwrap_or(e.path())
-                .as_os_str()
-                .as_bytes()
-                .to_vec();
+        for e in crate::rootfs::walk(root) {
+            let (rel, m) = e?;
             let ft = m.file_type();
             let kind = if ft.is_dir() {
                 Kind::Dir

@@ -123,26 +123,13 @@ pub fn same_contents(before: &HashMap<Vec<u8>, Stamp>, after: &HashMap<Vec<u8>, 
 
 /// Every path under `root` (relative), with its stamp.
 pub fn snapshot(root: &Path) -> Result<HashMap<Vec<u8>, Stamp>, SandboxError> {
-    use std::os::unix::ffi::OsStrExt;
     let mut out = HashMap::new();
-    for e in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
-        let e = e.map_err(|e| SandboxError::Io {
+    for e in crate::rootfs::walk(root) {
+        let (rel, m) = e.map_err(|source| SandboxError::Io {
             action: "scan",
             path: root.to_path_buf(),
-            source: e.into(),
+            source,
         })?;
-        let m = e.metadata().map_err(|e| SandboxError::Io {
-            action: "scan",
-            path: root.to_path_buf(),
-            source: e.into(),
-        })?;
-        let rel = e
-            .path()
-            .strip_prefix(root)
-            .unwrap_or(e.path())
-            .as_os_str()
-            .as_bytes()
-            .to_vec();
         out.insert(
             rel,
             (m.ino(), m.ctime(), m.ctime_nsec(), m.size(), m.mode()),

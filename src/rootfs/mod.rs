@@ -444,6 +444,22 @@ impl Root {
     }
 }
 
+/// Every entry under the host directory `root` (symlinks not followed, `root` itself left
+/// out): its path relative to `root`, as bytes, and its metadata. For reading a root imgbuild
+/// made itself (a snapshot, a view of it); writes go through [`Root`].
+pub fn walk(root: &Path) -> impl Iterator<Item = io::Result<(Vec<u8>, std::fs::Metadata)>> + '_ {
+    walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .min_depth(1)
+        .into_iter()
+        .map(move |e| {
+            let e = e.map_err(io::Error::from)?;
+            let m = e.metadata().map_err(io::Error::from)?;
+            let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+            Ok((rel.as_os_str().as_bytes().to_vec(), m))
+        })
+}
+
 /// A path that is not there: `ENOENT`, or `ENOTDIR` (a parent is not a directory).
 pub fn missing(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
