@@ -185,7 +185,9 @@ fn cache_hits(plan: &Plan, cache: &Cache, reporter: &dyn Reporter) -> Vec<Option
 /// What the steps to build fetch (downloads, .debs, pinned wheels), fetched in one parallel
 /// batch before any is built: the network stays busy across kinds instead of one kind after
 /// another, and wheels no longer wait for the pip step. The .debs of package layers to build
-/// are left to [`package_layers`], which builds while they arrive.
+/// are left to [`package_layers`], which builds while they arrive. This is where every file
+/// a step reads from the cache is checked (its stamp, or hashed; a wrong one is fetched
+/// again): the steps then use them as they are.
 fn prefetch_missing(
     plan: &Plan,
     hits: &[Option<LayerRecord>],
@@ -511,7 +513,6 @@ fn build_step(
     let tree = match &step.kind {
         StepKind::Download(d) => {
             let (uid, gid) = owner(loaded, lower, d.owner.as_deref(), &d.field)?;
-            cache.check_blob(&d.sha256)?;
             let blob = cache.blob_path(&d.sha256);
             match &d.target {
                 DownloadTarget::File { dest, mode } => {

@@ -259,7 +259,6 @@ pub fn pip(
         for p in pins {
             let file = p.url.rsplit('/').next().unwrap_or(&p.name);
             let file = file.split(['#', '?']).next().unwrap_or(file);
-            cache.check_blob(&p.sha256)?;
             let mut blob = std::fs::File::open(cache.blob_path(&p.sha256)).map_err(io)?;
             let rel = format!("{WHEELS}/{file}");
             confined
@@ -324,7 +323,6 @@ pub fn build_packages(
         }
         confined.dir(BUILD_DEBS.as_bytes(), true).map_err(io)?;
         for (i, p) in packages.iter().enumerate() {
-            cache.check_blob(&p.sha256)?;
             let mut blob = std::fs::File::open(cache.blob_path(&p.sha256)).map_err(io)?;
             let rel = format!("{BUILD_DEBS}/{i:05}.deb");
             confined
@@ -424,10 +422,9 @@ pub fn pip_report(
     let bwrap = sandbox::bwrap()?;
     let root = live.advance(cache, layers, 0..0, mtime)?;
     let before = sandbox::snapshot(&root)?;
-    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-    let quoted: Vec<String> = packages.iter().map(|p| quote(p)).collect();
+    let quoted: Vec<String> = packages.iter().map(|p| sh_quote(p)).collect();
     let index = index_url
-        .map(|u| format!("--index-url {} ", quote(u)))
+        .map(|u| format!("--index-url {} ", sh_quote(u)))
         .unwrap_or_default();
     let script = format!(
         "exec python3 -m pip install --dry-run --ignore-installed --quiet --no-cache-dir \
