@@ -8,6 +8,7 @@
 # Every command must succeed; the goals (>= 1.6x buildah with output no larger, >= 2.5x
 # umoci, >= 2x the zstd pipeline, peak memory under 200 MB) are checked: exit 1 when missed
 # (IMGBUILD_BENCH_NO_GOAL=1 reports only).
+# Output: in the first round, every tool's layer must list exactly the tree's entries.
 # Caches: none on either side (each round writes fresh output; the tree is in the page cache
 # for everyone).
 # Prints seconds, MB/s (of the uncompressed tar), compressed size and peak RSS for each, and
@@ -54,6 +55,17 @@ run() {
   read -r secs kb < "$work/time"
 }
 
+# entries FILE: the sorted entry names of a tar (compressed or not), without `./` and
+# trailing slashes. Every tool's output must list the tree's entries, no more, no fewer.
+entries() { tar -tf "$1" | sed -e 's#^\./##' -e 's#/$##' | grep -v '^\.\{0,1\}$' | sort; }
+same_entries() { # same_entries NAME FILE
+  [ "$r" = 1 ] || return 0
+  entries "$2" > "$work/$1.entries"
+  cmp -s "$work/ref.entries" "$work/$1.entries" || {
+    echo "$1's output does not hold the tree's entries (< expected, > $1):" >&2
+    diff "$work/ref.entries" "$work/$1.entries" | head -20 >&2; exit 1; }
+}
+
 declare -A best size rss
 note() { # name secs kb bytes
   if [ -z "${best[$1]:-}" ] || awk "BEGIN{exit !($2 < ${best[$1]})}"; then best[$1]=$2; fi
@@ -61,12 +73,14 @@ note() { # name secs kb bytes
 }
 
 tar_bytes=0
+(cd "$tree" && find . -mindepth 1 | sed 's#^\./##' | sort) > "$work/ref.entries"
 for r in $(seq "$rounds"); do
   for comp in gzip zstd; do
     rm -rf "$work/blobs"
     run "imgbuild-$comp" "$bin" -q layer "$tree" --out "$work/blobs" --compression "$comp"
     tar_bytes=$(awk '/^tar_size/ {print $2}' "$work/imgbuild-$comp.out")
     note "imgbuild-$comp" "$secs" "$kb" "$(awk '/^size/ {print $2}' "$work/imgbuild-$comp.out")"
+    same_entries "imgbuild-$comp" "$(find "$work/blobs" -type f | head -1)"
     if [ "$comp" = gzip ]; then
       peer="pigz -n -p2 -6"; out="$work/layer.gz"
     else
@@ -75,6 +89,7 @@ for r in $(seq "$rounds"); do
     run "peer-$comp" bash -c "tar --sort=name --numeric-owner --mtime=@0 -cf - -C '$tree' . \
       | tee >(sha256sum > '$work/diff_id') | $peer | tee '$out' | sha256sum > '$work/digest'"
     note "peer-$comp" "$secs" "$kb" "$(stat -c %s "$out")"
+    same_entries "peer-$comp" "$out"
     rm -f "$out"
     echo "round $r $comp: imgbuild ${best[imgbuild-$comp]}s, peer ${best[peer-$comp]}s (best so far)" >&2
   done
@@ -87,6 +102,7 @@ for r in $(seq "$rounds"); do
   rm -rf "$work/boci"
   run buildah buildah "${bs[@]}" commit --disable-compression=false --format oci "$ctr" "oci:$work/boci:x"
   note buildah "$secs" "$kb" "$(find "$work/boci/blobs" -type f -printf '%s\n' | sort -n | tail -1)"
+  same_entries buildah "$(find "$work/boci/blobs" -type f -printf '%s %p\n' | sort -n | tail -1 | cut -d' ' -f2-)"
   buildah "${bs[@]}" rm "$ctr" > /dev/null
   rm -rf "$work/bstore" "$work/brun" "$work/boci"
   rm -rf "$work/uoci" "$work/bundle"
@@ -96,6 +112,7 @@ for r in $(seq "$rounds"); do
   cp -a "$tree/." "$work/bundle/rootfs/"
   run umoci umoci repack --image "$work/uoci:n" "$work/bundle"
   note umoci "$secs" "$kb" "$(find "$work/uoci/blobs" -type f -printf '%s\n' | sort -n | tail -1)"
+  same_entries umoci "$(find "$work/uoci/blobs" -type f -printf '%s %p\n' | sort -n | tail -1 | cut -d' ' -f2-)"
   rm -rf "$work/uoci" "$work/bundle"
   echo "round $r: buildah commit ${best[buildah]}s, umoci repack ${best[umoci]}s (best so far)" >&2
 done
