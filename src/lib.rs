@@ -32,6 +32,8 @@ pub(crate) mod tool;
 pub(crate) mod rootfs;
 /// OpenPGP keyrings and detached signatures.
 pub(crate) mod openpgp;
+/// Sigstore image signatures: cosign-format keys, payloads, sign and verify.
+pub mod sigstore;
 /// Progress events; library code reports, commands display.
 pub mod report;
 /// The content-addressed cache.
