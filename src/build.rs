@@ -248,9 +248,22 @@ pub fn resolve_base(
             let field = FieldPath::root().key("image").key("base");
             let reference =
                 Reference::parse(r).map_err(|e| loaded.error_at(&field, e.to_string()))?;
+            let key = match &loaded.recipe.image.base_key {
+                None => None,
+                Some(k) => {
+                    let field = FieldPath::root().key("image").key("base_key");
+                    let bytes = crate::fsutil::read_bounded(&loaded.resolve(k), 64 << 10)
+                        .map_err(|e| loaded.error_at(&field, e.to_string()))?;
+                    Some(
+                        crate::sigstore::PublicKey::from_pem(&bytes)
+                            .map_err(|e| loaded.error_at(&field, e.to_string()))?,
+                    )
+                }
+            };
             registry::pull::pull(
                 &reference,
                 &loaded.recipe.image.platform,
+                key.as_ref(),
                 cache,
                 opts,
                 reporter,

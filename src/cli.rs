@@ -136,7 +136,14 @@ pub enum Command {
         /// Which image of the layout, by tag [default: the only one]
         #[arg(long)]
         tag: Option<String>,
+        /// Sign the pushed image and its SBOM with this cosign-format private key (password in
+        /// IMGBUILD_KEY_PASSWORD)
+        #[arg(long, value_name = "FILE")]
+        sign_key: Option<PathBuf>,
     },
+    /// Signing keys: `key generate --out DIR`
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Store registry credentials in ~/.docker/config.json
     Login {
         /// The registry, as HOST[:PORT]
@@ -149,6 +156,16 @@ pub enum Command {
     },
     #[command(external_subcommand)]
     Shortcut(Vec<String>),
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeyCommand {
+    /// Write a new key pair for sigstore signatures: DIR/imgbuild.key (encrypted with the
+    /// password in IMGBUILD_KEY_PASSWORD) and DIR/imgbuild.pub, in the cosign format
+    Generate {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -204,6 +221,10 @@ pub struct BuildArgs {
     /// Push the image to this reference (HOST[:PORT]/REPO[:TAG]) after building
     #[arg(long, value_name = "REF")]
     pub push: Option<String>,
+    /// Sign what --push pushes with this cosign-format private key [default: the recipe's
+    /// [target.oci] sign_key]; the password in IMGBUILD_KEY_PASSWORD
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
     /// Use only the lock file (NAME.lock): fail if it is missing or out of date
     #[arg(long)]
     pub locked: bool,
@@ -262,6 +283,10 @@ pub struct RebuildArgs {
     /// Also tag a pushed image with today's date (UTC), as TAG-YYYYMMDD
     #[arg(long)]
     pub tag_date: bool,
+    /// Sign what is pushed with this cosign-format private key [default: the recipe's
+    /// [target.oci] sign_key]; the password in IMGBUILD_KEY_PASSWORD
+    #[arg(long, value_name = "FILE")]
+    pub sign_key: Option<PathBuf>,
     /// Write a JSON report: changes, digests, steps, timings, bytes moved
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,

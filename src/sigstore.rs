@@ -58,7 +58,9 @@ pub enum SigstoreError {
     WrongPassword,
     #[error("not an ECDSA P-256 public key in PEM: {0}")]
     BadPublicKey(String),
-    #[error("the signature does not verify with the key (payload or signature altered, or another key)")]
+    #[error(
+        "the signature does not verify with the key (payload or signature altered, or another key)"
+    )]
     BadSignature,
     #[error("not a signature payload: {0}")]
     BadPayload(String),
@@ -157,7 +159,13 @@ pub fn generate(password: &[u8]) -> Result<KeyPair, SigstoreError> {
     })
 }
 
-fn derive(password: &[u8], salt: &[u8], log_n: u8, r: u32, p: u32) -> Result<[u8; 32], SigstoreError> {
+fn derive(
+    password: &[u8],
+    salt: &[u8],
+    log_n: u8,
+    r: u32,
+    p: u32,
+) -> Result<[u8; 32], SigstoreError> {
     let params = scrypt::Params::new(log_n, r, p, 32)
         .map_err(|e| SigstoreError::BadPrivateKey(format!("scrypt parameters: {e}")))?;
     let mut out = [0u8; 32];
@@ -193,18 +201,28 @@ fn pem_decode(text: &[u8]) -> Option<(String, Vec<u8>)> {
     Some((label.to_string(), bytes))
 }
 
+/// Checks that `pem` is an encrypted sigstore private key, without opening it (no password).
+pub fn check_private_pem(pem: &[u8]) -> Result<(), SigstoreError> {
+    envelope(pem).map(drop)
+}
+
+fn envelope(pem: &[u8]) -> Result<Envelope, SigstoreError> {
+    let (label, json) =
+        pem_decode(pem).ok_or_else(|| SigstoreError::BadPrivateKey("no PEM block".into()))?;
+    if label != PRIVATE_LABEL && label != PRIVATE_LABEL_NEW {
+        return Err(SigstoreError::BadPrivateKey(format!(
+            "the PEM block is `{label}`, not `{PRIVATE_LABEL}`"
+        )));
+    }
+    serde_json::from_slice(&json)
+        .map_err(|e| SigstoreError::BadPrivateKey(format!("the envelope: {e}")))
+}
+
 impl SigningKey {
     /// Opens a private key file's contents with `password`.
     pub fn from_pem(pem: &[u8], password: &[u8]) -> Result<Self, SigstoreError> {
         let bad = |m: &str| SigstoreError::BadPrivateKey(m.to_string());
-        let (label, json) = pem_decode(pem).ok_or_else(|| bad("no PEM block"))?;
-        if label != PRIVATE_LABEL && label != PRIVATE_LABEL_NEW {
-            return Err(SigstoreError::BadPrivateKey(format!(
-                "the PEM block is `{label}`, not `{PRIVATE_LABEL}`"
-            )));
-        }
-        let env: Envelope = serde_json::from_slice(&json)
-            .map_err(|e| SigstoreError::BadPrivateKey(format!("the envelope: {e}")))?;
+        let env = envelope(pem)?;
         if env.kdf.name != "scrypt" || env.cipher.name != "nacl/secretbox" {
             return Err(SigstoreError::BadPrivateKey(format!(
                 "key derivation `{}` and cipher `{}` (imgbuild reads scrypt + nacl/secretbox)",
@@ -218,7 +236,9 @@ impl SigningKey {
         if 128u64.saturating_mul(r as u64).saturating_mul(n) > SCRYPT_MAX_MEMORY {
             return Err(bad("scrypt parameters ask for more than 256 MiB"));
         }
-        let salt = B64.decode(&env.kdf.salt).map_err(|_| bad("the salt is not base64"))?;
+        let salt = B64
+            .decode(&env.kdf.salt)
+            .map_err(|_| bad("the salt is not base64"))?;
         let nonce = B64
             .decode(&env.cipher.nonce)
             .map_err(|_| bad("the nonce is not base64"))?;
@@ -365,7 +385,10 @@ mod tests {
     #[test]
     fn a_generated_key_signs_and_its_public_half_verifies() {
         let pair = generate(b"pw").unwrap();
-        assert!(pair.private_pem.starts_with("-----BEGIN ENCRYPTED COSIGN PRIVATE KEY-----\n"));
+        assert!(
+            pair.private_pem
+                .starts_with("-----BEGIN ENCRYPTED COSIGN PRIVATE KEY-----\n")
+        );
         assert!(pair.public_pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
         let key = SigningKey::from_pem(pair.private_pem.as_bytes(), b"pw").unwrap();
         let (payload, sig) = key.sign(&claim());
@@ -377,11 +400,17 @@ mod tests {
         let other = SigningKey::from_pem(generate(b"x").unwrap().private_pem.as_bytes(), b"x")
             .unwrap()
             .public();
-        assert!(matches!(other.verify(&payload, &sig), Err(SigstoreError::BadSignature)));
+        assert!(matches!(
+            other.verify(&payload, &sig),
+            Err(SigstoreError::BadSignature)
+        ));
         let mut changed = payload.clone();
         let at = changed.iter().position(|&b| b == b'1').unwrap();
         changed[at] = b'2';
-        assert!(matches!(public.verify(&changed, &sig), Err(SigstoreError::BadSignature)));
+        assert!(matches!(
+            public.verify(&changed, &sig),
+            Err(SigstoreError::BadSignature)
+        ));
     }
 
     #[test]

@@ -40,6 +40,16 @@ pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
         .as_deref()
         .map(imgbuild::registry::Reference::parse)
         .transpose()?;
+    if args.sign_key.is_some() && push_ref.is_none() {
+        return Err(
+            UsageError("--sign-key signs what --push pushes: add --push REF".into()).into(),
+        );
+    }
+    // Opened before the build: a wrong password fails now, not after an hour of building.
+    let sign_key = match &push_ref {
+        Some(_) => super::push_signing_key(args.sign_key.as_deref(), &loaded)?,
+        None => None,
+    };
     let shared = Shared::parse(args.cache_from.as_deref(), args.cache_to.as_deref())?;
     shared.import(&cache, &opts, &progress)?;
     let mut meta = serde_json::Map::new();
@@ -67,7 +77,16 @@ pub fn run(g: &Global, args: &BuildArgs) -> Result<()> {
         shared.export(&cache, &result, &opts, &progress)?;
         if let Some(dest) = &push_ref {
             let tag = result.tags.first().map(String::as_str);
-            super::push::push_layout(&progress, &progress, &out, tag, dest, &opts, Some(&cache))?;
+            super::push::push_layout(
+                &progress,
+                &progress,
+                &out,
+                tag,
+                dest,
+                &opts,
+                Some(&cache),
+                sign_key.as_ref(),
+            )?;
         }
         outln!("{}", result.manifest);
     }

@@ -22,6 +22,7 @@ mod check;
 mod cloud_init;
 mod deploy;
 mod import;
+mod key;
 mod layer;
 mod lock;
 mod login;
@@ -36,6 +37,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use imgbuild::cache::Cache;
+use imgbuild::fsutil;
 use imgbuild::recipe::{self, Loaded, RecipeError};
 
 use crate::cli::{BuildArgs, Cli, Command, Global, Target};
@@ -73,7 +75,9 @@ fn run_simple(cli: Cli) -> Result<()> {
             layout,
             reference,
             tag,
-        } => push::run(g, &layout, &reference, tag.as_deref()),
+            sign_key,
+        } => push::run(g, &layout, &reference, tag.as_deref(), sign_key.as_deref()),
+        Command::Key(k) => key::run(g, &k),
         Command::Login {
             registry, username, ..
         } => login::run(g, &registry, &username),
@@ -208,6 +212,42 @@ fn client_options(g: &Global) -> imgbuild::registry::ClientOptions {
         insecure: g.insecure_registry.clone(),
         certs_d: std::env::var_os("IMGBUILD_CERTS_D").map(PathBuf::from),
     }
+}
+
+/// The password of signing keys, from `IMGBUILD_KEY_PASSWORD` (never a flag: it would be in
+/// the shell history and the process list).
+fn key_password() -> Result<String> {
+    match std::env::var("IMGBUILD_KEY_PASSWORD") {
+        Ok(p) => Ok(p),
+        Err(_) => Err(UsageError(
+            "set IMGBUILD_KEY_PASSWORD to the signing key's password (an empty value for a key \
+             without one)"
+                .into(),
+        )
+        .into()),
+    }
+}
+
+/// Opens the signing key at `path` (exit 2 when it is not one, or the password is wrong).
+fn signing_key(path: &std::path::Path) -> Result<imgbuild::sigstore::SigningKey> {
+    let password = key_password()?;
+    let bytes = fsutil::read_bounded(path, 64 << 10)
+        .with_context(|| format!("reading the signing key {}", path.display()))?;
+    imgbuild::sigstore::SigningKey::from_pem(&bytes, password.as_bytes())
+        .map_err(|e| UsageError(format!("signing key {}: {e}", path.display())).into())
+}
+
+/// The key to sign pushes with: `--sign-key`, else the recipe's `[target.oci] sign_key`.
+fn push_signing_key(
+    flag: Option<&std::path::Path>,
+    loaded: &Loaded,
+) -> Result<Option<imgbuild::sigstore::SigningKey>> {
+    let path = match (flag, &loaded.recipe.target.oci.sign_key) {
+        (Some(p), _) => p.to_path_buf(),
+        (None, Some(k)) => loaded.resolve(k),
+        (None, None) => return Ok(None),
+    };
+    signing_key(&path).map(Some)
 }
 
 fn load(g: &Global, path: &std::path::Path) -> Result<Loaded> {

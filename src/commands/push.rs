@@ -6,12 +6,20 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use imgbuild::cache::Cache;
 use imgbuild::registry::{self, ClientOptions, Reference};
+use imgbuild::sigstore::SigningKey;
 
 use super::progress::Progress;
 use crate::cli::Global;
 
-pub fn run(g: &Global, layout: &Path, reference: &str, tag: Option<&str>) -> Result<()> {
+pub fn run(
+    g: &Global,
+    layout: &Path,
+    reference: &str,
+    tag: Option<&str>,
+    sign_key: Option<&Path>,
+) -> Result<()> {
     let dest = Reference::parse(reference).map_err(|e| super::UsageError(e.to_string()))?;
+    let key = sign_key.map(super::signing_key).transpose()?;
     let progress = Progress::new(g);
     let cache = super::cache(g)?;
     let digest = push_layout(
@@ -22,12 +30,14 @@ pub fn run(g: &Global, layout: &Path, reference: &str, tag: Option<&str>) -> Res
         &dest,
         &super::client_options(g),
         Some(&cache),
+        key.as_ref(),
     )?;
     outln!("{digest}");
     Ok(())
 }
 
-/// Pushes and reports; returns the manifest digest.
+/// Pushes and reports (and signs, with `key`); returns the manifest digest.
+#[allow(clippy::too_many_arguments)]
 pub fn push_layout(
     progress: &Progress,
     reporter: &dyn imgbuild::report::Reporter,
@@ -36,6 +46,7 @@ pub fn push_layout(
     dest: &Reference,
     opts: &ClientOptions,
     cache: Option<&Cache>,
+    key: Option<&SigningKey>,
 ) -> Result<String> {
     let started = Instant::now();
     progress.line(&format!("==> pushing {} to {dest}", layout.display()));
@@ -73,6 +84,15 @@ pub fn push_layout(
             "==> SBOM pushed as {dest}@{} (referrer of {manifest}, listed under tag {})",
             r.manifest, r.tag
         ));
+        if let Some(key) = key {
+            // The referrer has no tag: its signature names the repository.
+            let mut repo = dest.clone();
+            repo.tag = None;
+            sign(progress, &repo, &r.manifest, key, opts)?;
+        }
+    }
+    if let (Some(key), Some(manifest)) = (key, &o.manifest) {
+        sign(progress, dest, manifest, key, opts)?;
     }
     progress.line(&format!(
         "==> pushed {dest}@{digest} in {:.2?}: {} uploaded ({:.1} MB), {} mounted, {} already there",
@@ -83,4 +103,21 @@ pub fn push_layout(
         o.existing
     ));
     Ok(digest)
+}
+
+fn sign(
+    progress: &Progress,
+    dest: &Reference,
+    manifest: &imgbuild::digest::Digest,
+    key: &SigningKey,
+    opts: &ClientOptions,
+) -> Result<()> {
+    let sig = registry::signatures::attach(dest, manifest, key, opts)
+        .with_context(|| format!("signing {manifest} in {dest}"))?;
+    progress.line(&format!(
+        "==> signed {manifest} as {} (tag {}, manifest {sig})",
+        registry::signatures::identity(dest),
+        registry::signatures::tag(manifest)
+    ));
+    Ok(())
 }

@@ -39,6 +39,7 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("out").join(&loaded.recipe.image.name));
     let context = || format!("rebuilding {}", args.recipe.display());
+    let sign_key = super::push_signing_key(args.sign_key.as_deref(), &loaded)?;
     let shared = Shared::parse(args.cache_from.as_deref(), args.cache_to.as_deref())?;
     shared.import(&cache, &client, &progress)?;
 
@@ -88,8 +89,15 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
                 args.tag_date,
                 &client,
                 &cache,
+                sign_key.as_ref(),
             )?
         } else {
+            if let Some(key) = &sign_key {
+                // Unchanged, but signed with this key? (Adding a key to a recipe signs the
+                // image already pushed; signing again is a no-op: signatures are deterministic.)
+                registry::signatures::attach(&dest, &result.manifest, key, &client)
+                    .with_context(|| format!("signing {} in {dest}", result.manifest))?;
+            }
             Vec::new()
         };
         Ok((result, previous, changed, tags, built_in))
@@ -219,6 +227,7 @@ fn push_tags(
     tag_date: bool,
     client: &registry::ClientOptions,
     cache: &imgbuild::cache::Cache,
+    key: Option<&imgbuild::sigstore::SigningKey>,
 ) -> Result<Vec<String>> {
     let mut dests = vec![dest.clone()];
     if tag_date {
@@ -226,7 +235,7 @@ fn push_tags(
     }
     let mut tags = Vec::new();
     for d in dests {
-        super::push::push_layout(progress, counting, out, tag, &d, client, Some(cache))?;
+        super::push::push_layout(progress, counting, out, tag, &d, client, Some(cache), key)?;
         tags.push(d.to_string());
     }
     Ok(tags)

@@ -61,6 +61,9 @@ pub struct Image {
     pub base: String,
     #[serde(default = "default_platform")]
     pub platform: String,
+    /// A sigstore public key (PEM; relative to the recipe or absolute): the registry base
+    /// must carry a signature by it (`registry::signatures`).
+    pub base_key: Option<String>,
     pub user: Option<String>,
     pub workdir: Option<String>,
     pub shell: Option<Vec<String>>,
@@ -331,6 +334,9 @@ pub struct OciTarget {
     #[serde(default)]
     pub compression: Compression,
     pub level: Option<i32>,
+    /// A cosign-format private key (relative to the recipe or absolute): pushes sign the image
+    /// and its SBOM with it (the password from `IMGBUILD_KEY_PASSWORD`).
+    pub sign_key: Option<String>,
 }
 
 impl Default for OciTarget {
@@ -339,6 +345,7 @@ impl Default for OciTarget {
             tags: default_tags(),
             compression: Compression::default(),
             level: None,
+            sign_key: None,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod pull;
 pub mod push;
 pub mod reference;
 pub mod referrers;
+pub mod signatures;
 pub mod upload;
 
 use std::path::PathBuf;
@@ -65,6 +66,8 @@ pub enum RegistryError {
         expected: Digest,
         found: Digest,
     },
+    #[error(transparent)]
+    Unverified(#[from] signatures::Unverified),
     #[error("{0}")]
     Other(String),
     #[error(transparent)]

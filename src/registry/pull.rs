@@ -154,16 +154,20 @@ pub fn blobs(
     crate::parallel::try_for_each(digests, 4, |d| fetch_blob(&client, cache, r, d, reporter))
 }
 
-/// Pulls `r` for `platform` (`os/arch`) into the cache.
+/// Pulls `r` for `platform` (`os/arch`) into the cache. With `key`, the image must carry a
+/// sigstore signature by it (on its manifest or on the index it was chosen from), checked
+/// before any layer is fetched.
 pub fn pull(
     r: &Reference,
     platform: &str,
+    key: Option<&crate::sigstore::PublicKey>,
     cache: &Cache,
     opts: &ClientOptions,
     reporter: &dyn Reporter,
 ) -> Result<BaseImage, RegistryError> {
     let client = RegistryClient::new(r, opts, false, &[])?;
     let (mut bytes, mut media_type, mut digest) = get_manifest(&client, r, &r.manifest_ref())?;
+    let mut signed = vec![digest.clone()];
     if is_index(&media_type) {
         let index: Index = serde_json::from_slice(&bytes)
             .map_err(|e| RegistryError::Other(format!("{r}: bad image index: {e}")))?;
@@ -171,6 +175,10 @@ pub fn pull(
             .for_platform(platform)
             .ok_or_else(|| RegistryError::Other(format!("{r} has no image for {platform}")))?;
         (bytes, media_type, digest) = get_manifest(&client, r, d.digest.as_str())?;
+        signed.insert(0, digest.clone());
+    }
+    if let Some(key) = key {
+        super::signatures::verify(r, &signed, key, opts)??;
     }
     let _ = media_type;
     let manifest: Manifest = serde_json::from_slice(&bytes)

@@ -25,6 +25,7 @@ mod rebuild;
 mod registry;
 mod sbom;
 mod servers;
+mod sign;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

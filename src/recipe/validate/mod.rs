@@ -87,6 +87,25 @@ impl Checker<'_> {
         }
     }
 
+    /// A key file (absolute, or relative to the recipe's directory: keys often live outside
+    /// the project) that `check` accepts.
+    fn key_file(
+        &mut self,
+        p: &FieldPath,
+        v: &str,
+        check: impl Fn(&[u8]) -> Result<(), crate::sigstore::SigstoreError>,
+    ) {
+        let full = self.loaded.resolve(v);
+        match crate::fsutil::read_bounded(&full, 64 << 10) {
+            Err(e) => self.error(p, format!("cannot read `{}`: {e}", full.display())),
+            Ok(bytes) => {
+                if let Err(e) = check(&bytes) {
+                    self.error(p, format!("`{}`: {e}", full.display()));
+                }
+            }
+        }
+    }
+
     fn name(&mut self, p: &FieldPath, v: &str, what: &str) {
         let ok = !v.is_empty()
             && v.len() <= 32
@@ -247,6 +266,20 @@ fn image(c: &mut Checker, loaded: &Loaded) -> BaseRef {
             BaseRef::Scratch
         }
     };
+    if let Some(k) = &r.image.base_key {
+        let p = image.key("base_key");
+        if !matches!(base, BaseRef::Registry(_)) {
+            c.error(
+                &p,
+                "base_key checks the signature a registry holds for the base image; \
+                 `oci:` and `scratch` bases have none",
+            );
+        } else {
+            c.key_file(&p, k, |bytes| {
+                crate::sigstore::PublicKey::from_pem(bytes).map(drop)
+            });
+        }
+    }
     for (i, port) in r.image.expose.iter().enumerate() {
         let (num, proto) = port.split_once('/').unwrap_or((port.as_str(), "tcp"));
         if !matches!(num.parse::<u32>(), Ok(1..=65535)) || !matches!(proto, "tcp" | "udp" | "sctp")

@@ -19,6 +19,9 @@ pub(super) fn targets(c: &mut Checker, r: &crate::recipe::Recipe) {
             );
         }
     }
+    if let Some(k) = &r.target.oci.sign_key {
+        c.key_file(&oci.key("sign_key"), k, crate::sigstore::check_private_pem);
+    }
     if let Some(l) = r.target.oci.level {
         let range = match r.target.oci.compression {
             crate::recipe::Compression::Gzip => 0..=9,

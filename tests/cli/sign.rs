@@ -1,0 +1,518 @@
+//! Sigstore signatures. Debian 12's skopeo, podman and buildah are built with sigstore
+//! disabled ("Debian-local change: sigstore disabled", for signing and verifying alike), so
+//! the checks here come from other implementations: openssl verifies every signature imgbuild
+//! writes, a Python implementation of the cosign key envelope (tests/support/cosign_key.py:
+//! hashlib scrypt, PyNaCl, pyca/cryptography) opens imgbuild's keys and makes keys imgbuild
+//! opens, and the base image test stores a signature the way containers/image does (its
+//! payload shape, its attachment config) for imgbuild's `base_key` check to accept or refuse.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use base64::Engine;
+use serde_json::{Value, json};
+
+use crate::servers::{Mode, Registry, p};
+use crate::{Work, assert_ok, repo, stderr, stdout, tool};
+
+const PASSWORD: &str = "correct horse battery staple";
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// `imgbuild key generate --out DIR` (password from the environment).
+fn generate(w: &Work, dir: &str) {
+    let o = w
+        .cmd()
+        .env("IMGBUILD_KEY_PASSWORD", PASSWORD)
+        .args(["key", "generate", "--out"])
+        .arg(w.path(dir))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+}
+
+/// The Python implementation of the key format.
+fn py(args: &[&str]) -> String {
+    let script = repo().join("tests/support/cosign_key.py");
+    let mut all = vec![script.to_str().unwrap()];
+    all.extend_from_slice(args);
+    tool("/usr/bin/python3", &all)
+}
+
+/// openssl's verdict on `sig` (base64 DER) over `payload` with the PEM public key `public`.
+fn openssl_verifies(w: &Work, public: &str, payload: &[u8], sig: &str) -> bool {
+    let dir = tempfile::tempdir_in(w.dir.path()).unwrap();
+    fs::write(dir.path().join("payload"), payload).unwrap();
+    fs::write(dir.path().join("sig"), B64.decode(sig.trim()).unwrap()).unwrap();
+    std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify", public, "-signature"])
+        .arg(dir.path().join("sig"))
+        .arg(dir.path().join("payload"))
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// A path as a `&'static str` (for argument lists).
+fn leak(path: std::path::PathBuf) -> &'static str {
+    Box::leak(
+        path.into_os_string()
+            .into_string()
+            .unwrap()
+            .into_boxed_str(),
+    )
+}
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::new()
+}
+
+fn get(host: &str, path: &str) -> Vec<u8> {
+    let resp = http()
+        .get(format!("http://{host}/v2/{path}"))
+        .header(
+            "accept",
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json",
+        )
+        .send()
+        .unwrap();
+    assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+    resp.bytes().unwrap().to_vec()
+}
+
+fn put_manifest(host: &str, repo: &str, reference: &str, body: &Value) {
+    let resp = http()
+        .put(format!("http://{host}/v2/{repo}/manifests/{reference}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201, "{}", resp.text().unwrap());
+}
+
+fn upload_blob(host: &str, repo: &str, bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)));
+    let resp = http()
+        .post(format!("http://{host}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .unwrap();
+    let loc = resp.headers()["location"].to_str().unwrap().to_string();
+    let loc = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("http://{host}{loc}")
+    };
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let resp = http()
+        .put(format!("{loc}{sep}digest={digest}"))
+        .body(bytes.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    digest
+}
+
+/// The signature attachment of `digest` in `repo`: the manifest, and each layer's payload and
+/// signature.
+fn attachment(host: &str, repo: &str, digest: &str) -> (Value, Vec<(Vec<u8>, String)>) {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let m: Value =
+        serde_json::from_slice(&get(host, &format!("{repo}/manifests/sha256-{hex}.sig"))).unwrap();
+    let sigs = m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let payload = get(
+                host,
+                &format!("{repo}/blobs/{}", l["digest"].as_str().unwrap()),
+            );
+            let sig = l["annotations"]["dev.cosignproject.cosign/signature"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (payload, sig)
+        })
+        .collect();
+    (m, sigs)
+}
+
+#[test]
+fn key_generate_writes_a_cosign_key_pair_that_another_implementation_opens() {
+    let w = Work::setup();
+    generate(&w, "keys");
+    let key = w.path("keys/imgbuild.key");
+    let private = fs::read_to_string(&key).unwrap();
+    assert!(private.starts_with("-----BEGIN ENCRYPTED COSIGN PRIVATE KEY-----\n"));
+    assert!(!private.contains(PASSWORD));
+    let mode = fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the private key is for its owner only");
+    let public = leak(w.path("keys/imgbuild.pub"));
+    let text = tool(
+        "openssl",
+        &["pkey", "-pubin", "-in", public, "-text", "-noout"],
+    );
+    assert!(
+        text.contains("prime256v1") || text.contains("P-256"),
+        "{text}"
+    );
+
+    // Python opens it with the password and signs; openssl verifies with the public half.
+    fs::write(w.path("payload"), b"{\"any\":\"bytes\"}").unwrap();
+    let sig = py(&[
+        "sign",
+        key.to_str().unwrap(),
+        PASSWORD,
+        p(w.dir.path(), "payload"),
+    ]);
+    assert!(openssl_verifies(&w, public, b"{\"any\":\"bytes\"}", &sig));
+
+    let again = w
+        .cmd()
+        .env("IMGBUILD_KEY_PASSWORD", PASSWORD)
+        .args(["key", "generate", "--out"])
+        .arg(w.path("keys"))
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("does not overwrite"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(fs::read_to_string(&key).unwrap(), private);
+
+    let no_password = w
+        .cmd()
+        .env_remove("IMGBUILD_KEY_PASSWORD")
+        .args(["key", "generate", "--out"])
+        .arg(w.path("other"))
+        .output()
+        .unwrap();
+    assert_eq!(no_password.status.code(), Some(2));
+    assert!(
+        stderr(&no_password).contains("IMGBUILD_KEY_PASSWORD"),
+        "{}",
+        stderr(&no_password)
+    );
+}
+
+#[test]
+fn a_signed_push_stores_sigstore_signatures_of_the_image_and_its_sbom() {
+    let reg = Registry::start(Mode::Plain);
+    let w = Work::setup();
+    generate(&w, "keys");
+    let dest = format!("{}/signed:1", reg.host);
+    let push = |password: &str, key: &str| {
+        w.cmd()
+            .env("IMGBUILD_KEY_PASSWORD", password)
+            .args([
+                "push",
+                p(w.dir.path(), "out/hello"),
+                &dest,
+                "--sign-key",
+                key,
+            ])
+            .output()
+            .unwrap()
+    };
+
+    // A wrong password fails before anything is built or pushed (exit 2).
+    let wrong = w
+        .cmd()
+        .env("IMGBUILD_KEY_PASSWORD", "nope")
+        .arg("build")
+        .arg(w.recipe())
+        .args([
+            "--out",
+            p(w.dir.path(), "out/hello"),
+            "--push",
+            &dest,
+            "--sign-key",
+        ])
+        .arg(w.path("keys/imgbuild.key"))
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
+    assert!(stderr(&wrong).contains("password"), "{}", stderr(&wrong));
+    assert!(!w.path("out/hello").exists(), "nothing built");
+
+    let o = w
+        .cmd()
+        .env("IMGBUILD_KEY_PASSWORD", PASSWORD)
+        .arg("build")
+        .arg(w.recipe())
+        .args([
+            "--out",
+            p(w.dir.path(), "out/hello"),
+            "--push",
+            &dest,
+            "--sign-key",
+        ])
+        .arg(w.path("keys/imgbuild.key"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert!(!stderr(&o).contains(PASSWORD));
+    let digest = stdout(&o).trim().to_string();
+    let public = leak(w.path("keys/imgbuild.pub"));
+
+    // The attachment, as containers/image reads it: an OCI manifest tagged sha256-HEX.sig whose
+    // layers are simple-signing payloads with the signature annotation, and a config listing
+    // them as diff_ids.
+    let (m, sigs) = attachment(&reg.host, "signed", &digest);
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        m["layers"][0]["mediaType"],
+        "application/vnd.dev.cosign.simplesigning.v1+json"
+    );
+    let config: Value = serde_json::from_slice(&get(
+        &reg.host,
+        &format!("signed/blobs/{}", m["config"]["digest"].as_str().unwrap()),
+    ))
+    .unwrap();
+    assert_eq!(
+        config["rootfs"]["diff_ids"],
+        json!([m["layers"][0]["digest"]])
+    );
+    assert_eq!(sigs.len(), 1);
+    let (payload, sig) = &sigs[0];
+    let claim: Value = serde_json::from_slice(payload).unwrap();
+    assert_eq!(
+        claim["critical"]["type"],
+        "cosign container image signature"
+    );
+    assert_eq!(
+        claim["critical"]["image"]["docker-manifest-digest"],
+        digest.as_str()
+    );
+    assert_eq!(
+        claim["critical"]["identity"]["docker-reference"],
+        dest.as_str()
+    );
+    assert!(
+        openssl_verifies(&w, public, payload, sig),
+        "openssl rejects the signature"
+    );
+
+    // The SBOM referrer is signed too, under the repository's name (it has no tag).
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let referrers: Value =
+        serde_json::from_slice(&get(&reg.host, &format!("signed/manifests/sha256-{hex}"))).unwrap();
+    let sbom = referrers["manifests"][0]["digest"].as_str().unwrap();
+    let (_, sbom_sigs) = attachment(&reg.host, "signed", sbom);
+    let claim: Value = serde_json::from_slice(&sbom_sigs[0].0).unwrap();
+    assert_eq!(claim["critical"]["image"]["docker-manifest-digest"], sbom);
+    assert_eq!(
+        claim["critical"]["identity"]["docker-reference"],
+        format!("{}/signed", reg.host)
+    );
+    assert!(openssl_verifies(
+        &w,
+        public,
+        &sbom_sigs[0].0,
+        &sbom_sigs[0].1
+    ));
+
+    // Pushing again with the same key adds nothing: signatures are deterministic.
+    let before = get(&reg.host, &format!("signed/manifests/sha256-{hex}.sig"));
+    assert_ok(&push(PASSWORD, leak(w.path("keys/imgbuild.key"))));
+    assert_eq!(
+        before,
+        get(&reg.host, &format!("signed/manifests/sha256-{hex}.sig"))
+    );
+
+    // A key made by the other implementation signs too; the first signature stays.
+    fs::create_dir_all(w.path("py")).unwrap();
+    py(&[
+        "make",
+        leak(w.path("py/cosign.key")),
+        leak(w.path("py/cosign.pub")),
+        "py-pass",
+    ]);
+    assert_ok(&push("py-pass", leak(w.path("py/cosign.key"))));
+    let (_, sigs) = attachment(&reg.host, "signed", &digest);
+    assert_eq!(sigs.len(), 2, "another signer's signature is kept");
+    assert!(openssl_verifies(&w, public, &sigs[0].0, &sigs[0].1));
+    assert!(openssl_verifies(
+        &w,
+        leak(w.path("py/cosign.pub")),
+        &sigs[1].0,
+        &sigs[1].1
+    ));
+    assert!(!openssl_verifies(&w, public, &sigs[1].0, &sigs[1].1));
+}
+
+/// Signs `digest` in `repo` as containers/image does: its payload (with `optional.creator`
+/// and a timestamp, Go's key order), its attachment config; the signature from the Python key.
+fn sign_like_containers_image(
+    w: &Work,
+    host: &str,
+    repo: &str,
+    tag: &str,
+    digest: &str,
+    key: &str,
+) {
+    let payload = format!(
+        "{{\"critical\":{{\"identity\":{{\"docker-reference\":\"{host}/{repo}:{tag}\"}},\"image\":{{\"docker-manifest-digest\":\"{digest}\"}},\"type\":\"cosign container image signature\"}},\"optional\":{{\"creator\":\"containers/image 5.23.1\",\"timestamp\":1764547200}}}}"
+    );
+    fs::write(w.path("cimage-payload"), &payload).unwrap();
+    let sig = py(&["sign", key, "py-pass", p(w.dir.path(), "cimage-payload")]);
+    let layer = upload_blob(host, repo, payload.as_bytes());
+    let config = format!(
+        "{{\"architecture\":\"\",\"os\":\"\",\"config\":{{}},\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"{layer}\"]}}}}"
+    );
+    let config_digest = upload_blob(host, repo, config.as_bytes());
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+        "layers": [{
+            "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+            "digest": layer,
+            "size": payload.len(),
+            "annotations": {"dev.cosignproject.cosign/signature": sig.trim()},
+        }],
+    });
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    put_manifest(host, repo, &format!("sha256-{hex}.sig"), &manifest);
+}
+
+#[test]
+fn base_key_accepts_a_base_signed_elsewhere_and_refuses_unsigned_foreign_or_altered_ones() {
+    let reg = Registry::start(Mode::Plain);
+    let w = Work::setup();
+    w.build("out/hello");
+    fs::create_dir_all(w.path("recipes/keys")).unwrap();
+    let key = leak(w.path("recipes/keys/base.key"));
+    py(&[
+        "make",
+        key,
+        leak(w.path("recipes/keys/base.pub")),
+        "py-pass",
+    ]);
+    generate(&w, "other");
+    let layout = format!("oci:{}:latest", w.path("out/hello").display());
+    for name in ["base", "unsigned", "altered"] {
+        tool(
+            "skopeo",
+            &[
+                "copy",
+                "--dest-tls-verify=false",
+                &layout,
+                &format!("docker://{}/{name}:1", reg.host),
+            ],
+        );
+    }
+    let inspect: Value = serde_json::from_str(&tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--tls-verify=false",
+            &format!("docker://{}/base:1", reg.host),
+        ],
+    ))
+    .unwrap();
+    let digest = inspect["Digest"].as_str().unwrap().to_string();
+    sign_like_containers_image(&w, &reg.host, "base", "1", &digest, key);
+    // `altered`: signed, then its payload swapped for one naming another tag (signature kept).
+    sign_like_containers_image(&w, &reg.host, "altered", "1", &digest, key);
+    let (mut m, sigs) = attachment(&reg.host, "altered", &digest);
+    let changed = String::from_utf8(sigs[0].0.clone())
+        .unwrap()
+        .replace("altered:1", "altered:2");
+    m["layers"][0]["digest"] = json!(upload_blob(&reg.host, "altered", changed.as_bytes()));
+    m["layers"][0]["size"] = json!(changed.len());
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    put_manifest(&reg.host, "altered", &format!("sha256-{hex}.sig"), &m);
+
+    let child = |base: &str, key: &str| {
+        let recipe = w.path("recipes/child.toml");
+        fs::write(
+            &recipe,
+            format!(
+                "[image]\nname = \"child\"\nbase = \"{}/{base}\"\nbase_key = \"{key}\"\n\n[env]\nCHILD = \"1\"\n",
+                reg.host
+            ),
+        )
+        .unwrap();
+        w.cmd()
+            .arg("build")
+            .arg(&recipe)
+            .arg("--out")
+            .arg(w.path("out/child"))
+            .output()
+            .unwrap()
+    };
+    assert_ok(&child("base:1", "keys/base.pub"));
+
+    let unsigned = child("unsigned:1", "keys/base.pub");
+    assert_eq!(unsigned.status.code(), Some(1), "{}", stderr(&unsigned));
+    assert!(
+        stderr(&unsigned).contains("has no sigstore signature"),
+        "{}",
+        stderr(&unsigned)
+    );
+
+    let foreign = child(
+        "base:1",
+        &w.path("other/imgbuild.pub").display().to_string(),
+    );
+    assert_eq!(foreign.status.code(), Some(1), "{}", stderr(&foreign));
+    assert!(
+        stderr(&foreign).contains("does not verify"),
+        "{}",
+        stderr(&foreign)
+    );
+
+    let altered = child("altered:1", "keys/base.pub");
+    assert_eq!(altered.status.code(), Some(1), "{}", stderr(&altered));
+    assert!(
+        stderr(&altered).contains("does not verify"),
+        "{}",
+        stderr(&altered)
+    );
+
+    // Pulled by another tag than the signature names: refused (matchRepoDigestOrExact).
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{}/base:1", reg.host),
+            &format!("docker://{}/base:2", reg.host),
+        ],
+    );
+    let other_tag = child("base:2", "keys/base.pub");
+    assert_eq!(other_tag.status.code(), Some(1), "{}", stderr(&other_tag));
+    assert!(
+        stderr(&other_tag).contains("as `"),
+        "{}",
+        stderr(&other_tag)
+    );
+
+    // A key for a base that is not in a registry, or a file that is not a public key: exit 2
+    // at the field.
+    let recipe = w.path("recipes/child.toml");
+    fs::write(
+        &recipe,
+        "[image]\nname = \"child\"\nbase_key = \"keys/base.pub\"\n",
+    )
+    .unwrap();
+    let o = w.cmd().arg("check").arg(&recipe).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("child.toml:3") && stderr(&o).contains("base_key"),
+        "{}",
+        stderr(&o)
+    );
+    let bad = child("base:1", "keys/base.key");
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("not `PUBLIC KEY`"),
+        "{}",
+        stderr(&bad)
+    );
+}
