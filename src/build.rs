@@ -17,7 +17,7 @@ use crate::digest::Digest;
 use crate::lock::{self, Lock, LockError};
 use crate::oci::image::{self, RuntimeSpec};
 use crate::oci::layout::{Desc, Layout};
-use crate::oci::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST, OciError};
+use crate::oci::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, OciError};
 use crate::plan::{self, Plan, PlanError};
 /// The build's one materialized root, carried from the lock's pip resolution into the steps.
 pub use crate::realize::LiveRoot;
@@ -89,14 +89,31 @@ impl BuildError {
 /// What a build produced.
 #[derive(Debug, Clone)]
 pub struct BuildOutput {
+    /// What the tags point at: the image manifest, or the image index of a multi-platform
+    /// build.
     pub manifest: Digest,
     pub manifest_size: u64,
+    /// `MEDIA_TYPE_MANIFEST` or `MEDIA_TYPE_INDEX`.
+    pub media_type: String,
+    /// The first platform's config (and base layers and lock, below); `platforms` has each.
     pub config: Digest,
     pub base_layers: Vec<LayerRecord>,
     pub layers: Vec<LayerOutcome>,
     pub tags: Vec<String>,
     pub out: PathBuf,
     /// What the build resolved to (apt packages, pinned downloads), when it needed a lock.
+    pub lock: Option<Lock>,
+    /// Each platform's image.
+    pub platforms: Vec<PlatformOutput>,
+}
+
+/// One platform's image of a build.
+#[derive(Debug, Clone)]
+pub struct PlatformOutput {
+    pub platform: String,
+    pub manifest: Digest,
+    pub config: Digest,
+    pub layers: Vec<LayerOutcome>,
     pub lock: Option<Lock>,
 }
 
@@ -146,7 +163,7 @@ pub fn obtain_lock(
         return Ok(None);
     }
     let path = loaded.lock_path.clone();
-    let existing = lock::read(&path)?;
+    let existing = lock::read_for(loaded)?;
     let inputs = lock::inputs(loaded, base)?;
     match existing {
         Some(l) if l.inputs == inputs => return Ok(Some(l)),
@@ -165,7 +182,7 @@ pub fn obtain_lock(
         _ => {}
     }
     let fresh = resolve_lock(loaded, base, cache, mtime, opts.configure, live, reporter)?;
-    lock::write(&path, &fresh)?;
+    lock::write_for(loaded, &fresh)?;
     reporter.report(Event::Stage(&format!("wrote {}", path.display())));
     Ok(Some(fresh))
 }
@@ -278,7 +295,9 @@ pub fn resolve_base(
     Ok(base)
 }
 
-/// Builds `loaded` into an OCI image layout at `out`. `mtime` is `SOURCE_DATE_EPOCH`.
+/// Builds `loaded` into an OCI image layout at `out`. `mtime` is `SOURCE_DATE_EPOCH`. A
+/// recipe with several platforms builds one image per platform, one after the other, and tags
+/// an image index listing them.
 pub fn build(
     loaded: &Loaded,
     cache: &Cache,
@@ -287,27 +306,153 @@ pub fn build(
     opts: &Options,
     reporter: &dyn Reporter,
 ) -> Result<BuildOutput, BuildError> {
+    let output_err = |source| BuildError::Output {
+        path: out.to_path_buf(),
+        source,
+    };
+    let layout = Layout::create(out).map_err(output_err)?;
+    let mut keep = BTreeSet::new();
+    let mut images = Vec::new();
+    for view in loaded.per_platform() {
+        if loaded.multi_platform() {
+            reporter.report(Event::Stage(&format!(
+                "building for {}",
+                view.recipe.image.platform
+            )));
+        }
+        images.push(build_image(&view, cache, &layout, mtime, opts, &mut keep, reporter)?);
+    }
+    reporter.report(Event::Stage("writing image layout"));
+    let r = &loaded.recipe;
+    let (top, media_type) = if let [one] = images.as_slice() {
+        (one.manifest.clone(), MEDIA_TYPE_MANIFEST)
+    } else {
+        let manifests: Vec<Desc> = images
+            .iter()
+            .map(|i| {
+                let mut d = i.manifest.clone();
+                d.platform = Some(image::platform(&i.platform));
+                d
+            })
+            .collect();
+        let index = crate::oci::layout::Index {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_INDEX.into()),
+            manifests,
+        };
+        let d = layout
+            .put_json(MEDIA_TYPE_INDEX, &index)
+            .map_err(output_err)?;
+        keep.insert(d.digest.clone());
+        (d, MEDIA_TYPE_INDEX)
+    };
+    layout
+        .finish(&top, &r.target.oci.tags, &keep)
+        .map_err(output_err)?;
+
+    // What the build used and what the images hold, next to the layout: the lock and the SPDX
+    // documents (one per platform, `sbom.OS-ARCH.spdx.json`, when there are several).
+    let mut sections = lock::Sections {
+        version: lock::LOCK_VERSION,
+        ..Default::default()
+    };
+    for i in &images {
+        let name = if images.len() == 1 {
+            SBOM_FILE.to_string()
+        } else {
+            sbom_file(&i.platform)
+        };
+        write_file(&out.join(name), &serde_json::to_vec_pretty(&i.sbom).unwrap_or_default())?;
+        if let Some(l) = &i.lock {
+            sections.platform.insert(i.platform.clone(), l.clone());
+        }
+    }
+    let lock_file = out.join("imgbuild.lock");
+    match images.as_slice() {
+        [one] => {
+            if let Some(l) = &one.lock {
+                lock::write(&lock_file, l)?;
+            }
+        }
+        _ if !sections.platform.is_empty() => lock::write_sections(&lock_file, &sections)?,
+        _ => {}
+    }
+    let first = &images[0];
+    Ok(BuildOutput {
+        manifest: top.digest,
+        manifest_size: top.size,
+        media_type: media_type.into(),
+        config: first.config.clone(),
+        base_layers: first.base_layers.clone(),
+        layers: images.iter().flat_map(|i| i.layers.clone()).collect(),
+        tags: r.target.oci.tags.clone(),
+        out: out.to_path_buf(),
+        lock: first.lock.clone(),
+        platforms: images
+            .into_iter()
+            .map(|i| PlatformOutput {
+                platform: i.platform,
+                manifest: i.manifest.digest,
+                config: i.config,
+                layers: i.layers,
+                lock: i.lock,
+            })
+            .collect(),
+    })
+}
+
+/// The SBOM file of one platform's image in a multi-platform layout.
+pub fn sbom_file(platform: &str) -> String {
+    format!("sbom.{}.spdx.json", platform.replace('/', "-"))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), BuildError> {
+    crate::fsutil::write_atomic(path, bytes).map_err(|source| BuildError::Output {
+        path: path.to_path_buf(),
+        source: OciError::Io {
+            action: "write",
+            path: path.to_path_buf(),
+            source,
+        },
+    })
+}
+
+/// One platform's image, written into the layout (not tagged yet).
+struct PlatformImage {
+    platform: String,
+    manifest: Desc,
+    config: Digest,
+    base_layers: Vec<LayerRecord>,
+    layers: Vec<LayerOutcome>,
+    lock: Option<Lock>,
+    sbom: serde_json::Value,
+}
+
+fn build_image(
+    loaded: &Loaded,
+    cache: &Cache,
+    layout: &Layout,
+    mtime: u64,
+    opts: &Options,
+    keep: &mut BTreeSet<Digest>,
+    reporter: &dyn Reporter,
+) -> Result<PlatformImage, BuildError> {
     reporter.report(Event::Stage("resolving base image"));
     // One root for the whole build: pip's resolution (when the lock is made) and the steps.
     let mut live = LiveRoot::default();
     let (base, plan, lock) = prepare(loaded, cache, mtime, opts, &mut live, reporter)?;
     let layers = realize::realize(loaded, &plan, &base, cache, &mut live, reporter)?;
     drop(live);
-    reporter.report(Event::Stage("writing image layout"));
-    let mut output = write_layout(loaded, cache, out, mtime, &base, &layers).map_err(|source| {
-        BuildError::Output {
-            path: out.to_path_buf(),
-            source,
-        }
-    })?;
-    if let Some(l) = &lock {
-        // The build records what it used, next to the layout.
-        lock::write(&out.join("imgbuild.lock"), l)?;
-    }
-    // And what the image holds: its SPDX document.
-    let doc = sbom::document(
+    let (manifest, config) =
+        write_image(loaded, cache, layout, mtime, &base, &layers, keep).map_err(|source| {
+            BuildError::Output {
+                path: layout.root().to_path_buf(),
+                source,
+            }
+        })?;
+    let sbom = sbom::document(
         &loaded.recipe.image.name,
-        &output.manifest,
+        &manifest.digest,
         &image::rfc3339(mtime),
         lock.as_ref(),
         &sbom::base_packages(cache, &base).unwrap_or_else(|e| {
@@ -324,18 +469,15 @@ pub fn build(
         }),
         &downloads(loaded, lock.as_ref()),
     );
-    let path = out.join(SBOM_FILE);
-    let bytes = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-    crate::fsutil::write_atomic(&path, &bytes).map_err(|source| BuildError::Output {
-        path: path.clone(),
-        source: OciError::Io {
-            action: "write",
-            path,
-            source,
-        },
-    })?;
-    output.lock = lock;
-    Ok(output)
+    Ok(PlatformImage {
+        platform: loaded.recipe.image.platform.clone(),
+        manifest,
+        config,
+        base_layers: base.layers.clone(),
+        layers,
+        lock,
+        sbom,
+    })
 }
 
 /// The recipe's downloads as fetched: URL (platform expanded) and sha256 (the recipe's, else
@@ -357,22 +499,23 @@ fn downloads(loaded: &Loaded, lock: Option<&Lock>) -> Vec<(String, Digest)> {
         .collect()
 }
 
-fn write_layout(
+/// Writes one image's blobs, config and manifest into `layout`; the manifest's descriptor and
+/// the config digest. Every blob it needs goes into `keep`.
+fn write_image(
     loaded: &Loaded,
     cache: &Cache,
-    out: &Path,
+    layout: &Layout,
     mtime: u64,
     base: &BaseImage,
     layers: &[LayerOutcome],
-) -> Result<BuildOutput, OciError> {
+    keep: &mut BTreeSet<Digest>,
+) -> Result<(Desc, Digest), OciError> {
     let r = &loaded.recipe;
-    let layout = Layout::create(out)?;
     let all: Vec<&LayerRecord> = base
         .layers
         .iter()
         .chain(layers.iter().map(|l| &l.record))
         .collect();
-    let mut keep = BTreeSet::new();
     for l in &all {
         // A blob the layout already has is not read again while its stat is the one it had
         // when last hashed (the cache's input-file memo: path, inode, size, mtime, ctime), so
@@ -423,17 +566,7 @@ fn write_layout(
     let manifest_desc = layout.put_json(MEDIA_TYPE_MANIFEST, &manifest)?;
     keep.insert(config_desc.digest.clone());
     keep.insert(manifest_desc.digest.clone());
-    layout.finish(&manifest_desc, &r.target.oci.tags, &keep)?;
-    Ok(BuildOutput {
-        manifest: manifest_desc.digest,
-        manifest_size: manifest_desc.size,
-        config: config_desc.digest,
-        base_layers: base.layers.clone(),
-        layers: layers.to_vec(),
-        tags: r.target.oci.tags.clone(),
-        out: out.to_path_buf(),
-        lock: None,
-    })
+    Ok((manifest_desc, config_desc.digest))
 }
 
 #[cfg(test)]

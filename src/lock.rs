@@ -212,6 +212,95 @@ pub fn read(path: &Path) -> Result<Option<Lock>, LockError> {
     Ok(Some(lock))
 }
 
+/// The lock file of a recipe that builds several platforms: a section per platform.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Sections {
+    pub version: u32,
+    #[serde(default)]
+    pub platform: BTreeMap<String, Lock>,
+}
+
+/// The lock `loaded` reads: its file, or its platform's section of it.
+pub fn read_for(loaded: &Loaded) -> Result<Option<Lock>, LockError> {
+    read_section(&loaded.lock_path, loaded.lock_section.as_deref())
+}
+
+/// Writes `lock` where `loaded` reads it (other platforms' sections are kept).
+pub fn write_for(loaded: &Loaded, lock: &Lock) -> Result<(), LockError> {
+    write_section(&loaded.lock_path, loaded.lock_section.as_deref(), lock)
+}
+
+/// The lock at `path`, or the `section` (a platform) of it. A file without sections does
+/// not answer for a section (the recipe became multi-platform): `None`.
+pub fn read_section(path: &Path, section: Option<&str>) -> Result<Option<Lock>, LockError> {
+    let Some(platform) = section else {
+        return read(path);
+    };
+    Ok(read_sections(path)?.and_then(|mut s| s.platform.remove(platform)))
+}
+
+/// Every section of the lock at `path`; `None` when it is missing or has no sections.
+pub fn read_sections(path: &Path) -> Result<Option<Sections>, LockError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(LockError::Read {
+                path: path.into(),
+                message: e.to_string(),
+            });
+        }
+    };
+    let value: toml::Value = toml::from_str(&text).map_err(|e| LockError::Read {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    if value.get("platform").is_none() {
+        return Ok(None);
+    }
+    let sections: Sections = value.try_into().map_err(|e: toml::de::Error| LockError::Read {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    if sections.version != LOCK_VERSION {
+        return Err(LockError::Read {
+            path: path.into(),
+            message: format!(
+                "version {} (this imgbuild writes {LOCK_VERSION}): run `imgbuild lock`",
+                sections.version
+            ),
+        });
+    }
+    Ok(Some(sections))
+}
+
+/// Writes `lock` to `path`, or as its `section` there, keeping the other sections.
+pub fn write_section(path: &Path, section: Option<&str>, lock: &Lock) -> Result<(), LockError> {
+    let Some(platform) = section else {
+        return write(path, lock);
+    };
+    // A file that is not a sectioned lock (or unreadable) is replaced.
+    let mut sections = read_sections(path).ok().flatten().unwrap_or_default();
+    sections.version = LOCK_VERSION;
+    sections.platform.insert(platform.to_string(), lock.clone());
+    write_sections(path, &sections)
+}
+
+/// Writes a sectioned lock file.
+pub fn write_sections(path: &Path, sections: &Sections) -> Result<(), LockError> {
+    let body = toml::to_string(sections).map_err(|e| LockError::Write {
+        path: path.into(),
+        source: std::io::Error::other(e),
+    })?;
+    let text = format!(
+        "# Written by `imgbuild lock`: what this recipe resolved to, per platform. Do not edit.\n\n{body}"
+    );
+    crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|source| LockError::Write {
+        path: path.into(),
+        source,
+    })
+}
+
 pub fn write(path: &Path, lock: &Lock) -> Result<(), LockError> {
     let body = toml::to_string(lock).map_err(|e| LockError::Write {
         path: path.into(),

@@ -148,6 +148,21 @@ fn metadata(r: &BuildOutput) -> serde_json::Map<String, serde_json::Value> {
         })).collect::<Vec<_>>(),
         "cache": { "hits": hits, "misses": r.layers.len() - hits },
         "packages": r.lock.as_ref().map(|l| l.packages.iter().map(|p| json!({"name": p.name, "version": p.version, "arch": p.arch, "sha256": p.sha256})).collect::<Vec<_>>()),
+        "media_type": r.media_type,
+        // Every platform's image (one for a single-platform recipe); `manifest` above is the
+        // index when there are several, and `layers` lists every platform's steps.
+        "platforms": r.platforms.iter().map(|p| json!({
+            "platform": p.platform,
+            "manifest": p.manifest,
+            "config": p.config,
+            "layers": p.layers.iter().map(|l| json!({
+                "step": l.name,
+                "key": l.key,
+                "cache": if l.hit { "hit" } else { "miss" },
+                "digest": l.record.digest,
+            })).collect::<Vec<_>>(),
+            "packages": p.lock.as_ref().map(|l| l.packages.iter().map(|p| json!({"name": p.name, "version": p.version, "arch": p.arch})).collect::<Vec<_>>()),
+        })).collect::<Vec<_>>(),
     });
     match doc {
         serde_json::Value::Object(m) => m,

@@ -21,8 +21,14 @@ pub fn run(g: &Global, recipe: &Path, out: Option<&Path>, clone: bool) -> Result
             .join(&loaded.recipe.image.name)
             .join("cloud-init")
     });
+    // The VM is amd64: a multi-platform recipe's amd64 view (and lock section).
+    let loaded = if loaded.multi_platform() {
+        loaded.for_platform("linux/amd64")
+    } else {
+        loaded
+    };
     // Download digests the recipe leaves to the lock come from it when there is one.
-    let lock = imgbuild::lock::read(&loaded.lock_path)
+    let lock = imgbuild::lock::read_for(&loaded)
         .with_context(|| format!("reading {}", loaded.lock_path.display()))?;
     let flavor = if clone {
         Flavor::Clone

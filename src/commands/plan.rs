@@ -8,33 +8,38 @@ use imgbuild::build;
 use crate::cli::Global;
 
 pub fn run(g: &Global, recipe: &Path) -> Result<()> {
-    let loaded = super::load(g, recipe)?;
+    let all = super::load(g, recipe)?;
     let cache = super::cache(g)?;
     let progress = super::progress::Progress::new(g);
     let opts = build::Options {
         client: super::client_options(g),
         ..Default::default()
     };
-    let (base, plan, _) = build::prepare(
-        &loaded,
-        &cache,
-        super::source_date_epoch()?,
-        &opts,
-        &mut build::LiveRoot::default(),
-        &progress,
-    )?;
-    match &base.digest {
-        Some(d) => outln!("base  {d} ({} layers)", base.layers.len()),
-        None => outln!("base  scratch"),
-    }
-    outln!("root  {}", plan.root_key);
-    for (i, step) in plan.steps.iter().enumerate() {
-        let state = if cache.get_key(&step.key).is_some() {
-            "hit "
-        } else {
-            "miss"
-        };
-        outln!("{:>4}  {}  {state}  {}", i + 1, step.key, step.name);
+    for view in all.per_platform() {
+        if all.multi_platform() {
+            outln!("platform  {}", view.recipe.image.platform);
+        }
+        let (base, plan, _) = build::prepare(
+            &view,
+            &cache,
+            super::source_date_epoch()?,
+            &opts,
+            &mut build::LiveRoot::default(),
+            &progress,
+        )?;
+        match &base.digest {
+            Some(d) => outln!("base  {d} ({} layers)", base.layers.len()),
+            None => outln!("base  scratch"),
+        }
+        outln!("root  {}", plan.root_key);
+        for (i, step) in plan.steps.iter().enumerate() {
+            let state = if cache.get_key(&step.key).is_some() {
+                "hit "
+            } else {
+                "miss"
+            };
+            outln!("{:>4}  {}  {state}  {}", i + 1, step.key, step.name);
+        }
     }
     Ok(())
 }

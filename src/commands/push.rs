@@ -57,16 +57,20 @@ pub fn push_layout(
         .clone()
         .map(|d| d.to_string())
         .unwrap_or_default();
-    // The image's SBOM goes with it, as a referrer.
-    let sbom = layout.join(imgbuild::build::SBOM_FILE);
-    if let (Some(manifest), Ok(doc)) = (&o.manifest, std::fs::read(&sbom)) {
-        let size = std::fs::metadata(layout.join("blobs/sha256").join(manifest.hex()))
-            .map(|m| m.len())
-            .with_context(|| format!("reading the manifest {manifest} in {}", layout.display()))?;
+    // Each image's SBOM goes with it, as a referrer (and is signed, with a key).
+    let multi = o.media_type == imgbuild::oci::MEDIA_TYPE_INDEX;
+    for image in &o.images {
+        let file = match (&image.platform, multi) {
+            (Some(p), true) => imgbuild::build::sbom_file(&format!("{}/{}", p.os, p.architecture)),
+            _ => imgbuild::build::SBOM_FILE.to_string(),
+        };
+        let Ok(doc) = std::fs::read(layout.join(&file)) else {
+            continue;
+        };
         let subject = imgbuild::oci::layout::Desc {
             media_type: imgbuild::oci::MEDIA_TYPE_MANIFEST.into(),
-            digest: manifest.clone(),
-            size,
+            digest: image.digest.clone(),
+            size: image.size,
             annotations: Default::default(),
             platform: None,
         };
@@ -81,8 +85,8 @@ pub fn push_layout(
         )
         .with_context(|| format!("pushing the SBOM of {dest} as a referrer"))?;
         progress.line(&format!(
-            "==> SBOM pushed as {dest}@{} (referrer of {manifest}, listed under tag {})",
-            r.manifest, r.tag
+            "==> SBOM pushed as {dest}@{} (referrer of {}, listed under tag {})",
+            r.manifest, image.digest, r.tag
         ));
         if let Some(key) = key {
             // The referrer has no tag: its signature names the repository.
@@ -92,7 +96,14 @@ pub fn push_layout(
         }
     }
     if let (Some(key), Some(manifest)) = (key, &o.manifest) {
+        // The index and each platform's manifest, as the container tools sign a multi-arch
+        // image, so a pull of one platform by digest finds its signature too.
         sign(progress, dest, manifest, key, opts)?;
+        if multi {
+            for image in &o.images {
+                sign(progress, dest, &image.digest, key, opts)?;
+            }
+        }
     }
     progress.line(&format!(
         "==> pushed {dest}@{digest} in {:.2?}: {} uploaded ({:.1} MB), {} mounted, {} already there",

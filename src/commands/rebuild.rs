@@ -46,9 +46,8 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
     // 1. What the recipe resolves to today. The new lock is written next to the old one
     //    under another name and only replaces it once the image is built and pushed: a failed
     //    night keeps the lock of the last pushed image, so the next report lists every change.
-    let base = build::resolve_base(&loaded, &cache, &client, &counting).with_context(context)?;
     let (changes, pending, staged) =
-        stage_lock(&loaded, &base, &cache, mtime, &counting).with_context(context)?;
+        stage_lock(&loaded, &cache, &client, mtime, &counting).with_context(context)?;
     for c in &changes {
         progress.line(&format!("==> changed: {c}"));
     }
@@ -123,7 +122,9 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
     };
     // Built and pushed: the new lock is now the recipe's.
     if let Some((tmp, fresh)) = &pending {
-        lock::write(&loaded.lock_path, fresh)?;
+        for (view, l) in fresh {
+            lock::write_for(view, l)?;
+        }
         let _ = std::fs::remove_file(tmp);
     }
     let pushed_in = started.elapsed() - resolved_in - built_in;
@@ -241,42 +242,58 @@ fn push_tags(
     Ok(tags)
 }
 
-/// The lock as the recipe resolves today, written beside the recipe's lock (`NAME.lock.rebuild`)
-/// and a copy of the recipe pointing at it; the changes since the lock of the last pushed image.
+/// The lock as the recipe resolves today (each platform's section for a multi-platform
+/// recipe), written beside the recipe's lock (`NAME.lock.rebuild`) and a copy of the recipe
+/// pointing at it; the changes since the lock of the last pushed image.
 #[allow(clippy::type_complexity)]
 fn stage_lock(
     loaded: &imgbuild::recipe::Loaded,
-    base: &imgbuild::base::BaseImage,
     cache: &imgbuild::cache::Cache,
+    client: &registry::ClientOptions,
     mtime: u64,
     reporter: &dyn imgbuild::report::Reporter,
 ) -> Result<(
     Vec<String>,
-    Option<(PathBuf, lock::Lock)>,
+    Option<(PathBuf, Vec<(imgbuild::recipe::Loaded, lock::Lock)>)>,
     imgbuild::recipe::Loaded,
 )> {
     let mut staged = loaded.clone();
     if !lock::needed(loaded) {
+        // The base is still pulled (and its signature checked) before the build.
+        build::resolve_base(loaded, cache, client, reporter)?;
         return Ok((Vec::new(), None, staged));
     }
-    let old = lock::read(&loaded.lock_path).ok().flatten();
-    let fresh = build::resolve_lock(
-        loaded,
-        base,
-        cache,
-        mtime,
-        true,
-        &mut build::LiveRoot::default(),
-        reporter,
-    )?;
-    let changes = match &old {
-        Some(o) => o.diff(&fresh),
-        None => vec!["(no lock before: everything is new)".to_string()],
-    };
     let tmp = loaded.lock_path.with_extension("lock.rebuild");
-    lock::write(&tmp, &fresh)?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut changes = Vec::new();
+    let mut fresh_all = Vec::new();
+    for view in loaded.per_platform() {
+        let base = build::resolve_base(&view, cache, client, reporter)?;
+        let prefix = view
+            .lock_section
+            .as_ref()
+            .map(|p| format!("{p}: "))
+            .unwrap_or_default();
+        let old = lock::read_for(&view).ok().flatten();
+        let fresh = build::resolve_lock(
+            &view,
+            &base,
+            cache,
+            mtime,
+            true,
+            &mut build::LiveRoot::default(),
+            reporter,
+        )?;
+        let mut these = match &old {
+            Some(o) => o.diff(&fresh),
+            None => vec!["(no lock before: everything is new)".to_string()],
+        };
+        changes.extend(these.drain(..).map(|c| format!("{prefix}{c}")));
+        lock::write_section(&tmp, view.lock_section.as_deref(), &fresh)?;
+        fresh_all.push((view, fresh));
+    }
     staged.lock_path = tmp.clone();
-    Ok((changes, Some((tmp, fresh)), staged))
+    Ok((changes, Some((tmp, fresh_all)), staged))
 }
 
 /// `HOST/REPO:TAG` -> `HOST/REPO:TAG-YYYYMMDD` (today, UTC).

@@ -161,7 +161,11 @@ pub fn config(
     };
     let mut all_history = base.and_then(|b| b.history().clone()).unwrap_or_default();
     all_history.extend(history);
-    ImageConfigurationBuilder::default()
+    let mut builder = ImageConfigurationBuilder::default();
+    if let Some(v) = platform(&spec.platform).variant {
+        builder = builder.variant(v);
+    }
+    builder
         .created(created.to_string())
         .architecture(arch)
         .os(Os::Linux)
@@ -189,5 +193,19 @@ pub fn manifest(config: Desc, layers: Vec<Desc>) -> Manifest {
         config,
         layers,
         annotations: BTreeMap::new(),
+    }
+}
+
+/// The index entry's platform for `os/arch`: arm64 with variant `v8`, as Docker and the
+/// container tools write it.
+pub fn platform(p: &str) -> crate::oci::layout::Platform {
+    let (os, arch) = p.split_once('/').unwrap_or(("linux", p));
+    let (arch, variant) = arch.split_once('/').map_or((arch, None), |(a, v)| (a, Some(v)));
+    crate::oci::layout::Platform {
+        architecture: arch.to_string(),
+        os: os.to_string(),
+        variant: variant
+            .map(str::to_string)
+            .or_else(|| (arch == "arm64").then(|| "v8".to_string())),
     }
 }

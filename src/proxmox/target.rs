@@ -94,6 +94,8 @@ pub fn build(
     opts: &Options,
     reporter: &dyn Reporter,
 ) -> Result<Output, TargetError> {
+    // The VM is amd64 (check refuses a multi-platform recipe without it).
+    let loaded = &loaded.for_platform("linux/amd64");
     let packages = vm_packages(loaded);
     let vm = loaded.vm_variant(&packages);
     let px = loaded.recipe.target.proxmox.clone().unwrap_or_default();

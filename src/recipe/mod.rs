@@ -31,6 +31,14 @@ pub struct Loaded {
     pub recipe: Recipe,
     pub base: BaseRef,
     pub warnings: Vec<Diagnostic>,
+    /// Every platform the recipe builds, in order (one unless `[image] platforms` lists more);
+    /// `recipe` is the first one's view.
+    pub platforms: Vec<String>,
+    /// The section of the lock file this recipe's view reads and writes: its platform, when
+    /// the recipe builds several (one lock file, a section per platform).
+    pub lock_section: Option<String>,
+    /// The recipe before `[download.arch]` entries were applied for a platform.
+    generic: Recipe,
     spans: SpanIndex,
 }
 
@@ -121,7 +129,34 @@ impl Loaded {
             }
         }
         v.lock_path = self.path.with_extension("vm.lock");
+        v.lock_section = None;
         v
+    }
+
+    /// Whether the recipe builds more than one platform (an image index).
+    pub fn multi_platform(&self) -> bool {
+        self.platforms.len() > 1
+    }
+
+    /// The recipe as it builds for `platform`: its downloads' `[download.arch]` entries for
+    /// that platform applied, its own section of the lock file.
+    pub fn for_platform(&self, platform: &str) -> Loaded {
+        let mut v = self.clone();
+        v.recipe = self.generic.clone();
+        v.recipe.image.platform = platform.to_string();
+        v.recipe.for_platform();
+        v.lock_section = self.multi_platform().then(|| platform.to_string());
+        v.platforms = vec![platform.to_string()];
+        v
+    }
+
+    /// One view per platform ([`Loaded::for_platform`]); the recipe itself when it has one.
+    pub fn per_platform(&self) -> Vec<Loaded> {
+        if self.multi_platform() {
+            self.platforms.iter().map(|p| self.for_platform(p)).collect()
+        } else {
+            vec![self.clone()]
+        }
     }
 
     /// Resolves a recipe-relative path.
@@ -246,6 +281,14 @@ pub fn parse(
         let span = spans.span_of(&field);
         err(span, field.to_string(), e.inner().message().to_string())
     })?;
+    let platforms = if recipe.image.platforms.is_empty() {
+        vec![recipe.image.platform.clone()]
+    } else {
+        recipe.image.platforms.clone()
+    };
+    let explicit_platform = value_has_platform(&source);
+    recipe.image.platform = platforms[0].clone();
+    let generic = recipe.clone();
     recipe.for_platform();
 
     let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -262,9 +305,19 @@ pub fn parse(
         base: BaseRef::Scratch,
         recipe,
         warnings: Vec::new(),
+        platforms,
+        lock_section: None,
+        generic,
         spans,
     };
-    let (base, diags) = validate::validate(&loaded);
+    let (base, mut diags) = validate::validate(&loaded);
+    if explicit_platform && !loaded.recipe.image.platforms.is_empty() {
+        diags.push(loaded.diagnostic(
+            Severity::Error,
+            &FieldPath::root().key("image").key("platforms"),
+            "give `platform` (one) or `platforms` (several), not both",
+        ));
+    }
     let (errors, more): (Vec<_>, Vec<_>) = diags
         .into_iter()
         .partition(|d| d.severity == Severity::Error);
@@ -275,4 +328,12 @@ pub fn parse(
     loaded.base = base;
     loaded.warnings = warnings;
     Ok(loaded)
+}
+
+/// Whether the recipe's `[image]` table sets `platform` itself (not the default).
+fn value_has_platform(source: &str) -> bool {
+    toml::from_str::<toml::Value>(source)
+        .ok()
+        .and_then(|v| v.get("image")?.get("platform").cloned())
+        .is_some()
 }

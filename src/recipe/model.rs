@@ -61,6 +61,11 @@ pub struct Image {
     pub base: String,
     #[serde(default = "default_platform")]
     pub platform: String,
+    /// Several platforms (`["linux/amd64", "linux/arm64"]`): one image each, in an image
+    /// index. Loading sets `platform` to the first; [`crate::recipe::Loaded::for_platform`]
+    /// gives the recipe for each.
+    #[serde(default)]
+    pub platforms: Vec<String>,
     /// A sigstore public key (PEM; relative to the recipe or absolute): the registry base
     /// must carry a signature by it (`registry::signatures`).
     pub base_key: Option<String>,

@@ -13,8 +13,8 @@ use super::upload::Verifier;
 use super::{Reference, RegistryError};
 use crate::cache::Cache;
 use crate::digest::Digest;
-use crate::oci::layout::{Desc, Layout, Manifest};
-use crate::oci::{ANNOTATION_REF_NAME, MEDIA_TYPE_MANIFEST};
+use crate::oci::layout::{Desc, Index, Layout, Manifest};
+use crate::oci::{ANNOTATION_REF_NAME, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
 use crate::report::{Dir, Event, Reporter};
 
 /// Blobs up to this size go in one PUT with the digest.
@@ -32,7 +32,11 @@ const PARALLEL: usize = 8;
 /// What a push did.
 #[derive(Debug, Clone, Default)]
 pub struct PushOutcome {
+    /// What the tag points at: an image manifest or an image index.
     pub manifest: Option<Digest>,
+    pub media_type: String,
+    /// The image manifests pushed (the one, or each of the index), with their platforms.
+    pub images: Vec<Desc>,
     pub uploaded: usize,
     pub mounted: usize,
     pub existing: usize,
@@ -298,7 +302,8 @@ pub fn status_error(action: &str, url: &str, resp: reqwest::blocking::Response) 
     }
 }
 
-/// Pushes the image tagged `tag` (or the only one) in `layout` to `dest`.
+/// Pushes the image tagged `tag` (or the only one) in `layout` to `dest`: an image manifest,
+/// or an image index and every manifest it lists.
 pub fn push(
     layout_dir: &Path,
     tag: Option<&str>,
@@ -325,13 +330,37 @@ pub fn push(
                 tag.unwrap_or("")
             ))
         })?;
-    let manifest_bytes = layout.read_blob(&desc.digest)?;
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
-        RegistryError::Other(format!("{}: bad manifest: {e}", layout_dir.display()))
-    })?;
-    let blobs: Vec<Desc> = std::iter::once(manifest.config.clone())
-        .chain(manifest.layers.iter().cloned())
-        .collect();
+    let top_bytes = layout.read_blob(&desc.digest)?;
+    let images: Vec<Desc> = if desc.media_type == MEDIA_TYPE_INDEX {
+        let idx: Index = serde_json::from_slice(&top_bytes).map_err(|e| {
+            RegistryError::Other(format!("{}: bad image index: {e}", layout_dir.display()))
+        })?;
+        idx.manifests
+    } else {
+        vec![desc.clone()]
+    };
+    let mut manifests = Vec::new();
+    let mut blobs: Vec<Desc> = Vec::new();
+    for image in &images {
+        let bytes = if image.digest == desc.digest {
+            top_bytes.clone()
+        } else {
+            layout.read_blob(&image.digest)?
+        };
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| {
+            RegistryError::Other(format!("{}: bad manifest: {e}", layout_dir.display()))
+        })?;
+        for b in std::iter::once(&manifest.config).chain(&manifest.layers) {
+            if !blobs.iter().any(|x| x.digest == b.digest) {
+                blobs.push(b.clone());
+            }
+        }
+        let media_type = manifest
+            .media_type
+            .clone()
+            .unwrap_or_else(|| MEDIA_TYPE_MANIFEST.into());
+        manifests.push((image.digest.clone(), media_type, bytes));
+    }
     // Blobs are not hashed before the upload: what the registry already has is skipped by
     // HEAD, and each upload hashes what it sends and stops before the last byte of a blob
     // that does not match its digest (see `upload`); the registry checks it again.
@@ -361,25 +390,48 @@ pub fn push(
         }
         Ok::<(), RegistryError>(())
     })?;
-    // The manifest by digest first, then the tag: a tag never points at a partial image.
-    let media_type = manifest
-        .media_type
-        .clone()
-        .unwrap_or_else(|| MEDIA_TYPE_MANIFEST.into());
-    let mut refs = vec![desc.digest.to_string()];
-    refs.extend(dest.tag.clone());
-    for r in refs {
-        let url = client.url(&format!("/v2/{}/manifests/{r}", dest.repository));
-        let resp = client.send("put manifest to", Method::PUT, &url, &|rb| {
-            Ok(rb
-                .header(header::CONTENT_TYPE, media_type.clone())
-                .body(manifest_bytes.clone()))
-        })?;
-        if resp.status() != StatusCode::CREATED {
-            return Err(status_error("put manifest to", &url, resp));
+    // Every image manifest by digest, then the index by digest (when there is one), then the
+    // tag: a tag never points at a partial image.
+    if desc.media_type == MEDIA_TYPE_INDEX {
+        for (digest, media_type, bytes) in &manifests {
+            put_manifest(&client, dest, &digest.to_string(), media_type, bytes)?;
+        }
+        let mut refs = vec![desc.digest.to_string()];
+        refs.extend(dest.tag.clone());
+        for r in refs {
+            put_manifest(&client, dest, &r, MEDIA_TYPE_INDEX, &top_bytes)?;
+        }
+    } else {
+        let (_, media_type, bytes) = &manifests[0];
+        let mut refs = vec![desc.digest.to_string()];
+        refs.extend(dest.tag.clone());
+        for r in refs {
+            put_manifest(&client, dest, &r, media_type, bytes)?;
         }
     }
     let mut o = outcome.into_inner().unwrap_or_default();
     o.manifest = Some(desc.digest);
+    o.media_type = desc.media_type;
+    o.images = images;
     Ok(o)
+}
+
+fn put_manifest(
+    client: &RegistryClient,
+    dest: &Reference,
+    reference: &str,
+    media_type: &str,
+    bytes: &[u8],
+) -> Result<(), RegistryError> {
+    let url = client.url(&format!("/v2/{}/manifests/{reference}", dest.repository));
+    let body = bytes.to_vec();
+    let resp = client.send("put manifest to", Method::PUT, &url, &|rb| {
+        Ok(rb
+            .header(header::CONTENT_TYPE, media_type)
+            .body(body.clone()))
+    })?;
+    if resp.status() != StatusCode::CREATED {
+        return Err(status_error("put manifest to", &url, resp));
+    }
+    Ok(())
 }

@@ -250,14 +250,35 @@ fn image(c: &mut Checker, loaded: &Loaded) -> BaseRef {
             ),
         );
     }
-    if !["linux/amd64", "linux/arm64"].contains(&r.image.platform.as_str()) {
-        c.error(
-            &image.key("platform"),
-            format!(
-                "platform `{}` is not supported (linux/amd64, linux/arm64)",
-                r.image.platform
-            ),
-        );
+    let supported = ["linux/amd64", "linux/arm64"];
+    if r.image.platforms.is_empty() {
+        if !supported.contains(&r.image.platform.as_str()) {
+            c.error(
+                &image.key("platform"),
+                format!(
+                    "platform `{}` is not supported (linux/amd64, linux/arm64)",
+                    r.image.platform
+                ),
+            );
+        }
+    }
+    for (i, p) in r.image.platforms.iter().enumerate() {
+        let field = image.key("platforms").index(i);
+        if !supported.contains(&p.as_str()) {
+            c.error(
+                &field,
+                format!("platform `{p}` is not supported (linux/amd64, linux/arm64)"),
+            );
+        } else if r.image.platforms[..i].contains(p) {
+            c.error(&field, format!("`{p}` is listed twice"));
+        }
+    }
+    // Every platform's downloads: each needs its `[download.arch]` entry and a valid URL.
+    for other in loaded.platforms.iter().skip(1) {
+        let view = loaded.for_platform(other);
+        for (i, d) in view.recipe.download.iter().enumerate() {
+            download_source(c, &root.key("download").index(i), d, other);
+        }
     }
     let base = match parse_base(&r.image.base, &loaded.dir) {
         Ok(b) => b,

@@ -57,6 +57,28 @@ fn proxmox(c: &mut Checker, r: &crate::recipe::Recipe, px: &crate::recipe::Proxm
     }
     // qemu-server's `name` has pve-common's `dns-name` format (JSONSchema.pm,
     // `pve_verify_dns_name`), and imgbuild adds `-building` and `-VMID` to it.
+    let platforms = if r.image.platforms.is_empty() {
+        vec![r.image.platform.clone()]
+    } else {
+        r.image.platforms.clone()
+    };
+    let field = if r.image.platforms.is_empty() {
+        image.key("platform")
+    } else {
+        image.key("platforms")
+    };
+    if !platforms.iter().any(|p| p == "linux/amd64") {
+        c.error(
+            &field,
+            "the proxmox target builds a linux/amd64 VM: add linux/amd64 to the platforms",
+        );
+    } else if platforms.len() > 1 {
+        c.warn(
+            &field,
+            "the proxmox target builds linux/amd64 only; the other platforms go into the OCI \
+             image index",
+        );
+    }
     let vm_name = px.name.clone().unwrap_or_else(|| r.image.name.clone());
     if !is_dns_name(&vm_name) {
         let field = if px.name.is_some() {
