@@ -22,6 +22,8 @@ use crate::plan::{self, Plan, PlanError};
 /// The build's one materialized root, carried from the lock's pip resolution into the steps.
 pub use crate::realize::LiveRoot;
 use crate::realize::{self, LayerOutcome, RealizeError};
+/// Running another platform's programs under emulation, and which recipes need it.
+pub use crate::realize::{emulation, recipe_runs_programs};
 use crate::recipe::{BaseRef, FieldPath, Loaded, RecipeError};
 use crate::registry::{self, ClientOptions, Reference, RegistryError};
 use crate::report::{Event, Reporter};
@@ -320,7 +322,9 @@ pub fn build(
                 view.recipe.image.platform
             )));
         }
-        images.push(build_image(&view, cache, &layout, mtime, opts, &mut keep, reporter)?);
+        images.push(build_image(
+            &view, cache, &layout, mtime, opts, &mut keep, reporter,
+        )?);
     }
     reporter.report(Event::Stage("writing image layout"));
     let r = &loaded.recipe;
@@ -362,7 +366,10 @@ pub fn build(
         } else {
             sbom_file(&i.platform)
         };
-        write_file(&out.join(name), &serde_json::to_vec_pretty(&i.sbom).unwrap_or_default())?;
+        write_file(
+            &out.join(name),
+            &serde_json::to_vec_pretty(&i.sbom).unwrap_or_default(),
+        )?;
         if let Some(l) = &i.lock {
             sections.platform.insert(i.platform.clone(), l.clone());
         }
@@ -443,12 +450,10 @@ fn build_image(
     let (base, plan, lock) = prepare(loaded, cache, mtime, opts, &mut live, reporter)?;
     let layers = realize::realize(loaded, &plan, &base, cache, &mut live, reporter)?;
     drop(live);
-    let (manifest, config) =
-        write_image(loaded, cache, layout, mtime, &base, &layers, keep).map_err(|source| {
-            BuildError::Output {
-                path: layout.root().to_path_buf(),
-                source,
-            }
+    let (manifest, config) = write_image(loaded, cache, layout, mtime, &base, &layers, keep)
+        .map_err(|source| BuildError::Output {
+            path: layout.root().to_path_buf(),
+            source,
         })?;
     let sbom = sbom::document(
         &loaded.recipe.image.name,

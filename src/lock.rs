@@ -258,10 +258,12 @@ pub fn read_sections(path: &Path) -> Result<Option<Sections>, LockError> {
     if value.get("platform").is_none() {
         return Ok(None);
     }
-    let sections: Sections = value.try_into().map_err(|e: toml::de::Error| LockError::Read {
-        path: path.into(),
-        message: e.to_string(),
-    })?;
+    let sections: Sections = value
+        .try_into()
+        .map_err(|e: toml::de::Error| LockError::Read {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
     if sections.version != LOCK_VERSION {
         return Err(LockError::Read {
             path: path.into(),

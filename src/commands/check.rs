@@ -13,6 +13,12 @@ pub fn run(g: &Global, recipe: &Path) -> Result<()> {
     for w in &loaded.warnings {
         progress.line(&w.to_string());
     }
+    // The machine, not the recipe: another platform's programs need emulation here.
+    if imgbuild::build::recipe_runs_programs(&loaded.recipe) {
+        for p in &loaded.platforms {
+            imgbuild::build::emulation::require(p)?;
+        }
+    }
     let warnings = match loaded.warnings.len() {
         0 => String::new(),
         n => format!(" ({n} warning{})", if n == 1 { "" } else { "s" }),

@@ -200,7 +200,9 @@ pub fn manifest(config: Desc, layers: Vec<Desc>) -> Manifest {
 /// container tools write it.
 pub fn platform(p: &str) -> crate::oci::layout::Platform {
     let (os, arch) = p.split_once('/').unwrap_or(("linux", p));
-    let (arch, variant) = arch.split_once('/').map_or((arch, None), |(a, v)| (a, Some(v)));
+    let (arch, variant) = arch
+        .split_once('/')
+        .map_or((arch, None), |(a, v)| (a, Some(v)));
     crate::oci::layout::Platform {
         architecture: arch.to_string(),
         os: os.to_string(),

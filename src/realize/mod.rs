@@ -4,6 +4,7 @@
 
 pub mod apt;
 mod chrootless;
+pub mod emulation;
 mod extract;
 mod live;
 mod run;
@@ -47,6 +48,8 @@ pub struct LayerOutcome {
 pub enum RealizeError {
     #[error(transparent)]
     Recipe(#[from] RecipeError),
+    #[error(transparent)]
+    Emulation(#[from] emulation::EmulationError),
     #[error(transparent)]
     Download(#[from] DownloadError),
     #[error(transparent)]
@@ -117,6 +120,16 @@ pub fn realize(
                 r.lower.keep(&f.dest);
             }
         }
+    }
+    // A step to build that runs the image's programs needs them to run here: natively, or
+    // under emulation for another platform (checked before the first step, not midway).
+    if plan
+        .steps
+        .iter()
+        .zip(&hits)
+        .any(|(s, h)| h.is_none() && runs_programs(&s.kind))
+    {
+        emulation::require(&loaded.recipe.image.platform)?;
     }
     let mut out = Vec::new();
     let total = plan.steps.len();
@@ -640,4 +653,24 @@ fn build_step(
         t.write(&mut w, lower).map_err(layer_err)?;
     }
     Ok(w.finish(step.name.clone())?)
+}
+
+/// Steps that run the image's own programs (in the sandbox).
+fn runs_programs(kind: &StepKind) -> bool {
+    matches!(
+        kind,
+        StepKind::Configure(_)
+            | StepKind::Pip(_)
+            | StepKind::BuildPackages(_)
+            | StepKind::Run { .. }
+    )
+}
+
+/// Whether a build of `recipe` runs the image's own programs (package scripts, pip,
+/// `[[run]]`): what needs emulation for another platform.
+pub fn recipe_runs_programs(recipe: &crate::recipe::Recipe) -> bool {
+    recipe.apt.as_ref().is_some_and(|a| {
+        !a.packages.is_empty() || !a.build_packages.is_empty() || a.bootstrap.is_some()
+    }) || recipe.pip.as_ref().is_some_and(|p| !p.packages.is_empty())
+        || !recipe.run.is_empty()
 }

@@ -153,7 +153,10 @@ impl Loaded {
     /// One view per platform ([`Loaded::for_platform`]); the recipe itself when it has one.
     pub fn per_platform(&self) -> Vec<Loaded> {
         if self.multi_platform() {
-            self.platforms.iter().map(|p| self.for_platform(p)).collect()
+            self.platforms
+                .iter()
+                .map(|p| self.for_platform(p))
+                .collect()
         } else {
             vec![self.clone()]
         }

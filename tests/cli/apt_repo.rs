@@ -112,17 +112,27 @@ impl Signer {
 /// A package to build: control fields, files (path, content, mode), maintainer scripts.
 pub(crate) struct Pkg {
     control: String,
+    arch: String,
     pub(crate) files: Vec<(String, Vec<u8>, u32)>,
-    scripts: Vec<(&'static str, String)>,
+    /// Symbolic links (path, target).
+    pub(crate) links: Vec<(String, String)>,
+    pub(crate) scripts: Vec<(&'static str, String)>,
     conffiles: Vec<String>,
     compression: &'static str,
 }
 
 pub(crate) fn pkg(name: &str, version: &str, extra: &str) -> Pkg {
+    pkg_for("amd64", name, version, extra)
+}
+
+/// A package for the Debian architecture `arch`.
+pub(crate) fn pkg_for(arch: &str, name: &str, version: &str, extra: &str) -> Pkg {
     Pkg {
         control: format!(
-            "Package: {name}\nVersion: {version}\nArchitecture: amd64\nMaintainer: Tests <t@example.invalid>\n{extra}Description: fixture package {name}\n A package built by the imgbuild tests.\n"
+            "Package: {name}\nVersion: {version}\nArchitecture: {arch}\nMaintainer: Tests <t@example.invalid>\n{extra}Description: fixture package {name}\n A package built by the imgbuild tests.\n"
         ),
+        arch: arch.to_string(),
+        links: Vec::new(),
         files: vec![(
             format!("usr/share/doc/{name}/copyright"),
             format!("{name} {version}\n").into_bytes(),
@@ -314,6 +324,11 @@ impl Repo {
             use std::os::unix::fs::PermissionsExt;
             fs::set_permissions(&f, fs::Permissions::from_mode(*mode)).unwrap();
         }
+        for (path, target) in &p.links {
+            let f = root.join(path);
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(target, &f).unwrap();
+        }
         fs::write(root.join("DEBIAN/control"), &p.control).unwrap();
         for (s, body) in &p.scripts {
             let f = root.join("DEBIAN").join(s);
@@ -324,7 +339,7 @@ impl Repo {
         if !p.conffiles.is_empty() {
             fs::write(root.join("DEBIAN/conffiles"), p.conffiles.join("\n") + "\n").unwrap();
         }
-        let rel = format!("pool/main/{name}_{version}_amd64.deb");
+        let rel = format!("pool/main/{name}_{version}_{}.deb", p.arch);
         let out = self.root.path().join(&rel);
         fs::create_dir_all(out.parent().unwrap()).unwrap();
         tool(
@@ -340,31 +355,58 @@ impl Repo {
         self.debs.push((rel, p.control));
     }
 
-    /// Writes Packages, Release and InRelease (signed by `signer`, default: the repo's key).
+    /// Writes Packages (one index per architecture its packages have, amd64 at least),
+    /// Release and InRelease (signed by `signer`, default: the repo's key).
     pub(crate) fn publish(&self, signer: Option<&Signer>) {
-        let mut index = String::new();
-        for (rel, control) in &self.debs {
-            let data = fs::read(self.root.path().join(rel)).unwrap();
-            index.push_str(control.trim_end());
-            index.push_str(&format!(
-                "\nFilename: {rel}\nSize: {}\nSHA256: {}\n\n",
-                data.len(),
-                sha256(&data)
+        let arch_of = |control: &str| {
+            control
+                .lines()
+                .find_map(|l| l.strip_prefix("Architecture: "))
+                .unwrap_or("amd64")
+                .to_string()
+        };
+        let mut archs: Vec<String> = self.debs.iter().map(|(_, c)| arch_of(c)).collect();
+        archs.push("amd64".into());
+        archs.retain(|a| a != "all");
+        archs.sort();
+        archs.dedup();
+        let mut sums = String::new();
+        for arch in &archs {
+            let mut index = String::new();
+            for (rel, control) in &self.debs {
+                let a = arch_of(control);
+                if &a != arch && a != "all" {
+                    continue;
+                }
+                let data = fs::read(self.root.path().join(rel)).unwrap();
+                index.push_str(control.trim_end());
+                index.push_str(&format!(
+                    "\nFilename: {rel}\nSize: {}\nSHA256: {}\n\n",
+                    data.len(),
+                    sha256(&data)
+                ));
+            }
+            let dir = self
+                .root
+                .path()
+                .join(format!("dists/test/main/binary-{arch}"));
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join("Packages"), &index).unwrap();
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(index.as_bytes()).unwrap();
+            let gz = gz.finish().unwrap();
+            fs::write(dir.join("Packages.gz"), &gz).unwrap();
+            sums.push_str(&format!(
+                " {} {} main/binary-{arch}/Packages\n {} {} main/binary-{arch}/Packages.gz\n",
+                sha256(index.as_bytes()),
+                index.len(),
+                sha256(&gz),
+                gz.len()
             ));
         }
-        let dir = self.root.path().join("dists/test/main/binary-amd64");
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(dir.join("Packages"), &index).unwrap();
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        gz.write_all(index.as_bytes()).unwrap();
-        let gz = gz.finish().unwrap();
-        fs::write(dir.join("Packages.gz"), &gz).unwrap();
         let release = format!(
-            "Origin: imgbuild-tests\nSuite: test\nCodename: test\nDate: Sat, 01 Jan 2000 00:00:00 UTC\nArchitectures: amd64\nComponents: main\nSHA256:\n {} {} main/binary-amd64/Packages\n {} {} main/binary-amd64/Packages.gz\n",
-            sha256(index.as_bytes()),
-            index.len(),
-            sha256(&gz),
-            gz.len()
+            "Origin: imgbuild-tests\nSuite: test\nCodename: test\nDate: Sat, 01 Jan 2000 00:00:00 UTC\nArchitectures: {}\nComponents: main\nSHA256:\n{sums}",
+            archs.join(" ")
         );
         let dists = self.root.path().join("dists/test");
         fs::write(dists.join("Release"), release).unwrap();

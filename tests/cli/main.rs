@@ -19,6 +19,7 @@ mod hostile;
 mod import;
 mod layer;
 mod layout;
+mod multiarch;
 mod network;
 mod proxmox;
 mod rebuild;
