@@ -251,16 +251,14 @@ fn image(c: &mut Checker, loaded: &Loaded) -> BaseRef {
         );
     }
     let supported = ["linux/amd64", "linux/arm64"];
-    if r.image.platforms.is_empty() {
-        if !supported.contains(&r.image.platform.as_str()) {
-            c.error(
-                &image.key("platform"),
-                format!(
-                    "platform `{}` is not supported (linux/amd64, linux/arm64)",
-                    r.image.platform
-                ),
-            );
-        }
+    if r.image.platforms.is_empty() && !supported.contains(&r.image.platform.as_str()) {
+        c.error(
+            &image.key("platform"),
+            format!(
+                "platform `{}` is not supported (linux/amd64, linux/arm64)",
+                r.image.platform
+            ),
+        );
     }
     for (i, p) in r.image.platforms.iter().enumerate() {
         let field = image.key("platforms").index(i);
