@@ -200,6 +200,10 @@ impl Night<'_> {
             "changes": self.changes,
             "previous_digest": self.previous.map(|d| d.to_string()),
             "digest": self.result.manifest.to_string(),
+            "platforms": self.result.platforms.iter().map(|p| json!({
+                "platform": p.platform,
+                "manifest": p.manifest,
+            })).collect::<Vec<_>>(),
             "pushed_tags": self.tags,
             "steps": {
                 "total": self.result.layers.len(),

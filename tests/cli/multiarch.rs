@@ -345,6 +345,33 @@ fn an_amd64_and_arm64_recipe_builds_an_index_and_arm64_scripts_run_emulated() {
     assert_eq!(config["architecture"], "arm64");
     assert_eq!(config["variant"], "v8");
 
+    // plan shows each platform's steps; rebuild pushes the index, then finds it unchanged.
+    let plan = w.cmd().arg("plan").arg(&r).output().unwrap();
+    assert_ok(&plan);
+    let plan = stdout(&plan);
+    assert!(
+        plan.contains("platform  linux/amd64") && plan.contains("platform  linux/arm64"),
+        "{plan}"
+    );
+    let nightly = format!("{}/nightly:1", reg.host);
+    for expected in ["pushed", "unchanged"] {
+        let report = w.path("report.json");
+        let o = w
+            .cmd()
+            .arg("rebuild")
+            .arg(&r)
+            .args(["--push", &nightly, "--out", p(w.dir.path(), "out/multi")])
+            .arg("--report")
+            .arg(&report)
+            .output()
+            .unwrap();
+        assert_ok(&o);
+        let rep: Value = serde_json::from_slice(&fs::read(&report).unwrap()).unwrap();
+        assert_eq!(rep["status"], expected, "{rep}");
+        assert_eq!(rep["digest"], meta["manifest"]);
+        assert_eq!(rep["platforms"][1]["manifest"], arm_manifest.as_str());
+    }
+
     // The amd64 image is the one a plain amd64 pull gets.
     let amd = w.path("amd");
     skopeo(&[

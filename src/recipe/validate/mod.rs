@@ -271,6 +271,21 @@ fn image(c: &mut Checker, loaded: &Loaded) -> BaseRef {
             c.error(&field, format!("`{p}` is listed twice"));
         }
     }
+    // One pinned sha256 cannot match a file that differs per platform.
+    if loaded.multi_platform() {
+        for (i, d) in r.download.iter().enumerate() {
+            let per_platform = ["${arch}", "${uname_m}"].iter().any(|v| d.url.contains(v));
+            let pinned_per_arch = d.arch.values().any(|a| a.sha256.is_some());
+            if per_platform && d.sha256.is_some() && !pinned_per_arch {
+                c.error(
+                    &root.key("download").index(i).key("sha256"),
+                    "the URL differs per platform but this sha256 is one file's: give each \
+                     platform its own in [download.arch.ARCH] (sha256 = ...), or leave sha256 \
+                     out and let `imgbuild lock` pin each",
+                );
+            }
+        }
+    }
     // Every platform's downloads: each needs its `[download.arch]` entry and a valid URL.
     for other in loaded.platforms.iter().skip(1) {
         let view = loaded.for_platform(other);
