@@ -359,6 +359,61 @@ fn an_image_matches_mmdebstrap_for_the_same_packages() {
 
 /// `recipes/distroless-static.toml` builds from the live mirror: no shell, tzdata configured
 /// chrootless (its postinst set /etc/localtime inside the image), nothing of the host's.
+/// Another platform under emulation: bookworm minbase for linux/arm64, built by imgbuild on
+/// this amd64 machine (the package scripts run under qemu-user) and by `mmdebstrap
+/// --arch=arm64`: the same packages, versions and states, and the same users.
+#[test]
+fn an_arm64_minbase_matches_mmdebstrap_for_arm64() {
+    let mirror = mirror();
+    let work = Work::setup();
+    let recipe = work.path("recipes/minbase-arm64.toml");
+    fs::write(
+        &recipe,
+        "[image]\nname = \"minbase-arm64\"\nbase = \"scratch\"\nplatform = \"linux/arm64\"\n\n\
+         [apt]\nbootstrap = \"minbase\"\n\n\
+         [[apt.sources]]\nname = \"debian\"\nuri = \"${var.mirror}\"\nsuite = \"bookworm\"\n\
+         components = [\"main\"]\nkey = \"keys/debian-archive-keyring.gpg\"\n",
+    )
+    .unwrap();
+    let o = work
+        .cmd()
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .args(["--var", &format!("mirror={mirror}"), "build"])
+        .arg(&recipe)
+        .arg("--out")
+        .arg(work.path("out/minbase-arm64"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let ours = unpack(&work, "out/minbase-arm64");
+
+    let reference = work.path("mmdebstrap-arm64");
+    let o = Std::new("mmdebstrap")
+        .env("SOURCE_DATE_EPOCH", EPOCH)
+        .args([
+            "--quiet",
+            "--mode=root",
+            "--variant=minbase",
+            "--arch=arm64",
+        ])
+        .arg("bookworm")
+        .arg(&reference)
+        .arg(format!("deb {mirror} bookworm main"))
+        .output()
+        .expect("mmdebstrap (Debian package mmdebstrap): .ci/run installs it");
+    assert_ok(&o);
+    let (a, b) = (dpkg_list(&ours), dpkg_list(&reference));
+    assert_eq!(a, b, "package lists differ");
+    assert!(a.contains("ii  libc6 "), "{a}");
+    for f in ["etc/passwd", "etc/group"] {
+        assert_eq!(lines(&ours.join(f)), lines(&reference.join(f)), "{f}");
+    }
+    // The programs are arm64 ones: ELF machine 183 (EM_AARCH64).
+    let elf = fs::read(ours.join("usr/bin/dpkg")).unwrap();
+    assert_eq!(&elf[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([elf[18], elf[19]]), 183);
+}
+
 #[test]
 fn the_distroless_recipe_builds_from_the_mirror() {
     let work = Work::setup();
