@@ -196,6 +196,14 @@ fn an_amd64_and_arm64_recipe_builds_an_index_and_arm64_scripts_run_emulated() {
     let mut repo = fixture_repo();
     add_arm64(&mut repo);
     repo.publish(None);
+    // A download whose URL names the platform: each image gets its own, pinned in its section.
+    for (arch, uname) in [("amd64", "x86_64"), ("arm64", "aarch64")] {
+        fs::write(
+            repo.path(&format!("payload-{arch}-{uname}.txt")),
+            format!("{arch}\n"),
+        )
+        .unwrap();
+    }
     let server = FileServer::start(repo.root.path());
     let w = Work::setup();
     repo.signer.export(&w.path("recipes/fixture.asc"), true);
@@ -203,6 +211,9 @@ fn an_amd64_and_arm64_recipe_builds_an_index_and_arm64_scripts_run_emulated() {
     let text = fs::read_to_string(&r).unwrap().replace(
         "base = \"scratch\"",
         "base = \"scratch\"\nplatforms = [\"linux/amd64\", \"linux/arm64\"]",
+    ) + &format!(
+        "\n[[download]]\nurl = \"{}/payload-${{arch}}-${{uname_m}}.txt\"\ndest = \"/etc/payload\"\n",
+        server.url
     );
     fs::write(&r, text).unwrap();
 
@@ -231,6 +242,9 @@ fn an_amd64_and_arm64_recipe_builds_an_index_and_arm64_scripts_run_emulated() {
     let lock = fs::read_to_string(w.path("recipes/fixture-apt.lock")).unwrap();
     assert!(lock.contains("[platform.\"linux/amd64\"]"), "{lock}");
     assert!(lock.contains("[platform.\"linux/arm64\"]"), "{lock}");
+    for url in ["payload-amd64-x86_64.txt", "payload-arm64-aarch64.txt"] {
+        assert!(lock.contains(url), "{url} pinned: {lock}");
+    }
     assert!(
         lock.contains("fixture-hello_2:1.0-1_arm64.deb")
             || lock.contains("fixture-hello_2%3a1.0-1_arm64.deb"),
@@ -245,15 +259,40 @@ fn an_amd64_and_arm64_recipe_builds_an_index_and_arm64_scripts_run_emulated() {
     assert_eq!(again["manifest"], meta["manifest"]);
     assert_eq!(again["cache"]["misses"], 0);
 
-    // Pushed: skopeo sees an index with both platforms.
+    // Pushed (and signed): skopeo sees an index with both platforms.
     let reg = Registry::start(Mode::Plain);
     let dest = format!("{}/multi:1", reg.host);
+    let keys = w.path("keys");
     let o = w
         .cmd()
-        .args(["push", p(w.dir.path(), "out/multi"), &dest])
+        .env("IMGBUILD_KEY_PASSWORD", "pw")
+        .args(["key", "generate", "--out"])
+        .arg(&keys)
         .output()
         .unwrap();
     assert_ok(&o);
+    let o = w
+        .cmd()
+        .env("IMGBUILD_KEY_PASSWORD", "pw")
+        .args(["push", p(w.dir.path(), "out/multi"), &dest, "--sign-key"])
+        .arg(keys.join("imgbuild.key"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    // The index and each platform's manifest carry a signature.
+    for digest in [
+        meta["manifest"].as_str().unwrap(),
+        platforms[0]["manifest"].as_str().unwrap(),
+        platforms[1]["manifest"].as_str().unwrap(),
+    ] {
+        let tag = format!("sha256-{}.sig", digest.strip_prefix("sha256:").unwrap());
+        skopeo(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/multi:{tag}", reg.host),
+        ]);
+    }
     assert_eq!(stdout(&o).trim(), meta["manifest"].as_str().unwrap());
     let raw: Value = serde_json::from_str(&skopeo(&[
         "inspect",
@@ -324,6 +363,10 @@ fn an_amd64_and_arm64_recipe_builds_an_index_and_arm64_scripts_run_emulated() {
             .trim(),
         "configure"
     );
+    assert_eq!(
+        fs::read_to_string(root.join("etc/payload")).unwrap(),
+        "arm64\n"
+    );
     let list = dpkg_list(&root);
     assert!(list.contains("ii  fixture-hello 2:1.0-1"), "{list}");
     let config: Value = serde_json::from_slice(
@@ -384,4 +427,33 @@ fn an_amd64_and_arm64_recipe_builds_an_index_and_arm64_scripts_run_emulated() {
     ]);
     let index: Value = serde_json::from_slice(&fs::read(amd.join("index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"][0]["digest"], platforms[0]["manifest"]);
+}
+
+#[test]
+fn the_proxmox_target_is_amd64_and_check_says_so() {
+    let w = Work::setup();
+    let recipe = w.path("recipes/px.toml");
+    let write = |platforms: &str| {
+        fs::write(
+            &recipe,
+            format!("[image]\nname = \"px\"\nplatforms = {platforms}\n\n[target.proxmox]\n"),
+        )
+        .unwrap();
+        w.cmd().arg("check").arg(&recipe).output().unwrap()
+    };
+    let both = write(r#"["linux/amd64", "linux/arm64"]"#);
+    assert_ok(&both);
+    assert!(
+        super::stderr(&both).contains("the proxmox target builds linux/amd64 only"),
+        "{}",
+        super::stderr(&both)
+    );
+    let arm_only = write(r#"["linux/arm64"]"#);
+    assert_eq!(arm_only.status.code(), Some(2));
+    assert!(
+        super::stderr(&arm_only).contains("px.toml:3:13")
+            && super::stderr(&arm_only).contains("add linux/amd64"),
+        "{}",
+        super::stderr(&arm_only)
+    );
 }
