@@ -312,9 +312,9 @@ pub fn build(
         path: out.to_path_buf(),
         source,
     };
-    let layout = Layout::create(out).map_err(output_err)?;
-    let mut keep = BTreeSet::new();
-    let mut images = Vec::new();
+    // Every platform built first (layers into the cache); the layout is touched only then,
+    // so a failed build leaves the previous layout (or none) as it was.
+    let mut realized = Vec::new();
     for view in loaded.per_platform() {
         if loaded.multi_platform() {
             reporter.report(Event::Stage(&format!(
@@ -322,8 +322,15 @@ pub fn build(
                 view.recipe.image.platform
             )));
         }
-        images.push(build_image(
-            &view, cache, &layout, mtime, opts, &mut keep, reporter,
+        let r = realize_image(&view, cache, mtime, opts, reporter)?;
+        realized.push((view, r));
+    }
+    let layout = Layout::create(out).map_err(output_err)?;
+    let mut keep = BTreeSet::new();
+    let mut images = Vec::new();
+    for (view, (base, layers, lock)) in realized {
+        images.push(image_output(
+            &view, cache, &layout, mtime, base, layers, lock, &mut keep, reporter,
         )?);
     }
     reporter.report(Event::Stage("writing image layout"));
@@ -360,6 +367,7 @@ pub fn build(
         version: lock::LOCK_VERSION,
         ..Default::default()
     };
+    let mut written = BTreeSet::new();
     for i in &images {
         let name = if images.len() == 1 {
             SBOM_FILE.to_string()
@@ -367,22 +375,32 @@ pub fn build(
             sbom_file(&i.platform)
         };
         write_file(
-            &out.join(name),
+            &out.join(&name),
             &serde_json::to_vec_pretty(&i.sbom).unwrap_or_default(),
         )?;
+        written.insert(name);
         if let Some(l) = &i.lock {
             sections.platform.insert(i.platform.clone(), l.clone());
         }
     }
     let lock_file = out.join("imgbuild.lock");
     match images.as_slice() {
-        [one] => {
-            if let Some(l) = &one.lock {
-                lock::write(&lock_file, l)?;
+        [one] => match &one.lock {
+            Some(l) => lock::write(&lock_file, l)?,
+            None => remove_stale(&lock_file),
+        },
+        _ if !sections.platform.is_empty() => lock::write_sections(&lock_file, &sections)?,
+        _ => remove_stale(&lock_file),
+    }
+    // SBOMs an earlier build of this layout wrote for other platforms would be pushed with it.
+    if let Ok(entries) = std::fs::read_dir(out) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("sbom.") && name.ends_with(".spdx.json") && !written.contains(&name)
+            {
+                remove_stale(&e.path());
             }
         }
-        _ if !sections.platform.is_empty() => lock::write_sections(&lock_file, &sections)?,
-        _ => {}
     }
     let first = &images[0];
     Ok(BuildOutput {
@@ -406,6 +424,11 @@ pub fn build(
             })
             .collect(),
     })
+}
+
+/// Removes what an earlier build left in the layout directory and this one does not write.
+fn remove_stale(path: &Path) {
+    let _ = std::fs::remove_file(path);
 }
 
 /// The SBOM file of one platform's image in a multi-platform layout.
@@ -435,21 +458,36 @@ struct PlatformImage {
     sbom: serde_json::Value,
 }
 
-fn build_image(
+/// One platform's steps, realized into the cache: its base, its layers, its lock.
+fn realize_image(
     loaded: &Loaded,
     cache: &Cache,
-    layout: &Layout,
     mtime: u64,
     opts: &Options,
-    keep: &mut BTreeSet<Digest>,
     reporter: &dyn Reporter,
-) -> Result<PlatformImage, BuildError> {
+) -> Result<(BaseImage, Vec<LayerOutcome>, Option<Lock>), BuildError> {
     reporter.report(Event::Stage("resolving base image"));
     // One root for the whole build: pip's resolution (when the lock is made) and the steps.
     let mut live = LiveRoot::default();
     let (base, plan, lock) = prepare(loaded, cache, mtime, opts, &mut live, reporter)?;
     let layers = realize::realize(loaded, &plan, &base, cache, &mut live, reporter)?;
     drop(live);
+    Ok((base, layers, lock))
+}
+
+/// One platform's image written into the layout (config, manifest, blobs) and its SBOM.
+#[allow(clippy::too_many_arguments)]
+fn image_output(
+    loaded: &Loaded,
+    cache: &Cache,
+    layout: &Layout,
+    mtime: u64,
+    base: BaseImage,
+    layers: Vec<LayerOutcome>,
+    lock: Option<Lock>,
+    keep: &mut BTreeSet<Digest>,
+    reporter: &dyn Reporter,
+) -> Result<PlatformImage, BuildError> {
     let (manifest, config) = write_image(loaded, cache, layout, mtime, &base, &layers, keep)
         .map_err(|source| BuildError::Output {
             path: layout.root().to_path_buf(),
