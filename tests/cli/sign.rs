@@ -1,10 +1,15 @@
-//! Sigstore signatures. Debian 12's skopeo, podman and buildah are built with sigstore
-//! disabled ("Debian-local change: sigstore disabled", for signing and verifying alike), so
-//! the checks here come from other implementations: openssl verifies every signature imgbuild
-//! writes, a Python implementation of the cosign key envelope (tests/support/cosign_key.py:
-//! hashlib scrypt, PyNaCl, pyca/cryptography) opens imgbuild's keys and makes keys imgbuild
-//! opens, and the base image test stores a signature the way containers/image does (its
-//! payload shape, its attachment config) for imgbuild's `base_key` check to accept or refuse.
+//! Sigstore signatures, checked by other implementations. Debian 12's skopeo, podman and
+//! buildah are built with sigstore disabled ("Debian-local change: sigstore disabled", for
+//! signing and verifying alike), so the tests use:
+//! - sigstore-rs, the sigstore project's Rust client (tests/support/sigstore-check, built by
+//!   scripts/deps): it verifies what imgbuild pushes the way `cosign verify --key` does
+//!   (triangulation to `sha256-<hex>.sig`, payload, signature) and refuses it once the
+//!   signature or the manifest is tampered with; it signs bases as `cosign sign --key` does,
+//!   for imgbuild's `base_key` check, with a key `imgbuild key generate` wrote;
+//! - openssl, which verifies every signature's bytes with the public key;
+//! - a Python implementation of the cosign key envelope (tests/support/cosign_key.py:
+//!   hashlib scrypt, PyNaCl, pyca/cryptography), which opens imgbuild's keys and makes keys
+//!   imgbuild opens, and stores a signature the way containers/image does.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -28,6 +33,23 @@ fn generate(w: &Work, dir: &str) {
         .output()
         .unwrap();
     assert_ok(&o);
+}
+
+/// sigstore-rs's cosign client: `verify PUB REF` / `sign KEY REF` (password in
+/// COSIGN_PASSWORD) against a plain-HTTP registry.
+fn sigstore_check(args: &[&str], password: Option<&str>) -> std::process::Output {
+    let bin = repo().join("target/sigstore-check/debug/sigstore-check");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/deps (it builds it)",
+        bin.display()
+    );
+    let mut c = std::process::Command::new(bin);
+    c.args(args);
+    if let Some(pw) = password {
+        c.env("COSIGN_PASSWORD", pw);
+    }
+    c.output().unwrap()
 }
 
 /// The Python implementation of the key format.
@@ -315,6 +337,13 @@ fn a_signed_push_stores_sigstore_signatures_of_the_image_and_its_sbom() {
         &sbom_sigs[0].1
     ));
 
+    // sigstore-rs verifies it as `cosign verify --key` does; with another key it does not.
+    let verified = sigstore_check(&["verify", public, &dest], None);
+    assert_ok(&verified);
+    generate(&w, "other");
+    let other = sigstore_check(&["verify", leak(w.path("other/imgbuild.pub")), &dest], None);
+    assert_eq!(other.status.code(), Some(1), "{}", stderr(&other));
+
     // Pushing again with the same key adds nothing: signatures are deterministic.
     let before = get(&reg.host, &format!("signed/manifests/sha256-{hex}.sig"));
     assert_ok(&push(PASSWORD, leak(w.path("keys/imgbuild.key"))));
@@ -342,6 +371,33 @@ fn a_signed_push_stores_sigstore_signatures_of_the_image_and_its_sbom() {
         &sigs[1].1
     ));
     assert!(!openssl_verifies(&w, public, &sigs[1].0, &sigs[1].1));
+
+    // Tampered signature: each payload swapped for one naming another tag (signatures kept):
+    // sigstore-rs refuses the image.
+    let sig_tag = format!("sha256-{hex}.sig");
+    let (original, sigs) = attachment(&reg.host, "signed", &digest);
+    let mut forged = original.clone();
+    for (i, (payload, _)) in sigs.iter().enumerate() {
+        let changed = String::from_utf8(payload.clone())
+            .unwrap()
+            .replace("/signed:1", "/signed:2");
+        forged["layers"][i]["digest"] = json!(upload_blob(&reg.host, "signed", changed.as_bytes()));
+        forged["layers"][i]["size"] = json!(changed.len());
+    }
+    put_manifest(&reg.host, "signed", &sig_tag, &forged);
+    let refused = sigstore_check(&["verify", public, &dest], None);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    put_manifest(&reg.host, "signed", &sig_tag, &original);
+    assert_ok(&sigstore_check(&["verify", public, &dest], None));
+
+    // Tampered manifest: the tag moved to a changed manifest (one more annotation), which no
+    // signature names: refused.
+    let mut manifest: Value =
+        serde_json::from_slice(&get(&reg.host, "signed/manifests/1")).unwrap();
+    manifest["annotations"] = json!({"tampered": "yes"});
+    put_manifest(&reg.host, "signed", "1", &manifest);
+    let refused = sigstore_check(&["verify", public, &dest], None);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
 }
 
 /// Signs `digest` in `repo` as containers/image does: its payload (with `optional.creator`
@@ -394,7 +450,7 @@ fn base_key_accepts_a_base_signed_elsewhere_and_refuses_unsigned_foreign_or_alte
     ]);
     generate(&w, "other");
     let layout = format!("oci:{}:latest", w.path("out/hello").display());
-    for name in ["base", "unsigned", "altered"] {
+    for name in ["base", "unsigned", "altered", "cosigned"] {
         tool(
             "skopeo",
             &[
@@ -446,6 +502,20 @@ fn base_key_accepts_a_base_signed_elsewhere_and_refuses_unsigned_foreign_or_alte
             .unwrap()
     };
     assert_ok(&child("base:1", "keys/base.pub"));
+    // A base signed by sigstore-rs as `cosign sign --key` does, with a key imgbuild made.
+    generate(&w, "recipes/ours");
+    let o = sigstore_check(
+        &[
+            "sign",
+            leak(w.path("recipes/ours/imgbuild.key")),
+            &format!("{}/cosigned:1", reg.host),
+        ],
+        Some(PASSWORD),
+    );
+    assert_ok(&o);
+    assert_ok(&child("cosigned:1", "ours/imgbuild.pub"));
+    let wrong = child("cosigned:1", "keys/base.pub");
+    assert_eq!(wrong.status.code(), Some(1), "{}", stderr(&wrong));
 
     let unsigned = child("unsigned:1", "keys/base.pub");
     assert_eq!(unsigned.status.code(), Some(1), "{}", stderr(&unsigned));
@@ -515,4 +585,70 @@ fn base_key_accepts_a_base_signed_elsewhere_and_refuses_unsigned_foreign_or_alte
         "{}",
         stderr(&bad)
     );
+}
+
+#[test]
+fn the_recipes_sign_key_signs_what_build_and_rebuild_push() {
+    let reg = Registry::start(Mode::Plain);
+    let w = Work::setup();
+    generate(&w, "recipes/keys");
+    let text = fs::read_to_string(w.recipe()).unwrap();
+    fs::write(
+        w.recipe(),
+        text.replace(
+            "[target.oci]\n",
+            "[target.oci]\nsign_key = \"keys/imgbuild.key\"\n",
+        ),
+    )
+    .unwrap();
+    assert!(
+        fs::read_to_string(w.recipe()).unwrap().contains("sign_key"),
+        "the example has a [target.oci] table"
+    );
+    let public = leak(w.path("recipes/keys/imgbuild.pub"));
+    // Without the password, a push fails before building (exit 2); a build without --push
+    // needs no key.
+    let dest = format!("{}/recipe-signed:1", reg.host);
+    let o = w
+        .cmd()
+        .env_remove("IMGBUILD_KEY_PASSWORD")
+        .arg("build")
+        .arg(w.recipe())
+        .args(["--out", p(w.dir.path(), "out/hello"), "--push", &dest])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert_ok(&w.build_output("out/hello"));
+
+    let o = w
+        .cmd()
+        .env("IMGBUILD_KEY_PASSWORD", PASSWORD)
+        .arg("build")
+        .arg(w.recipe())
+        .args(["--out", p(w.dir.path(), "out/hello"), "--push", &dest])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let digest = stdout(&o).trim().to_string();
+    let (_, sigs) = attachment(&reg.host, "recipe-signed", &digest);
+    assert!(openssl_verifies(&w, public, &sigs[0].0, &sigs[0].1));
+
+    // rebuild to another repository: pushed and signed there, under that name.
+    let nightly = format!("{}/nightly:1", reg.host);
+    let o = w
+        .cmd()
+        .env("IMGBUILD_KEY_PASSWORD", PASSWORD)
+        .arg("rebuild")
+        .arg(w.recipe())
+        .args(["--push", &nightly, "--out", p(w.dir.path(), "out/hello")])
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let (_, sigs) = attachment(&reg.host, "nightly", &digest);
+    let claim: Value = serde_json::from_slice(&sigs[0].0).unwrap();
+    assert_eq!(
+        claim["critical"]["identity"]["docker-reference"],
+        nightly.as_str()
+    );
+    assert!(openssl_verifies(&w, public, &sigs[0].0, &sigs[0].1));
 }
