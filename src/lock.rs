@@ -186,30 +186,44 @@ pub fn signature_check(loaded: &Loaded, d: &crate::recipe::Download) -> Option<S
 }
 
 pub fn read(path: &Path) -> Result<Option<Lock>, LockError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(LockError::Read {
-                path: path.into(),
-                message: e.to_string(),
-            });
-        }
+    let Some(text) = read_text(path)? else {
+        return Ok(None);
     };
-    let lock: Lock = toml::from_str(&text).map_err(|e| LockError::Read {
+    let lock: Lock = parse(path, &text)?;
+    check_version(path, lock.version)?;
+    Ok(Some(lock))
+}
+
+/// The lock file at `path`; `None` when there is none.
+fn read_text(path: &Path) -> Result<Option<String>, LockError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(LockError::Read {
+            path: path.into(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Parses TOML text (errors keep toml's line and column).
+fn parse<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, LockError> {
+    toml::from_str(text).map_err(|e| LockError::Read {
         path: path.into(),
         message: e.to_string(),
-    })?;
-    if lock.version != LOCK_VERSION {
-        return Err(LockError::Read {
-            path: path.into(),
-            message: format!(
-                "version {} (this imgbuild writes {LOCK_VERSION}): run `imgbuild lock`",
-                lock.version
-            ),
-        });
+    })
+}
+
+fn check_version(path: &Path, version: u32) -> Result<(), LockError> {
+    if version == LOCK_VERSION {
+        return Ok(());
     }
-    Ok(Some(lock))
+    Err(LockError::Read {
+        path: path.into(),
+        message: format!(
+            "version {version} (this imgbuild writes {LOCK_VERSION}): run `imgbuild lock`"
+        ),
+    })
 }
 
 /// The lock file of a recipe that builds several platforms: a section per platform.
@@ -241,38 +255,15 @@ pub fn read_section(path: &Path, section: Option<&str>) -> Result<Option<Lock>, 
 
 /// Every section of the lock at `path`; `None` when it is missing or has no sections.
 pub fn read_sections(path: &Path) -> Result<Option<Sections>, LockError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(LockError::Read {
-                path: path.into(),
-                message: e.to_string(),
-            });
-        }
+    let Some(text) = read_text(path)? else {
+        return Ok(None);
     };
-    let value: toml::Value = toml::from_str(&text).map_err(|e| LockError::Read {
-        path: path.into(),
-        message: e.to_string(),
-    })?;
+    let value: toml::Value = parse(path, &text)?;
     if value.get("platform").is_none() {
         return Ok(None);
     }
-    let sections: Sections = value
-        .try_into()
-        .map_err(|e: toml::de::Error| LockError::Read {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-    if sections.version != LOCK_VERSION {
-        return Err(LockError::Read {
-            path: path.into(),
-            message: format!(
-                "version {} (this imgbuild writes {LOCK_VERSION}): run `imgbuild lock`",
-                sections.version
-            ),
-        });
-    }
+    let sections: Sections = parse(path, &text)?;
+    check_version(path, sections.version)?;
     Ok(Some(sections))
 }
 
@@ -290,27 +281,19 @@ pub fn write_section(path: &Path, section: Option<&str>, lock: &Lock) -> Result<
 
 /// Writes a sectioned lock file.
 pub fn write_sections(path: &Path, sections: &Sections) -> Result<(), LockError> {
-    let body = toml::to_string(sections).map_err(|e| LockError::Write {
-        path: path.into(),
-        source: std::io::Error::other(e),
-    })?;
-    let text = format!(
-        "# Written by `imgbuild lock`: what this recipe resolved to, per platform. Do not edit.\n\n{body}"
-    );
-    crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|source| LockError::Write {
-        path: path.into(),
-        source,
-    })
+    write_toml(path, "what this recipe resolved to, per platform", sections)
 }
 
 pub fn write(path: &Path, lock: &Lock) -> Result<(), LockError> {
-    let body = toml::to_string(lock).map_err(|e| LockError::Write {
+    write_toml(path, "what this recipe resolved to", lock)
+}
+
+fn write_toml<T: Serialize>(path: &Path, what: &str, value: &T) -> Result<(), LockError> {
+    let body = toml::to_string(value).map_err(|e| LockError::Write {
         path: path.into(),
         source: std::io::Error::other(e),
     })?;
-    let text = format!(
-        "# Written by `imgbuild lock`: what this recipe resolved to. Do not edit.\n\n{body}"
-    );
+    let text = format!("# Written by `imgbuild lock`: {what}. Do not edit.\n\n{body}");
     crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|source| LockError::Write {
         path: path.into(),
         source,

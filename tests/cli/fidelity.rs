@@ -216,16 +216,21 @@ fn auto_installed(root: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-#[test]
-fn an_image_matches_mmdebstrap_for_the_same_packages() {
-    let mirror = mirror();
-    let work = Work::setup();
-    let recipe = work.path("recipes/fidelity.toml");
-    let list: Vec<String> = PACKAGES.iter().map(|p| format!("\"{p}\"")).collect();
+/// Builds bookworm minbase plus `packages` for `platform` with imgbuild (the recipe
+/// `recipes/NAME.toml`, at the shared build time) and returns the unpacked root.
+fn build_minbase(
+    work: &Work,
+    mirror: &str,
+    name: &str,
+    platform: &str,
+    packages: &[&str],
+) -> std::path::PathBuf {
+    let recipe = work.path(&format!("recipes/{name}.toml"));
+    let list: Vec<String> = packages.iter().map(|p| format!("\"{p}\"")).collect();
     fs::write(
         &recipe,
         format!(
-            "[image]\nname = \"fidelity\"\nbase = \"scratch\"\nplatform = \"linux/amd64\"\n\n\
+            "[image]\nname = \"{name}\"\nbase = \"scratch\"\nplatform = \"{platform}\"\n\n\
              [apt]\nbootstrap = \"minbase\"\npackages = [{}]\n\n\
              [[apt.sources]]\nname = \"debian\"\nuri = \"${{var.mirror}}\"\nsuite = \"bookworm\"\n\
              components = [\"main\"]\nkey = \"keys/debian-archive-keyring.gpg\"\n",
@@ -233,32 +238,46 @@ fn an_image_matches_mmdebstrap_for_the_same_packages() {
         ),
     )
     .unwrap();
-    let started = std::time::Instant::now();
+    let out = format!("out/{name}");
     let o = work
         .cmd()
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .args(["--var", &format!("mirror={mirror}"), "build"])
         .arg(&recipe)
         .arg("--out")
-        .arg(work.path("out/fidelity"))
+        .arg(work.path(&out))
         .output()
         .unwrap();
     assert_ok(&o);
-    let imgbuild_time = started.elapsed();
-    let ours = unpack(&work, "out/fidelity");
+    unpack(work, &out)
+}
 
-    let reference = work.path("mmdebstrap");
-    let started = std::time::Instant::now();
+/// `mmdebstrap --variant=minbase` of bookworm into `dir` (root mode, the shared build time).
+fn mmdebstrap(mirror: &str, dir: &Path, extra: &[&str]) {
     let o = Std::new("mmdebstrap")
         .env("SOURCE_DATE_EPOCH", EPOCH)
         .args(["--quiet", "--mode=root", "--variant=minbase"])
-        .arg(format!("--include={}", PACKAGES.join(",")))
+        .args(extra)
         .arg("bookworm")
-        .arg(&reference)
+        .arg(dir)
         .arg(format!("deb {mirror} bookworm main"))
         .output()
         .expect("mmdebstrap (Debian package mmdebstrap): .ci/run installs it");
     assert_ok(&o);
+}
+
+#[test]
+fn an_image_matches_mmdebstrap_for_the_same_packages() {
+    let mirror = mirror();
+    let work = Work::setup();
+    let started = std::time::Instant::now();
+    let ours = build_minbase(&work, &mirror, "fidelity", "linux/amd64", &PACKAGES);
+    let imgbuild_time = started.elapsed();
+
+    let reference = work.path("mmdebstrap");
+    let started = std::time::Instant::now();
+    let include = format!("--include={}", PACKAGES.join(","));
+    mmdebstrap(&mirror, &reference, &[&include]);
     let mmdebstrap_time = started.elapsed();
 
     // The same packages, versions and states.
@@ -366,42 +385,9 @@ fn an_image_matches_mmdebstrap_for_the_same_packages() {
 fn an_arm64_minbase_matches_mmdebstrap_for_arm64() {
     let mirror = mirror();
     let work = Work::setup();
-    let recipe = work.path("recipes/minbase-arm64.toml");
-    fs::write(
-        &recipe,
-        "[image]\nname = \"minbase-arm64\"\nbase = \"scratch\"\nplatform = \"linux/arm64\"\n\n\
-         [apt]\nbootstrap = \"minbase\"\n\n\
-         [[apt.sources]]\nname = \"debian\"\nuri = \"${var.mirror}\"\nsuite = \"bookworm\"\n\
-         components = [\"main\"]\nkey = \"keys/debian-archive-keyring.gpg\"\n",
-    )
-    .unwrap();
-    let o = work
-        .cmd()
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .args(["--var", &format!("mirror={mirror}"), "build"])
-        .arg(&recipe)
-        .arg("--out")
-        .arg(work.path("out/minbase-arm64"))
-        .output()
-        .unwrap();
-    assert_ok(&o);
-    let ours = unpack(&work, "out/minbase-arm64");
-
+    let ours = build_minbase(&work, &mirror, "minbase-arm64", "linux/arm64", &[]);
     let reference = work.path("mmdebstrap-arm64");
-    let o = Std::new("mmdebstrap")
-        .env("SOURCE_DATE_EPOCH", EPOCH)
-        .args([
-            "--quiet",
-            "--mode=root",
-            "--variant=minbase",
-            "--arch=arm64",
-        ])
-        .arg("bookworm")
-        .arg(&reference)
-        .arg(format!("deb {mirror} bookworm main"))
-        .output()
-        .expect("mmdebstrap (Debian package mmdebstrap): .ci/run installs it");
-    assert_ok(&o);
+    mmdebstrap(&mirror, &reference, &["--arch=arm64"]);
     let (a, b) = (dpkg_list(&ours), dpkg_list(&reference));
     assert_eq!(a, b, "package lists differ");
     assert!(a.contains("ii  libc6 "), "{a}");

@@ -241,40 +241,23 @@ fn a_signed_push_stores_sigstore_signatures_of_the_image_and_its_sbom() {
     };
 
     // A wrong password fails before anything is built or pushed (exit 2).
-    let wrong = w
-        .cmd()
-        .env("IMGBUILD_KEY_PASSWORD", "nope")
-        .arg("build")
-        .arg(w.recipe())
-        .args([
-            "--out",
-            p(w.dir.path(), "out/hello"),
-            "--push",
-            &dest,
-            "--sign-key",
-        ])
-        .arg(w.path("keys/imgbuild.key"))
-        .output()
-        .unwrap();
+    let build = |password: &str| {
+        w.cmd()
+            .env("IMGBUILD_KEY_PASSWORD", password)
+            .arg("build")
+            .arg(w.recipe())
+            .args(["--out", p(w.dir.path(), "out/hello"), "--push", &dest])
+            .arg("--sign-key")
+            .arg(w.path("keys/imgbuild.key"))
+            .output()
+            .unwrap()
+    };
+    let wrong = build("nope");
     assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
     assert!(stderr(&wrong).contains("password"), "{}", stderr(&wrong));
     assert!(!w.path("out/hello").exists(), "nothing built");
 
-    let o = w
-        .cmd()
-        .env("IMGBUILD_KEY_PASSWORD", PASSWORD)
-        .arg("build")
-        .arg(w.recipe())
-        .args([
-            "--out",
-            p(w.dir.path(), "out/hello"),
-            "--push",
-            &dest,
-            "--sign-key",
-        ])
-        .arg(w.path("keys/imgbuild.key"))
-        .output()
-        .unwrap();
+    let o = build(PASSWORD);
     assert_ok(&o);
     assert!(!stderr(&o).contains(PASSWORD));
     let digest = stdout(&o).trim().to_string();
