@@ -63,8 +63,10 @@ pub fn attach(
                 .as_str()
                 .and_then(|d| Digest::parse(d).ok())
                 .ok_or_else(|| other(dest, &tag, "the signature manifest has no config digest"))?;
-            let (c, _) = get_json(&client, repo, &format!("blobs/{config_digest}"))?
-                .ok_or_else(|| other(dest, &tag, "the signature manifest's config is missing"))?;
+            // Checked against its digest like every blob imgbuild reads.
+            let bytes = get_blob(&client, repo, &config_digest)?;
+            let c = serde_json::from_slice(&bytes)
+                .map_err(|e| other(dest, &tag, &format!("the signature config is not JSON: {e}")))?;
             (m, c)
         }
     };
