@@ -65,8 +65,13 @@ pub fn attach(
                 .ok_or_else(|| other(dest, &tag, "the signature manifest has no config digest"))?;
             // Checked against its digest like every blob imgbuild reads.
             let bytes = get_blob(&client, repo, &config_digest)?;
-            let c = serde_json::from_slice(&bytes)
-                .map_err(|e| other(dest, &tag, &format!("the signature config is not JSON: {e}")))?;
+            let c = serde_json::from_slice(&bytes).map_err(|e| {
+                other(
+                    dest,
+                    &tag,
+                    &format!("the signature config is not JSON: {e}"),
+                )
+            })?;
             (m, c)
         }
     };
