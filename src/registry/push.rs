@@ -392,22 +392,19 @@ pub fn push(
     })?;
     // Every image manifest by digest, then the index by digest (when there is one), then the
     // tag: a tag never points at a partial image.
-    if desc.media_type == MEDIA_TYPE_INDEX {
+    let top_type = if desc.media_type == MEDIA_TYPE_INDEX {
         for (digest, media_type, bytes) in &manifests {
             put_manifest(&client, dest, &digest.to_string(), media_type, bytes)?;
         }
-        let mut refs = vec![desc.digest.to_string()];
-        refs.extend(dest.tag.clone());
-        for r in refs {
-            put_manifest(&client, dest, &r, MEDIA_TYPE_INDEX, &top_bytes)?;
-        }
+        MEDIA_TYPE_INDEX
     } else {
-        let (_, media_type, bytes) = &manifests[0];
-        let mut refs = vec![desc.digest.to_string()];
-        refs.extend(dest.tag.clone());
-        for r in refs {
-            put_manifest(&client, dest, &r, media_type, bytes)?;
-        }
+        // The manifest is the top itself (`top_bytes`); its own media type, if it names one.
+        manifests[0].1.as_str()
+    };
+    let mut refs = vec![desc.digest.to_string()];
+    refs.extend(dest.tag.clone());
+    for r in refs {
+        put_manifest(&client, dest, &r, top_type, &top_bytes)?;
     }
     let mut o = outcome.into_inner().unwrap_or_default();
     o.manifest = Some(desc.digest);
@@ -416,7 +413,8 @@ pub fn push(
     Ok(o)
 }
 
-fn put_manifest(
+/// PUTs a manifest (or index) under `reference` (a digest or a tag) in `dest`'s repository.
+pub(super) fn put_manifest(
     client: &RegistryClient,
     dest: &Reference,
     reference: &str,

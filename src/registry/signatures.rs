@@ -103,15 +103,7 @@ pub fn attach(
         "size": config_bytes.len(),
     });
     let body = crate::canonical::encode(&attachment);
-    let url = client.url(&format!("/v2/{repo}/manifests/{tag}"));
-    let resp = client.send("put signature manifest to", Method::PUT, &url, &|rb| {
-        Ok(rb
-            .header(header::CONTENT_TYPE, MEDIA_TYPE_MANIFEST)
-            .body(body.clone()))
-    })?;
-    if resp.status() != StatusCode::CREATED {
-        return Err(status_error("put signature manifest to", &url, resp));
-    }
+    super::push::put_manifest(&client, dest, &tag, MEDIA_TYPE_MANIFEST, &body)?;
     Ok(Digest::of(&body))
 }
 
