@@ -329,15 +329,36 @@ fn an_amd64_and_arm64_recipe_builds_an_index_and_arm64_scripts_run_emulated() {
     );
 
     // --override-arch arm64 picks the arm64 image; its postinst ran on an (emulated) aarch64.
+    // Copied by Debian 13's skopeo under a policy requiring the key's sigstore signatures
+    // (it checks the index's and the arm64 manifest's).
     let copy = w.path("arm");
-    skopeo(&[
-        "copy",
-        "--src-tls-verify=false",
-        "--override-arch",
-        "arm64",
+    let public = keys.join("imgbuild.pub").display().to_string();
+    let policy = crate::sign::trust(&w, "trust", &reg.host, "multi", &public);
+    let o = crate::sign::skopeo_copy(
+        &policy,
+        &["--override-arch", "arm64", "--remove-signatures"],
         &format!("docker://{dest}"),
         &format!("oci:{}:1", copy.display()),
-    ]);
+    );
+    assert_ok(&o);
+    // With another key in the policy, the same copy is rejected.
+    let other = w
+        .cmd()
+        .env("IMGBUILD_KEY_PASSWORD", "pw")
+        .args(["key", "generate", "--out"])
+        .arg(w.path("other"))
+        .output()
+        .unwrap();
+    assert_ok(&other);
+    let other_public = w.path("other/imgbuild.pub").display().to_string();
+    let policy = crate::sign::trust(&w, "trust-other", &reg.host, "multi", &other_public);
+    let refused = crate::sign::skopeo_copy(
+        &policy,
+        &["--override-arch", "arm64", "--remove-signatures"],
+        &format!("docker://{dest}"),
+        &format!("oci:{}:1", w.path("refused").display()),
+    );
+    assert!(!refused.status.success(), "accepted with another key");
     let index: Value = serde_json::from_slice(&fs::read(copy.join("index.json")).unwrap()).unwrap();
     assert_eq!(index["manifests"][0]["digest"], arm_manifest.as_str());
     let bundle = w.path("arm-bundle");

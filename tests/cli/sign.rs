@@ -1,15 +1,18 @@
-//! Sigstore signatures, checked by other implementations. Debian 12's skopeo, podman and
-//! buildah are built with sigstore disabled ("Debian-local change: sigstore disabled", for
-//! signing and verifying alike), so the tests use:
+//! Sigstore signatures, checked by other implementations:
+//! - skopeo as Debian ships it. Debian 12's skopeo, podman and buildah are built with sigstore
+//!   disabled ("Debian-local change: sigstore disabled", for signing and verifying alike), so
+//!   these tests run Debian 13's skopeo, which has it (scripts/deps unpacks it into
+//!   target/debian-skopeo): with a `policy.json` requiring `sigstoreSigned` by imgbuild's key it
+//!   copies what imgbuild pushed and refuses it once the signature or the manifest is tampered
+//!   with; `skopeo copy --sign-by-sigstore-private-key` signs the bases imgbuild's `base_key`
+//!   check accepts;
 //! - sigstore-rs, the sigstore project's Rust client (tests/support/sigstore-check, built by
-//!   scripts/deps): it verifies what imgbuild pushes the way `cosign verify --key` does
-//!   (triangulation to `sha256-<hex>.sig`, payload, signature) and refuses it once the
-//!   signature or the manifest is tampered with; it signs bases as `cosign sign --key` does,
-//!   for imgbuild's `base_key` check, with a key `imgbuild key generate` wrote;
+//!   scripts/deps): it verifies what imgbuild pushes the way `cosign verify --key` does and
+//!   signs bases as `cosign sign --key` does, with a key `imgbuild key generate` wrote;
 //! - openssl, which verifies every signature's bytes with the public key;
 //! - a Python implementation of the cosign key envelope (tests/support/cosign_key.py:
 //!   hashlib scrypt, PyNaCl, pyca/cryptography), which opens imgbuild's keys and makes keys
-//!   imgbuild opens, and stores a signature the way containers/image does.
+//!   imgbuild and skopeo open.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -50,6 +53,62 @@ fn sigstore_check(args: &[&str], password: Option<&str>) -> std::process::Output
         c.env("COSIGN_PASSWORD", pw);
     }
     c.output().unwrap()
+}
+
+/// Debian 13's skopeo (sigstore enabled), unpacked by scripts/deps.
+pub(crate) fn debian_skopeo() -> std::process::Command {
+    let bin = repo().join("target/debian-skopeo/skopeo");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/deps (it fetches it)",
+        bin.display()
+    );
+    std::process::Command::new(bin)
+}
+
+/// Trust files for skopeo: a `policy.json` that requires, for `host/repo`, a sigstore signature
+/// by `public` naming the reference (containers/image's `matchRepoDigestOrExact`) and accepts
+/// anything else; a `registries.d` that reads and writes sigstore attachments. Returns the
+/// global options that select them.
+pub(crate) fn trust(w: &Work, name: &str, host: &str, repo: &str, public: &str) -> Vec<String> {
+    let dir = w.path(name);
+    fs::create_dir_all(dir.join("registries.d")).unwrap();
+    let policy = json!({
+        "default": [{"type": "insecureAcceptAnything"}],
+        "transports": {"docker": {format!("{host}/{repo}"): [{
+            "type": "sigstoreSigned",
+            "keyPath": public,
+            "signedIdentity": {"type": "matchRepoDigestOrExact"},
+        }]}},
+    });
+    fs::write(dir.join("policy.json"), policy.to_string()).unwrap();
+    fs::write(
+        dir.join("registries.d/sigstore.yaml"),
+        "default-docker:\n  use-sigstore-attachments: true\n",
+    )
+    .unwrap();
+    vec![
+        "--policy".into(),
+        dir.join("policy.json").display().to_string(),
+        "--registries.d".into(),
+        dir.join("registries.d").display().to_string(),
+    ]
+}
+
+/// `skopeo copy` of `src` to `dest` under the trust files `opts` (plain-HTTP registry).
+pub(crate) fn skopeo_copy(
+    opts: &[String],
+    extra: &[&str],
+    src: &str,
+    dest: &str,
+) -> std::process::Output {
+    debian_skopeo()
+        .args(opts)
+        .args(["copy", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .args(extra)
+        .args([src, dest])
+        .output()
+        .unwrap()
 }
 
 /// The Python implementation of the key format.
@@ -383,39 +442,104 @@ fn a_signed_push_stores_sigstore_signatures_of_the_image_and_its_sbom() {
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
 }
 
-/// Signs `digest` in `repo` as containers/image does: its payload (with `optional.creator`
-/// and a timestamp, Go's key order), its attachment config; the signature from the Python key.
-fn sign_like_containers_image(
-    w: &Work,
-    host: &str,
-    repo: &str,
-    tag: &str,
-    digest: &str,
-    key: &str,
-) {
-    let payload = format!(
-        "{{\"critical\":{{\"identity\":{{\"docker-reference\":\"{host}/{repo}:{tag}\"}},\"image\":{{\"docker-manifest-digest\":\"{digest}\"}},\"type\":\"cosign container image signature\"}},\"optional\":{{\"creator\":\"containers/image 5.23.1\",\"timestamp\":1764547200}}}}"
-    );
-    fs::write(w.path("cimage-payload"), &payload).unwrap();
-    let sig = py(&["sign", key, "py-pass", p(w.dir.path(), "cimage-payload")]);
-    let layer = upload_blob(host, repo, payload.as_bytes());
-    let config = format!(
-        "{{\"architecture\":\"\",\"os\":\"\",\"config\":{{}},\"rootfs\":{{\"type\":\"layers\",\"diff_ids\":[\"{layer}\"]}}}}"
-    );
-    let config_digest = upload_blob(host, repo, config.as_bytes());
-    let manifest = json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
-        "layers": [{
-            "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
-            "digest": layer,
-            "size": payload.len(),
-            "annotations": {"dev.cosignproject.cosign/signature": sig.trim()},
-        }],
-    });
+#[test]
+fn debian_skopeo_enforces_imgbuilds_signatures_and_refuses_tampered_ones() {
+    let reg = Registry::start(Mode::Plain);
+    let w = Work::setup();
+    generate(&w, "keys");
+    generate(&w, "other");
+    let public = w.path("keys/imgbuild.pub").display().to_string();
+    let dest = format!("{}/enforced:1", reg.host);
+    let o = w
+        .cmd()
+        .env("IMGBUILD_KEY_PASSWORD", PASSWORD)
+        .arg("build")
+        .arg(w.recipe())
+        .args(["--out", p(w.dir.path(), "out/hello"), "--push", &dest])
+        .arg("--sign-key")
+        .arg(w.path("keys/imgbuild.key"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let digest = stdout(&o).trim().to_string();
     let hex = digest.strip_prefix("sha256:").unwrap();
-    put_manifest(host, repo, &format!("sha256-{hex}.sig"), &manifest);
+
+    let ours = trust(&w, "trust", &reg.host, "enforced", &public);
+    let copy = |opts: &[String], to: &str| {
+        let layout = format!("oci:{}:1", w.path(to).display());
+        // The policy is checked on the source; an OCI layout cannot store the signatures.
+        skopeo_copy(
+            opts,
+            &["--remove-signatures"],
+            &format!("docker://{dest}"),
+            &layout,
+        )
+    };
+    let accepted = copy(&ours, "copied");
+    assert_ok(&accepted);
+    // What skopeo copied is what imgbuild pushed.
+    let index: Value =
+        serde_json::from_slice(&fs::read(w.path("copied/index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], digest.as_str());
+
+    // Another key in the policy: rejected.
+    let theirs = trust(
+        &w,
+        "trust-other",
+        &reg.host,
+        "enforced",
+        &w.path("other/imgbuild.pub").display().to_string(),
+    );
+    let refused = copy(&theirs, "refused-key");
+    assert!(!refused.status.success(), "accepted with another key");
+    assert!(
+        stderr(&refused).contains("rejected"),
+        "{}",
+        stderr(&refused)
+    );
+
+    // Tampered signature: the payload swapped for one naming another tag, signature kept.
+    let sig_tag = format!("sha256-{hex}.sig");
+    let (original, sigs) = attachment(&reg.host, "enforced", &digest);
+    let mut forged = original.clone();
+    let changed = String::from_utf8(sigs[0].0.clone())
+        .unwrap()
+        .replace("/enforced:1", "/enforced:2");
+    forged["layers"][0]["digest"] = json!(upload_blob(&reg.host, "enforced", changed.as_bytes()));
+    forged["layers"][0]["size"] = json!(changed.len());
+    put_manifest(&reg.host, "enforced", &sig_tag, &forged);
+    let refused = copy(&ours, "refused-sig");
+    assert!(!refused.status.success(), "accepted a forged payload");
+    assert!(
+        stderr(&refused).contains("rejected"),
+        "{}",
+        stderr(&refused)
+    );
+    // The signature's bytes altered (one byte of the DER flipped): rejected too.
+    let mut bytes = B64.decode(sigs[0].1.trim()).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let mut flipped = original.clone();
+    flipped["layers"][0]["annotations"]["dev.cosignproject.cosign/signature"] =
+        json!(B64.encode(&bytes));
+    put_manifest(&reg.host, "enforced", &sig_tag, &flipped);
+    let refused = copy(&ours, "refused-bytes");
+    assert!(!refused.status.success(), "accepted a corrupted signature");
+    put_manifest(&reg.host, "enforced", &sig_tag, &original);
+    assert_ok(&copy(&ours, "accepted-again"));
+
+    // Tampered manifest: the tag moved to a changed manifest, which no signature names.
+    let mut manifest: Value =
+        serde_json::from_slice(&get(&reg.host, "enforced/manifests/1")).unwrap();
+    manifest["annotations"] = json!({"tampered": "yes"});
+    put_manifest(&reg.host, "enforced", "1", &manifest);
+    let refused = copy(&ours, "refused-manifest");
+    assert!(!refused.status.success(), "accepted a changed manifest");
+    assert!(
+        stderr(&refused).contains("rejected"),
+        "{}",
+        stderr(&refused)
+    );
 }
 
 #[test]
@@ -433,16 +557,28 @@ fn base_key_accepts_a_base_signed_elsewhere_and_refuses_unsigned_foreign_or_alte
     ]);
     generate(&w, "other");
     let layout = format!("oci:{}:latest", w.path("out/hello").display());
+    // `base` and `altered` signed by skopeo (Debian 13's, sigstore enabled) with a key the
+    // Python implementation made; the others pushed unsigned.
+    let opts = trust(&w, "trust", &reg.host, "base", key);
+    fs::write(w.path("pass"), "py-pass").unwrap();
     for name in ["base", "unsigned", "altered", "cosigned"] {
-        tool(
-            "skopeo",
+        let sign: &[&str] = if name == "base" || name == "altered" {
             &[
-                "copy",
-                "--dest-tls-verify=false",
-                &layout,
-                &format!("docker://{}/{name}:1", reg.host),
-            ],
+                "--sign-by-sigstore-private-key",
+                key,
+                "--sign-passphrase-file",
+                leak(w.path("pass")),
+            ]
+        } else {
+            &[]
+        };
+        let o = skopeo_copy(
+            &opts,
+            sign,
+            &layout,
+            &format!("docker://{}/{name}:1", reg.host),
         );
+        assert_ok(&o);
     }
     let inspect: Value = serde_json::from_str(&tool(
         "skopeo",
@@ -454,9 +590,16 @@ fn base_key_accepts_a_base_signed_elsewhere_and_refuses_unsigned_foreign_or_alte
     ))
     .unwrap();
     let digest = inspect["Digest"].as_str().unwrap().to_string();
-    sign_like_containers_image(&w, &reg.host, "base", "1", &digest, key);
-    // `altered`: signed, then its payload swapped for one naming another tag (signature kept).
-    sign_like_containers_image(&w, &reg.host, "altered", "1", &digest, key);
+    let (_, sigs) = attachment(&reg.host, "base", &digest);
+    let claim: Value = serde_json::from_slice(&sigs[0].0).unwrap();
+    assert!(
+        claim["optional"]["creator"]
+            .as_str()
+            .unwrap_or("")
+            .contains("containers/image"),
+        "{claim}"
+    );
+    // `altered`: its payload swapped for one naming another tag (signature kept).
     let (mut m, sigs) = attachment(&reg.host, "altered", &digest);
     let changed = String::from_utf8(sigs[0].0.clone())
         .unwrap()

@@ -3,7 +3,7 @@
 go-securesystemslib `encrypted` envelope (scrypt + NaCl secretbox around a PKCS#8 key) read
 and written with Python's hashlib, PyNaCl and pyca/cryptography. The signature tests use it
 to check that imgbuild's keys open elsewhere and that keys made elsewhere open in imgbuild
-(Debian's skopeo, podman and buildah are built with sigstore disabled).
+(and the key skopeo signs the test's bases with).
 
   cosign_key.py make KEY PUB PASSWORD      write a key pair
   cosign_key.py sign KEY PASSWORD PAYLOAD  print the base64 DER ECDSA-SHA256 signature
