@@ -18,6 +18,8 @@ use crate::lock::{self, Lock, LockError};
 use crate::oci::image::{self, RuntimeSpec};
 use crate::oci::layout::{Desc, Layout};
 use crate::oci::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, OciError};
+/// Why a step misses the cache.
+pub use crate::plan::explain;
 use crate::plan::{self, Plan, PlanError};
 /// The build's one materialized root, carried from the lock's pip resolution into the steps.
 pub use crate::realize::LiveRoot;
@@ -470,9 +472,54 @@ fn realize_image(
     // One root for the whole build: pip's resolution (when the lock is made) and the steps.
     let mut live = LiveRoot::default();
     let (base, plan, lock) = prepare(loaded, cache, mtime, opts, &mut live, reporter)?;
-    let layers = realize::realize(loaded, &plan, &base, cache, &mut live, reporter)?;
+    // Why each step will be built, against the last build of this recipe here (before this
+    // build replaces that record).
+    let id = plan_record_id(loaded);
+    let why = explain_plan(loaded, cache, &plan);
+    let mut layers = realize::realize(loaded, &plan, &base, cache, &mut live, reporter)?;
     drop(live);
+    // By key: a transient step (build packages) has no layer in the image.
+    let mut why: std::collections::BTreeMap<Digest, Vec<explain::Reason>> =
+        plan.steps.iter().map(|s| s.key.clone()).zip(why).collect();
+    for layer in layers.iter_mut() {
+        if !layer.hit {
+            let step_why = why.remove(&layer.key).unwrap_or_default();
+            layer.why = if step_why.is_empty() {
+                // Its key was there when planned; its layer was not (removed since).
+                vec![explain::Reason::Evicted]
+            } else {
+                step_why
+            };
+        }
+    }
+    if let Ok(bytes) = serde_json::to_vec(&explain::record(&plan)) {
+        // Only for explaining the next build's misses: a failure to record loses nothing.
+        if let Err(e) = cache.put_plan_record(&id, &bytes) {
+            reporter.report(Event::Warning(&format!("cannot record the plan: {e}")));
+        }
+    }
     Ok((base, layers, lock))
+}
+
+/// Where the plan of this recipe (and variant) for this platform is recorded in the cache.
+fn plan_record_id(loaded: &Loaded) -> Digest {
+    let path = std::fs::canonicalize(&loaded.path).unwrap_or_else(|_| loaded.path.clone());
+    let platform = &loaded.recipe.image.platform;
+    let id = if loaded.variant.is_empty() {
+        platform.clone()
+    } else {
+        format!("{platform} {}", loaded.variant)
+    };
+    explain::record_id(&path, &id)
+}
+
+/// Why each step of `plan` would be built (one list per step; empty for a cache hit), against
+/// the last build of this recipe and platform in `cache`.
+pub fn explain_plan(loaded: &Loaded, cache: &Cache, plan: &Plan) -> Vec<Vec<explain::Reason>> {
+    let prev = cache
+        .plan_record(&plan_record_id(loaded))
+        .and_then(|b| explain::parse_record(&b));
+    explain::explain(prev.as_ref(), plan, |k| cache.has_key(k))
 }
 
 /// One platform's image written into the layout (config, manifest, blobs) and its SBOM.

@@ -124,6 +124,11 @@ pub enum Command {
     Plan {
         /// The recipe file
         recipe: PathBuf,
+        /// For each step that would be built, say which input changed since the last build of
+        /// this recipe in this cache (a package version, a download or file digest, a recipe
+        /// field, the base image), or that it was never built
+        #[arg(long)]
+        explain: bool,
     },
     /// Turn a directory into one OCI layer blob (the layer core, as a tool)
     Layer(LayerArgs),

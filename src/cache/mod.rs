@@ -10,6 +10,8 @@
 //! | `stamps/<hex>`          | a blob's inode, size, mtime and ctime when it was last hashed  |
 //! | `facts/<hex>`           | what was read out of blobs, by the digest of what it was read  |
 //! |                         | from (the base image's installed packages, for the SBOM)       |
+//! | `plans/<hex>.json`       | the plan of a recipe's last build here (per platform), so the  |
+//! |                         | next plan can say why a step misses (`plan::explain`)          |
 //! | `tmp/`                  | temp files, renamed into the buckets above when complete       |
 //! | `lock`                  | builds hold it shared, `cache gc`/`prune` exclusively ([`gc`]) |
 //!
@@ -106,7 +108,7 @@ impl Cache {
         exclusive: bool,
         waiting: &dyn Fn(),
     ) -> Result<Self, CacheError> {
-        for sub in ["blobs/sha256", "keys", "hashes", "facts", "tmp"] {
+        for sub in ["blobs/sha256", "keys", "hashes", "facts", "plans", "tmp"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("create cache directory", &p))?;
         }
@@ -344,6 +346,28 @@ impl Cache {
         fsutil::write_atomic(&path, bytes).map_err(io_err("write", &path))
     }
 
+    /// The plan recorded under `id` by the last build of a recipe (see the `plans/` bucket).
+    pub fn plan_record(&self, id: &Digest) -> Option<Vec<u8>> {
+        fsutil::read_bounded(&self.plan_path(id), 64 << 20).ok()
+    }
+
+    /// Records the plan of a build under `id` (unless the same bytes are there already).
+    pub fn put_plan_record(&self, id: &Digest, bytes: &[u8]) -> Result<(), CacheError> {
+        let path = self.plan_path(id);
+        if self.plan_record(id).as_deref() == Some(bytes) {
+            // Marked as used (what `prune` goes by), not rewritten.
+            if let Ok(f) = File::options().write(true).open(&path) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
+            return Ok(());
+        }
+        fsutil::write_atomic(&path, bytes).map_err(io_err("write", &path))
+    }
+
+    fn plan_path(&self, id: &Digest) -> PathBuf {
+        self.root.join("plans").join(format!("{}.json", id.hex()))
+    }
+
     fn key_path(&self, key: &Digest) -> PathBuf {
         self.root.join("keys").join(format!("{}.json", key.hex()))
     }
@@ -359,6 +383,14 @@ impl Cache {
             gc::touch(&path);
         }
         hit.then_some(rec)
+    }
+
+    /// Whether a step key is a hit, without marking it used (for `plan`'s explanations).
+    pub fn has_key(&self, key: &Digest) -> bool {
+        fs::read(self.key_path(key))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<LayerRecord>(&b).ok())
+            .is_some_and(|rec| self.has_blob(&rec.digest))
     }
 
     pub fn put_key(&self, key: &Digest, rec: &LayerRecord) -> Result<(), CacheError> {

@@ -67,7 +67,7 @@ fn run_simple(cli: Cli) -> Result<()> {
             dir,
             proxmox,
         } => deploy::run(g, &recipe, dir.as_deref(), &proxmox),
-        Command::Plan { recipe } => plan::run(g, &recipe),
+        Command::Plan { recipe, explain } => plan::run(g, &recipe, explain),
         Command::Lock { recipe } => lock::run(g, &recipe),
         Command::Import { dockerfile, output } => import::run(g, &dockerfile, output.as_deref()),
         Command::Layer(args) => layer::run(g, &args),

@@ -1,4 +1,5 @@
-//! `imgbuild plan RECIPE`: the compiled steps, their cache keys, and hit or miss.
+//! `imgbuild plan RECIPE [--explain]`: the compiled steps, their cache keys, hit or miss, and
+//! with `--explain` why each miss misses.
 
 use std::path::Path;
 
@@ -7,7 +8,7 @@ use imgbuild::build;
 
 use crate::cli::Global;
 
-pub fn run(g: &Global, recipe: &Path) -> Result<()> {
+pub fn run(g: &Global, recipe: &Path, explain: bool) -> Result<()> {
     let all = super::load(g, recipe)?;
     let cache = super::cache(g)?;
     let progress = super::progress::Progress::new(g);
@@ -32,13 +33,20 @@ pub fn run(g: &Global, recipe: &Path) -> Result<()> {
             None => outln!("base  scratch"),
         }
         outln!("root  {}", plan.root_key);
+        let why = if explain {
+            build::explain_plan(&view, &cache, &plan)
+        } else {
+            Vec::new()
+        };
         for (i, step) in plan.steps.iter().enumerate() {
-            let state = if cache.get_key(&step.key).is_some() {
-                "hit "
-            } else {
-                "miss"
-            };
+            let hit = cache.has_key(&step.key);
+            let state = if hit { "hit " } else { "miss" };
             outln!("{:>4}  {}  {state}  {}", i + 1, step.key, step.name);
+            if let Some(reasons) = why.get(i).filter(|_| !hit) {
+                for r in reasons {
+                    outln!("            why: {r}");
+                }
+            }
         }
     }
     Ok(())

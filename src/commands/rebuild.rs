@@ -72,6 +72,10 @@ pub fn run(g: &Global, args: &RebuildArgs) -> Result<ExitCode> {
             build::build(&staged, &cache, &out, mtime, &opts, &counting).with_context(context)?;
         shared.export(&cache, &result, &client, &progress)?;
         let built_in = started.elapsed() - resolved_in;
+        for l in result.layers.iter().filter(|l| !l.hit) {
+            let why: Vec<String> = l.why.iter().map(ToString::to_string).collect();
+            progress.line(&format!("==> built {}: {}", l.name, why.join("; ")));
+        }
 
         // 3. Push only what the registry does not have yet.
         let previous = registry::pull::remote_digest(&dest, &client)
@@ -209,6 +213,11 @@ impl Night<'_> {
                 "total": self.result.layers.len(),
                 "built": built,
                 "cached": self.result.layers.len() - built.len(),
+                // Why each built step was built (`plan --explain`'s reasons).
+                "why": self.result.layers.iter().filter(|l| !l.hit).map(|l| json!({
+                    "step": l.name,
+                    "why": l.why.iter().map(|r| r.to_json()).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
             },
             "timings_s": {
                 "resolve": resolve.as_secs_f64(),

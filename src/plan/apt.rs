@@ -65,23 +65,19 @@ impl Compiler {
                     "kind": "apt-packages",
                     "packages": b.iter().map(|p| json!([p.name, p.version, p.arch, p.sha256])).collect::<Vec<_>>(),
                 });
-                let k = key(&apt_parent, def);
-                bucket_keys.push(k.clone());
                 let shown: Vec<&str> = b.iter().take(6).map(|p| p.name.as_str()).collect();
                 let more = if b.len() > 6 {
                     format!(" and {} more", b.len() - 6)
                 } else {
                     String::new()
                 };
-                self.steps.push(Step {
-                    name: format!(
-                        "apt layer {}/{APT_LAYERS}: {}{more}",
-                        i + 1,
-                        shown.join(" ")
-                    ),
-                    kind: StepKind::AptPackages(b),
-                    key: k,
-                });
+                let name = format!(
+                    "apt layer {}/{APT_LAYERS}: {}{more}",
+                    i + 1,
+                    shown.join(" ")
+                );
+                let k = self.push_under(apt_parent.clone(), StepKind::AptPackages(b), name, def);
+                bucket_keys.push(k);
             }
             self.parent = Digest::of(&canonical::encode(
                 &json!({"apt_parent": apt_parent, "layers": bucket_keys}),
@@ -93,8 +89,9 @@ impl Compiler {
                     .collect::<Vec<_>>()
             );
             let n = packages.len();
-            let k = key(
-                &self.parent,
+            self.push(
+                StepKind::DpkgDatabase(packages.to_vec()),
+                format!("dpkg database: {n} packages unpacked"),
                 json!({
                     "kind": "dpkg-database",
                     "arch": crate::lock::deb_arch(&loaded.recipe.image.platform),
@@ -102,23 +99,12 @@ impl Compiler {
                     "auto": packages.iter().filter(|p| p.auto).map(|p| p.name.as_str()).collect::<Vec<_>>(),
                 }),
             );
-            self.parent = k.clone();
-            self.steps.push(Step {
-                kind: StepKind::DpkgDatabase(packages.to_vec()),
-                name: format!("dpkg database: {n} packages unpacked"),
-                key: k,
-            });
             if configure {
-                let k = key(
-                    &self.parent,
+                self.push(
+                    StepKind::Configure(packages.to_vec()),
+                    format!("dpkg --configure -a ({n} packages)"),
                     json!({"kind": "configure", "command": "dpkg --force-confdef --force-confold --configure -a", "preinst": "install"}),
                 );
-                self.parent = k.clone();
-                self.steps.push(Step {
-                    kind: StepKind::Configure(packages.to_vec()),
-                    name: format!("dpkg --configure -a ({n} packages)"),
-                    key: k,
-                });
             }
         }
         Ok(())

@@ -17,6 +17,7 @@
 //! one package layer (plus the small database and configure layers), not all of them.
 
 mod apt;
+pub mod explain;
 
 use std::path::PathBuf;
 
@@ -159,12 +160,20 @@ pub struct Step {
     /// Human description, also the layer's `created_by` history.
     pub name: String,
     pub key: Digest,
+    /// The key this one is chained to (the root key, an earlier step's key, or for the dpkg
+    /// database, the digest of the package layers' keys).
+    pub parent: Digest,
+    /// The step's normalized definition the key hashes (see the module doc); kept so
+    /// [`explain`] can say which input changed.
+    pub def: serde_json::Value,
 }
 
 /// The compiled recipe.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub root_key: Digest,
+    /// What the root key hashes: platform, base image, compression, `SOURCE_DATE_EPOCH`.
+    pub root: serde_json::Value,
     pub steps: Vec<Step>,
     pub compression: CompressionSpec,
     pub mtime: u64,
@@ -209,13 +218,14 @@ pub fn compile(
     let r = &loaded.recipe;
     let root = FieldPath::root();
     let compression = CompressionSpec::new(r.target.oci.compression, r.target.oci.level);
-    let root_key = Digest::of(&canonical::encode(&json!({
+    let root_doc = json!({
         "format": FORMAT_VERSION,
         "platform": r.image.platform,
         "base": base.map(|d| d.to_string()).unwrap_or_else(|| "scratch".into()),
         "compression": compression,
         "mtime": mtime,
-    })));
+    });
+    let root_key = Digest::of(&canonical::encode(&root_doc));
     if r.apt.is_some() && lock.is_none() && crate::lock::needed(loaded) {
         return Err(loaded
             .error_at(&root.key("apt"), "no lock: run `imgbuild lock`")
@@ -237,6 +247,7 @@ pub fn compile(
     if c.pip(&cx)? {
         return Ok(Plan {
             root_key,
+            root: root_doc,
             steps: c.steps,
             compression,
             mtime,
@@ -251,6 +262,7 @@ pub fn compile(
     c.runs(&cx)?;
     Ok(Plan {
         root_key,
+        root: root_doc,
         steps: c.steps,
         compression,
         mtime,
@@ -277,9 +289,28 @@ struct Compiler {
 impl Compiler {
     /// Appends a step keyed by `def` under the previous step.
     fn push(&mut self, kind: StepKind, name: String, def: serde_json::Value) {
-        let k = key(&self.parent, def);
+        let parent = self.parent.clone();
+        self.push_under(parent, kind, name, def);
+    }
+
+    /// Appends a step keyed by `def` under `parent`; the next step chains to it.
+    fn push_under(
+        &mut self,
+        parent: Digest,
+        kind: StepKind,
+        name: String,
+        def: serde_json::Value,
+    ) -> Digest {
+        let k = key(&parent, def.clone());
         self.parent = k.clone();
-        self.steps.push(Step { kind, name, key: k });
+        self.steps.push(Step {
+            kind,
+            name,
+            key: k.clone(),
+            parent,
+            def,
+        });
+        k
     }
 
     /// `[[download]]`: one step each, keyed by the pinned sha256.

@@ -42,6 +42,8 @@ pub struct LayerOutcome {
     pub key: Digest,
     pub record: LayerRecord,
     pub hit: bool,
+    /// Why a missed step was built ([`crate::plan::explain`]; filled in by the build).
+    pub why: Vec<crate::plan::explain::Reason>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +170,7 @@ pub fn realize(
             key: step.key.clone(),
             record,
             hit: was_hit,
+            why: Vec::new(),
         });
     }
     *live = std::mem::take(&mut r.live);

@@ -37,6 +37,9 @@ pub struct Loaded {
     /// The section of the lock file this recipe's view reads and writes: its platform, when
     /// the recipe builds several (one lock file, a section per platform).
     pub lock_section: Option<String>,
+    /// Which build of the recipe this is: `""` for the image, `"vm"` for the proxmox target's
+    /// variant ([`Loaded::vm_variant`]). Names the variant's record of its last plan.
+    pub variant: &'static str,
     /// The recipe before `[download.arch]` entries were applied for a platform.
     generic: Recipe,
     spans: SpanIndex,
@@ -129,6 +132,7 @@ impl Loaded {
             }
         }
         v.lock_path = self.path.with_extension("vm.lock");
+        v.variant = "vm";
         v.lock_section = None;
         v
     }
@@ -310,6 +314,7 @@ pub fn parse(
         warnings: Vec::new(),
         platforms,
         lock_section: None,
+        variant: "",
         generic,
         spans,
     };

@@ -15,6 +15,7 @@ mod oracle;
 mod pip;
 mod cache;
 mod errors;
+mod explain;
 mod hostile;
 mod import;
 mod layer;

@@ -141,6 +141,33 @@ fn rebuild_builds_and_pushes_only_what_changed() {
     );
     assert!(built[1].starts_with("dpkg database"), "{built:?}");
     assert!(built[2].starts_with("dpkg --configure"), "{built:?}");
+    // Why each was built (`plan --explain`'s reasons), in the report and the night's log.
+    let why = &third["steps"]["why"];
+    assert_eq!(why[0]["step"], built[0]);
+    assert_eq!(
+        why[0]["why"],
+        serde_json::json!([{"kind": "package", "text": "package fixture-lib 1.2~rc1 -> 1.3"}])
+    );
+    assert_eq!(
+        why[1]["why"][0]["text"],
+        "package fixture-lib 1.2~rc1 -> 1.3"
+    );
+    assert_eq!(why[2]["why"][0]["kind"], "earlier-step");
+    assert!(
+        why[2]["why"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("(dpkg database"),
+        "{why}"
+    );
+    assert!(
+        stderr(&o).contains(&format!(
+            "==> built {}: package fixture-lib 1.2~rc1 -> 1.3",
+            built[0]
+        )),
+        "{}",
+        stderr(&o)
+    );
     assert!(third["steps"]["cached"].as_u64().unwrap() >= 2, "{third}");
     let digest3 = stdout(&o).trim().to_string();
     assert_ne!(digest3, digest1);
