@@ -519,7 +519,12 @@ pub fn explain_plan(loaded: &Loaded, cache: &Cache, plan: &Plan) -> Vec<Vec<expl
     let prev = cache
         .plan_record(&plan_record_id(loaded))
         .and_then(|b| explain::parse_record(&b));
-    explain::explain(prev.as_ref(), plan, |k| cache.has_key(k))
+    explain::explain(
+        prev.as_ref(),
+        plan,
+        |k| cache.has_key(k),
+        |d| cache.tree_listing(d),
+    )
 }
 
 /// One platform's image written into the layout (config, manifest, blobs) and its SBOM.

@@ -40,6 +40,8 @@ pub mod report;
 pub mod cache;
 /// HTTP: one client, timeouts, retries, netrc credentials, verified downloads.
 pub mod http;
+/// A project directory as `[[copy]]` reads it: excludes, stat cache, listing digest.
+pub mod srctree;
 /// The layer core: deterministic tar, compression, diff_id and digest in one pass.
 pub mod layer;
 /// The image below a step, read from its layers.

@@ -233,7 +233,7 @@ pub fn prune(cache: &Cache, older_than: Duration) -> Result<Removed, CacheError>
         }
     }
     let now = SystemTime::now();
-    for bucket in ["hashes", "facts", "plans"] {
+    for bucket in ["hashes", "facts", "plans", "stat", "trees"] {
         let dir = cache.root.join(bucket);
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;

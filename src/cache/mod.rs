@@ -12,6 +12,10 @@
 //! |                         | from (the base image's installed packages, for the SBOM)       |
 //! | `plans/<hex>.json`       | the plan of a recipe's last build here (per platform), so the  |
 //! |                         | next plan can say why a step misses (`plan::explain`)          |
+//! | `stat/<hex>`            | a copied directory's stat cache: each file's stat -> sha256    |
+//! |                         | (see [`crate::srctree`]), by the directory's path              |
+//! | `trees/<hex>`           | a copied directory's listing, named by its digest (the input  |
+//! |                         | of its step's key), so `plan --explain` can name changed files |
 //! | `tmp/`                  | temp files, renamed into the buckets above when complete       |
 //! | `lock`                  | builds hold it shared, `cache gc`/`prune` exclusively ([`gc`]) |
 //!
@@ -108,7 +112,16 @@ impl Cache {
         exclusive: bool,
         waiting: &dyn Fn(),
     ) -> Result<Self, CacheError> {
-        for sub in ["blobs/sha256", "keys", "hashes", "facts", "plans", "tmp"] {
+        for sub in [
+            "blobs/sha256",
+            "keys",
+            "hashes",
+            "facts",
+            "plans",
+            "stat",
+            "trees",
+            "tmp",
+        ] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_err("create cache directory", &p))?;
         }
@@ -362,6 +375,34 @@ impl Cache {
             return Ok(());
         }
         fsutil::write_atomic(&path, bytes).map_err(io_err("write", &path))
+    }
+
+    /// The stat cache of a copied directory (see the `stat/` bucket).
+    pub fn stat_index(&self, id: &Digest) -> Option<Vec<u8>> {
+        fs::read(self.root.join("stat").join(id.hex())).ok()
+    }
+
+    pub fn put_stat_index(&self, id: &Digest, bytes: &[u8]) -> Result<(), CacheError> {
+        let path = self.root.join("stat").join(id.hex());
+        fsutil::write_atomic(&path, bytes).map_err(io_err("write", &path))
+    }
+
+    /// A copied directory's listing by its digest (see the `trees/` bucket), checked.
+    pub fn tree_listing(&self, digest: &Digest) -> Option<Vec<u8>> {
+        let bytes = fs::read(self.root.join("trees").join(digest.hex())).ok()?;
+        (Digest::of(&bytes) == *digest).then_some(bytes)
+    }
+
+    /// Stores a listing under its digest (a present one is only marked used).
+    pub fn put_tree_listing(&self, bytes: &[u8]) -> Result<Digest, CacheError> {
+        let digest = Digest::of(bytes);
+        let path = self.root.join("trees").join(digest.hex());
+        if path.exists() {
+            gc::touch(&path);
+        } else {
+            fsutil::write_atomic(&path, bytes).map_err(io_err("write", &path))?;
+        }
+        Ok(digest)
     }
 
     fn plan_path(&self, id: &Digest) -> PathBuf {

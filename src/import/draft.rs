@@ -103,6 +103,8 @@ pub struct Draft {
     /// Lines added to files (`echo ... >> PATH`): (path, content), one entry per path.
     pub appends: Vec<(String, String)>,
     pub files: Vec<(String, String)>,
+    /// Directories of the build context copied whole (`COPY dir DEST`).
+    pub copies: Vec<CopyDir>,
     /// A copied file's mode (when not 0644) and owner, by destination.
     pub file_attrs: std::collections::BTreeMap<String, (Option<u32>, Option<String>)>,
     pub runs: Vec<Run>,
@@ -114,6 +116,20 @@ pub struct Draft {
     pub known_env: std::collections::BTreeMap<String, String>,
     /// Directories the Dockerfile made so far (WORKDIR, `mkdir`), for COPY destinations.
     pub dirs: std::collections::BTreeSet<String>,
+}
+
+/// `COPY dir DEST`: one `[[copy]]`.
+#[derive(Debug, Clone, Default)]
+pub struct CopyDir {
+    pub src: String,
+    pub dest: String,
+    pub owner: Option<String>,
+    /// `--chmod`, for files and directories alike (as Docker applies it); without it the
+    /// source's executable bits are kept.
+    pub mode: Option<u32>,
+    /// The build context's `.dockerignore` patterns that reach into `src`, as gitignore
+    /// patterns relative to it.
+    pub exclude: Vec<String>,
 }
 
 /// An apt source from a `deb` line; `key` is a file next to the recipe.
@@ -145,6 +161,10 @@ impl Draft {
         };
         self.dirs.iter().any(|d| d == path || under(d))
             || self.files.iter().any(|(_, dest)| under(dest))
+            || self
+                .copies
+                .iter()
+                .any(|c| c.dest.trim_end_matches('/') == path || under(&c.dest))
             || self.downloads.iter().any(|d| {
                 d.extract.as_deref() == Some(path)
                     || d.extract.as_deref().is_some_and(under)
@@ -157,6 +177,10 @@ impl Draft {
         let inside = |p: &str| p.strip_prefix(path).is_some_and(|r| r.starts_with('/'));
         self.directories.iter().any(|d| inside(&d.path))
             || self.files.iter().any(|(_, d)| inside(d))
+            || self
+                .copies
+                .iter()
+                .any(|c| c.dest.trim_end_matches('/') == path || inside(&c.dest))
             || self.downloads.iter().any(|d| {
                 d.extract.as_deref() == Some(path)
                     || d.dest
@@ -513,8 +537,10 @@ impl Draft {
     /// keys (a key the user still has to fetch is not one).
     pub fn context_paths(&self, ctx: &std::path::Path) -> Vec<String> {
         let files = self.files.iter().map(|(src, _)| src);
+        let dirs = self.copies.iter().map(|c| &c.src);
         let keys = self.sources.iter().filter_map(|s| s.key.as_ref());
         files
+            .chain(dirs)
             .chain(keys)
             .filter(|p| !p.starts_with('/') && !p.contains("://") && ctx.join(p).exists())
             .cloned()
@@ -531,6 +557,9 @@ impl Draft {
         };
         for (src, _) in &mut self.files {
             rebase(src);
+        }
+        for c in &mut self.copies {
+            rebase(&mut c.src);
         }
         for s in &mut self.sources {
             if let Some(k) = &mut s.key {

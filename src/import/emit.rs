@@ -215,6 +215,24 @@ impl Draft {
                 }
             }
         }
+        for c in &self.copies {
+            o.push_str(&format!(
+                "\n[[copy]]\nsrc = {}\ndest = {}\n",
+                q(&c.src),
+                q(&c.dest)
+            ));
+            if !c.exclude.is_empty() {
+                let list: Vec<String> = c.exclude.iter().map(|e| q(e)).collect();
+                o.push_str(&format!("exclude = [{}]\n", list.join(", ")));
+            }
+            if let Some(w) = &c.owner {
+                o.push_str(&format!("owner = {}\n", q(w)));
+            }
+            match c.mode {
+                Some(m) => o.push_str(&format!("mode = 0o{m:o}\ndir_mode = 0o{m:o}\n")),
+                None => o.push_str("preserve_mode = true\n"),
+            }
+        }
         for (path, content) in &self.appends {
             o.push_str(&format!(
                 "\n[[file]]\ndest = {}\ncontent = {}\nappend = true\n",

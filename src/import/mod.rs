@@ -484,24 +484,20 @@ fn copy(
             }
             continue;
         }
-        // A directory of the context: one file entry per file in it.
+        // A directory of the context: one `[[copy]]` (its contents go into DEST, as Docker
+        // copies them), without what the context's .dockerignore leaves out of it.
         if let Some(ctx) = context
             && ctx.join(&src.content).is_dir()
         {
-            let root = ctx.join(&src.content);
-            let mut entries: Vec<_> = walkdir::WalkDir::new(&root)
-                .sort_by_file_name()
-                .into_iter()
-                .flatten()
-                .filter(|e| e.file_type().is_file())
-                .collect();
-            entries.sort_by(|a, b| a.path().cmp(b.path()));
-            for e in entries {
-                let rel = e.path().strip_prefix(&root).unwrap_or(e.path());
-                let from = Path::new(&src.content).join(rel);
-                let to = Path::new(dest).join(rel);
-                record(d, from.display().to_string(), to.display().to_string());
-            }
+            let src_dir = src.content.trim_start_matches('/').trim_end_matches('/');
+            let src_dir = if src_dir.is_empty() { "." } else { src_dir };
+            d.copies.push(draft::CopyDir {
+                src: src_dir.to_string(),
+                dest: dest.trim_end_matches('/').to_string().replace("//", "/"),
+                owner: owner.clone(),
+                mode: chmod,
+                exclude: dockerignore_for(ctx, src_dir),
+            });
             continue;
         }
         let dest = if dest.ends_with('/') {
@@ -515,6 +511,43 @@ fn copy(
         record(d, src.content.clone(), dest);
     }
     Ok(())
+}
+
+/// The build context's `.dockerignore` patterns that reach into the copied directory `dir`,
+/// as gitignore patterns relative to it. Docker matches a pattern against the whole path from
+/// the context's root, so `*.log` only names files at the root; `**/` patterns apply at any
+/// depth; `dir/x` names `x` in `dir`.
+fn dockerignore_for(ctx: &Path, dir: &str) -> Vec<String> {
+    let Ok(text) = crate::fsutil::read_text(&ctx.join(".dockerignore"), 1 << 20) else {
+        return Vec::new();
+    };
+    let prefix = if dir == "." {
+        String::new()
+    } else {
+        format!("{}/", dir.trim_start_matches("./"))
+    };
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (neg, pat) = match line.strip_prefix('!') {
+            Some(p) => ("!", p.trim()),
+            None => ("", line),
+        };
+        let pat = pat.trim_start_matches('/').trim_start_matches("./");
+        let inside = if pat.starts_with("**/") {
+            Some(pat.to_string())
+        } else if prefix.is_empty() {
+            Some(format!("/{pat}"))
+        } else {
+            pat.strip_prefix(&prefix).map(|rest| format!("/{rest}"))
+        };
+        if let Some(p) = inside.filter(|p| p != "/") {
+            out.push(format!("{neg}{p}"));
+        }
+    }
+    out
 }
 
 /// The instructions the parser leaves raw: USER, WORKDIR, SHELL, ADD; others are warned about.

@@ -204,6 +204,7 @@ pub fn explain(
     prev: Option<&Record>,
     plan: &Plan,
     cached: impl Fn(&Digest) -> bool,
+    trees: impl Fn(&Digest) -> Option<Vec<u8>>,
 ) -> Vec<Vec<Reason>> {
     let ids = ids(&plan.steps);
     let by_id: BTreeMap<&str, &RecordedStep> = prev
@@ -231,7 +232,7 @@ pub fn explain(
             });
             continue;
         }
-        let mut why = definition(id, step, &old.def);
+        let mut why = definition(id, step, &old.def, &trees);
         if old.parent != step.parent {
             why.extend(parent(prev, plan, i, &out));
         }
@@ -296,13 +297,30 @@ fn root(old: &Value, new: &Value) -> Vec<Reason> {
 }
 
 /// What differs in a step's own definition.
-fn definition(id: &str, step: &Step, old: &Value) -> Vec<Reason> {
+fn definition(
+    id: &str,
+    step: &Step,
+    old: &Value,
+    trees: &impl Fn(&Digest) -> Option<Vec<u8>>,
+) -> Vec<Reason> {
     let new = &step.def;
     if new == old {
         return Vec::new();
     }
     let mut out = Vec::new();
     let mut handled = vec!["kind"];
+    // A copied directory: the files that changed, when the last listing is still cached.
+    if let StepKind::Copy(cp) = &step.kind
+        && old["tree"] != new["tree"]
+        && let Some(before) = old["tree"]
+            .as_str()
+            .and_then(|d| Digest::parse(d).ok())
+            .and_then(|d| trees(&d))
+            .and_then(|b| crate::srctree::decode_listing(&b))
+    {
+        handled.push("tree");
+        out.extend(copied_files(&cp.src, &before, &cp.listing.entries));
+    }
     if new.get("packages").is_some() || new.get("wheels").is_some() {
         let key = if new.get("wheels").is_some() {
             "wheels"
@@ -425,6 +443,73 @@ fn packages(old: &Value, new: &Value) -> Vec<Reason> {
             }),
             _ => {}
         }
+    }
+    out
+}
+
+/// At most this many changed files are named per copied directory.
+const COPY_SHOWN: usize = 20;
+
+/// The files (and symlinks, directories) that differ between two listings of `src`.
+fn copied_files(
+    src: &str,
+    before: &[crate::srctree::Entry],
+    after: &[crate::srctree::Entry],
+) -> Vec<Reason> {
+    use crate::srctree::Kind;
+    let show_kind = |k: &Kind| match k {
+        Kind::Dir => "directory".to_string(),
+        Kind::File { digest, .. } => short_digest(digest),
+        Kind::Symlink(t) => format!("-> {}", String::from_utf8_lossy(t)),
+    };
+    let a: BTreeMap<&[u8], &crate::srctree::Entry> =
+        before.iter().map(|e| (e.rel.as_slice(), e)).collect();
+    let b: BTreeMap<&[u8], &crate::srctree::Entry> =
+        after.iter().map(|e| (e.rel.as_slice(), e)).collect();
+    let names: std::collections::BTreeSet<&[u8]> = a.keys().chain(b.keys()).copied().collect();
+    let mut out = Vec::new();
+    let mut more = 0usize;
+    for rel in names {
+        let path = format!(
+            "{}/{}",
+            src.trim_end_matches('/'),
+            String::from_utf8_lossy(rel)
+        );
+        let reason = match (a.get(rel), b.get(rel)) {
+            (Some(x), Some(y)) if x.kind != y.kind => Reason::File {
+                path,
+                from: show_kind(&x.kind),
+                to: show_kind(&y.kind),
+            },
+            (Some(x), Some(y)) if x.exec != y.exec => Reason::Field {
+                field: format!("{path} executable"),
+                from: x.exec.to_string(),
+                to: y.exec.to_string(),
+            },
+            (None, Some(y)) => Reason::File {
+                path,
+                from: "absent".into(),
+                to: show_kind(&y.kind),
+            },
+            (Some(x), None) => Reason::File {
+                path,
+                from: show_kind(&x.kind),
+                to: "removed".into(),
+            },
+            _ => continue,
+        };
+        if out.len() < COPY_SHOWN {
+            out.push(reason);
+        } else {
+            more += 1;
+        }
+    }
+    if more > 0 {
+        out.push(Reason::Field {
+            field: format!("{src}: {more} more entries"),
+            from: "...".into(),
+            to: "changed".into(),
+        });
     }
     out
 }
@@ -561,6 +646,10 @@ mod tests {
         }
     }
 
+    fn no_trees(_: &Digest) -> Option<Vec<u8>> {
+        None
+    }
+
     fn root(base: &str, mtime: u64) -> Value {
         json!({"format": 3, "platform": "linux/amd64", "base": base, "compression": "gzip", "mtime": mtime})
     }
@@ -581,11 +670,11 @@ mod tests {
         let all = |_: &Digest| false;
 
         // Nothing changed, nothing cached: evicted.
-        let why = explain(Some(&rec), &old, all);
+        let why = explain(Some(&rec), &old, all, no_trees);
         assert!(why.iter().all(|w| w == &vec![Reason::Evicted]), "{why:?}");
         // Nothing changed, all cached: nothing to say.
         assert!(
-            explain(Some(&rec), &old, |_| true)
+            explain(Some(&rec), &old, |_| true, no_trees)
                 .iter()
                 .all(Vec::is_empty)
         );
@@ -598,7 +687,7 @@ mod tests {
                 ("run b", run("c")),
             ],
         );
-        let why = explain(Some(&rec), &new, all);
+        let why = explain(Some(&rec), &new, all, no_trees);
         assert_eq!(
             why[0],
             vec![Reason::Package {
@@ -628,7 +717,7 @@ mod tests {
             ),
             &[("apt layer 1/4: fixture-lib", pkgs("1.2"))],
         );
-        let why = explain(Some(&rec), &rebased, all);
+        let why = explain(Some(&rec), &rebased, all, no_trees);
         assert_eq!(
             why[0][0].to_string(),
             "base image scratch -> sha256:000000000000"
@@ -644,8 +733,14 @@ mod tests {
                 ("run d", run("d")),
             ],
         );
-        assert_eq!(explain(Some(&rec), &more, all)[3], vec![Reason::NewStep]);
-        assert_eq!(explain(None, &more, all)[0], vec![Reason::NeverBuilt]);
+        assert_eq!(
+            explain(Some(&rec), &more, all, no_trees)[3],
+            vec![Reason::NewStep]
+        );
+        assert_eq!(
+            explain(None, &more, all, no_trees)[0],
+            vec![Reason::NeverBuilt]
+        );
     }
 
     #[test]
@@ -677,7 +772,7 @@ mod tests {
                 field: FieldPath::root(),
             });
         }
-        let why = explain(Some(&record(&old)), &new, |_| false);
+        let why = explain(Some(&record(&old)), &new, |_| false, no_trees);
         assert_eq!(
             why[0][0].to_string(),
             "download http://127.0.0.1/go.tgz sha256:1111 -> sha256:2222"
@@ -697,7 +792,7 @@ mod tests {
             append: false,
             mode_set: true,
         }]);
-        let why: Vec<String> = explain(Some(&record(&old)), &new, |_| false)[0]
+        let why: Vec<String> = explain(Some(&record(&old)), &new, |_| false, no_trees)[0]
             .iter()
             .map(|r| r.to_string())
             .collect();

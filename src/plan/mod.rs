@@ -17,7 +17,10 @@
 //! one package layer (plus the small database and configure layers), not all of them.
 
 mod apt;
+mod copy;
 pub mod explain;
+
+pub use copy::PlannedCopy;
 
 use std::path::PathBuf;
 
@@ -105,6 +108,8 @@ pub enum StepKind {
     /// `[[directory]]`: (path, mode, owner, field).
     Directories(Vec<PlannedDir>),
     Files(Vec<PlannedFile>),
+    /// `[[copy]]`: a directory next to the recipe.
+    Copy(Box<PlannedCopy>),
     Symlinks(Vec<(String, String)>),
     Services(Vec<String>),
     /// Packages unpacked into one layer, with their dpkg `info/` files.
@@ -186,6 +191,11 @@ pub struct Plan {
 pub enum PlanError {
     #[error(transparent)]
     Recipe(#[from] RecipeError),
+    #[error("{field}")]
+    Copy {
+        field: String,
+        source: crate::srctree::SrcTreeError,
+    },
     #[error("cannot read {path} (for {field})")]
     Read {
         path: PathBuf,
@@ -257,6 +267,7 @@ pub fn compile(
     c.users(&cx)?;
     c.directories(&cx);
     c.files(&cx)?;
+    c.copies(&cx)?;
     c.symlinks(&cx)?;
     c.services(&cx)?;
     c.runs(&cx)?;

@@ -629,6 +629,7 @@ fn build_step(
             }
             Some(t)
         }
+        StepKind::Copy(cp) => Some(copy_tree(loaded, lower, cp)?),
         StepKind::Symlinks(links) => {
             let mut t = Tree::default();
             for (path, target) in links {
@@ -656,6 +657,61 @@ fn build_step(
         t.write(&mut w, lower).map_err(layer_err)?;
     }
     Ok(w.finish(step.name.clone())?)
+}
+
+/// A `[[copy]]` step's entries: the destination (resolved through the image's symlinks once)
+/// and the listed directory under it, with the entry's owner and modes.
+fn copy_tree(
+    loaded: &Loaded,
+    lower: &LowerFs,
+    cp: &crate::plan::PlannedCopy,
+) -> Result<Tree, RealizeError> {
+    use crate::srctree::Kind as K;
+    use std::os::unix::ffi::OsStrExt;
+    let (uid, gid) = owner(loaded, lower, cp.owner.as_deref(), &cp.field.key("owner"))?;
+    let dir = Meta {
+        mode: cp.dir_mode,
+        uid,
+        gid,
+    };
+    let mut t = Tree::default();
+    let top = if cp.dest.split('/').all(|c| c.is_empty() || c == ".") {
+        Vec::new()
+    } else {
+        t.add(lower, &cp.dest, NodeKind::Dir, dir)
+    };
+    for e in &cp.listing.entries {
+        let mut path = top.clone();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(&e.rel);
+        let (kind, meta) = match &e.kind {
+            K::Dir => (NodeKind::Dir, dir),
+            K::File { size, digest } => (
+                NodeKind::Checked {
+                    path: cp.listing.root.join(std::ffi::OsStr::from_bytes(&e.rel)),
+                    size: *size,
+                    digest: digest.clone(),
+                },
+                Meta {
+                    mode: cp.file_mode(e.exec),
+                    uid,
+                    gid,
+                },
+            ),
+            K::Symlink(target) => (
+                NodeKind::Symlink(target.clone()),
+                Meta {
+                    uid,
+                    gid,
+                    ..Meta::LINK
+                },
+            ),
+        };
+        t.insert_resolved(path, kind, meta);
+    }
+    Ok(t)
 }
 
 /// Steps that run the image's own programs (in the sandbox).

@@ -12,7 +12,17 @@ use crate::plan::FileSource;
 #[derive(Debug, Clone)]
 pub enum NodeKind {
     Dir,
-    File { source: FileSource, size: u64 },
+    File {
+        source: FileSource,
+        size: u64,
+    },
+    /// A file of a copied directory: its content must still have the digest the step's key
+    /// was computed from (checked while it is written).
+    Checked {
+        path: std::path::PathBuf,
+        size: u64,
+        digest: crate::digest::Digest,
+    },
     Symlink(Vec<u8>),
 }
 
@@ -54,6 +64,12 @@ impl Tree {
         full.extend_from_slice(name);
         self.nodes.insert(full.clone(), Node { kind, meta });
         full
+    }
+
+    /// Adds `path` (relative to the root, already resolved: its parents are entries of this
+    /// tree) as it is.
+    pub fn insert_resolved(&mut self, path: Vec<u8>, kind: NodeKind, meta: Meta) {
+        self.nodes.insert(path, Node { kind, meta });
     }
 
     /// Adds every ancestor of `dir` (already resolved), and `dir` itself; `new` is the
@@ -117,6 +133,38 @@ impl Tree {
                             None
                         }
                     };
+                    lower.insert(&path, Kind::File, node.meta, data);
+                }
+                NodeKind::Checked {
+                    path: src,
+                    size,
+                    digest,
+                } => {
+                    let f = File::open(&src)
+                        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", src.display())))?;
+                    let mut r =
+                        crate::digest::HashingReader::new(BufReader::with_capacity(1 << 20, f));
+                    // The view keeps only what later steps read (unit files, /etc/passwd):
+                    // a small file is read whole for it.
+                    let data = if size < (1 << 20) {
+                        let mut b = Vec::with_capacity(size as usize);
+                        io::Read::read_to_end(&mut io::Read::take(&mut r, size + 1), &mut b)?;
+                        w.file(&path, node.meta, size, b.as_slice())?;
+                        Some(b)
+                    } else {
+                        w.file(&path, node.meta, size, &mut r)?;
+                        None
+                    };
+                    let (found, _) = r.finish();
+                    if found != digest {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "{} changed since it was planned (expected {digest}, found {found}): build again",
+                                src.display()
+                            ),
+                        ));
+                    }
                     lower.insert(&path, Kind::File, node.meta, data);
                 }
             }

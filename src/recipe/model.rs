@@ -34,6 +34,8 @@ pub struct Recipe {
     #[serde(default)]
     pub file: Vec<FileSpec>,
     #[serde(default)]
+    pub copy: Vec<CopySpec>,
+    #[serde(default)]
     pub download: Vec<Download>,
     #[serde(default)]
     pub symlink: Vec<Symlink>,
@@ -151,6 +153,29 @@ pub struct FileSpec {
     /// given; made as a new file when there is none.
     #[serde(default)]
     pub append: bool,
+}
+
+/// `[[copy]]`: a directory next to the recipe copied into the image (one layer each), its
+/// entries keyed by content ([`crate::srctree`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopySpec {
+    /// The directory, relative to the recipe's.
+    pub src: String,
+    /// Where its contents go in the image.
+    pub dest: String,
+    /// gitignore-style patterns left out (with the directory's `.imgbuildignore`).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    pub owner: Option<String>,
+    /// The files' mode (0644 unless given).
+    pub mode: Option<Mode>,
+    /// The directories' mode (0755 unless given).
+    pub dir_mode: Option<Mode>,
+    /// Keep the source's executable bit (as git does): a file with any `x` bit gets `x`
+    /// wherever its mode has `r`.
+    #[serde(default)]
+    pub preserve_mode: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -627,15 +627,29 @@ fn snippets_map_to_recipe_fragments() {
 }
 
 #[test]
-fn copied_directories_become_one_file_entry_each() {
+fn a_copied_directory_becomes_one_copy_entry_without_what_dockerignore_leaves_out() {
     let w = Work::setup();
     let ctx = w.path("ctx");
     fs::create_dir_all(ctx.join("conf/sub")).unwrap();
     fs::write(ctx.join("conf/a.conf"), "a").unwrap();
     fs::write(ctx.join("conf/sub/b.conf"), "b").unwrap();
+    fs::write(ctx.join("conf/debug.log"), "log").unwrap();
+    fs::write(ctx.join("conf/sub/x.tmp"), "tmp").unwrap();
+    fs::write(ctx.join("conf/run.sh"), "#!/bin/sh\n").unwrap();
+    fs::set_permissions(
+        ctx.join("conf/run.sh"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // Docker reads these against the context's root: `*.md` names only root files.
+    fs::write(
+        ctx.join(".dockerignore"),
+        "# build junk\nconf/*.log\n**/*.tmp\n*.md\n",
+    )
+    .unwrap();
     fs::write(
         ctx.join("Dockerfile"),
-        "FROM debian:12\nCOPY conf /etc/app\n",
+        "FROM scratch\nCOPY conf /etc/app\nCOPY --chown=1000:1000 --chmod=750 conf /opt/conf/\n",
     )
     .unwrap();
     let out = ctx.join("r.toml");
@@ -650,14 +664,55 @@ fn copied_directories_become_one_file_entry_each() {
     assert_ok(&o);
     let r = fs::read_to_string(&out).unwrap();
     assert!(
-        r.contains("src = \"conf/a.conf\"\ndest = \"/etc/app/a.conf\""),
+        r.contains(
+            "[[copy]]\nsrc = \"conf\"\ndest = \"/etc/app\"\nexclude = [\"/*.log\", \"**/*.tmp\"]\npreserve_mode = true\n"
+        ),
         "{r}"
     );
     assert!(
-        r.contains("src = \"conf/sub/b.conf\"\ndest = \"/etc/app/sub/b.conf\""),
+        r.contains("dest = \"/opt/conf\"")
+            && r.contains("owner = \"1000:1000\"\nmode = 0o750\ndir_mode = 0o750\n"),
         "{r}"
     );
-    assert_ok(&w.cmd().arg("check").arg(&out).output().unwrap());
+    assert!(!r.contains("[[file]]"), "{r}");
+
+    // The recipe builds: the layers hold the directory as Docker would have copied it.
+    let o = w
+        .cmd()
+        .arg("build")
+        .arg(&out)
+        .arg("--out")
+        .arg(w.path("out/imported"))
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let bundle = w.path("bundle");
+    crate::tool(
+        "umoci",
+        &[
+            "raw",
+            "unpack",
+            "--rootless",
+            "--image",
+            &format!("{}:latest", w.path("out/imported").display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    let mode = |p: &str| {
+        std::os::unix::fs::PermissionsExt::mode(
+            &fs::metadata(bundle.join(p)).unwrap().permissions(),
+        ) & 0o7777
+    };
+    assert_eq!(
+        fs::read_to_string(bundle.join("etc/app/sub/b.conf")).unwrap(),
+        "b"
+    );
+    assert!(!bundle.join("etc/app/debug.log").exists());
+    assert!(!bundle.join("etc/app/sub/x.tmp").exists());
+    assert_eq!(mode("etc/app/a.conf"), 0o644);
+    assert_eq!(mode("etc/app/run.sh"), 0o755);
+    assert_eq!(mode("opt/conf/a.conf"), 0o750);
+    assert_eq!(mode("opt/conf/sub"), 0o750);
 }
 
 /// Docker's ENV, simulated: each value expanded (`$X`, `${X}`) against what is set so far
@@ -778,7 +833,7 @@ fn a_bare_dockerfile_name_keeps_its_context_and_sources_outside_it_are_refused()
         .unwrap();
     assert_ok(&o);
     assert!(
-        stdout(&o).contains("src = \"conf/a.conf\"\ndest = \"/etc/app/a.conf\""),
+        stdout(&o).contains("[[copy]]\nsrc = \"conf\"\ndest = \"/etc/app\""),
         "{}",
         stdout(&o)
     );
@@ -830,7 +885,7 @@ fn a_recipe_written_above_the_context_is_rebased_and_beside_it_is_refused() {
     assert_ok(&import(&out));
     let recipe = fs::read_to_string(&out).unwrap();
     assert!(
-        recipe.contains("src = \"ctx/conf/a.conf\"") && recipe.contains("src = \"ctx/motd\""),
+        recipe.contains("src = \"ctx/conf\"") && recipe.contains("src = \"ctx/motd\""),
         "{recipe}"
     );
     let o = w.cmd().arg("plan").arg(&out).output().unwrap();
@@ -845,7 +900,7 @@ fn a_recipe_written_above_the_context_is_rebased_and_beside_it_is_refused() {
     let o = import(&out);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(
-        stderr(&o).contains("would read `conf/a.conf` from the build context"),
+        stderr(&o).contains("would read `motd` from the build context"),
         "{}",
         stderr(&o)
     );

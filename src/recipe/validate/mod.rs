@@ -1,5 +1,6 @@
 //! Semantic checks of a parsed recipe: paths, names, digests, references between fields.
 
+mod copy;
 mod targets;
 
 use std::collections::BTreeSet;
@@ -225,6 +226,7 @@ pub(super) fn validate(loaded: &Loaded) -> (BaseRef, Vec<Diagnostic>) {
     };
     let base = image(&mut c, loaded);
     entries(&mut c, r);
+    copy::copies(&mut c, r);
     users(&mut c, r);
     packages(&mut c, r);
     targets::targets(&mut c, r);
