@@ -28,16 +28,8 @@ tree=${1:-}
 rounds=${2:-2}
 if [ -z "$tree" ]; then
   tree=${BENCH_TREE:-/tmp/imgbuild-bench-tree}
-  if [ ! -f "$tree/.complete" ]; then
-    echo "assembling a Debian tree in $tree ..." >&2
-    rm -rf "$tree"; mkdir -p "$tree/usr/lib"
-    cp -a /usr/bin /usr/sbin /usr/share /usr/include "$tree/usr/"
-    for d in /usr/lib/x86_64-linux-gnu /usr/lib/gcc /usr/lib/python3*; do
-      [ -e "$d" ] && cp -a "$d" "$tree/usr/lib/"
-    done
-    cp -a /etc "$tree/" 2>/dev/null || true
-    touch "$tree/.complete"
-  fi
+  . benches/tree.sh
+  bench_tree "$tree"
 fi
 [ -d "$tree" ] || { echo "no such directory: $tree" >&2; exit 2; }
 

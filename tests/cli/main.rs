@@ -14,6 +14,7 @@ mod fidelity;
 mod oracle;
 mod pip;
 mod cache;
+mod copy;
 mod errors;
 mod explain;
 mod hostile;
