@@ -99,6 +99,9 @@ pub enum Command {
     },
     /// Nightly job: re-resolve the lock, rebuild what changed, push if the image changed, report
     Rebuild(RebuildArgs),
+    /// Boot the proxmox target's disk under QEMU with its cloud-init seed (a look, or with
+    /// --expect a smoke test)
+    Boot(BootArgs),
     /// Show the cache, or shrink it: ls | gc --max-size SIZE | prune --older-than DUR
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -273,6 +276,38 @@ pub enum CacheCommand {
         #[arg(long, value_name = "DUR")]
         older_than: String,
     },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["recipe", "dir"])))]
+pub struct BootArgs {
+    /// The recipe whose proxmox target to boot (from out/NAME/proxmox)
+    pub recipe: Option<PathBuf>,
+    /// The proxmox output directory instead (what `build --target proxmox` wrote)
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Another NoCloud seed ISO (label `cidata`) instead of the one built
+    #[arg(long, value_name = "ISO")]
+    pub seed: Option<PathBuf>,
+    /// Wait for TEXT on the serial console (repeatable: all of them); exit 0 once seen, 1 if
+    /// the VM stops or the timeout passes first. The console goes to stdout
+    #[arg(long, value_name = "TEXT")]
+    pub expect: Vec<String>,
+    /// Stop the VM after this long (e.g. 300s, 10m)
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Host port for the guest's SSH (default: a free one, printed at start)
+    #[arg(long, value_name = "PORT")]
+    pub ssh_port: Option<u16>,
+    /// Memory in MiB
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u32,
+    /// Virtual CPUs
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+    /// UEFI firmware
+    #[arg(long, value_name = "FILE", default_value = imgbuild::proxmox::boot::OVMF)]
+    pub firmware: PathBuf,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -16,6 +16,7 @@ macro_rules! errln {
     }};
 }
 
+mod boot;
 mod build;
 mod cache_cmd;
 mod check;
@@ -48,6 +49,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     imgbuild::settings::set(settings_from_env());
     match &cli.command {
         Command::Rebuild(args) => rebuild::run(&cli.global, args),
+        Command::Boot(args) => boot::run(&cli.global, args),
         _ => run_simple(cli).map(|()| ExitCode::SUCCESS),
     }
 }
@@ -56,6 +58,7 @@ fn run_simple(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match cli.command {
         Command::Rebuild(args) => rebuild::run(g, &args).map(drop),
+        Command::Boot(args) => boot::run(g, &args).map(drop),
         Command::Build(args) => build::run(g, &args),
         Command::Cache(c) => cache_cmd::run(g, &c),
         Command::Check { recipe } => check::run(g, &recipe),

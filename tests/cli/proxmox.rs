@@ -435,57 +435,53 @@ fn vm_disk_boots_to_cloud_init_and_is_reproducible() {
         ],
     );
 
-    // Boot it: UEFI firmware, the UKI from the ESP, systemd, cloud-init from the NoCloud seed.
-    let serial = vm.work.path("serial.log");
+    // Boot it with `imgbuild boot`: UEFI firmware, the UKI from the ESP, systemd, cloud-init
+    // from the NoCloud seed; done when the marker, the agent's line and the power-off are on
+    // the serial console.
     let started = std::time::Instant::now();
     // A guard against a hang, not a speed limit: emulated (TCG) on two cores shared with the
     // other tests, a boot and power-off has taken close to 300 s.
-    let o = Std::new("timeout")
+    let o = vm
+        .work
+        .cmd()
+        .arg("boot")
+        .arg("--dir")
+        .arg(&vm.dir)
+        .arg("--seed")
+        .arg(&seed)
         .args([
-            "600",
-            "qemu-system-x86_64",
-            "-machine",
-            "q35",
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
+            "--timeout",
+            "600s",
+            "--expect",
+            "IMGBUILD-BOOT-MARKER-bootvm",
+            "--expect",
+            "AGENT-RAN as coder token=WS-TOKEN-5f3a9c",
+            "--expect",
+            "reboot: Power down",
         ])
-        .args(["-m", "1024", "-smp", "2", "-nographic", "-no-reboot"])
-        .args(["-nic", "user,model=virtio-net-pci,restrict=on"])
-        .args(["-bios", "/usr/share/ovmf/OVMF.fd"])
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,snapshot=on", disk.display()))
-        .arg("-drive")
-        .arg(format!(
-            "file={},if=virtio,format=raw,readonly=on",
-            seed.display()
-        ))
-        .stdout(std::fs::File::create(&serial).unwrap())
-        .stderr(std::process::Stdio::piped())
         .output()
-        .expect("qemu-system-x86_64 (Debian package qemu-system-x86): .ci/run installs it");
-    let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap()).into_owned();
+        .unwrap();
+    let log = stdout(&o);
     let tail: String = log.lines().rev().take(40).collect::<Vec<_>>().join("\n");
     assert!(
         o.status.success(),
-        "qemu did not power off by itself within 600 s ({:?}, {:?}):\n{}\n{tail}",
-        o.status,
+        "boot failed after {:?}: {}\n{tail}",
         started.elapsed(),
         stderr(&o)
     );
-    assert!(
-        log.contains("IMGBUILD-BOOT-MARKER-bootvm"),
-        "no runcmd marker on the serial console:\n{tail}"
-    );
-    assert!(
-        log.contains("AGENT-RAN as coder token=WS-TOKEN-5f3a9c"),
-        "the agent part did not run with the workspace's token:\n{tail}"
-    );
-    assert!(log.contains("reboot: Power down"), "{tail}");
+    assert!(stderr(&o).contains("==> SSH: ssh -p "), "{}", stderr(&o));
+    assert!(log.contains("IMGBUILD-BOOT-MARKER-bootvm"), "{tail}");
     eprintln!(
         "booted to the marker and powered off in {:?}",
         started.elapsed()
+    );
+    // The image file was not written: the VM ran on a throwaway overlay.
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(vm.dir.join("manifest.json")).unwrap()).unwrap();
+    let disk_sha = tool("sha256sum", &[disk.to_str().unwrap()]);
+    assert_eq!(
+        disk_sha.split_whitespace().next().unwrap(),
+        manifest["disk"]["sha256"].as_str().unwrap()
     );
 
     // Built again into another directory: the same bytes.
@@ -1211,4 +1207,30 @@ fn terraform_examples_match_their_providers_and_render_valid_user_data() {
         msg.contains("`user_data_file` is not an argument or block"),
         "{msg}"
     );
+}
+
+#[test]
+fn boot_names_what_is_missing() {
+    let w = Work::setup();
+    let o = w
+        .cmd()
+        .args(["boot", "--dir"])
+        .arg(w.path("out/none"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("manifest.json") && stderr(&o).contains("build the proxmox target"),
+        "{}",
+        stderr(&o)
+    );
+    let o = w.cmd().arg("boot").output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = w
+        .cmd()
+        .args(["boot", "--dir", "x", "--timeout", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--timeout `soon`"), "{}", stderr(&o));
 }
