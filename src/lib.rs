@@ -40,6 +40,8 @@ pub mod report;
 pub mod cache;
 /// HTTP: one client, timeouts, retries, netrc credentials, verified downloads.
 pub mod http;
+/// Building as a normal user: a user namespace over the user's subordinate ids.
+pub mod rootless;
 /// A project directory as `[[copy]]` reads it: excludes, stat cache, listing digest.
 pub mod srctree;
 /// The layer core: deterministic tar, compression, diff_id and digest in one pass.

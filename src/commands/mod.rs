@@ -48,6 +48,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     imgbuild::http::set_timeout(std::time::Duration::from_secs(cli.global.network_timeout));
     imgbuild::settings::set(settings_from_env());
     match &cli.command {
+        _ if let Some(code) = rootless(&cli)? => Ok(code),
         Command::Rebuild(args) => rebuild::run(&cli.global, args),
         Command::Boot(args) => boot::run(&cli.global, args),
         _ => run_simple(cli).map(|()| ExitCode::SUCCESS),
@@ -108,6 +109,57 @@ fn run_simple(cli: Cli) -> Result<()> {
             run_simple(cli)
         }
     }
+}
+
+/// Not root, and the command may run the image's programs (apt, pip, `[[run]]`, the proxmox
+/// target's VM packages): runs this same command line again as root of a user namespace over
+/// the user's subordinate ids ([`imgbuild::rootless`]) and gives its exit code. `None`: run
+/// here (root already, inside the namespace already, or nothing that needs it).
+fn rootless(cli: &Cli) -> Result<Option<ExitCode>> {
+    use imgbuild::rootless;
+    let euid = rustix::process::geteuid();
+    if euid.is_root() || std::env::var_os(rootless::INSIDE_ENV).is_some() {
+        return Ok(None);
+    }
+    let (recipe, vm) = match &cli.command {
+        Command::Build(a) => (a.recipe.clone(), a.target == Target::Proxmox),
+        Command::Rebuild(a) => (a.recipe.clone(), false),
+        Command::Lock { recipe } | Command::Plan { recipe, .. } => (recipe.clone(), false),
+        Command::Shortcut(argv) => (
+            PathBuf::from("recipes").join(format!("{}.toml", argv[0])),
+            false,
+        ),
+        _ => return Ok(None),
+    };
+    // A recipe that does not load is the command's to report.
+    let Ok(loaded) = load(&cli.global, &recipe) else {
+        return Ok(None);
+    };
+    let needed = vm
+        || loaded
+            .per_platform()
+            .iter()
+            .any(|v| imgbuild::build::recipe_runs_programs(&v.recipe));
+    if !needed {
+        return Ok(None);
+    }
+    let m = rootless::check(&rootless::System::default(), euid.as_raw())
+        .map_err(|e| UsageError(format!("{}: {e}", recipe.display())))?;
+    if !cli.global.quiet {
+        eprintln!(
+            "==> not root: building as root of a user namespace (uid 0 = {}, 1-{} = {}'s subordinate ids from {})",
+            m.user, m.uids.count, m.user, m.uids.start
+        );
+    }
+    let exe = std::env::current_exe().context("finding imgbuild's own executable")?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let status = rootless::command(&m, &exe, &args)
+        .status()
+        .context("running `unshare` for the user namespace")?;
+    Ok(Some(match status.code() {
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    }))
 }
 
 /// What the library needs from the environment, read here once (the library reads none).

@@ -183,6 +183,7 @@ fn host_tools() -> Vec<(String, Vec<u8>, u32)> {
         "setcap",
         "getcap",
         "mkfifo",
+        "chown",
     ] {
         let path = ["/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/"]
             .iter()

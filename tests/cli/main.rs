@@ -26,6 +26,7 @@ mod network;
 mod proxmox;
 mod rebuild;
 mod registry;
+mod rootless;
 mod sbom;
 mod servers;
 mod sign;
