@@ -187,4 +187,24 @@ fn rebuild_builds_and_pushes_only_what_changed() {
         .collect();
     assert_eq!(tags.len(), 2);
     assert!(tags[1].starts_with(&format!("{dest}-20")), "{tags:?}");
+
+    // `plan --explain` after a lock that picks up another version names it too.
+    let mut lib = pkg("fixture-lib", "1.4", "Multi-Arch: same\n");
+    lib.files
+        .push(("usr/lib/fixture/version".into(), b"1.4\n".to_vec(), 0o644));
+    repo.add(lib);
+    repo.publish(None);
+    assert_ok(&work.cmd().arg("lock").arg(&r).output().unwrap());
+    let o = work
+        .cmd()
+        .args(["plan", "--explain"])
+        .arg(&r)
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    let plan = stdout(&o);
+    assert!(
+        plan.contains("why: package fixture-lib 1.3 -> 1.4"),
+        "{plan}"
+    );
 }
