@@ -219,6 +219,45 @@ fn attachment(host: &str, repo: &str, digest: &str) -> (Value, Vec<(Vec<u8>, Str
     (m, sigs)
 }
 
+/// Replaces each signature payload of `digest` in `repo` with one naming another reference
+/// (`from` -> `to`), the signatures kept; returns the attachment as it was.
+fn forge_payloads(host: &str, repo: &str, digest: &str, from: &str, to: &str) -> Value {
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let (original, sigs) = attachment(host, repo, digest);
+    let mut forged = original.clone();
+    for (i, (payload, _)) in sigs.iter().enumerate() {
+        let changed = String::from_utf8(payload.clone())
+            .unwrap()
+            .replace(from, to);
+        forged["layers"][i]["digest"] = json!(upload_blob(host, repo, changed.as_bytes()));
+        forged["layers"][i]["size"] = json!(changed.len());
+    }
+    put_manifest(host, repo, &format!("sha256-{hex}.sig"), &forged);
+    original
+}
+
+/// Moves tag `1` of `repo` to a changed manifest (one more annotation), which no signature
+/// names.
+fn move_tag_to_a_changed_manifest(host: &str, repo: &str) {
+    let mut manifest: Value =
+        serde_json::from_slice(&get(host, &format!("{repo}/manifests/1"))).unwrap();
+    manifest["annotations"] = json!({"tampered": "yes"});
+    put_manifest(host, repo, "1", &manifest);
+}
+
+/// `imgbuild build` of the example pushed to `dest` and signed with `keys/imgbuild.key`.
+fn signed_build(w: &Work, dest: &str, password: &str) -> std::process::Output {
+    w.cmd()
+        .env("IMGBUILD_KEY_PASSWORD", password)
+        .arg("build")
+        .arg(w.recipe())
+        .args(["--out", p(w.dir.path(), "out/hello"), "--push", dest])
+        .arg("--sign-key")
+        .arg(w.path("keys/imgbuild.key"))
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn key_generate_writes_a_cosign_key_pair_that_another_implementation_opens() {
     let w = Work::setup();
@@ -300,23 +339,12 @@ fn a_signed_push_stores_sigstore_signatures_of_the_image_and_its_sbom() {
     };
 
     // A wrong password fails before anything is built or pushed (exit 2).
-    let build = |password: &str| {
-        w.cmd()
-            .env("IMGBUILD_KEY_PASSWORD", password)
-            .arg("build")
-            .arg(w.recipe())
-            .args(["--out", p(w.dir.path(), "out/hello"), "--push", &dest])
-            .arg("--sign-key")
-            .arg(w.path("keys/imgbuild.key"))
-            .output()
-            .unwrap()
-    };
-    let wrong = build("nope");
+    let wrong = signed_build(&w, &dest, "nope");
     assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
     assert!(stderr(&wrong).contains("password"), "{}", stderr(&wrong));
     assert!(!w.path("out/hello").exists(), "nothing built");
 
-    let o = build(PASSWORD);
+    let o = signed_build(&w, &dest, PASSWORD);
     assert_ok(&o);
     assert!(!stderr(&o).contains(PASSWORD));
     let digest = stdout(&o).trim().to_string();
@@ -417,27 +445,14 @@ fn a_signed_push_stores_sigstore_signatures_of_the_image_and_its_sbom() {
     // Tampered signature: each payload swapped for one naming another tag (signatures kept):
     // sigstore-rs refuses the image.
     let sig_tag = format!("sha256-{hex}.sig");
-    let (original, sigs) = attachment(&reg.host, "signed", &digest);
-    let mut forged = original.clone();
-    for (i, (payload, _)) in sigs.iter().enumerate() {
-        let changed = String::from_utf8(payload.clone())
-            .unwrap()
-            .replace("/signed:1", "/signed:2");
-        forged["layers"][i]["digest"] = json!(upload_blob(&reg.host, "signed", changed.as_bytes()));
-        forged["layers"][i]["size"] = json!(changed.len());
-    }
-    put_manifest(&reg.host, "signed", &sig_tag, &forged);
+    let original = forge_payloads(&reg.host, "signed", &digest, "/signed:1", "/signed:2");
     let refused = sigstore_check(&["verify", public, &dest], None);
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
     put_manifest(&reg.host, "signed", &sig_tag, &original);
     assert_ok(&sigstore_check(&["verify", public, &dest], None));
 
-    // Tampered manifest: the tag moved to a changed manifest (one more annotation), which no
-    // signature names: refused.
-    let mut manifest: Value =
-        serde_json::from_slice(&get(&reg.host, "signed/manifests/1")).unwrap();
-    manifest["annotations"] = json!({"tampered": "yes"});
-    put_manifest(&reg.host, "signed", "1", &manifest);
+    // Tampered manifest: the tag moved to a changed manifest, which no signature names.
+    move_tag_to_a_changed_manifest(&reg.host, "signed");
     let refused = sigstore_check(&["verify", public, &dest], None);
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
 }
@@ -450,16 +465,7 @@ fn debian_skopeo_enforces_imgbuilds_signatures_and_refuses_tampered_ones() {
     generate(&w, "other");
     let public = w.path("keys/imgbuild.pub").display().to_string();
     let dest = format!("{}/enforced:1", reg.host);
-    let o = w
-        .cmd()
-        .env("IMGBUILD_KEY_PASSWORD", PASSWORD)
-        .arg("build")
-        .arg(w.recipe())
-        .args(["--out", p(w.dir.path(), "out/hello"), "--push", &dest])
-        .arg("--sign-key")
-        .arg(w.path("keys/imgbuild.key"))
-        .output()
-        .unwrap();
+    let o = signed_build(&w, &dest, PASSWORD);
     assert_ok(&o);
     let digest = stdout(&o).trim().to_string();
     let hex = digest.strip_prefix("sha256:").unwrap();
@@ -500,14 +506,8 @@ fn debian_skopeo_enforces_imgbuilds_signatures_and_refuses_tampered_ones() {
 
     // Tampered signature: the payload swapped for one naming another tag, signature kept.
     let sig_tag = format!("sha256-{hex}.sig");
-    let (original, sigs) = attachment(&reg.host, "enforced", &digest);
-    let mut forged = original.clone();
-    let changed = String::from_utf8(sigs[0].0.clone())
-        .unwrap()
-        .replace("/enforced:1", "/enforced:2");
-    forged["layers"][0]["digest"] = json!(upload_blob(&reg.host, "enforced", changed.as_bytes()));
-    forged["layers"][0]["size"] = json!(changed.len());
-    put_manifest(&reg.host, "enforced", &sig_tag, &forged);
+    let (_, sigs) = attachment(&reg.host, "enforced", &digest);
+    let original = forge_payloads(&reg.host, "enforced", &digest, "/enforced:1", "/enforced:2");
     let refused = copy(&ours, "refused-sig");
     assert!(!refused.status.success(), "accepted a forged payload");
     assert!(
@@ -529,10 +529,7 @@ fn debian_skopeo_enforces_imgbuilds_signatures_and_refuses_tampered_ones() {
     assert_ok(&copy(&ours, "accepted-again"));
 
     // Tampered manifest: the tag moved to a changed manifest, which no signature names.
-    let mut manifest: Value =
-        serde_json::from_slice(&get(&reg.host, "enforced/manifests/1")).unwrap();
-    manifest["annotations"] = json!({"tampered": "yes"});
-    put_manifest(&reg.host, "enforced", "1", &manifest);
+    move_tag_to_a_changed_manifest(&reg.host, "enforced");
     let refused = copy(&ours, "refused-manifest");
     assert!(!refused.status.success(), "accepted a changed manifest");
     assert!(
@@ -600,14 +597,7 @@ fn base_key_accepts_a_base_signed_elsewhere_and_refuses_unsigned_foreign_or_alte
         "{claim}"
     );
     // `altered`: its payload swapped for one naming another tag (signature kept).
-    let (mut m, sigs) = attachment(&reg.host, "altered", &digest);
-    let changed = String::from_utf8(sigs[0].0.clone())
-        .unwrap()
-        .replace("altered:1", "altered:2");
-    m["layers"][0]["digest"] = json!(upload_blob(&reg.host, "altered", changed.as_bytes()));
-    m["layers"][0]["size"] = json!(changed.len());
-    let hex = digest.strip_prefix("sha256:").unwrap();
-    put_manifest(&reg.host, "altered", &format!("sha256-{hex}.sig"), &m);
+    forge_payloads(&reg.host, "altered", &digest, "altered:1", "altered:2");
 
     let child = |base: &str, key: &str| {
         let recipe = w.path("recipes/child.toml");
