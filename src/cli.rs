@@ -308,6 +308,17 @@ pub struct BootArgs {
     /// UEFI firmware
     #[arg(long, value_name = "FILE", default_value = imgbuild::proxmox::boot::OVMF)]
     pub firmware: PathBuf,
+    /// How QEMU runs the guest: auto (KVM when /dev/kvm opens, TCG otherwise or when KVM
+    /// fails), kvm, or tcg (emulation)
+    #[arg(long, value_enum, default_value_t = Accel::Auto)]
+    pub accel: Accel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -10,7 +10,7 @@ use imgbuild::proxmox::boot::{self, BootOptions, Outcome};
 
 use super::UsageError;
 use super::progress::Progress;
-use crate::cli::{BootArgs, Global};
+use crate::cli::{self, BootArgs, Global};
 
 pub fn run(g: &Global, args: &BootArgs) -> Result<ExitCode> {
     let progress = Progress::new(g);
@@ -35,7 +35,7 @@ pub fn run(g: &Global, args: &BootArgs) -> Result<ExitCode> {
     if args.expect.iter().any(String::is_empty) {
         return Err(UsageError("--expect needs a text".into()).into());
     }
-    let opts = BootOptions {
+    let mut opts = BootOptions {
         dir: dir.clone(),
         seed: args.seed.clone(),
         memory_mib: args.memory,
@@ -44,31 +44,41 @@ pub fn run(g: &Global, args: &BootArgs) -> Result<ExitCode> {
         timeout,
         expect: args.expect.clone(),
         firmware: args.firmware.clone(),
+        accel: match args.accel {
+            cli::Accel::Auto => boot::Accel::Auto,
+            cli::Accel::Kvm => boot::Accel::Kvm,
+            cli::Accel::Tcg => boot::Accel::Tcg,
+        },
     };
     let context = || format!("booting {}", dir.display());
-    let vm = boot::prepare(&opts)
-        .map_err(|e| match e {
-            // What the user has to fix: the directory, the seed, the firmware or a tool.
-            boot::BootError::Io { .. } => anyhow::Error::new(e),
-            other => UsageError(format!("{}: {other}", context())).into(),
-        })
-        .with_context(context)?;
-    progress.line(&format!(
-        "==> booting {} on a throwaway overlay ({}), seed {}",
-        vm.disk.display(),
-        if vm.kvm {
-            "KVM"
-        } else {
-            "TCG: no usable /dev/kvm, emulated and slow"
-        },
-        vm.seed.display()
-    ));
-    progress.line(&format!("==> SSH: ssh -p {} USER@127.0.0.1", vm.ssh_port));
-    if opts.expect.is_empty() {
-        progress.line("==> serial console below; Ctrl-A x stops the VM");
-    }
-    let mut stdout = std::io::stdout();
-    let outcome = boot::run(vm, &opts, &mut stdout).with_context(context)?;
+    let outcome = loop {
+        let vm = boot::prepare(&opts)
+            .map_err(|e| match e {
+                // What the user has to fix: the directory, the seed, the firmware or a tool.
+                boot::BootError::Io { .. } => anyhow::Error::new(e),
+                other => UsageError(format!("{}: {other}", context())).into(),
+            })
+            .with_context(context)?;
+        progress.line(&format!(
+            "==> booting {} on a throwaway overlay ({}), seed {}",
+            vm.disk.display(),
+            if vm.kvm { "KVM" } else { "TCG: emulated, slow" },
+            vm.seed.display()
+        ));
+        progress.line(&format!("==> SSH: ssh -p {} USER@127.0.0.1", vm.ssh_port));
+        if opts.expect.is_empty() {
+            progress.line("==> serial console below; Ctrl-A x stops the VM");
+        }
+        let outcome = boot::run(vm, &opts, &mut std::io::stdout(), &mut std::io::stderr())
+            .with_context(context)?;
+        match outcome {
+            Outcome::KvmFailed if opts.accel == boot::Accel::Auto => {
+                progress.line("==> KVM cannot run this guest here (nested virtualization?): booting again with TCG");
+                opts.accel = boot::Accel::Tcg;
+            }
+            other => break other,
+        }
+    };
     let waited = |t: &Option<std::time::Duration>| {
         t.map(|d| humantime::format_duration(d).to_string())
             .unwrap_or_default()
@@ -103,6 +113,12 @@ pub fn run(g: &Global, args: &BootArgs) -> Result<ExitCode> {
                 waited(&opts.timeout)
             ));
             ExitCode::SUCCESS
+        }
+        Outcome::KvmFailed => {
+            eprintln!(
+                "error: KVM cannot run this guest here (\"KVM internal error\"): try --accel tcg"
+            );
+            ExitCode::FAILURE
         }
         Outcome::TimedOut { missing } => {
             eprintln!(

@@ -4,7 +4,7 @@
 //!
 //! The image file is never written: the VM runs on a throwaway qcow2 overlay (`qemu-img create
 //! -b`) in a temporary directory removed afterwards. KVM when `/dev/kvm` opens, TCG (emulation)
-//! otherwise. User-mode networking with the guest's SSH port forwarded to a port of 127.0.0.1.
+//! otherwise (and, by the caller, when KVM then fails: nested virtualization often does). User-mode networking with the guest's SSH port forwarded to a port of 127.0.0.1.
 //! With `expect` texts the serial console is read (and copied to the caller's writer) until
 //! every text has appeared (the VM is then stopped), the VM stops by itself, or the timeout.
 
@@ -65,6 +65,7 @@ pub struct BootOptions {
     /// Texts to wait for on the serial console; empty: the console is the terminal's.
     pub expect: Vec<String>,
     pub firmware: PathBuf,
+    pub accel: Accel,
 }
 
 /// A VM ready to start: its QEMU command line and the overlay it runs on.
@@ -91,6 +92,18 @@ pub enum Outcome {
     },
     /// The timeout passed; the VM was stopped. The texts still missing.
     TimedOut { missing: Vec<String> },
+    /// KVM could not run the guest (QEMU said "KVM internal error"); the VM was stopped.
+    KvmFailed,
+}
+
+/// How QEMU runs the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM when `/dev/kvm` opens, else TCG; the caller boots again with TCG when KVM fails.
+    Auto,
+    Kvm,
+    /// Emulation: slow, works everywhere.
+    Tcg,
 }
 
 /// Checks the inputs, makes the overlay and the QEMU command line.
@@ -130,11 +143,15 @@ pub fn prepare(opts: &BootOptions) -> Result<Prepared, BootError> {
         Some(p) => p,
         None => free_port().map_err(io_err("find a free port for SSH"))?,
     };
-    let kvm = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
+    let kvm = match opts.accel {
+        Accel::Tcg => false,
+        Accel::Kvm => true,
+        Accel::Auto => std::fs::File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok(),
+    };
     let mut command = qemu;
     command.args(["-machine", "q35"]);
     if kvm {
@@ -189,70 +206,81 @@ fn free_port() -> std::io::Result<u16> {
         .port())
 }
 
-/// Starts the VM and waits for the end (see [`Outcome`]). With `expect` texts the console is
-/// copied to `console`; without, QEMU has the terminal.
-pub fn run(
-    mut vm: Prepared,
-    opts: &BootOptions,
-    console: &mut dyn Write,
-) -> Result<Outcome, BootError> {
-    let started = Instant::now();
-    let deadline = opts.timeout.map(|t| started + t);
-    if opts.expect.is_empty() {
-        let mut child = vm
-            .command
-            .spawn()
-            .map_err(io_err("start qemu-system-x86_64"))?;
-        loop {
-            if let Some(status) = child.try_wait().map_err(io_err("wait for QEMU"))? {
-                return Ok(Outcome::Exited {
-                    status,
-                    missing: Vec::new(),
-                });
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                stop(&mut child);
-                return Ok(Outcome::TimedOut {
-                    missing: Vec::new(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    let mut child = vm
-        .command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(io_err("start qemu-system-x86_64"))?;
-    let Some(mut out) = child.stdout.take() else {
-        stop(&mut child);
-        return Err(BootError::Io {
-            action: "read QEMU's serial console".into(),
-            source: std::io::Error::other("no pipe"),
-        });
-    };
-    let (tx, rx) = mpsc::channel::<Vec<u8>>();
-    let reader = std::thread::spawn(move || {
+/// What QEMU prints when the host's KVM cannot run the guest (nested virtualization often
+/// opens `/dev/kvm` and then fails so); QEMU then pauses the VM rather than exit.
+const KVM_FAILURE: &str = "KVM internal error";
+
+enum Msg {
+    Out(Vec<u8>),
+    Err(Vec<u8>),
+}
+
+/// Forwards what `r` reads to `tx` as `wrap`ped chunks until the end.
+fn pump(
+    mut r: impl Read + Send + 'static,
+    tx: mpsc::Sender<Msg>,
+    wrap: fn(Vec<u8>) -> Msg,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
         loop {
-            match out.read(&mut buf) {
+            match r.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if tx.send(buf[..n].to_vec()).is_err() {
+                    if tx.send(wrap(buf[..n].to_vec())).is_err() {
                         break;
                     }
                 }
             }
         }
-    });
+    })
+}
+
+/// Starts the VM and waits for the end (see [`Outcome`]). With `expect` texts the serial
+/// console is copied to `console`; without, QEMU has the terminal. QEMU's own messages go to
+/// `diag`.
+pub fn run(
+    mut vm: Prepared,
+    opts: &BootOptions,
+    console: &mut dyn Write,
+    diag: &mut dyn Write,
+) -> Result<Outcome, BootError> {
+    let started = Instant::now();
+    let deadline = opts.timeout.map(|t| started + t);
+    let watching = !opts.expect.is_empty();
+    if watching {
+        vm.command.stdin(Stdio::null()).stdout(Stdio::piped());
+    }
+    let mut child = vm
+        .command
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io_err("start qemu-system-x86_64"))?;
+    let (tx, rx) = mpsc::channel::<Msg>();
+    let mut pumps = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        pumps.push(pump(out, tx.clone(), Msg::Out));
+    }
+    if let Some(err) = child.stderr.take() {
+        pumps.push(pump(err, tx.clone(), Msg::Err));
+    }
+    drop(tx);
     let mut watch = Watch::new(&opts.expect);
+    let mut kvm = Watch::new(&[KVM_FAILURE.to_string()]);
     let outcome = loop {
-        let wait = deadline.map_or(Duration::from_secs(3600), |d| {
-            d.saturating_duration_since(Instant::now())
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            stop(&mut child);
+            break Outcome::TimedOut {
+                missing: watch.missing(),
+            };
+        }
+        let wait = deadline.map_or(Duration::from_millis(200), |d| {
+            d.saturating_duration_since(now)
+                .min(Duration::from_millis(200))
         });
         match rx.recv_timeout(wait) {
-            Ok(chunk) => {
+            Ok(Msg::Out(chunk)) => {
                 // The console is a copy for people: a closed stdout does not stop the boot.
                 let _ = console.write_all(&chunk).and_then(|()| console.flush());
                 if watch.feed(&chunk) {
@@ -262,10 +290,18 @@ pub fn run(
                     };
                 }
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if deadline.is_some_and(|d| Instant::now() >= d) {
+            Ok(Msg::Err(chunk)) => {
+                let _ = diag.write_all(&chunk).and_then(|()| diag.flush());
+                if vm.kvm && kvm.feed(&chunk) {
                     stop(&mut child);
-                    break Outcome::TimedOut {
+                    break Outcome::KvmFailed;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                // Without a console pipe the end shows only here.
+                if let Some(status) = child.try_wait().map_err(io_err("wait for QEMU"))? {
+                    break Outcome::Exited {
+                        status,
                         missing: watch.missing(),
                     };
                 }
@@ -279,7 +315,9 @@ pub fn run(
             }
         }
     };
-    let _ = reader.join();
+    for p in pumps {
+        let _ = p.join();
+    }
     Ok(outcome)
 }
 
@@ -365,6 +403,7 @@ mod tests {
             timeout: None,
             expect: Vec::new(),
             firmware: PathBuf::from(OVMF),
+            accel: Accel::Auto,
         };
         let e = prepare(&opts).unwrap_err();
         assert!(
