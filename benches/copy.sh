@@ -77,7 +77,7 @@ noop_ib=$(for _ in 1 2 3 4 5; do ms ib; done | median)
 noop_bb=$(for _ in 1 2 3 4 5; do ms bb; done | median)
 
 # One file replaced (a new inode: the shared tree behind the hard links stays as it was).
-one=$(find "$ctx/tree/usr/share" -type f -size +1k | sort | head -1)
+one=$(find "$ctx/tree/usr/share" -type f -size +1k | sort | sed -n 1p)
 cp "$one" "$work/one" && echo "changed" >>"$work/one" && mv "$work/one" "$one"
 one_ib=$(ms ib)
 one_bb=$(ms bb)

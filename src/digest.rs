@@ -27,6 +27,23 @@ impl Digest {
         Digest(format!("sha256:{}", hex::encode(h.finalize())))
     }
 
+    /// The digest whose 32 raw bytes these are.
+    pub fn from_raw(raw: &[u8; 32]) -> Self {
+        let mut text = [0u8; 7 + 64];
+        text[..7].copy_from_slice(b"sha256:");
+        // Cannot fail: the output is exactly twice the input.
+        let _ = hex::encode_to_slice(raw, &mut text[7..]);
+        Digest(String::from_utf8_lossy(&text).into_owned())
+    }
+
+    /// The 32 raw bytes.
+    pub fn raw(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        // A `Digest` holds 64 valid hex characters.
+        let _ = hex::decode_to_slice(self.hex(), &mut out);
+        out
+    }
+
     /// Parses either `sha256:HEX` or a bare 64-character hex string.
     pub fn parse(s: &str) -> Result<Self, BadDigest> {
         let hex = s.strip_prefix("sha256:").unwrap_or(s);

@@ -26,15 +26,16 @@
 //! written may have changed again within the same timestamp tick, so it is hashed again the
 //! next time (git's "racily clean" entries).
 
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, BufReader};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
+
+mod walk;
 
 use crate::cache::Cache;
 use crate::digest::{Digest, digest_reader};
@@ -139,6 +140,17 @@ struct Stamp {
 }
 
 impl Stamp {
+    fn of_found(f: &walk::Found) -> Stamp {
+        Stamp {
+            dev: f.dev,
+            ino: f.ino,
+            size: f.size,
+            mtime: f.mtime,
+            ctime: f.ctime,
+            mode: f.mode,
+        }
+    }
+
     fn of(md: &fs::Metadata) -> Stamp {
         Stamp {
             dev: md.dev(),
@@ -172,87 +184,64 @@ fn scan_with(
         .map(|b| parse_index(&b, racy_ns))
         .unwrap_or_default();
 
-    // Walk in byte order of the relative path (what the listing is sorted by).
-    let mut found: Vec<(Vec<u8>, fs::Metadata)> = Vec::new();
-    let walker = walkdir::WalkDir::new(&root)
-        .follow_links(false)
-        .sort_by(|a, b| a.file_name().as_bytes().cmp(b.file_name().as_bytes()))
-        .into_iter()
-        .filter_entry(|e| {
-            e.depth() == 0
-                || !ignore
-                    .matched_path_or_any_parents(e.path(), e.file_type().is_dir())
-                    .is_ignore()
-        });
-    for e in walker {
-        let e = e.map_err(|e| {
-            let path = e
-                .path()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| root.clone());
-            SrcTreeError::Io {
-                action: "read",
-                path,
-                source: e.into(),
-            }
-        })?;
-        if e.depth() == 0 {
-            continue;
-        }
-        let md = e.metadata().map_err(|err| SrcTreeError::Io {
-            action: "stat",
-            path: e.path().to_path_buf(),
-            source: err.into(),
-        })?;
-        let rel = e
-            .path()
-            .strip_prefix(&root)
-            .map(|r| r.as_os_str().as_bytes().to_vec())
-            .unwrap_or_default();
-        found.push((rel, md));
-    }
-    // walkdir sorts siblings; a directory's children follow it, so `a/b` comes before `a.b`
-    // although `/` sorts after `.`: the listing is sorted by whole path.
-    found.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut found = walk::walk(&root, ignore)?;
+    // The listing's order: by whole relative path, bytewise.
+    found.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
 
+    // The index is sorted the same way: one pass pairs each file with what it remembers.
+    let mut k = 0usize;
     let mut entries = Vec::with_capacity(found.len());
     let mut to_hash: Vec<(usize, PathBuf, Stamp)> = Vec::new();
-    let mut stamps: BTreeMap<Vec<u8>, (Stamp, Digest)> = BTreeMap::new();
-    for (rel, md) in found {
-        let path = root.join(std::ffi::OsStr::from_bytes(&rel));
-        let ft = md.file_type();
-        let exec = md.permissions().mode() & 0o111 != 0;
-        let kind = if ft.is_dir() {
-            Kind::Dir
-        } else if ft.is_symlink() {
-            let target = fs::read_link(&path).map_err(io_err("read the link", &path))?;
-            Kind::Symlink(target.as_os_str().as_bytes().to_vec())
-        } else if ft.is_file() {
-            let stamp = Stamp::of(&md);
-            match known.get(&rel) {
-                Some((s, d, racy)) if *s == stamp && !racy => {
-                    stamps.insert(rel.clone(), (stamp, d.clone()));
-                    Kind::File {
-                        size: md.size(),
-                        digest: d.clone(),
-                    }
-                }
-                _ => {
-                    to_hash.push((entries.len(), path.clone(), stamp));
-                    Kind::File {
-                        size: md.size(),
-                        digest: Digest::of(b""),
-                    }
-                }
+    let mut index_changed = false;
+    for f in found {
+        let path = || root.join(std::ffi::OsStr::from_bytes(&f.rel));
+        let exec = f.mode & 0o111 != 0;
+        let kind = match rustix::fs::FileType::from_raw_mode(f.mode) {
+            rustix::fs::FileType::Directory => Kind::Dir,
+            rustix::fs::FileType::Symlink => {
+                let p = path();
+                let target = fs::read_link(&p).map_err(io_err("read the link", &p))?;
+                Kind::Symlink(target.as_os_str().as_bytes().to_vec())
             }
-        } else {
-            return Err(SrcTreeError::Special {
-                path,
-                what: special_kind(&ft),
-            });
+            rustix::fs::FileType::RegularFile => {
+                let stamp = Stamp::of_found(&f);
+                while k < known.len() && known[k].rel.as_slice() < f.rel.as_slice() {
+                    // A file the index has and the tree no longer does.
+                    index_changed = true;
+                    k += 1;
+                }
+                let remembered = match known.get(k) {
+                    Some(e) if e.rel == f.rel => {
+                        k += 1;
+                        (e.stamp == stamp && !e.racy).then(|| e.digest.clone())
+                    }
+                    _ => None,
+                };
+                let size = stamp.size;
+                let digest = match remembered {
+                    Some(d) => d,
+                    None => {
+                        index_changed = true;
+                        to_hash.push((entries.len(), path(), stamp));
+                        Digest::of(b"")
+                    }
+                };
+                Kind::File { size, digest }
+            }
+            other => {
+                return Err(SrcTreeError::Special {
+                    path: path(),
+                    what: special_kind(other),
+                });
+            }
         };
-        entries.push(Entry { rel, kind, exec });
+        entries.push(Entry {
+            rel: f.rel,
+            kind,
+            exec,
+        });
     }
+    index_changed |= k < known.len();
 
     let hashed_count = to_hash.len();
     // Hash what changed, a few files at a time.
@@ -279,25 +268,36 @@ fn scan_with(
             *d = digest;
         }
     }
-    for (i, _, stamp) in to_hash {
-        if let Some(Entry {
-            rel,
-            kind: Kind::File { digest, .. },
-            ..
-        }) = entries.get(i)
-        {
-            stamps.insert(rel.clone(), (stamp, digest.clone()));
-        }
-    }
 
     // The index for next time: rewritten only when something was hashed or went away.
-    let changed = stamps.len() != known.len()
-        || stamps.iter().any(|(rel, (s, d))| {
-            known
-                .get(rel)
-                .is_none_or(|(ks, kd, racy)| ks != s || kd != d || *racy)
-        });
-    if changed {
+    if index_changed {
+        let stamps: Vec<(&[u8], &Stamp, &Digest)> = {
+            let mut by_entry: Vec<Option<&Stamp>> = vec![None; entries.len()];
+            for (i, _, stamp) in &to_hash {
+                by_entry[*i] = Some(stamp);
+            }
+            let mut kept = known.iter().peekable();
+            entries
+                .iter()
+                .zip(by_entry)
+                .filter_map(|(e, fresh)| {
+                    let Kind::File { digest, .. } = &e.kind else {
+                        return None;
+                    };
+                    let stamp = match fresh {
+                        Some(s) => s,
+                        None => {
+                            // Unchanged: the index's own stamp (the lists are in one order).
+                            while kept.peek().is_some_and(|k| k.rel < e.rel) {
+                                kept.next();
+                            }
+                            &kept.next_if(|k| k.rel == e.rel)?.stamp
+                        }
+                    };
+                    Some((e.rel.as_slice(), stamp, digest))
+                })
+                .collect()
+        };
         // Only a speed-up: a failure to write it costs the next build a re-hash.
         let _ = cache.put_stat_index(&index_id, &encode_index(&stamps, started));
     }
@@ -313,16 +313,13 @@ fn scan_with(
     })
 }
 
-fn special_kind(ft: &fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    if ft.is_fifo() {
-        "named pipe"
-    } else if ft.is_socket() {
-        "socket"
-    } else if ft.is_block_device() || ft.is_char_device() {
-        "device"
-    } else {
-        "special file"
+fn special_kind(ft: rustix::fs::FileType) -> &'static str {
+    use rustix::fs::FileType as F;
+    match ft {
+        F::Fifo => "named pipe",
+        F::Socket => "socket",
+        F::BlockDevice | F::CharacterDevice => "device",
+        _ => "special file",
     }
 }
 
@@ -349,7 +346,7 @@ pub fn encode_listing(entries: &[Entry]) -> Vec<u8> {
             Kind::Dir => {}
             Kind::File { size, digest } => {
                 out.extend_from_slice(&size.to_be_bytes());
-                out.extend_from_slice(&hex::decode(digest.hex()).unwrap_or_default());
+                out.extend_from_slice(&digest.raw());
             }
             Kind::Symlink(t) => {
                 out.extend_from_slice(t);
@@ -377,8 +374,7 @@ pub fn decode_listing(bytes: &[u8]) -> Option<Vec<Entry>> {
                     return None;
                 }
                 let size = u64::from_be_bytes(rest[..8].try_into().ok()?);
-                let digest =
-                    Digest::parse(&format!("sha256:{}", hex::encode(&rest[8..40]))).ok()?;
+                let digest = Digest::from_raw(rest[8..40].try_into().ok()?);
                 rest = &rest[40..];
                 Kind::File { size, digest }
             }
@@ -402,10 +398,10 @@ pub fn decode_listing(bytes: &[u8]) -> Option<Vec<Entry>> {
 /// The stat index: magic, the time it was written (i128 ns, little-endian), then per file:
 /// path length (u32) and bytes, dev, ino, size (u64), mtime, ctime (i128 ns), mode (u32),
 /// sha256 (32 bytes). Little-endian throughout; it never leaves this machine.
-fn encode_index(stamps: &BTreeMap<Vec<u8>, (Stamp, Digest)>, written: i128) -> Vec<u8> {
+fn encode_index(stamps: &[(&[u8], &Stamp, &Digest)], written: i128) -> Vec<u8> {
     let mut out = STAT_MAGIC.to_vec();
     out.extend_from_slice(&written.to_le_bytes());
-    for (rel, (s, d)) in stamps {
+    for (rel, s, d) in stamps {
         out.extend_from_slice(&(rel.len() as u32).to_le_bytes());
         out.extend_from_slice(rel);
         out.extend_from_slice(&s.dev.to_le_bytes());
@@ -414,17 +410,24 @@ fn encode_index(stamps: &BTreeMap<Vec<u8>, (Stamp, Digest)>, written: i128) -> V
         out.extend_from_slice(&s.mtime.to_le_bytes());
         out.extend_from_slice(&s.ctime.to_le_bytes());
         out.extend_from_slice(&s.mode.to_le_bytes());
-        out.extend_from_slice(&hex::decode(d.hex()).unwrap_or_default());
+        out.extend_from_slice(&d.raw());
     }
     out
 }
 
-/// Each file's stamp and digest, and whether it is racy (modified within [`RACY_NS`] of the
-/// index's writing). Anything malformed gives what was read before it (the rest is hashed).
-type Known = BTreeMap<Vec<u8>, (Stamp, Digest, bool)>;
+/// A file the index remembers: its stamp and digest, and whether it is racy (modified within
+/// the racy window of the index's writing).
+struct Known {
+    rel: Vec<u8>,
+    stamp: Stamp,
+    digest: Digest,
+    racy: bool,
+}
 
-fn parse_index(bytes: &[u8], racy_ns: i128) -> Known {
-    let mut out = BTreeMap::new();
+/// The index's files in its (path) order; anything malformed ends it there (what follows is
+/// hashed again).
+fn parse_index(bytes: &[u8], racy_ns: i128) -> Vec<Known> {
+    let mut out: Vec<Known> = Vec::new();
     let Some(rest) = bytes.strip_prefix(STAT_MAGIC) else {
         return out;
     };
@@ -452,11 +455,20 @@ fn parse_index(bytes: &[u8], racy_ns: i128) -> Known {
             ctime: i128_at(40),
             mode: u32::from_le_bytes(fixed[56..60].try_into().unwrap_or([0; 4])),
         };
-        let Ok(digest) = Digest::parse(&format!("sha256:{}", hex::encode(&fixed[60..92]))) else {
+        let Ok(raw) = <[u8; 32]>::try_from(&fixed[60..92]) else {
             break;
         };
+        let digest = Digest::from_raw(&raw);
         let racy = stamp.mtime.max(stamp.ctime) >= written - racy_ns;
-        out.insert(rel.to_vec(), (stamp, digest, racy));
+        if out.last().is_some_and(|k| k.rel.as_slice() >= rel) {
+            break;
+        }
+        out.push(Known {
+            rel: rel.to_vec(),
+            stamp,
+            digest,
+            racy,
+        });
         rest = r;
     }
     out
@@ -474,6 +486,7 @@ fn take<const N: usize>(b: &[u8]) -> Option<([u8; N], &[u8])> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn write(root: &Path, rel: &str, bytes: &[u8]) {
         let p = root.join(rel);
