@@ -383,7 +383,7 @@ mod tests {
         assert_eq!(w.missing(), ["login:", "MARKER-42"]);
         assert!(!w.feed(b"42 done\r\n"));
         assert_eq!(w.missing(), ["login:"]);
-        assert!(w.feed(b"debian log"));
+        assert!(w.feed(b"debian login: "));
         let mut w = Watch::new(&["abc".into()]);
         for b in b"xxabc" {
             let done = w.feed(&[*b]);
