@@ -53,7 +53,21 @@ fn as_user(w: &Work, name: &str, cache: &Path, args: &[&str]) -> std::process::O
         }
     }
     cmd.arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
-    cmd.arg(c.get_program());
+    // A copy the user can reach: the build tree may sit below a directory only root enters
+    // (a clean clone in a `mktemp -d`).
+    let exe = w.path("bin/imgbuild");
+    if !exe.exists() {
+        std::fs::create_dir_all(w.path("bin")).unwrap();
+        std::fs::copy(c.get_program(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        std::fs::set_permissions(
+            w.path("bin"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    cmd.arg(&exe);
     cmd.args(c.get_args());
     cmd.args(args);
     cmd.current_dir(w.dir.path());
