@@ -192,6 +192,8 @@ fn scan_with(
     let mut k = 0usize;
     let mut entries = Vec::with_capacity(found.len());
     let mut to_hash: Vec<(usize, PathBuf, Stamp)> = Vec::new();
+    // Each file's stamp as found now, by its place in `entries` (for the index).
+    let mut stamps: Vec<(usize, Stamp)> = Vec::new();
     let mut index_changed = false;
     for f in found {
         let path = || root.join(std::ffi::OsStr::from_bytes(&f.rel));
@@ -218,6 +220,7 @@ fn scan_with(
                     _ => None,
                 };
                 let size = stamp.size;
+                stamps.push((entries.len(), stamp.clone()));
                 let digest = match remembered {
                     Some(d) => d,
                     None => {
@@ -271,33 +274,17 @@ fn scan_with(
 
     // The index for next time: rewritten only when something was hashed or went away.
     if index_changed {
-        let stamps: Vec<(&[u8], &Stamp, &Digest)> = {
-            let mut by_entry: Vec<Option<&Stamp>> = vec![None; entries.len()];
-            for (i, _, stamp) in &to_hash {
-                by_entry[*i] = Some(stamp);
-            }
-            let mut kept = known.iter().peekable();
-            entries
-                .iter()
-                .zip(by_entry)
-                .filter_map(|(e, fresh)| {
-                    let Kind::File { digest, .. } = &e.kind else {
-                        return None;
-                    };
-                    let stamp = match fresh {
-                        Some(s) => s,
-                        None => {
-                            // Unchanged: the index's own stamp (the lists are in one order).
-                            while kept.peek().is_some_and(|k| k.rel < e.rel) {
-                                kept.next();
-                            }
-                            &kept.next_if(|k| k.rel == e.rel)?.stamp
-                        }
-                    };
-                    Some((e.rel.as_slice(), stamp, digest))
-                })
-                .collect()
-        };
+        let stamps: Vec<(&[u8], &Stamp, &Digest)> = stamps
+            .iter()
+            .filter_map(|(i, stamp)| match &entries[*i] {
+                Entry {
+                    rel,
+                    kind: Kind::File { digest, .. },
+                    ..
+                } => Some((rel.as_slice(), stamp, digest)),
+                _ => None,
+            })
+            .collect();
         // Only a speed-up: a failure to write it costs the next build a re-hash.
         let _ = cache.put_stat_index(&index_id, &encode_index(&stamps, started));
     }
